@@ -1,0 +1,81 @@
+"""Errors users see. Each says what was wrong and how to fix it, in one line.
+
+The CLI maps `UsageError` (bad input, refused by a safety rule) to exit code 2 and every other
+`TrainctlError` (AWS said no, endpoint unreachable) to exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class TrainctlError(Exception):
+    """Base of every error trainctl raises on purpose. `fix` is the sentence telling the user what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        self.message = message.rstrip(".")
+        self.fix = fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.message}. {self.fix}" if self.fix else f"{self.message}."
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Prefect and multiprocessing pickle exceptions; keep the message and fix intact across that.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[TrainctlError], state: dict[str, object]) -> TrainctlError:
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    Exception.__init__(err, str(err))
+    return err
+
+
+class UsageError(TrainctlError):
+    """The request itself is wrong; nothing was changed in AWS."""
+
+    exit_code = 2
+
+
+class InvalidInputError(UsageError):
+    """One field of the input is wrong; the message names it, shows the value, and says what is expected."""
+
+    def __init__(self, field: str, value: object, expected: str, *, fix: str | None = None) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field}: {value!r} is not valid: expected {expected}", fix=fix)
+
+
+class ConfigurationError(UsageError):
+    """trainctl cannot reach AWS as configured: unknown region, no credentials, bad profile."""
+
+
+class NotManagedError(UsageError):
+    """The resource was not created by trainctl; it is never modified unless adopted."""
+
+    def __init__(self, resource_id: str) -> None:
+        self.resource_id = resource_id
+        super().__init__(
+            f"{resource_id} was not created by trainctl (no trainctl:managed=true tag), so trainctl will not touch it",
+            fix="Pass adopt=True (CLI: --adopt) to tag it as managed first, or act on it with the AWS console/CLI.",
+        )
+
+
+class SafetyRefusalError(UsageError):
+    """A safety rule (DESIGN.md section 3) refused a destructive action; the fix names the override."""
+
+
+class AwsError(TrainctlError):
+    """AWS answered with an error that a retry will not fix. Carries the AWS error code."""
+
+    def __init__(self, operation: str, code: str, aws_message: str, *, fix: str | None = None) -> None:
+        self.operation = operation
+        self.code = code
+        self.aws_message = aws_message
+        super().__init__(f"AWS {operation} failed with {code}: {aws_message}", fix=fix)
+
+
+class EndpointUnreachableError(TrainctlError):
+    """Nothing answered at the AWS endpoint (network, wrong AWS_ENDPOINT_URL, sandbox not running)."""

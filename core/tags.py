@@ -1,0 +1,117 @@
+"""The tag schema: how trainctl marks what it owns, why it exists, and what must survive (DESIGN.md section 2).
+
+Tags are written at creation (TagSpecifications), never by a later CreateTags, so a resource is never seen
+half-owned. Protection keys of both the trainctl and the legacy runctl prefix are honoured everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+PREFIX = "trainctl:"
+LEGACY_PREFIX = "runctl:"
+
+MANAGED = "trainctl:managed"
+JOB = "trainctl:job"
+ROLE = "trainctl:role"
+ATTEMPT = "trainctl:attempt"
+PERSISTENT = "trainctl:persistent"
+PROTECTED = "trainctl:protected"
+IMPORTANT = "trainctl:important"
+NAME = "Name"
+
+# runctl (the Rust predecessor, once itself called trainctl) marked ownership with CreatedBy.
+LEGACY_CREATED_BY = "CreatedBy"
+LEGACY_CREATORS = frozenset({"runctl", "trainctl"})
+
+_TRUE_VALUES = frozenset({"true", "yes", "1"})
+
+
+class Role(StrEnum):
+    """Why a managed resource exists (`trainctl:role`)."""
+
+    TRAIN = "train"
+    PREWARM = "prewarm"
+    DATA = "data"
+    CHECKPOINT = "checkpoint"
+    STAGING = "staging"
+
+
+def _flag(tags: Mapping[str, str], *keys: str) -> bool:
+    return any(tags.get(key, "").strip().lower() in _TRUE_VALUES for key in keys)
+
+
+def _both_prefixes(suffix: str) -> tuple[str, str]:
+    return (PREFIX + suffix, LEGACY_PREFIX + suffix)
+
+
+def is_managed(tags: Mapping[str, str]) -> bool:
+    """Created by trainctl (or by runctl before it). Nothing else is ever modified."""
+    return _flag(tags, MANAGED) or tags.get(LEGACY_CREATED_BY, "").strip().lower() in LEGACY_CREATORS
+
+
+def is_persistent(tags: Mapping[str, str]) -> bool:
+    """A data volume that outlives its instance: detached, never deleted, when the instance goes."""
+    return _flag(tags, *_both_prefixes("persistent"))
+
+
+def is_protected(tags: Mapping[str, str]) -> bool:
+    """Never deleted by cleanup; an explicit delete needs force. `important` is the older spelling."""
+    return _flag(tags, *_both_prefixes("protected"), *_both_prefixes("important"))
+
+
+def managed_tags(
+    *,
+    job: str | None = None,
+    role: Role | None = None,
+    attempt: int | None = None,
+    name: str | None = None,
+    persistent: bool = False,
+    protected: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The tags every resource trainctl creates carries. `extra` cannot override the schema's own keys."""
+    tags: dict[str, str] = dict(extra or {})
+    tags[MANAGED] = "true"
+    if job is not None:
+        tags[JOB] = job
+    if role is not None:
+        tags[ROLE] = role.value
+    if attempt is not None:
+        tags[ATTEMPT] = str(attempt)
+    if name is not None:
+        tags[NAME] = name
+    if persistent:
+        tags[PERSISTENT] = "true"
+    if protected:
+        tags[PROTECTED] = "true"
+    return tags
+
+
+def from_aws(tag_list: Iterable[Mapping[str, Any]] | None) -> dict[str, str]:
+    """AWS `[{"Key": k, "Value": v}]` to a plain dict."""
+    return {str(t["Key"]): str(t.get("Value", "")) for t in (tag_list or [])}
+
+
+def to_aws(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    """A plain dict to the AWS `[{"Key": k, "Value": v}]` shape."""
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def tag_specifications(resource_type: str, tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    """TagSpecifications for a create call, so the resource is tagged from its first moment."""
+    return [{"ResourceType": resource_type, "Tags": to_aws(tags)}]
+
+
+def managed_filter_sets() -> list[list[dict[str, Any]]]:
+    """Server-side EC2 filters that together select every managed resource.
+
+    EC2 ANDs separate filters, so "managed OR legacy" needs one query per set; each query is paginated, so the
+    number of calls depends on the pages, never on the number of resources.
+    """
+    return [
+        [{"Name": f"tag:{MANAGED}", "Values": ["true", "True", "TRUE"]}],
+        [{"Name": f"tag:{LEGACY_CREATED_BY}", "Values": sorted(LEGACY_CREATORS)}],
+    ]
