@@ -112,6 +112,13 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
+class _QuietHandler(MotoRequestHandler):  # type: ignore[misc]
+    """moto's request handler without the per-request access log (a training run makes thousands of calls)."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class _Server(ThreadedMotoServer):  # type: ignore[misc]
     """moto's in-process threaded server, with our middleware wrapped around its WSGI app."""
 
@@ -121,7 +128,7 @@ class _Server(ThreadedMotoServer):  # type: ignore[misc]
 
     def _server_entry(self) -> None:
         app = _Middleware(DomainDispatcherApplication(create_backend_app), self._sandbox)
-        self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+        self._server = make_server(self._ip_address, self._port, app, True, request_handler=_QuietHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
 
@@ -256,7 +263,7 @@ class Sandbox:
             region_name=self.region,
             aws_access_key_id=DUMMY_ACCESS_KEY,
             aws_secret_access_key=DUMMY_SECRET_KEY,
-            config=Config(retries={"max_attempts": retries, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            config=Config(retries={"total_max_attempts": retries, "mode": "standard"}, connect_timeout=5, read_timeout=60),
         )
 
     def reset(self) -> str:
