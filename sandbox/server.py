@@ -192,7 +192,7 @@ class Sandbox:
 
     def log(self, message: str) -> None:
         if self.verbose:
-            print(f"[sandbox] {message}", flush=True)  # noqa: T201
+            print(f"[sandbox] {message}", flush=True)
 
     def ec2_backend(self, region: str | None = None) -> Any:
         """moto's EC2 backend for a region (private moto API: allowed only inside sandbox/)."""
