@@ -263,7 +263,9 @@ class Sandbox:
             region_name=self.region,
             aws_access_key_id=DUMMY_ACCESS_KEY,
             aws_secret_access_key=DUMMY_SECRET_KEY,
-            config=Config(retries={"total_max_attempts": retries, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            config=Config(
+                retries={"total_max_attempts": retries, "mode": "standard"}, connect_timeout=5, read_timeout=60
+            ),
         )
 
     def reset(self) -> str:
