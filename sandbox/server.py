@@ -112,14 +112,14 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
-class _QuietHandler(MotoRequestHandler):  # type: ignore[misc]
+class _QuietHandler(MotoRequestHandler):
     """moto's request handler without the per-request access log (a training run makes thousands of calls)."""
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 
-class _Server(ThreadedMotoServer):  # type: ignore[misc]
+class _Server(ThreadedMotoServer):
     """moto's in-process threaded server, with our middleware wrapped around its WSGI app."""
 
     def __init__(self, sandbox: Sandbox, host: str, port: int) -> None:
@@ -231,7 +231,7 @@ class Sandbox:
 
         # The backends are process-global: leave no instances or buckets behind for the next sandbox.
         for name in ("ec2", "s3", "ssm", "iam", "sts"):
-            get_backend(name).reset()  # type: ignore[call-overload]
+            get_backend(name).reset()
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
