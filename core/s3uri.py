@@ -1,0 +1,45 @@
+"""S3 URIs, parsed and checked before any call."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.errors import InvalidInputError
+
+# Bucket naming rules (general purpose buckets): 3–63 characters, lowercase letters, digits, dots, hyphens;
+# begins and ends with a letter or digit; not shaped like an IP address.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str = ""
+
+    @property
+    def prefix(self) -> str:
+        """The key as a folder prefix: empty, or ending with one slash."""
+        return self.key if not self.key or self.key.endswith("/") else self.key + "/"
+
+    def join(self, *parts: str) -> S3Uri:
+        key = "/".join(p.strip("/") for p in (self.key, *parts) if p.strip("/"))
+        return S3Uri(self.bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_s3_uri(value: str, *, field: str = "s3_uri") -> S3Uri:
+    """`s3://bucket/some/prefix` → S3Uri; anything else raises naming the field and the expected form."""
+    if not isinstance(value, str) or not value.startswith("s3://"):
+        raise InvalidInputError(field, value, "an S3 URI such as s3://my-bucket/datasets/imagenet/")
+    bucket, _, key = value[len("s3://") :].partition("/")
+    if not _BUCKET.match(bucket) or _IP.match(bucket) or ".." in bucket:
+        raise InvalidInputError(
+            field, value, "a valid bucket name (3–63 lowercase letters, digits, dots or hyphens) after s3://"
+        )
+    if any(part in {".", ".."} for part in key.split("/")):
+        raise InvalidInputError(field, value, "a key without '.' or '..' path segments")
+    return S3Uri(bucket, key)
