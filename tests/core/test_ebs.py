@@ -24,7 +24,7 @@ from core.errors import InvalidInputError
 )
 def test_out_of_range_values_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidInputError) as err:
-        VolumeSpec(name="data", **kwargs)  # type: ignore[arg-type]
+        VolumeSpec(name="data", **kwargs)
     assert err.value.field == field
     assert field in str(err.value)
 
