@@ -21,6 +21,8 @@ PERSISTENT = "trainctl:persistent"
 PROTECTED = "trainctl:protected"
 IMPORTANT = "trainctl:important"
 NAME = "Name"
+# The idempotency token of the create call that made the resource: a retried create recognises its own work.
+CLIENT_TOKEN = "trainctl:client-token"  # noqa: S105 (a tag key, not a secret)
 
 # runctl (the Rust predecessor, once itself called trainctl) marked ownership with CreatedBy.
 LEGACY_CREATED_BY = "CreatedBy"
@@ -70,6 +72,7 @@ def managed_tags(
     name: str | None = None,
     persistent: bool = False,
     protected: bool = False,
+    client_token: str | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The tags every resource trainctl creates carries. `extra` cannot override the schema's own keys."""
@@ -87,6 +90,8 @@ def managed_tags(
         tags[PERSISTENT] = "true"
     if protected:
         tags[PROTECTED] = "true"
+    if client_token is not None:
+        tags[CLIENT_TOKEN] = client_token
     return tags
 
 
