@@ -1,0 +1,199 @@
+"""Prewarm: the spec, the on-instance scripts (built with core.shell, every value quoted), and verification.
+
+Verification compares what landed on the volume with the S3 listing: file count, bytes, and a digest of the
+sorted `path<TAB>size` lines, computed the same way on both sides, so one short line of output proves every
+path and size matched — whatever the number of files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from core.ebs import VolumeSpec, device_by_id_path
+from core.errors import InvalidInputError
+from core.ids import validate_availability_zone, validate_id
+from core.s3uri import parse_s3_uri
+from core.shell import on_instance, quote
+
+MANIFEST_DIR = ".trainctl"
+MANIFEST_NAME = "prewarm-manifest.json"
+# Names at the volume root that are not data (the manifest folder, ext4's lost+found).
+NOT_DATA = (MANIFEST_DIR, "lost+found")
+_RELATIVE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class PrewarmSpec(BaseModel):
+    """Put `s3://bucket/prefix` onto an EBS volume: a new one (`volume`) or an existing one (`volume_id`)."""
+
+    source: str
+    volume: VolumeSpec | None = None
+    volume_id: str | None = None
+    availability_zone: str | None = None
+    instance_id: str | None = Field(default=None, description="an existing instance in the volume's AZ to use")
+    instance_type: str = "m5.large"
+    image_id: str | None = None
+    instance_profile: str | None = Field(default=None, description="IAM instance profile: SSM + S3 read")
+    subnet_id: str | None = None
+    security_group_ids: list[str] = Field(default_factory=list)
+    target_dir: str = Field(default="", description="folder inside the volume; empty = the volume root")
+    filesystem: Literal["xfs", "ext4"] = "xfs"
+    snapshot: bool = False
+    job: str | None = None
+    sync_timeout_minutes: int = Field(default=240, ge=1, le=24 * 60)
+    online_timeout_s: int = Field(default=600, ge=10)
+    account: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_s3(cls, value: str) -> str:
+        parse_s3_uri(value, field="source")
+        return value
+
+    @field_validator("target_dir")
+    @classmethod
+    def _target_inside_volume(cls, value: str) -> str:
+        value = value.strip("/")
+        if value and (not _RELATIVE.match(value) or ".." in value.split("/")):
+            raise InvalidInputError(
+                "target_dir", value, "a relative folder of letters, digits, '.', '_', '-' (no '..')"
+            )
+        if value.split("/")[0] in NOT_DATA:
+            raise InvalidInputError("target_dir", value, f"a folder other than {' or '.join(NOT_DATA)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_volume(self) -> PrewarmSpec:
+        if (self.volume is None) == (self.volume_id is None):
+            raise InvalidInputError(
+                "volume", None, "exactly one of `volume` (create a new volume) or `volume_id` (use an existing one)"
+            )
+        if self.volume_id:
+            validate_id("volume", self.volume_id)
+        if self.instance_id:
+            validate_id("instance", self.instance_id)
+        if self.availability_zone:
+            validate_availability_zone(self.availability_zone)
+        return self
+
+
+def mount_point(volume_id: str) -> str:
+    return f"/mnt/trainctl/{volume_id}"
+
+
+def listing_digest(objects: Mapping[str, int]) -> str:
+    """sha256 of the sorted `path<TAB>size` lines: the same function runs on the instance (VERIFY_PY)."""
+    h = hashlib.sha256()
+    for path in sorted(objects):
+        h.update(f"{path}\t{objects[path]}\n".encode())
+    return h.hexdigest()
+
+
+def mount_script(volume_id: str, device: str, filesystem: str) -> list[str]:
+    """Find the device by the volume's ID, make a filesystem only if it has none, mount (all idempotent)."""
+    mkfs = 'mkfs.xfs -q "$dev"' if filesystem == "xfs" else 'mkfs.ext4 -q -F "$dev"'
+    return [
+        "set -eu",
+        f"dev={on_instance(device_by_id_path(volume_id))}",
+        f"alt={on_instance(device)}",
+        "alt2=$(printf %s \"$alt\" | sed 's#/dev/sd#/dev/xvd#')",
+        # Nitro shows the volume under its ID; Xen instances under the requested name (sd* or xvd*).
+        "i=0",
+        'while [ ! -e "$dev" ] && [ ! -e "$alt" ] && [ ! -e "$alt2" ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done',
+        'if [ ! -e "$dev" ]; then if [ -e "$alt" ]; then dev="$alt"; elif [ -e "$alt2" ]; then dev="$alt2"; fi; fi',
+        '[ -e "$dev" ] || { echo "the volume\'s device did not appear on the instance" >&2; exit 20; }',
+        f'if ! blkid "$dev" >/dev/null 2>&1; then echo "no filesystem: creating {filesystem}"; {mkfs}; fi',
+        f"mnt={on_instance(mount_point(volume_id))}",
+        'mkdir -p "$mnt"',
+        'mountpoint -q "$mnt" || mount "$dev" "$mnt"',
+        'echo "mounted $dev at $mnt"',
+    ]
+
+
+def sync_script(source: str, volume_id: str, target_dir: str) -> list[str]:
+    """s5cmd when the instance has it (several times faster), else `aws s3 sync`."""
+    uri = parse_s3_uri(source, field="source")
+    prefix_uri = f"s3://{uri.bucket}/{uri.prefix}"
+    dest = mount_point(volume_id) + (f"/{target_dir}" if target_dir else "")
+    return [
+        "set -eu",
+        f"dest={on_instance(dest)}",
+        'mkdir -p "$dest"',
+        "if command -v s5cmd >/dev/null 2>&1; then",
+        f'  echo "sync with s5cmd"; s5cmd --log error sync {quote(prefix_uri + "*")} "$dest/"',
+        "else",
+        f'  echo "sync with aws s3 sync"; aws s3 sync {quote(prefix_uri)} "$dest" --only-show-errors --no-progress',
+        "fi",
+    ]
+
+
+VERIFY_PY = r"""
+import hashlib, json, os, sys
+root, skip_root = sys.argv[1], sys.argv[2] == "1"
+found = {}
+for folder, dirs, files in os.walk(root):
+    if skip_root and folder == root:
+        dirs[:] = [d for d in dirs if d not in (".trainctl", "lost+found")]
+    for name in files:
+        path = os.path.join(folder, name)
+        found[os.path.relpath(path, root).replace(os.sep, "/")] = os.path.getsize(path)
+h = hashlib.sha256()
+for rel in sorted(found):
+    h.update(f"{rel}\t{found[rel]}\n".encode())
+print(json.dumps({"files": len(found), "bytes": sum(found.values()), "digest": h.hexdigest()}))
+"""
+
+
+def verify_script(volume_id: str, target_dir: str) -> list[str]:
+    dest = mount_point(volume_id) + (f"/{target_dir}" if target_dir else "")
+    return [
+        "set -eu",
+        f"python3 - {on_instance(dest)} {'0' if target_dir else '1'} <<'TRAINCTL_VERIFY'",
+        *VERIFY_PY.strip().splitlines(),
+        "TRAINCTL_VERIFY",
+    ]
+
+
+def finish_script(volume_id: str, manifest: Mapping[str, object]) -> list[str]:
+    """Write the manifest on the volume, flush, unmount."""
+    mnt = on_instance(mount_point(volume_id))
+    return [
+        "set -eu",
+        f"mnt={mnt}",
+        f'mkdir -p "$mnt"/{MANIFEST_DIR}',
+        f'printf %s {quote(json.dumps(manifest, sort_keys=True))} > "$mnt"/{MANIFEST_DIR}/{MANIFEST_NAME}',
+        "sync",
+        'if mountpoint -q "$mnt"; then umount "$mnt"; fi',
+        'echo "unmounted $mnt"',
+    ]
+
+
+def unmount_script(volume_id: str) -> list[str]:
+    """Best-effort unmount for cleanup after a failure (never fails the cleanup itself)."""
+    return [
+        f"mnt={on_instance(mount_point(volume_id))}",
+        'if mountpoint -q "$mnt"; then sync; umount "$mnt" || true; fi',
+    ]
+
+
+class VerifyResult(BaseModel):
+    files: int
+    bytes: int
+    digest: str
+
+
+def compare(expected: Mapping[str, int], found: VerifyResult) -> list[str]:
+    """Differences between the S3 listing and the volume, as sentences; empty = byte counts and paths match."""
+    problems: list[str] = []
+    if found.files != len(expected):
+        problems.append(f"{found.files} files on the volume, {len(expected)} in S3")
+    if found.bytes != sum(expected.values()):
+        problems.append(f"{found.bytes} bytes on the volume, {sum(expected.values())} in S3")
+    if not problems and found.digest != listing_digest(expected):
+        problems.append("file names or sizes differ between the volume and S3")
+    return problems
