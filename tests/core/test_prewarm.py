@@ -67,7 +67,7 @@ def test_a_missing_or_changed_file_is_reported(tmp_path: Path) -> None:
 )
 def test_bad_specs_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises((InvalidInputError, ValueError)) as err:
-        PrewarmSpec(**kwargs)  # type: ignore[arg-type]
+        PrewarmSpec(**kwargs)
     assert field in str(err.value)
 
 
