@@ -1,0 +1,154 @@
+"""What every command shares: the per-run state (global options), output to humans or as JSON, and the one
+place where errors become a single line on stderr and an exit code.
+
+Heavy imports (Prefect via blocks/, boto3) stay inside functions: `trainctl version` and `trainctl sandbox up`
+should not pay the ~2 s `import prefect` costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from core.errors import TrainctlError
+
+if TYPE_CHECKING:
+    from blocks.aws import AwsAccount
+
+
+@dataclass
+class CliState:
+    """The root callback's global options, plus what the running command said about its output mode."""
+
+    account: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+    debug: bool = False
+    json: bool = False
+
+    def aws(self) -> AwsAccount:
+        """The AwsAccount to use: the named block (or the environment), with this run's overrides applied."""
+        from blocks.aws import AwsAccount, check_endpoint, check_profile, check_region, load_account
+
+        # Checked here, before the block or the environment, so the message names the option the user typed.
+        overrides: dict[str, str] = {}
+        if self.region is not None:
+            overrides["region"] = check_region(self.region, "--region")
+        if self.profile is not None:
+            overrides["profile"] = check_profile(self.profile, "--profile")
+        if self.endpoint_url is not None:
+            overrides["endpoint_url"] = check_endpoint(self.endpoint_url, "--endpoint-url")
+        if self.account is None:
+            # The environment, with this run's options taking the place of the variables they override.
+            env_names = {"region": "AWS_REGION", "profile": "AWS_PROFILE", "endpoint_url": "AWS_ENDPOINT_URL"}
+            return AwsAccount.from_env({**os.environ, **{env_names[k]: v for k, v in overrides.items()}})
+        account = load_account(self.account)
+        # A copy, not a mutation: a loaded block may be reused elsewhere in the process. The values were checked
+        # above, which model_copy (no validation) would not do.
+        return account.model_copy(update=overrides) if overrides else account
+
+
+def state_of(ctx: typer.Context, *, json_output: bool = False) -> CliState:
+    """The run's CliState; a command calls this first so that a later error knows whether to answer in JSON."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    state: CliState = root.obj
+    state.json = state.json or json_output
+    return state
+
+
+def stdout_console() -> Console:
+    """A console on the current sys.stdout (CliRunner swaps it per call, so never cache one at import time).
+
+    Not a terminal (piped, captured): a fixed wide layout, so IDs are never folded and `grep` sees whole rows.
+    """
+    probe = Console(file=sys.stdout)
+    return Console(file=sys.stdout, width=None if probe.is_terminal else 200, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def emit_json(data: Any) -> None:
+    """Machine-readable output: exactly one JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    """A message for humans that must not pollute stdout (which may be piped into another tool)."""
+    stderr_console().print(message, highlight=False)
+
+
+def format_age(age: timedelta) -> str:
+    """Compact age for tables: `45s`, `3m`, `2h5m`, `2h`, `4d`, `4d3h`."""
+    seconds = max(0, int(age.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, _ = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def _error_code(err: BaseException) -> str:
+    code = getattr(err, "code", None)
+    return code if isinstance(code, str) and code else type(err).__name__
+
+
+def fail(err: BaseException, state: CliState) -> NoReturn:
+    """Report `err` the one way trainctl reports errors, then exit with its code.
+
+    TrainctlError: its own message and exit code (2 usage, 1 AWS). Anything else is a bug: one line naming it,
+    exit 1. `--debug` adds the traceback before the line; `--json` makes the line a JSON object.
+    """
+    if isinstance(err, TrainctlError):
+        message, code, exit_code = str(err), _error_code(err), err.exit_code
+    else:
+        hint = "" if state.debug else "; rerun with --debug for the traceback"
+        message, code, exit_code = f"internal error: {err!r}{hint}", "InternalError", 1
+    if state.debug:
+        traceback.print_exception(err, file=sys.stderr)
+    # One line whatever the message holds: AWS messages sometimes carry newlines.
+    one_line = " ".join(message.split())
+    if state.json:
+        sys.stderr.write(json.dumps({"error": one_line, "code": code, "exit_code": exit_code}) + "\n")
+    else:
+        sys.stderr.write(f"error: {one_line}\n")
+    sys.stderr.flush()
+    raise typer.Exit(exit_code)
+
+
+class ErrorHandlingGroup(TyperGroup):
+    """The root command group: every command runs inside its `invoke`, so errors are handled here, once.
+
+    typer's own exceptions (usage errors such as a bad option value → exit 2, typer.Exit, Abort on Ctrl-C) pass
+    through untouched: typer reports those itself.
+    """
+
+    # `Any`: the context class lives in typer's vendored (private) click module since typer 0.25.
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (TyperException, typer.Exit, typer.Abort):
+            raise
+        except Exception as err:
+            state = ctx.obj if isinstance(ctx.obj, CliState) else CliState()
+            fail(err, state)
