@@ -13,6 +13,7 @@ runtime, for example). Components register their hooks in `install(sandbox)`.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tempfile
@@ -72,10 +73,14 @@ class _Middleware:
         lock = self.sandbox.ec2_lock if req.service == "ec2" else _NO_LOCK
         with lock:
             hooks = self.sandbox.before_hooks.get(("*", "*"), []) + self.sandbox.before_hooks.get(key, [])
+            body_in = req.body
             for before in hooks:
                 answer = before(req)
                 if answer is not None:
                     return answer
+            if req.body is not body_in:  # a hook completed the request (e.g. DetachVolume's InstanceId for moto)
+                environ["wsgi.input"] = io.BytesIO(req.body)
+                environ["CONTENT_LENGTH"] = str(len(req.body))
             status, headers, body = self._call_moto(environ)
             for after in self.sandbox.after_hooks.get(key, []):
                 rewritten = after(req, status, body)
