@@ -29,6 +29,7 @@ LEGACY_CREATED_BY = "CreatedBy"
 LEGACY_CREATORS = frozenset({"runctl", "trainctl"})
 
 _TRUE_VALUES = frozenset({"true", "yes", "1"})
+MANAGED_VALUES = ("true", "True", "TRUE")
 
 
 class Role(StrEnum):
@@ -50,8 +51,14 @@ def _both_prefixes(suffix: str) -> tuple[str, str]:
 
 
 def is_managed(tags: Mapping[str, str]) -> bool:
-    """Created by trainctl (or by runctl before it). Nothing else is ever modified."""
-    return _flag(tags, MANAGED) or tags.get(LEGACY_CREATED_BY, "").strip().lower() in LEGACY_CREATORS
+    """Created by trainctl (or by runctl before it). Nothing else is ever modified.
+
+    Only the values the server-side filter matches count, so the inventory and this check never disagree; an
+    explicit `trainctl:managed=false` wins over the legacy CreatedBy marker.
+    """
+    if MANAGED in tags:
+        return tags[MANAGED] in MANAGED_VALUES
+    return tags.get(LEGACY_CREATED_BY, "").strip().lower() in LEGACY_CREATORS
 
 
 def is_persistent(tags: Mapping[str, str]) -> bool:
@@ -117,6 +124,6 @@ def managed_filter_sets() -> list[list[dict[str, Any]]]:
     number of calls depends on the pages, never on the number of resources.
     """
     return [
-        [{"Name": f"tag:{MANAGED}", "Values": ["true", "True", "TRUE"]}],
+        [{"Name": f"tag:{MANAGED}", "Values": list(MANAGED_VALUES)}],
         [{"Name": f"tag:{LEGACY_CREATED_BY}", "Values": sorted(LEGACY_CREATORS)}],
     ]

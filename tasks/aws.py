@@ -1,0 +1,255 @@
+"""The retry policy and AWS error translation every AWS task uses (DESIGN.md section 4).
+
+Two layers of retries: botocore's standard mode (a few quick attempts inside one call), then Prefect task
+retries with exponential backoff and jitter — only for errors a retry can fix. Everything else fails at once
+as one of our errors, carrying the AWS code and a sentence the user can act on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    WaiterError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from core.errors import AwsError, ConfigurationError, EndpointUnreachableError, TrainctlError, UsageError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Codes AWS documents as "try again": throttling, service-side failures, and capacity that may free up.
+TRANSIENT_CODES: frozenset[str] = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "SlowDown",
+        "BandwidthLimitExceeded",
+        "EC2ThrottledException",
+        "PriorRequestNotComplete",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalServiceError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "Unavailable",
+        "InsufficientInstanceCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "InsufficientCapacity",
+    }
+)
+
+# Network failures: retried like throttling, shown as EndpointUnreachableError once retries are spent.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    BotoConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+
+DEFAULT_RETRIES = 4
+
+
+def _code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return error.get("Code"), status
+    if isinstance(exc, AwsError):
+        return exc.code, getattr(exc, "http_status", None)
+    return None, None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would the same call, made again a little later, plausibly succeed?"""
+    if isinstance(exc, (EndpointUnreachableError, *CONNECTION_ERRORS)):
+        return True
+    code, status = _code_and_status(exc)
+    if code is None and status is None:
+        return False
+    return code in TRANSIENT_CODES or (status is not None and 500 <= status < 600)
+
+
+def _fix_for(code: str, operation: str, status: int | None) -> str:
+    """One sentence per family of AWS error codes, telling the user what to do."""
+    permission = operation if ":" in operation else f"the permission for {operation}"
+    if code in TRANSIENT_CODES and "Capacity" in code:
+        return (
+            "AWS has no capacity for this instance type in this availability zone right now; try another zone "
+            "or instance type, or allow the on-demand fallback"
+        )
+    if code in TRANSIENT_CODES or (status is not None and status >= 500):
+        return (
+            "AWS kept throttling or failing after several retries; run again later, or lower concurrency with a "
+            "Prefect concurrency limit on the aws-ec2 tag"
+        )
+    if code.endswith("NotFound") or code in {"NoSuchKey", "NoSuchBucket", "NoSuchEntity", "ResourceNotFoundException"}:
+        return "Check the ID (`trainctl resources list` shows what exists); the resource may already be deleted"
+    if code.endswith(".Malformed") or code.startswith("InvalidID"):
+        return "The ID is malformed; copy it from `trainctl resources list` or the AWS console"
+    if code in {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "Forbidden"}:
+        return (
+            f"Grant {permission} to the identity in use (`aws sts get-caller-identity` shows it); "
+            "`aws sts decode-authorization-message` explains an encoded EC2 message"
+        )
+    if code in {"AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException"}:
+        return "The credentials are not valid for this account or region; check AWS_PROFILE / the access key in use"
+    if code in {"ExpiredToken", "ExpiredTokenException", "RequestExpired"}:
+        return "The credentials have expired; refresh them (`aws sso login`, a new session token) and run again"
+    if code == "InvalidVolume.ZoneMismatch":
+        return "The volume and the instance are in different availability zones; snapshot the volume and restore it"
+    if code in {"IncorrectState", "IncorrectInstanceState", "VolumeInUse", "DependencyViolation", "InvalidState"}:
+        return (
+            "The resource is in the wrong state for this action; wait for it to settle or do the step before "
+            "(e.g. detach a volume before deleting it) and run again"
+        )
+    if code.endswith("LimitExceeded") or code in {"MaxSpotInstanceCountExceeded", "VcpuLimitExceeded"}:
+        return "An account quota was reached; free resources or request an increase in Service Quotas"
+    if code == "OptInRequired":
+        return "The account is not subscribed to this service or region; opt in from the AWS console"
+    if code.startswith(("InvalidParameter", "MissingParameter", "Validation", "InvalidRequest", "Unsupported")):
+        return "AWS rejected a value in the request; check the parameter named in the message and run again"
+    if code.startswith("Invalid"):
+        return "AWS rejected a value in the request; check the value named in the message"
+    return "See the AWS message; run with --debug for the full details"
+
+
+def aws_error(operation: str, exc: ClientError) -> AwsError:
+    """A botocore ClientError as our AwsError (code, HTTP status and a fix sentence kept)."""
+    code, status = _code_and_status(exc)
+    code = code or "Unknown"
+    message = exc.response.get("Error", {}).get("Message") or str(exc)
+    err = AwsError(operation, code, message, fix=_fix_for(code, operation, status))
+    err.http_status = status  # type: ignore[attr-defined]  # kept so is_transient can read 5xx after translation
+    return err
+
+
+@contextmanager
+def translate(operation: str) -> Iterator[None]:
+    """Turn botocore errors raised inside into trainctl errors. Usable as a decorator too.
+
+    `operation` names what was being done, best as the IAM action (`ec2:DescribeVolumes`) so an access-denied
+    message can name the permission to grant. Our own errors pass through unchanged.
+    """
+    try:
+        yield
+    except TrainctlError:
+        raise
+    except ClientError as exc:
+        raise aws_error(operation, exc) from exc
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise ConfigurationError(
+            f"AWS {operation}: no usable AWS credentials ({exc})",
+            fix="Run `aws configure`, set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "or save an AwsAccount block with keys",
+        ) from exc
+    except NoRegionError as exc:
+        raise ConfigurationError(
+            f"AWS {operation}: no AWS region configured",
+            fix="Set AWS_REGION (e.g. us-east-1) or the region field of the AwsAccount block",
+        ) from exc
+    except CONNECTION_ERRORS as exc:
+        endpoint = getattr(exc, "kwargs", {}).get("endpoint_url") or "the AWS endpoint"
+        override = os.environ.get("AWS_ENDPOINT_URL")
+        where = f" (AWS_ENDPOINT_URL={override})" if override else ""
+        verb = "timed out answering" if isinstance(exc, ReadTimeoutError | ConnectTimeoutError) else "did not answer"
+        raise EndpointUnreachableError(
+            f"AWS {operation}: {endpoint}{where} {verb}",
+            fix="Check the network, or AWS_ENDPOINT_URL / the AwsAccount endpoint_url "
+            "(is the sandbox running? `trainctl sandbox up`); unset it to use AWS itself",
+        ) from exc
+    except WaiterError as exc:
+        # A waiter gave up (too many attempts) or saw a failure state; its last response says which.
+        error = (exc.last_response or {}).get("Error", {})
+        reason = str(getattr(exc, "kwargs", {}).get("reason", ""))
+        code = error.get("Code") or ("WaiterTimeout" if "Max attempts" in reason else "WaiterFailed")
+        fix = (
+            _fix_for(code, operation, None)
+            if error.get("Code")
+            else "The resource did not reach the expected state; check it with `trainctl resources list` and run again"
+        )
+        raise AwsError(operation, code, str(exc), fix=fix) from exc
+    except ParamValidationError as exc:
+        raise UsageError(
+            f"AWS {operation}: the request was refused before sending: {exc}",
+            fix="Check the values passed (IDs, sizes, names)",
+        ) from exc
+
+
+def exception_of(state: State[Any]) -> BaseException | None:
+    """The exception a Failed state carries, whether held directly or in a result record."""
+    data = state.data
+    if isinstance(data, BaseException):
+        return data
+    result = getattr(data, "result", None)  # ResultRecord when results are persisted
+    if isinstance(result, BaseException):
+        return result
+    try:
+        value = state.result(raise_on_failure=False)
+    except Exception:
+        return None
+    return value if isinstance(value, BaseException) else None
+
+
+def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect `retry_condition_fn`: retry only errors `is_transient` accepts (a plain function on purpose:
+    Prefect 3 calls the condition only when `inspect.isfunction` is true)."""
+    exc = exception_of(state)
+    return exc is not None and is_transient(exc)
+
+
+def aws_task(**kwargs: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """`prefect.task` with trainctl's AWS policy: no caching, retries of transient errors only, backoff + jitter.
+
+    The body runs inside `translate(<task name>)`, so whatever botocore raises reaches the caller as a trainctl
+    error. Callers pass `name=` and `tags=` (`aws-ec2`, `aws-ssm`: the concurrency-limit keys); any other
+    `prefect.task` option overrides the defaults.
+    """
+    options: dict[str, Any] = {
+        "cache_policy": NO_CACHE,
+        "retries": DEFAULT_RETRIES,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_transient,
+        **kwargs,
+    }
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        operation = str(options.get("name") or fn.__name__)
+
+        @functools.wraps(fn)
+        def run(*args: P.args, **kw: P.kwargs) -> R:
+            with translate(operation):
+                return fn(*args, **kw)
+
+        return task(**options)(run)
+
+    return decorate

@@ -1,0 +1,44 @@
+"""Session-wide test environment: a private Prefect home and dummy AWS credentials, so no test reaches real AWS.
+
+Set at import time (before any test module imports prefect or boto3, which read settings on import).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_ROOT = Path(tempfile.mkdtemp(prefix="trainctl-tests-"))
+
+_ENV = {
+    "PREFECT_HOME": str(_ROOT / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    # Dummy credentials and no real config files: botocore's chain stops at these and never finds a real key.
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": str(_ROOT / "aws" / "config-does-not-exist"),
+    "AWS_SHARED_CREDENTIALS_FILE": str(_ROOT / "aws" / "credentials-does-not-exist"),
+    # Never ask the instance metadata service for credentials (it would hang off EC2).
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+_CLEARED = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_PROFILE",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+
+for _key in _CLEARED:
+    os.environ.pop(_key, None)
+os.environ.update(_ENV)
+Path(_ENV["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

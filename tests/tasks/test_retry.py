@@ -1,0 +1,202 @@
+"""Retry classification over real botocore error shapes, translation into trainctl errors, the task options."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ReadTimeoutError,
+    WaiterError,
+)
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import Completed, Failed
+from prefect.task_engine import SyncTaskRunEngine
+
+from blocks.aws import AwsAccount, clear_client_cache
+from core.errors import AwsError, ConfigurationError, EndpointUnreachableError, UsageError
+from tasks.aws import aws_task, is_transient, retry_transient, translate
+
+
+def client_error(code: str, status: int, operation: str = "DescribeVolumes", message: str = "boom") -> ClientError:
+    """The response dict botocore's parsers build for an error (EC2 query protocol shape)."""
+    response: dict[str, Any] = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {
+            "RequestId": "5f2bd2b9-0b1a-4b37-8f0f-4e0e0c2f8b8a",
+            "HTTPStatusCode": status,
+            "HTTPHeaders": {"content-type": "text/xml;charset=UTF-8", "server": "AmazonEC2"},
+            "RetryAttempts": 2,
+        },
+    }
+    return ClientError(response, operation)
+
+
+TRANSIENT = [
+    ("ThrottlingException", 400),
+    ("Throttling", 400),
+    ("RequestLimitExceeded", 503),
+    ("SlowDown", 503),
+    ("InternalError", 500),
+    ("InsufficientInstanceCapacity", 500),
+    ("ServiceUnavailable", 503),
+    ("SomethingNew", 502),  # any 5xx
+]
+PERMANENT = [
+    ("InvalidVolume.NotFound", 400),
+    ("InvalidInstanceID.NotFound", 400),
+    ("InvalidParameterValue", 400),
+    ("UnauthorizedOperation", 403),
+    ("AccessDenied", 403),
+    ("InvalidVolume.ZoneMismatch", 400),
+    ("VolumeInUse", 400),
+]
+
+
+@pytest.mark.parametrize(("code", "status"), TRANSIENT)
+def test_transient_codes_retried(code: str, status: int) -> None:
+    exc = client_error(code, status)
+    assert is_transient(exc)
+    # Still transient after translation: the code and status survive, and so does pickling (Prefect pickles).
+    with pytest.raises(AwsError) as info, translate("ec2:DescribeVolumes"):
+        raise exc
+    assert info.value.code == code
+    assert is_transient(info.value)
+    assert is_transient(pickle.loads(pickle.dumps(info.value)))  # noqa: S301 - our own bytes
+
+
+@pytest.mark.parametrize(("code", "status"), PERMANENT)
+def test_permanent_codes_fail_fast_with_code(code: str, status: int) -> None:
+    exc = client_error(code, status)
+    assert not is_transient(exc)
+    with pytest.raises(AwsError) as info, translate("ec2:DeleteVolume"):
+        raise exc
+    assert not is_transient(info.value)
+    assert code in str(info.value) and "ec2:DeleteVolume" in str(info.value)
+    assert info.value.fix
+
+
+def test_fix_sentences_per_family() -> None:
+    def fix(code: str, status: int = 400) -> str:
+        with pytest.raises(AwsError) as info, translate("ec2:AttachVolume"):
+            raise client_error(code, status, "AttachVolume")
+        return info.value.fix or ""
+
+    assert "already be deleted" in fix("InvalidVolume.NotFound")
+    assert "ec2:AttachVolume" in fix("UnauthorizedOperation", 403)
+    assert "different availability zones" in fix("InvalidVolume.ZoneMismatch")
+    assert "detach" in fix("VolumeInUse")
+    assert "parameter" in fix("InvalidParameterValue")
+    assert "quota" in fix("VcpuLimitExceeded")
+    assert "capacity" in fix("InsufficientInstanceCapacity", 500)
+
+
+def test_connection_errors_transient_then_endpoint_unreachable() -> None:
+    errors = [
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9/"),
+        ConnectTimeoutError(endpoint_url="http://127.0.0.1:9/"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9/"),
+    ]
+    for exc in errors:
+        assert is_transient(exc)
+        with pytest.raises(EndpointUnreachableError) as info, translate("ec2:DescribeVolumes"):
+            raise exc
+        assert "http://127.0.0.1:9/" in str(info.value) and "AWS_ENDPOINT_URL" in str(info.value)
+        assert is_transient(info.value)
+
+
+def test_configuration_errors_translated() -> None:
+    with pytest.raises(ConfigurationError, match="credentials"), translate("ec2:DescribeVolumes"):
+        raise NoCredentialsError()
+    with pytest.raises(ConfigurationError, match="AWS_REGION"), translate("ec2:DescribeVolumes"):
+        raise NoRegionError()
+    assert not is_transient(ConfigurationError("x"))
+    assert not is_transient(ValueError("x"))
+
+
+def test_waiter_error_keeps_the_code() -> None:
+    last = {"Error": {"Code": "InvalidInstanceID.NotFound", "Message": "gone"}}
+    with pytest.raises(AwsError) as info, translate("wait instance_running"):
+        raise WaiterError(
+            name="InstanceRunning", reason="Waiter encountered a terminal failure state", last_response=last
+        )
+    assert info.value.code == "InvalidInstanceID.NotFound"
+    with pytest.raises(AwsError) as info, translate("wait instance_running"):
+        raise WaiterError(name="InstanceRunning", reason="Max attempts exceeded", last_response={})
+    assert info.value.code == "WaiterTimeout"
+
+
+def test_translate_is_a_decorator_and_passes_our_errors() -> None:
+    @translate("ec2:DescribeVolumes")
+    def call() -> None:
+        raise client_error("AccessDenied", 403)
+
+    with pytest.raises(AwsError, match="AccessDenied"):
+        call()
+    with pytest.raises(UsageError, match="mine"), translate("x"):
+        raise UsageError("mine")
+
+
+@aws_task(name="probe", tags=["aws-ec2"])
+def probe(code: str, status: int) -> None:
+    raise client_error(code, status)
+
+
+def test_task_options() -> None:
+    assert probe.retries == 4
+    assert probe.retry_delay_seconds == [1, 2, 4, 8]  # exponential_backoff(backoff_factor=1)
+    assert probe.retry_jitter_factor == 0.5
+    assert probe.cache_policy.__class__.__name__ == "_None"  # NO_CACHE
+    assert probe.tags == {"aws-ec2"}
+    assert probe.retry_condition_fn is retry_transient
+    # The body is translated: botocore errors leave the task as trainctl errors.
+    with pytest.raises(AwsError, match=r"InvalidVolume\.NotFound"):
+        probe.fn("InvalidVolume.NotFound", 400)
+    assert aws_task(name="x", retries=1)(lambda: None).retries == 1
+
+
+def _task_run() -> TaskRun:
+    return TaskRun(task_key="probe", dynamic_key="0", name="probe-0")
+
+
+def test_retry_condition_reads_the_failed_state() -> None:
+    task_run = _task_run()
+    assert retry_transient(probe, task_run, Failed(data=client_error("Throttling", 400)))
+    assert not retry_transient(probe, task_run, Failed(data=client_error("InvalidVolume.NotFound", 400)))
+    assert not retry_transient(probe, task_run, Completed(data=1))
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "retried"),
+    [
+        ("ThrottlingException", 400, True),
+        ("InvalidVolume.NotFound", 400, False),
+        ("InternalError", 500, True),
+        ("AccessDenied", 403, False),
+    ],
+)
+def test_prefect_engine_asks_our_condition(code: str, status: int, retried: bool) -> None:
+    # Prefect's own retry decision (SyncTaskRunEngine.can_retry), without a server: it only calls a
+    # retry_condition_fn that passes inspect.isfunction, so this proves ours is wired the way Prefect runs it.
+    engine = SyncTaskRunEngine(task=probe, parameters={"code": code, "status": status})
+    engine.task_run = _task_run()
+    with pytest.raises(AwsError) as info:
+        probe.fn(code, status)
+    assert engine.can_retry(info.value) is retried
+    assert engine.can_retry(client_error(code, status)) is retried
+
+
+def test_unreachable_endpoint_through_translate(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_client_cache()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    aws = AwsAccount(region="us-east-1", endpoint_url="http://127.0.0.1:9", connect_timeout=0.5, max_attempts=1)
+    with pytest.raises(EndpointUnreachableError) as info, translate("ec2:DescribeVolumes"):
+        aws.client("ec2").describe_volumes()
+    assert "127.0.0.1:9" in str(info.value)
+    assert info.value.exit_code == 1
