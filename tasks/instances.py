@@ -1,0 +1,235 @@
+"""EC2 instances: resolve an AMI, launch (spot or on-demand, IMDSv2, encrypted root, tagged at creation,
+idempotent by ClientToken), wait, and terminate only what this caller provably launched.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from blocks.aws import load_account
+from core import tags as t
+from core.errors import InvalidInputError, SafetyRefusalError, UsageError
+from core.ids import validate_id
+from core.models import Instance
+from tasks.aws import aws_task, translate
+from tasks.volumes import WAIT, get_instance, get_volume, keep_on_termination
+
+DEFAULT_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+class LaunchRequest(BaseModel):
+    """One instance to launch. `idempotency_key` (e.g. job + attempt) makes a retried launch return the same
+    instance instead of a second one."""
+
+    name: str
+    role: t.Role
+    idempotency_key: str
+    instance_type: str
+    image_id: str | None = None
+    image_parameter: str = DEFAULT_AMI_PARAMETER
+    job: str | None = None
+    attempt: int | None = None
+    availability_zone: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: list[str] = Field(default_factory=list)
+    instance_profile: str | None = None
+    root_volume_gib: int | None = None
+    user_data: str | None = None
+    spot: bool = False
+    max_price: str | None = None
+    extra_tags: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def client_token(self) -> str:
+        return client_token_for(self.idempotency_key)
+
+
+def client_token_for(idempotency_key: str) -> str:
+    """RunInstances' ClientToken (64 characters at most), also tagged so a retry finds its own instance."""
+    return "trainctl-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+
+
+def _ec2(account: str | None) -> Any:
+    return load_account(account).client("ec2")
+
+
+def resolve_image(request: LaunchRequest, *, account: str | None = None) -> tuple[str, str]:
+    """(image ID, root device name): the AMI given, or the one an SSM public parameter names. Unknown → error."""
+    image_id = request.image_id
+    if not image_id:
+        ssm = load_account(account).client("ssm")
+        try:
+            with translate("GetParameter"):
+                image_id = ssm.get_parameter(Name=request.image_parameter)["Parameter"]["Value"]
+        except Exception as exc:
+            if getattr(exc, "code", "") == "ParameterNotFound":
+                raise InvalidInputError(
+                    "image_parameter", request.image_parameter, "an SSM parameter naming an AMI in this region"
+                ) from exc
+            raise
+    validate_id("image", image_id or "", field="image_id")
+    try:
+        with translate("DescribeImages"):
+            images = _ec2(account).describe_images(ImageIds=[image_id])["Images"]
+    except Exception as exc:
+        if getattr(exc, "code", "").startswith("InvalidAMIID"):
+            images = []
+        else:
+            raise
+    if not images:
+        raise InvalidInputError("image_id", image_id, "an AMI that exists in this region")
+    return str(image_id), images[0].get("RootDeviceName", "/dev/xvda")
+
+
+def check_instance_type(instance_type: str, *, account: str | None = None) -> None:
+    try:
+        with translate("DescribeInstanceTypes"):
+            found = _ec2(account).describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+    except Exception as exc:
+        if getattr(exc, "code", "") in {"InvalidInstanceType", "InvalidParameterValue"}:
+            found = []
+        else:
+            raise
+    if not found:
+        raise InvalidInputError("instance_type", instance_type, "an EC2 instance type offered in this region")
+
+
+def _existing_launch(ec2: Any, token: str) -> Instance | None:
+    """The instance an earlier attempt with this token launched (a retried task must not make a second)."""
+    with translate("DescribeInstances"):
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{t.CLIENT_TOKEN}", "Values": [token]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ]
+        )
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for data in reservation["Instances"]:
+                    return Instance.from_aws(data)
+    return None
+
+
+@aws_task(name="launch-instance", tags=["aws-ec2"])
+def launch_instance(request: LaunchRequest, *, account: str | None = None) -> Instance:
+    """Launch one instance and wait until it is `running`. Validates type and AMI before any mutation."""
+    check_instance_type(request.instance_type, account=account)
+    image_id, root_device = resolve_image(request, account=account)
+    ec2 = _ec2(account)
+    token = request.client_token
+    existing = _existing_launch(ec2, token)
+    if existing is not None:
+        return wait_running(ec2, existing.id)
+    tag_map = t.managed_tags(
+        job=request.job,
+        role=request.role,
+        attempt=request.attempt,
+        name=request.name,
+        client_token=token,
+        extra=request.extra_tags,
+    )
+    params: dict[str, Any] = {
+        "ImageId": image_id,
+        "InstanceType": request.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": token,
+        # IMDSv2 only: a stolen-credential SSRF cannot read the instance role through IMDSv1.
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+        "TagSpecifications": [
+            *t.tag_specifications("instance", tag_map),
+            *t.tag_specifications("volume", {k: v for k, v in tag_map.items() if k != t.CLIENT_TOKEN}),
+        ],
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": root_device,
+                "Ebs": {
+                    "Encrypted": True,
+                    "DeleteOnTermination": True,
+                    "VolumeType": "gp3",
+                    **({"VolumeSize": request.root_volume_gib} if request.root_volume_gib else {}),
+                },
+            }
+        ],
+    }
+    if request.subnet_id:
+        params["SubnetId"] = validate_id("subnet", request.subnet_id)
+    elif request.availability_zone:
+        params["Placement"] = {"AvailabilityZone": request.availability_zone}
+    if request.security_group_ids:
+        params["SecurityGroupIds"] = [validate_id("security_group", g) for g in request.security_group_ids]
+    if request.instance_profile:
+        key = "Arn" if request.instance_profile.startswith("arn:") else "Name"
+        params["IamInstanceProfile"] = {key: request.instance_profile}
+    if request.user_data:
+        params["UserData"] = base64.b64encode(request.user_data.encode()).decode()
+    if request.spot:
+        spot_options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+        if request.max_price:
+            spot_options["MaxPrice"] = request.max_price
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot_options}
+    with translate("RunInstances"):
+        launched = ec2.run_instances(**params)["Instances"][0]
+    return wait_running(ec2, launched["InstanceId"])
+
+
+def wait_running(ec2: Any, instance_id: str) -> Instance:
+    with translate("wait instance_running"):
+        ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
+    return get_instance(ec2, instance_id)
+
+
+@aws_task(name="terminate-launched-instance", tags=["aws-ec2"])
+def terminate_launched_instance(
+    instance_id: str, *, idempotency_key: str, wait: bool = True, account: str | None = None
+) -> bool:
+    """Terminate an instance this caller launched (its client-token tag matches `idempotency_key`).
+
+    Persistent volumes still attached are first set DeleteOnTermination=false and detached (DESIGN.md section 3,
+    rule 1). Returns False when the instance was already gone. Anything not launched by this caller is refused:
+    general teardown goes through the teardown planner instead.
+    """
+    ec2 = _ec2(account)
+    try:
+        instance = get_instance(ec2, instance_id)
+    except Exception as exc:
+        if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
+            return False
+        raise
+    if instance.state in {"terminated", "shutting-down"}:
+        if wait:
+            _wait_terminated(ec2, instance_id)
+        return False
+    expected = client_token_for(idempotency_key)
+    if not instance.managed or instance.tags.get(t.CLIENT_TOKEN) != expected:
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance_id}: it was not launched by this run",
+            fix="Use `trainctl teardown` for resources of other runs.",
+        )
+    for volume_id in instance.volume_ids:
+        volume = get_volume(ec2, volume_id)
+        if volume.persistent and volume.attached_instance_id == instance_id:
+            keep_on_termination.fn(instance_id, volume_id, account=account)
+            with translate("DetachVolume"):
+                ec2.detach_volume(VolumeId=volume_id, InstanceId=instance_id)
+            with translate("wait volume_available"):
+                ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=WAIT)
+    with translate("TerminateInstances"):
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    if wait:
+        _wait_terminated(ec2, instance_id)
+    return True
+
+
+def _wait_terminated(ec2: Any, instance_id: str) -> None:
+    with translate("wait instance_terminated"):
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
+
+
+def require_running(instance: Instance) -> None:
+    if instance.state != "running":
+        raise UsageError(f"{instance.id} is {instance.state}; it must be running")

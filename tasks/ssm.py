@@ -1,0 +1,196 @@
+"""SSM run-command: wait until an instance is Online, run a shell script there, and wait for its result.
+
+No SSH and no open ports: everything that happens on an instance goes through here (DESIGN.md section 4).
+Scripts must be built with `core.shell` (every interpolated value quoted). Output beyond the 24,000 characters
+SSM returns inline is read from the S3 output location when one is given.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from blocks.aws import load_account
+from core.errors import TrainctlError, UsageError
+from core.ids import validate_id
+from core.s3uri import parse_s3_uri
+from tasks.aws import aws_task, is_transient, translate
+
+SSM_INLINE_LIMIT = 24_000
+TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
+
+
+class CommandResult(BaseModel):
+    command_id: str
+    instance_id: str
+    status: str
+    status_details: str = ""
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "Success"
+
+    def describe_failure(self) -> str:
+        tail = (self.stderr or self.stdout).strip().splitlines()[-5:]
+        detail = " | ".join(tail) if tail else "no output"
+        return f"command {self.command_id} on {self.instance_id} ended {self.status} (exit {self.exit_code}): {detail}"
+
+
+class CommandFailedError(TrainctlError):
+    """A script ran on the instance and failed; the message carries its exit code and last lines of output."""
+
+    def __init__(self, result: CommandResult, what: str) -> None:
+        self.result = result
+        super().__init__(f"{what} failed: {result.describe_failure()}")
+
+
+def _poll_delay(attempt: int) -> float:
+    return min(0.25 * (2**attempt), 5.0)
+
+
+def _call_tolerating_transient(call: Any, operation: str, **kwargs: Any) -> Any:
+    """Polling must survive throttling without re-sending the command (a task retry would run it twice)."""
+    for attempt in range(8):
+        try:
+            with translate(operation):
+                return call(**kwargs)
+        except Exception as exc:
+            if not is_transient(exc) or attempt == 7:
+                raise
+            time.sleep(_poll_delay(attempt))
+    raise AssertionError("unreachable")
+
+
+@aws_task(name="wait-ssm-online", tags=["aws-ssm"])
+def wait_online(instance_id: str, *, timeout_s: float = 600, account: str | None = None) -> None:
+    """Wait until the instance's SSM agent reports PingStatus Online (its readiness for commands)."""
+    validate_id("instance", instance_id)
+    ssm = load_account(account).client("ssm")
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        info = _call_tolerating_transient(
+            ssm.describe_instance_information,
+            "DescribeInstanceInformation",
+            Filters=[{"Key": "InstanceIds", "Values": [instance_id]}],
+        )["InstanceInformationList"]
+        if any(i.get("PingStatus") == "Online" for i in info):
+            return
+        if time.monotonic() > deadline:
+            raise UsageError(
+                f"{instance_id} did not come Online in SSM within {timeout_s:.0f} s",
+                fix="Check that the instance profile allows SSM (AmazonSSMManagedInstanceCore), that the AMI runs "
+                "the SSM agent, and that the subnet reaches the SSM endpoints (NAT or VPC endpoints).",
+            )
+        time.sleep(_poll_delay(attempt))
+        attempt += 1
+
+
+def _read_s3_output(account: str | None, url: str) -> str | None:
+    """SSM's StandardOutputUrl is an https URL of the object; take the bucket/key from it."""
+    if not url:
+        return None
+    s3 = load_account(account).client("s3")
+    # https://s3.<region>.amazonaws.com/<bucket>/<key>  or  https://<bucket>.s3.amazonaws.com/<key>
+    path = url.split("://", 1)[-1].split("/", 1)[-1]
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    if host.startswith("s3.") or host.startswith("s3-") or ":" in host or host.startswith("127."):
+        bucket, _, key = path.partition("/")
+    else:
+        bucket, key = host.split(".s3", 1)[0], path
+    with translate("GetObject"):
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return str(body.decode("utf-8", errors="replace"))
+
+
+def run_script(
+    instance_id: str,
+    script: list[str],
+    *,
+    timeout_s: int = 3600,
+    output_s3_uri: str | None = None,
+    comment: str = "",
+    account: str | None = None,
+) -> CommandResult:
+    """Send one AWS-RunShellScript command and wait for it to finish (plain function; see `run_command`)."""
+    validate_id("instance", instance_id)
+    if not script:
+        raise UsageError("an empty script was given to run on the instance")
+    ssm = load_account(account).client("ssm")
+    request: dict[str, Any] = {
+        "InstanceIds": [instance_id],
+        "DocumentName": "AWS-RunShellScript",
+        "Parameters": {"commands": script, "executionTimeout": [str(int(timeout_s))]},
+        "Comment": comment[:100],
+        "TimeoutSeconds": 600,
+    }
+    if output_s3_uri:
+        out = parse_s3_uri(output_s3_uri, field="output_s3_uri")
+        request["OutputS3BucketName"] = out.bucket
+        if out.key:
+            request["OutputS3KeyPrefix"] = out.key.rstrip("/")
+    with translate("SendCommand"):
+        command_id = ssm.send_command(**request)["Command"]["CommandId"]
+    deadline = time.monotonic() + timeout_s + 660
+    attempt = 0
+    while True:
+        time.sleep(_poll_delay(attempt))
+        attempt = min(attempt + 1, 5)
+        try:
+            inv = _call_tolerating_transient(
+                ssm.get_command_invocation,
+                "GetCommandInvocation",
+                CommandId=command_id,
+                InstanceId=instance_id,
+            )
+        except Exception as exc:
+            # Right after SendCommand the invocation may not exist yet: that is not a failure.
+            if getattr(exc, "code", "") == "InvocationDoesNotExist" and time.monotonic() < deadline:
+                continue
+            raise
+        if inv["Status"] in TERMINAL or time.monotonic() > deadline:
+            break
+    stdout, stderr = inv.get("StandardOutputContent", ""), inv.get("StandardErrorContent", "")
+    if len(stdout) >= SSM_INLINE_LIMIT and output_s3_uri:
+        stdout = _read_s3_output(account, inv.get("StandardOutputUrl", "")) or stdout
+    if len(stderr) >= SSM_INLINE_LIMIT and output_s3_uri:
+        stderr = _read_s3_output(account, inv.get("StandardErrorUrl", "")) or stderr
+    code = inv.get("ResponseCode")
+    return CommandResult(
+        command_id=command_id,
+        instance_id=instance_id,
+        status=inv["Status"],
+        status_details=inv.get("StatusDetails", ""),
+        exit_code=code if isinstance(code, int) and code >= 0 else None,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+@aws_task(name="run-command", tags=["aws-ssm"], retries=0)
+def run_command(
+    instance_id: str,
+    script: list[str],
+    *,
+    timeout_s: int = 3600,
+    output_s3_uri: str | None = None,
+    comment: str = "",
+    check: bool = True,
+    what: str = "script",
+    account: str | None = None,
+) -> CommandResult:
+    """Run a script on the instance; with `check` a non-Success result raises CommandFailedError.
+
+    Not retried as a whole: a retry would run the script twice. Polling survives throttling on its own.
+    """
+    result = run_script(
+        instance_id, script, timeout_s=timeout_s, output_s3_uri=output_s3_uri, comment=comment, account=account
+    )
+    if check and not result.ok:
+        raise CommandFailedError(result, what)
+    return result

@@ -1,0 +1,525 @@
+"""EBS volumes and snapshots: create, list, attach, detach, delete, snapshot, restore, move.
+
+Every function takes IDs, models and an AwsAccount block name (None = the standard AWS environment) and
+returns models; clients are built inside. Checks that need no mutation (ownership, AZ, state, limits, safety
+verdicts) all run before the first mutating call, so a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from blocks.aws import load_account
+from core import tags as t
+from core.ebs import VolumeSpec
+from core.errors import InvalidInputError, NotManagedError, UsageError
+from core.ids import validate_availability_zone, validate_id
+from core.models import Instance, Snapshot, Volume
+from core.safety import modify_verdict, snapshot_delete_verdict, volume_delete_verdict
+from tasks.aws import aws_task, translate
+
+# Poll every 2 s (boto3's default of 15 s makes a sandbox run, and an impatient user, wait for nothing).
+WAIT = {"Delay": 2, "MaxAttempts": 450}
+SNAPSHOT_WAIT = {"Delay": 5, "MaxAttempts": 720}
+DEVICE_CANDIDATES = [f"/dev/sd{c}" for c in "fghijklmnop"]
+NOT_FOUND_CODES = {"InvalidVolume.NotFound", "InvalidSnapshot.NotFound", "InvalidInstanceID.NotFound"}
+
+
+class DeleteResult(BaseModel):
+    volume_id: str
+    deleted: bool
+    already_gone: bool = False
+    snapshots_deleted: list[str] = Field(default_factory=list)
+    snapshots_kept: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+def _ec2(account: str | None) -> Any:
+    return load_account(account).client("ec2")
+
+
+def _client_token(seed: str) -> str:
+    """Stable across Prefect retries of one task run (the run ID), unique per call otherwise (64 chars max)."""
+    try:
+        from prefect.runtime import task_run
+
+        run_id = task_run.id
+    except Exception:  # outside Prefect, or an older runtime API: one token per call is still idempotent
+        run_id = None
+    basis = f"{seed}|{run_id or uuid.uuid4()}"
+    return "trainctl-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
+
+
+# -- reads (one call each; no per-resource fan-out) -----------------------------------------------------------
+
+
+def get_volume(ec2: Any, volume_id: str) -> Volume:
+    validate_id("volume", volume_id)
+    with translate("DescribeVolumes"):
+        found = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    return Volume.from_aws(found[0])
+
+
+def get_instance(ec2: Any, instance_id: str) -> Instance:
+    validate_id("instance", instance_id)
+    with translate("DescribeInstances"):
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return Instance.from_aws(reservations[0]["Instances"][0])
+
+
+def snapshots_of(ec2: Any, volume_id: str) -> list[Snapshot]:
+    """Every snapshot this account owns of the volume (managed or not: the user must see them all)."""
+    with translate("DescribeSnapshots"):
+        pages = ec2.get_paginator("describe_snapshots").paginate(
+            OwnerIds=["self"], Filters=[{"Name": "volume-id", "Values": [volume_id]}]
+        )
+        return [Snapshot.from_aws(s) for page in pages for s in page["Snapshots"]]
+
+
+def managed_volumes_named(ec2: Any, name: str) -> list[Volume]:
+    found: dict[str, Volume] = {}
+    for filters in t.managed_filter_sets():
+        with translate("DescribeVolumes"):
+            pages = ec2.get_paginator("describe_volumes").paginate(
+                Filters=[*filters, {"Name": f"tag:{t.NAME}", "Values": [name]}]
+            )
+            for page in pages:
+                for data in page["Volumes"]:
+                    if data.get("State") not in {"deleting", "deleted"}:
+                        found[data["VolumeId"]] = Volume.from_aws(data)
+    return list(found.values())
+
+
+def resolve_availability_zone(
+    ec2: Any,
+    *,
+    availability_zone: str | None = None,
+    instance_id: str | None = None,
+    instance_type: str | None = None,
+) -> str:
+    """The AZ a new volume goes to: the one given, the named instance's, or the first that offers the type."""
+    with translate("DescribeAvailabilityZones"):
+        zones = sorted(
+            z["ZoneName"]
+            for z in ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]}])[
+                "AvailabilityZones"
+            ]
+        )
+    if availability_zone:
+        validate_availability_zone(availability_zone)
+        if availability_zone not in zones:
+            raise InvalidInputError(
+                "availability_zone", availability_zone, f"an available zone of this region: {', '.join(zones)}"
+            )
+        return availability_zone
+    if instance_id:
+        zone = get_instance(ec2, instance_id).availability_zone
+        if zone:
+            return zone
+    if instance_type:
+        with translate("DescribeInstanceTypeOfferings"):
+            pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
+                LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [instance_type]}]
+            )
+            offered = sorted({o["Location"] for page in pages for o in page["InstanceTypeOfferings"]} & set(zones))
+        if not offered:
+            raise InvalidInputError(
+                "instance_type", instance_type, "an instance type offered in this region's availability zones"
+            )
+        return offered[0]
+    if not zones:
+        raise UsageError("this region reports no available availability zone")
+    return zones[0]
+
+
+def _require_managed(resource: Volume | Instance | Snapshot, *, action: str, adopt: bool, ec2: Any) -> None:
+    """Unmanaged resources are never modified; with adopt they are tagged managed first (DESIGN.md section 2)."""
+    if resource.managed:
+        return
+    if not adopt:
+        modify_verdict(resource, action=action).raise_if_refused()
+        raise NotManagedError(resource.id)  # unreachable: the verdict refuses; kept for type narrowing
+    with translate("CreateTags"):
+        ec2.create_tags(Resources=[resource.id], Tags=t.to_aws({t.MANAGED: "true"}))
+
+
+# -- tasks ----------------------------------------------------------------------------------------------------
+
+
+@aws_task(name="create-volume", tags=["aws-ec2"])
+def create_volume(
+    spec: VolumeSpec,
+    *,
+    availability_zone: str | None = None,
+    instance_id: str | None = None,
+    instance_type: str | None = None,
+    job: str | None = None,
+    account: str | None = None,
+) -> Volume:
+    """Create a volume (encrypted, gp3, persistent by default) and wait until it is `available`.
+
+    Refuses a name that a managed volume already has. The AZ is the one given, the instance's, or the first AZ
+    offering `instance_type`. A retried call (Prefect task retry) returns the volume its first attempt made.
+    """
+    ec2 = _ec2(account)
+    zone = resolve_availability_zone(
+        ec2, availability_zone=availability_zone, instance_id=instance_id, instance_type=instance_type
+    )
+    token = _client_token(f"{spec.model_dump_json()}|{zone}|{job}")
+    for existing in managed_volumes_named(ec2, spec.name):
+        if existing.tags.get(t.CLIENT_TOKEN) == token:
+            return wait_volume(ec2, existing.id, "volume_available")
+        raise UsageError(
+            f"a trainctl volume named {spec.name!r} already exists: {existing.id} in {existing.availability_zone}",
+            fix="Choose another name, use the existing volume, or delete it first.",
+        )
+    tag_map = t.managed_tags(
+        job=job,
+        role=t.Role.DATA,
+        name=spec.name,
+        persistent=spec.persistent,
+        protected=spec.protected,
+        client_token=token,
+    )
+    request: dict[str, Any] = {
+        "AvailabilityZone": zone,
+        "Size": spec.size_gib,
+        "VolumeType": spec.volume_type,
+        "Encrypted": spec.encrypted,
+        "TagSpecifications": t.tag_specifications("volume", tag_map),
+        "ClientToken": token,
+    }
+    if spec.iops is not None:
+        request["Iops"] = spec.iops
+    if spec.throughput is not None:
+        request["Throughput"] = spec.throughput
+    if spec.kms_key_id:
+        request["KmsKeyId"] = spec.kms_key_id
+    if spec.snapshot_id:
+        request["SnapshotId"] = validate_id("snapshot", spec.snapshot_id, field="snapshot_id")
+    with translate("CreateVolume"):
+        created = ec2.create_volume(**request)
+    return wait_volume(ec2, created["VolumeId"], "volume_available")
+
+
+def wait_volume(ec2: Any, volume_id: str, waiter: str) -> Volume:
+    with translate(f"wait {waiter}"):
+        ec2.get_waiter(waiter).wait(VolumeIds=[volume_id], WaiterConfig=WAIT)
+    return get_volume(ec2, volume_id)
+
+
+def _wait_attachment(ec2: Any, volume_id: str, instance_id: str) -> Volume:
+    """`volume_in_use` fires on the volume state; the attachment itself may still be `attaching`."""
+    deadline = datetime.now(UTC) + timedelta(seconds=WAIT["Delay"] * WAIT["MaxAttempts"])
+    while True:
+        volume = wait_volume(ec2, volume_id, "volume_in_use")
+        if any(a.instance_id == instance_id and a.state == "attached" for a in volume.attachments):
+            return volume
+        if datetime.now(UTC) > deadline:
+            raise UsageError(f"{volume_id} did not reach 'attached' on {instance_id} in time")
+        _sleep(WAIT["Delay"])
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def free_device(instance: Instance, used: set[str], requested: str | None) -> str:
+    """The device name to attach at: the requested one if free, else the first free /dev/sd[f-p]."""
+    if requested:
+        if requested in used:
+            raise InvalidInputError(
+                "device", requested, f"a device name not in use on {instance.id} (in use: {', '.join(sorted(used))})"
+            )
+        return requested
+    for device in DEVICE_CANDIDATES:
+        if device not in used and device.replace("/dev/sd", "/dev/xvd") not in used:
+            return device
+    raise UsageError(f"{instance.id} has no free device name among {DEVICE_CANDIDATES[0]}..{DEVICE_CANDIDATES[-1]}")
+
+
+@aws_task(name="attach-volume", tags=["aws-ec2"])
+def attach_volume(
+    volume_id: str,
+    instance_id: str,
+    *,
+    device: str | None = None,
+    adopt: bool = False,
+    account: str | None = None,
+) -> Volume:
+    """Attach and wait until `attached`. A volume in another AZ is refused before any call, naming the fix."""
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    instance = get_instance(ec2, instance_id)
+    if volume.attached_instance_id == instance_id:
+        return _wait_attachment(ec2, volume_id, instance_id)  # already done (a retry, or a re-run)
+    if volume.attached_instance_id:
+        raise UsageError(
+            f"{volume_id} is in use by {volume.attached_instance_id}",
+            fix=f"Detach it first: trainctl ebs detach {volume_id}",
+        )
+    if volume.availability_zone != instance.availability_zone:
+        raise UsageError(
+            f"{volume_id} is in {volume.availability_zone} but {instance_id} is in {instance.availability_zone}; "
+            "EBS volumes attach only within their availability zone",
+            fix=f"Move the volume: trainctl ebs move {volume_id} {instance.availability_zone} "
+            f"(snapshot + restore), or launch the instance in {volume.availability_zone}.",
+        )
+    if instance.state not in {"running", "stopped"}:
+        raise UsageError(f"{instance_id} is {instance.state}; volumes attach to running or stopped instances")
+    if volume.state != "available":
+        raise UsageError(f"{volume_id} is {volume.state}, not available")
+    with translate("DescribeInstances"):
+        data = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    used = {b["DeviceName"] for b in data.get("BlockDeviceMappings", [])} | {data.get("RootDeviceName", "")}
+    chosen = free_device(instance, used, device)
+    _require_managed(volume, action="attach", adopt=adopt, ec2=ec2)
+    _require_managed(instance, action="attach to", adopt=adopt, ec2=ec2)
+    with translate("AttachVolume"):
+        ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=chosen)
+    return _wait_attachment(ec2, volume_id, instance_id)
+
+
+@aws_task(name="detach-volume", tags=["aws-ec2"])
+def detach_volume(volume_id: str, *, force: bool = False, adopt: bool = False, account: str | None = None) -> Volume:
+    """Detach and wait until `available`. Detaching an already detached volume is a no-op (idempotent)."""
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    if not volume.attached and volume.state == "available":
+        return volume
+    _require_managed(volume, action="detach", adopt=adopt, ec2=ec2)
+    with translate("DetachVolume"):
+        try:
+            ec2.detach_volume(VolumeId=volume_id, InstanceId=volume.attached_instance_id, Force=force)
+        except Exception as exc:
+            if _code(exc) != "IncorrectState":  # detached in the meantime: the goal is reached
+                raise
+    return wait_volume(ec2, volume_id, "volume_available")
+
+
+@aws_task(name="set-delete-on-termination", tags=["aws-ec2"])
+def keep_on_termination(instance_id: str, volume_id: str, *, account: str | None = None) -> None:
+    """Set DeleteOnTermination=false for the volume on the instance, so terminating never deletes it."""
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    attachment = next((a for a in volume.attachments if a.instance_id == instance_id), None)
+    if attachment is None or not attachment.delete_on_termination:
+        return
+    with translate("ModifyInstanceAttribute"):
+        ec2.modify_instance_attribute(
+            InstanceId=instance_id,
+            BlockDeviceMappings=[{"DeviceName": attachment.device, "Ebs": {"DeleteOnTermination": False}}],
+        )
+
+
+@aws_task(name="delete-volume", tags=["aws-ec2"])
+def delete_volume(
+    volume_id: str,
+    *,
+    force: bool = False,
+    delete_snapshots: bool = False,
+    adopt: bool = False,
+    min_age: timedelta = timedelta(minutes=5),
+    now: datetime | None = None,
+    account: str | None = None,
+) -> DeleteResult:
+    """Delete a volume under every rule of DESIGN.md section 3 (attached: refused; persistent, protected or
+    young: needs force; snapshots: listed, deleted only with delete_snapshots). Already gone = done."""
+    ec2 = _ec2(account)
+    validate_id("volume", volume_id)
+    try:
+        volume = get_volume(ec2, volume_id)
+    except Exception as exc:
+        if _code(exc) == "InvalidVolume.NotFound":
+            return DeleteResult(volume_id=volume_id, deleted=False, already_gone=True)
+        raise
+    snapshots = snapshots_of(ec2, volume_id)
+    verdict = volume_delete_verdict(
+        volume,
+        snapshots=snapshots,
+        now=now or datetime.now(UTC),
+        min_age=min_age,
+        force=force,
+        adopt=adopt,
+        delete_snapshots=delete_snapshots,
+    )
+    verdict.raise_if_refused()
+    _require_managed(volume, action="delete", adopt=adopt, ec2=ec2)
+    deleted_snapshots: list[str] = []
+    if delete_snapshots:
+        for snapshot_id in [s.id for s in snapshots]:
+            _tolerate_not_found(partial(ec2.delete_snapshot, SnapshotId=snapshot_id), "DeleteSnapshot")
+            deleted_snapshots.append(snapshot_id)
+    _tolerate_not_found(lambda: ec2.delete_volume(VolumeId=volume_id), "DeleteVolume")
+    return DeleteResult(
+        volume_id=volume_id,
+        deleted=True,
+        snapshots_deleted=deleted_snapshots,
+        snapshots_kept=[s.id for s in snapshots if s.id not in deleted_snapshots],
+        notes=list(verdict.notes),
+    )
+
+
+@aws_task(name="create-snapshot", tags=["aws-ec2"])
+def create_snapshot(
+    volume_id: str, *, description: str = "", wait: bool = True, adopt: bool = False, account: str | None = None
+) -> Snapshot:
+    """Snapshot a volume (tags follow the volume's job and name) and, by default, wait until `completed`."""
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    _require_managed(volume, action="snapshot", adopt=adopt, ec2=ec2)
+    tag_map = t.managed_tags(
+        job=volume.job,
+        role=t.Role(volume.role) if volume.role in set(t.Role) else t.Role.DATA,
+        name=f"{volume.name or volume_id}@{datetime.now(UTC):%Y%m%dT%H%M%SZ}",
+    )
+    with translate("CreateSnapshot"):
+        created = ec2.create_snapshot(
+            VolumeId=volume_id,
+            Description=description or f"trainctl snapshot of {volume.name or volume_id}",
+            TagSpecifications=t.tag_specifications("snapshot", tag_map),
+        )
+    snapshot_id = created["SnapshotId"]
+    if wait:
+        with translate("wait snapshot_completed"):
+            ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot_id], WaiterConfig=SNAPSHOT_WAIT)
+    with translate("DescribeSnapshots"):
+        return Snapshot.from_aws(ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0])
+
+
+@aws_task(name="list-snapshots", tags=["aws-ec2"])
+def list_snapshots(volume_id: str | None = None, *, account: str | None = None) -> list[Snapshot]:
+    """Managed snapshots, optionally only those of one volume (paginated, filtered server-side)."""
+    ec2 = _ec2(account)
+    found: dict[str, Snapshot] = {}
+    extra = [{"Name": "volume-id", "Values": [validate_id("volume", volume_id)]}] if volume_id else []
+    for filters in t.managed_filter_sets():
+        with translate("DescribeSnapshots"):
+            pages = ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=[*filters, *extra])
+            for page in pages:
+                for data in page["Snapshots"]:
+                    found[data["SnapshotId"]] = Snapshot.from_aws(data)
+    return sorted(found.values(), key=lambda s: s.created_at)
+
+
+@aws_task(name="delete-snapshot", tags=["aws-ec2"])
+def delete_snapshot(
+    snapshot_id: str,
+    *,
+    force: bool = False,
+    adopt: bool = False,
+    min_age: timedelta = timedelta(minutes=5),
+    now: datetime | None = None,
+    account: str | None = None,
+) -> bool:
+    """Delete a snapshot under the ownership/protection/age rules. False when it was already gone."""
+    ec2 = _ec2(account)
+    validate_id("snapshot", snapshot_id)
+    try:
+        with translate("DescribeSnapshots"):
+            data = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    except Exception as exc:
+        if _code(exc) == "InvalidSnapshot.NotFound":
+            return False
+        raise
+    snapshot = Snapshot.from_aws(data)
+    snapshot_delete_verdict(
+        snapshot, now=now or datetime.now(UTC), min_age=min_age, force=force, adopt=adopt
+    ).raise_if_refused()
+    _tolerate_not_found(lambda: ec2.delete_snapshot(SnapshotId=snapshot_id), "DeleteSnapshot")
+    return True
+
+
+@aws_task(name="restore-snapshot", tags=["aws-ec2"])
+def restore_snapshot(
+    snapshot_id: str,
+    availability_zone: str,
+    *,
+    name: str,
+    volume_type: str = "gp3",
+    size_gib: int | None = None,
+    persistent: bool = True,
+    job: str | None = None,
+    account: str | None = None,
+) -> Volume:
+    """A new volume in any AZ from a snapshot (at least the snapshot's size)."""
+    ec2 = _ec2(account)
+    validate_id("snapshot", snapshot_id)
+    with translate("DescribeSnapshots"):
+        snap = Snapshot.from_aws(ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0])
+    if snap.state != "completed":
+        raise UsageError(f"{snapshot_id} is {snap.state}; wait until it is completed")
+    size = size_gib or snap.size_gib
+    if size < snap.size_gib:
+        raise InvalidInputError("size_gib", size, f"at least the snapshot's size, {snap.size_gib} GiB")
+    spec = VolumeSpec(name=name, size_gib=size, volume_type=volume_type, persistent=persistent, snapshot_id=snapshot_id)
+    return create_volume.fn(spec, availability_zone=availability_zone, job=job or snap.job, account=account)
+
+
+@aws_task(name="move-volume", tags=["aws-ec2"])
+def move_volume(volume_id: str, availability_zone: str, *, account: str | None = None) -> Volume:
+    """Move a detached volume to another AZ: snapshot, restore there under the same name, keep the original.
+
+    The original is renamed `<name>@<old-az>` (and keeps its data and protection); delete it yourself once the
+    new volume is verified. The snapshot remains as a restore point.
+    """
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    _require_managed(volume, action="move", adopt=False, ec2=ec2)
+    zone = resolve_availability_zone(ec2, availability_zone=availability_zone)
+    if zone == volume.availability_zone:
+        return volume
+    if volume.attached:
+        raise UsageError(
+            f"{volume_id} is attached to {volume.attached_instance_id}; a move snapshots it, so detach it first "
+            "for a consistent copy",
+            fix=f"trainctl ebs detach {volume_id}",
+        )
+    name = volume.name or volume_id
+    snapshot = create_snapshot.fn(volume_id, description=f"trainctl move of {name} to {zone}", account=account)
+    with translate("CreateTags"):
+        ec2.create_tags(Resources=[volume_id], Tags=t.to_aws({t.NAME: f"{name}@{volume.availability_zone}"}))
+    try:
+        return restore_snapshot.fn(
+            snapshot.id,
+            zone,
+            name=name,
+            volume_type=volume.volume_type,
+            size_gib=volume.size_gib,
+            persistent=volume.persistent,
+            job=volume.job,
+            account=account,
+        )
+    except Exception:
+        with translate("CreateTags"):  # give the original its name back: the move did not happen
+            ec2.create_tags(Resources=[volume_id], Tags=t.to_aws({t.NAME: name}))
+        raise
+
+
+def _code(exc: BaseException) -> str | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code")
+    return None
+
+
+def _tolerate_not_found(call: Callable[[], Any], operation: str) -> None:
+    """Deletes are idempotent: NotFound means it is already done."""
+    try:
+        with translate(operation):
+            call()
+    except Exception as exc:
+        if _code(exc) not in NOT_FOUND_CODES:
+            raise
