@@ -57,8 +57,14 @@ def _ec2(account: str | None) -> Any:
     return load_account(account).client("ec2")
 
 
-def resolve_image(request: LaunchRequest, *, account: str | None = None) -> tuple[str, str]:
-    """(image ID, root device name): the AMI given, or the one an SSM public parameter names. Unknown → error."""
+class ImageInfo(BaseModel):
+    image_id: str
+    root_device: str
+    root_size_gib: int | None = None
+
+
+def resolve_image(request: LaunchRequest, *, account: str | None = None) -> ImageInfo:
+    """The AMI given, or the one an SSM public parameter names, with its root device. Unknown → error."""
     image_id = request.image_id
     if not image_id:
         ssm = load_account(account).client("ssm")
@@ -82,7 +88,12 @@ def resolve_image(request: LaunchRequest, *, account: str | None = None) -> tupl
             raise
     if not images:
         raise InvalidInputError("image_id", image_id, "an AMI that exists in this region")
-    return str(image_id), images[0].get("RootDeviceName", "/dev/xvda")
+    root_device = images[0].get("RootDeviceName", "/dev/xvda")
+    root: dict[str, Any] = next(
+        (b for b in images[0].get("BlockDeviceMappings", []) if b.get("DeviceName") == root_device), {}
+    )
+    size = root.get("Ebs", {}).get("VolumeSize")
+    return ImageInfo(image_id=str(image_id), root_device=root_device, root_size_gib=int(size) if size else None)
 
 
 def check_instance_type(instance_type: str, *, account: str | None = None) -> None:
@@ -118,7 +129,12 @@ def _existing_launch(ec2: Any, token: str) -> Instance | None:
 def launch_instance(request: LaunchRequest, *, account: str | None = None) -> Instance:
     """Launch one instance and wait until it is `running`. Validates type and AMI before any mutation."""
     check_instance_type(request.instance_type, account=account)
-    image_id, root_device = resolve_image(request, account=account)
+    image = resolve_image(request, account=account)
+    if request.root_volume_gib and image.root_size_gib and request.root_volume_gib < image.root_size_gib:
+        raise InvalidInputError(
+            "root_volume_gib", request.root_volume_gib, f"at least the AMI's root size, {image.root_size_gib} GiB"
+        )
+    root_size = request.root_volume_gib or image.root_size_gib
     ec2 = _ec2(account)
     token = request.client_token
     existing = _existing_launch(ec2, token)
@@ -133,7 +149,7 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         extra=request.extra_tags,
     )
     params: dict[str, Any] = {
-        "ImageId": image_id,
+        "ImageId": image.image_id,
         "InstanceType": request.instance_type,
         "MinCount": 1,
         "MaxCount": 1,
@@ -146,12 +162,13 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         ],
         "BlockDeviceMappings": [
             {
-                "DeviceName": root_device,
+                "DeviceName": image.root_device,
                 "Ebs": {
                     "Encrypted": True,
                     "DeleteOnTermination": True,
                     "VolumeType": "gp3",
-                    **({"VolumeSize": request.root_volume_gib} if request.root_volume_gib else {}),
+                    # Restating the AMI's own root size keeps the mapping valid when only encryption changes.
+                    **({"VolumeSize": root_size} if root_size else {}),
                 },
             }
         ],

@@ -1,0 +1,125 @@
+"""prewarm end to end in the sandbox: real instances, real SSM commands, volumes as folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+
+from core import tags as t
+from core.ebs import VolumeSpec
+from core.errors import InvalidInputError
+from core.prewarm import PrewarmSpec
+from flows.prewarm import PrewarmFailedError, prewarm
+from sandbox import Sandbox
+from tasks.instances import LaunchRequest, launch_instance
+from tasks.ssm import run_command, wait_online
+from tasks.volumes import attach_volume
+
+pytestmark = pytest.mark.sandbox
+BUCKET = "datasets"
+
+
+def _upload_dataset(cloud: Sandbox, prefix: str) -> dict[str, str]:
+    """200 files in nested folders (one of 50 MB, one empty, unicode names): relative path → sha256."""
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    rng = random.Random(7)
+    checksums: dict[str, str] = {}
+    for i in range(200):
+        if i == 0:
+            rel, data = "big/shard-000.bin", os.urandom(50 * 1024 * 1024)
+        elif i == 1:
+            rel, data = "labels/empty.txt", b""
+        else:
+            rel = f"train/class-{i % 7}/{'ünïcode-' if i % 11 == 0 else ''}img-{i:04d}.jpg"
+            data = rng.randbytes(rng.randint(10, 4000))
+        s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{rel}", Body=data)
+        checksums[rel] = hashlib.sha256(data).hexdigest()
+    return checksums
+
+
+def _managed_instances(cloud: Sandbox, states: tuple[str, ...] = ("pending", "running")) -> list[str]:
+    reservations = cloud.client("ec2").describe_instances(
+        Filters=[
+            {"Name": "tag:trainctl:managed", "Values": ["true"]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ]
+    )["Reservations"]
+    return [i["InstanceId"] for r in reservations for i in r["Instances"]]
+
+
+CHECKSUM_SCRIPT = r"""set -eu
+dev="${TRAINCTL_ROOT:-}/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$SERIAL"
+mnt="${TRAINCTL_ROOT:-}/mnt/check"
+mkdir -p "$mnt"; mount "$dev" "$mnt"
+cd "$mnt" && find . -type f ! -path './.trainctl/*' -print0 | sort -z | xargs -0 sha256sum
+cat "$mnt/.trainctl/prewarm-manifest.json" >&2
+umount "$mnt"
+"""
+
+
+def test_prewarm_lands_every_byte_and_leaves_no_instance(cloud: Sandbox) -> None:
+    checksums = _upload_dataset(cloud, "imagenet")
+    report = prewarm(
+        PrewarmSpec(source=f"s3://{BUCKET}/imagenet/", volume=VolumeSpec(name="imagenet", size_gib=100), job="demo")
+    )
+    assert report.files == 200 and report.temporary_instance_terminated
+
+    ec2 = cloud.client("ec2")
+    volume = ec2.describe_volumes(VolumeIds=[report.volume_id])["Volumes"][0]
+    tags = t.from_aws(volume["Tags"])
+    assert volume["State"] == "available" and volume["Attachments"] == []
+    assert tags[t.MANAGED] == "true" and tags[t.PERSISTENT] == "true" and tags[t.NAME] == "imagenet"
+    temp = ec2.describe_instances(InstanceIds=[report.instance_id])["Reservations"][0]["Instances"][0]
+    assert temp["State"]["Name"] == "terminated"
+    assert _managed_instances(cloud) == []
+
+    # A new instance sees the same files, byte for byte.
+    reader = launch_instance.fn(
+        LaunchRequest(
+            name="reader",
+            role=t.Role.TRAIN,
+            idempotency_key="reader-1",
+            instance_type="t3.micro",
+            availability_zone=report.availability_zone,
+        )
+    )
+    wait_online.fn(reader.id)
+    attach_volume.fn(report.volume_id, reader.id)
+    out = run_command.fn(
+        reader.id,
+        [f"SERIAL={report.volume_id.replace('-', '')}", CHECKSUM_SCRIPT],
+        output_s3_uri=f"s3://{BUCKET}/ssm-output",
+    )
+    seen = {line.split("  ./", 1)[1]: line.split("  ", 1)[0] for line in out.stdout.splitlines() if "  ./" in line}
+    assert seen == checksums
+    assert '"objects": 200' in out.stderr
+
+
+def test_missing_prefix_is_refused_before_anything_is_created(cloud: Sandbox) -> None:
+    cloud.client("s3").create_bucket(Bucket="empty-bucket")
+    before = cloud.client("ec2").describe_volumes()["Volumes"]
+    with pytest.raises(InvalidInputError, match="source"):
+        prewarm(PrewarmSpec(source="s3://empty-bucket/nothing/", volume=VolumeSpec(name="x", size_gib=10)))
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        prewarm(PrewarmSpec(source="s3://no-such-bucket/data/", volume=VolumeSpec(name="x", size_gib=10)))
+    assert cloud.client("ec2").describe_volumes()["Volumes"] == before
+    assert _managed_instances(cloud) == []
+
+
+def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox) -> None:
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket="broken")
+    s3.put_object(Bucket="broken", Key="data/ok.txt", Body=b"fine")
+    # S3 keys may be 1,024 bytes; a file name may not exceed 255: this object cannot land on any filesystem.
+    s3.put_object(Bucket="broken", Key="data/" + "x" * 300 + ".bin", Body=b"too long a name")
+    with pytest.raises(PrewarmFailedError) as err:
+        prewarm(PrewarmSpec(source="s3://broken/data/", volume=VolumeSpec(name="broken", size_gib=10)))
+    message = str(err.value)
+    assert "step 'sync'" in message and "terminated" in message and "detached" in message
+    assert _managed_instances(cloud) == []
+    volumes = cloud.client("ec2").describe_volumes(Filters=[{"Name": "tag:Name", "Values": ["broken"]}])["Volumes"]
+    assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
