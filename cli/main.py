@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli import resources, sandbox
+from cli import ebs, resources, sandbox
 from cli.output import CliState, ErrorHandlingGroup, emit_json, state_of, stdout_console
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(resources.app, name="resources")
+app.add_typer(ebs.app, name="ebs")
 app.add_typer(sandbox.app, name="sandbox")
 
 

@@ -310,14 +310,21 @@ def detach_volume(volume_id: str, *, force: bool = False, adopt: bool = False, a
 def keep_on_termination(instance_id: str, volume_id: str, *, account: str | None = None) -> None:
     """Set DeleteOnTermination=false for the volume on the instance, so terminating never deletes it."""
     ec2 = _ec2(account)
-    volume = get_volume(ec2, volume_id)
-    attachment = next((a for a in volume.attachments if a.instance_id == instance_id), None)
-    if attachment is None or not attachment.delete_on_termination:
+    validate_id("volume", volume_id)
+    validate_id("instance", instance_id)
+    # Read from the instance's block device mappings, not the volume's attachments: DescribeVolumes may omit
+    # DeleteOnTermination (moto, hence the sandbox, does), and a missing flag must never read as "already false".
+    with translate("DescribeInstances"):
+        data = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    mapping = next(
+        (b for b in data.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("VolumeId") == volume_id), None
+    )
+    if mapping is None or mapping["Ebs"].get("DeleteOnTermination") is False:
         return
     with translate("ModifyInstanceAttribute"):
         ec2.modify_instance_attribute(
             InstanceId=instance_id,
-            BlockDeviceMappings=[{"DeviceName": attachment.device, "Ebs": {"DeleteOnTermination": False}}],
+            BlockDeviceMappings=[{"DeviceName": mapping["DeviceName"], "Ebs": {"DeleteOnTermination": False}}],
         )
 
 
@@ -448,6 +455,7 @@ def restore_snapshot(
     volume_type: str = "gp3",
     size_gib: int | None = None,
     persistent: bool = True,
+    protected: bool = False,
     job: str | None = None,
     account: str | None = None,
 ) -> Volume:
@@ -461,7 +469,14 @@ def restore_snapshot(
     size = size_gib or snap.size_gib
     if size < snap.size_gib:
         raise InvalidInputError("size_gib", size, f"at least the snapshot's size, {snap.size_gib} GiB")
-    spec = VolumeSpec(name=name, size_gib=size, volume_type=volume_type, persistent=persistent, snapshot_id=snapshot_id)
+    spec = VolumeSpec(
+        name=name,
+        size_gib=size,
+        volume_type=volume_type,
+        persistent=persistent,
+        protected=protected,
+        snapshot_id=snapshot_id,
+    )
     return create_volume.fn(spec, availability_zone=availability_zone, job=job or snap.job, account=account)
 
 
@@ -496,6 +511,7 @@ def move_volume(volume_id: str, availability_zone: str, *, account: str | None =
             volume_type=volume.volume_type,
             size_gib=volume.size_gib,
             persistent=volume.persistent,
+            protected=volume.protected,  # the moved volume keeps its protection, not only the original
             job=volume.job,
             account=account,
         )
