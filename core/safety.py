@@ -56,8 +56,9 @@ class Verdict:
             return
         reasons = "; ".join(str(b) for b in self.blockers)
         overrides = sorted({b.override for b in self.blockers if b.override})
+        spelled = [f"{o}=True (CLI: --{o.replace('_', '-')})" for o in overrides]
         fix = (
-            f"If you are sure, pass {' and '.join(overrides)}."
+            f"If you are sure, pass {' and '.join(spelled)}."
             if all(b.override for b in self.blockers)
             else "Resolve the blockers without an override first (e.g. detach the volume)."
         )

@@ -456,6 +456,8 @@ def restore_snapshot(
     size_gib: int | None = None,
     persistent: bool = True,
     protected: bool = False,
+    iops: int | None = None,
+    throughput: int | None = None,
     job: str | None = None,
     account: str | None = None,
 ) -> Volume:
@@ -475,6 +477,8 @@ def restore_snapshot(
         volume_type=volume_type,
         persistent=persistent,
         protected=protected,
+        iops=iops,
+        throughput=throughput,
         snapshot_id=snapshot_id,
     )
     return create_volume.fn(spec, availability_zone=availability_zone, job=job or snap.job, account=account)
@@ -512,6 +516,9 @@ def move_volume(volume_id: str, availability_zone: str, *, account: str | None =
             size_gib=volume.size_gib,
             persistent=volume.persistent,
             protected=volume.protected,  # the moved volume keeps its protection, not only the original
+            # Provisioned performance moves too (gp3 always reports its baseline 3,000 IOPS / 125 MiB/s).
+            iops=volume.iops if volume.volume_type in {"gp3", "io1", "io2"} else None,
+            throughput=volume.throughput if volume.volume_type == "gp3" else None,
             job=volume.job,
             account=account,
         )
