@@ -1,11 +1,12 @@
-"""`make demo`: trainctl against the sandbox (the local cloud), end to end, in well under 20 seconds.
+"""`make demo`: trainctl against the sandbox (the local cloud), end to end, in about a minute.
 
-What it shows today (the flows are not written yet): a scene "an earlier run left" — a persistent data volume,
-a training instance with an ephemeral volume attached, a snapshot, a legacy runctl volume, and two decoys that
-trainctl did not create — then the real `trainctl resources list` (table and --json) run against it. The demo
-exits non-zero if a decoy shows or a managed resource is missing.
+What it shows today: a scene "an earlier run left" — a persistent data volume, a training instance with an
+ephemeral volume attached, a snapshot, a legacy runctl volume, and two decoys that trainctl did not create —
+then the prewarm flow (`trainctl ebs prewarm`: a dataset from S3 onto a new persistent EBS volume through a
+temporary instance that really runs the sync), then the real `trainctl resources list` (table and --json). The
+demo exits non-zero if a decoy shows, a managed resource is missing, or the prewarm's checks fail.
 
-Later flows append their steps to STEPS (prewarm, train-launch, transfer, safe-teardown, ...).
+Later flows append their steps to STEPS (train-launch, transfer, safe-teardown, ...).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def trainctl(*args: str, capture: bool = True) -> str:
         # The output is captured (to check it) and then shown: keep the colours and width of this terminal.
         env.update(FORCE_COLOR="1", COLUMNS=str(shutil.get_terminal_size().columns))
     console.print(f"[bold cyan]$ trainctl {' '.join(args)}[/]")
-    done = subprocess.run([*command, *args], env=env, capture_output=capture, text=True, timeout=60, check=False)
+    # Flows start Prefect's temporary API server (10-20 s on 2 cores) before they run.
+    done = subprocess.run([*command, *args], env=env, capture_output=capture, text=True, timeout=300, check=False)
     if done.returncode != 0:
         raise DemoFailed(f"trainctl {' '.join(args)} exited {done.returncode}: {(done.stderr or '').strip()}")
     return done.stdout or ""
@@ -129,6 +131,34 @@ def seed_scene(demo: Demo) -> None:
         console.print(f"  {role:<15} {resource_id}")
 
 
+def prewarm(demo: Demo) -> None:
+    s3 = demo.cloud.client("s3")
+    s3.create_bucket(Bucket="datasets")
+    files = {f"cifar/train/class-{i % 10}/img-{i:03d}.png": os.urandom(2_000 + i) for i in range(40)}
+    for key, body in files.items():
+        s3.put_object(Bucket="datasets", Key=key, Body=body)
+    console.print(f"  uploaded {len(files)} files to s3://datasets/cifar/")
+    output = trainctl(
+        "ebs", "prewarm", "s3://datasets/cifar/", "--new", "cifar", "--size", "20", "--job", JOB, "--json"
+    )
+    report = json.loads(output)
+    demo.ids["prewarm_volume"] = report["volume_id"]
+    ec2 = demo.ec2()
+    volume = ec2.describe_volumes(VolumeIds=[report["volume_id"]])["Volumes"][0]
+    helper = ec2.describe_instances(InstanceIds=[report["instance_id"]])["Reservations"][0]["Instances"][0]
+    checks = {
+        f"{report['files']} files, {report['bytes']} bytes verified on {report['volume_id']}": report["files"]
+        == len(files),
+        "the volume is detached and available, tagged persistent": volume["State"] == "available"
+        and {"Key": t.PERSISTENT, "Value": "true"} in volume["Tags"],
+        f"the temporary instance {helper['InstanceId']} is terminated": helper["State"]["Name"] == "terminated",
+    }
+    for claim, ok in checks.items():
+        console.print(f"  {'[green]ok[/]' if ok else '[red]FAILED[/]'}  {claim}")
+    if not all(checks.values()):
+        raise DemoFailed("the prewarm did not leave what it promises")
+
+
 def list_table(demo: Demo) -> None:
     output = trainctl("resources", "list")
     sys.stdout.write(output)
@@ -169,9 +199,10 @@ def list_json(demo: Demo) -> None:
 
 STEPS: list[Step] = [
     Step("Seed what an earlier run left (boto3, straight to the sandbox)", seed_scene),
+    Step("Prewarm a dataset from S3 onto a new persistent volume (the prewarm flow)", prewarm),
     Step("The inventory, for humans", list_table),
     Step("The inventory, for scripts (--json), checked", list_json),
-    # Flows append here as they land: prewarm, train-launch, transfer, safe-teardown, spot-watch, cost-watch.
+    # Flows append here as they land: train-launch, transfer, safe-teardown, spot-watch, cost-watch.
 ]
 
 
@@ -194,10 +225,11 @@ def main() -> int:
     counts = {kind: len(demo.listing.get(kind, [])) for kind in ("instances", "volumes", "snapshots")}
     console.rule()
     console.print(
-        f"[bold green]Done in {time.monotonic() - started:.1f} s.[/] trainctl showed {counts['instances']} instance, "
+        f"[bold green]Done in {time.monotonic() - started:.1f} s.[/] The prewarm put a verified dataset on a new "
+        f"persistent volume and left no instance behind. trainctl showed {counts['instances']} instance, "
         f"{counts['volumes']} volumes and {counts['snapshots']} snapshot: job {JOB}'s training instance, its "
-        "persistent data volume 🔒 with its snapshot and its scratch volume → the instance, plus the legacy runctl "
-        "volume 🛡. The 2 untagged decoys (an instance and a volume) were excluded.",
+        "persistent data volume 🔒 with its snapshot and its scratch volume → the instance, the prewarmed volume, "
+        "plus the legacy runctl volume 🛡. The 2 untagged decoys (an instance and a volume) were excluded.",
         soft_wrap=True,
     )
     return 0
