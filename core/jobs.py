@@ -1,0 +1,93 @@
+"""Where a job's state lives: the one layout that the flows, the on-instance agent and teardown agree on.
+
+S3 (under the job's bucket; the job record survives any instance, DESIGN.md section 5):
+
+    s3://<bucket>/trainctl/jobs/<job>/job.json                     the job record (JobRecord)
+    s3://<bucket>/trainctl/jobs/<job>/staging/attempt-<n>/...      code.tar.gz, agent.tar.gz, agent-spec.json
+    s3://<bucket>/trainctl/jobs/<job>/logs/attempt-<n>.log         the job's log, uploaded by the agent
+    s3://<bucket>/trainctl/jobs/<job>/status/attempt-<n>.json      running | succeeded | failed | interrupted
+    s3://<bucket>/trainctl/jobs/<job>/interruptions/<instance>.json   what the agent did on a spot notice
+    <checkpoint_uri>/ckpt-<seq:06d>/<files...>                      one checkpoint (default checkpoint_uri:
+    <checkpoint_uri>/ckpt-<seq:06d>/MANIFEST.json                    s3://<bucket>/trainctl/jobs/<job>/checkpoints/)
+    <checkpoint_uri>/LATEST.json                                    {"seq": n, "prefix": "ckpt-<seq>/"} written last
+
+A checkpoint is complete iff its MANIFEST.json exists (it is written after every file of it, listing each file's
+size and sha256). LATEST.json is written after the manifest. Restore = read LATEST, download, verify sizes/sha256.
+
+On the instance (every path under $TRAINCTL_ROOT, empty on AWS):
+
+    /var/lib/trainctl/jobs/<job>/pid            the trainer's process group leader
+    /var/lib/trainctl/jobs/<job>/job.log        its stdout+stderr
+    /var/lib/trainctl/jobs/<job>/exit_code      written when it ends (absent = still running or killed)
+    /var/lib/trainctl/jobs/<job>/agent.pid      the agent
+    /var/lib/trainctl/jobs/<job>/agent.log
+    /var/lib/trainctl/jobs/<job>/code/          the shipped code (the command's working directory)
+    /var/lib/trainctl/jobs/<job>/checkpoints/   default TRAINCTL_CHECKPOINT_DIR
+
+The agent (agent/, standard library only) cannot import this module; tests/agent checks its copy of these names.
+"""
+
+from __future__ import annotations
+
+import re
+
+from core.errors import InvalidInputError
+from core.s3uri import S3Uri
+
+JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+JOBS_ROOT = "trainctl/jobs"
+INSTANCE_JOBS_DIR = "/var/lib/trainctl/jobs"
+PID_FILE = "pid"
+LOG_FILE = "job.log"
+EXIT_CODE_FILE = "exit_code"
+AGENT_PID_FILE = "agent.pid"
+AGENT_LOG_FILE = "agent.log"
+CODE_DIR = "code"
+CHECKPOINT_DIR = "checkpoints"
+MANIFEST_NAME = "MANIFEST.json"
+LATEST_NAME = "LATEST.json"
+
+
+def validate_job_name(name: str, *, field: str = "name") -> str:
+    """Job names become tags, S3 prefixes and folder names: lowercase letters, digits and dashes, 1–63."""
+    if not isinstance(name, str) or not JOB_NAME.match(name):
+        raise InvalidInputError(field, name, "1–63 lowercase letters, digits or dashes, starting with a letter/digit")
+    return name
+
+
+def job_prefix(bucket: str, job: str) -> S3Uri:
+    return S3Uri(bucket).join(JOBS_ROOT, validate_job_name(job))
+
+
+def job_record_uri(bucket: str, job: str) -> str:
+    return str(job_prefix(bucket, job).join("job.json"))
+
+
+def staging_prefix(bucket: str, job: str, attempt: int) -> str:
+    return str(job_prefix(bucket, job).join("staging", f"attempt-{attempt}")) + "/"
+
+
+def log_uri(bucket: str, job: str, attempt: int) -> str:
+    return str(job_prefix(bucket, job).join("logs", f"attempt-{attempt}.log"))
+
+
+def status_uri(bucket: str, job: str, attempt: int) -> str:
+    return str(job_prefix(bucket, job).join("status", f"attempt-{attempt}.json"))
+
+
+def interruption_uri(bucket: str, job: str, instance_id: str) -> str:
+    return str(job_prefix(bucket, job).join("interruptions", f"{instance_id}.json"))
+
+
+def default_checkpoint_uri(bucket: str, job: str) -> str:
+    return str(job_prefix(bucket, job).join("checkpoints")) + "/"
+
+
+def checkpoint_folder(seq: int) -> str:
+    return f"ckpt-{seq:06d}/"
+
+
+def instance_job_dir(job: str) -> str:
+    """The job's folder on the instance, before the $TRAINCTL_ROOT prefix (see core.shell.on_instance)."""
+    return f"{INSTANCE_JOBS_DIR}/{validate_job_name(job)}"
