@@ -123,3 +123,36 @@ def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox) -> 
     assert _managed_instances(cloud) == []
     volumes = cloud.client("ec2").describe_volumes(Filters=[{"Name": "tag:Name", "Values": ["broken"]}])["Volumes"]
     assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
+
+
+def test_existing_volume_and_instance_are_reused_kept_and_snapshotted(cloud: Sandbox) -> None:
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    for i in range(5):
+        s3.put_object(Bucket=BUCKET, Key=f"small/part-{i}.txt", Body=f"part {i}".encode())
+    first = prewarm(PrewarmSpec(source=f"s3://{BUCKET}/small/", volume=VolumeSpec(name="small", size_gib=10)))
+    worker = launch_instance.fn(
+        LaunchRequest(
+            name="worker",
+            role=t.Role.TRAIN,
+            idempotency_key="worker-1",
+            instance_type="t3.micro",
+            availability_zone=first.availability_zone,
+        )
+    )
+    s3.put_object(Bucket=BUCKET, Key="small/part-5.txt", Body=b"a new file")
+
+    again = prewarm(
+        PrewarmSpec(source=f"s3://{BUCKET}/small/", volume_id=first.volume_id, instance_id=worker.id, snapshot=True)
+    )
+
+    assert again.volume_id == first.volume_id and again.files == 6
+    assert not again.temporary_instance_terminated
+    ec2 = cloud.client("ec2")
+    state = ec2.describe_instances(InstanceIds=[worker.id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "running"  # a given instance is the user's: never terminated
+    assert ec2.describe_volumes(VolumeIds=[first.volume_id])["Volumes"][0]["State"] == "available"
+    assert again.snapshot_id is not None
+    snapshot = ec2.describe_snapshots(SnapshotIds=[again.snapshot_id])["Snapshots"][0]
+    assert snapshot["State"] == "completed" and snapshot["VolumeId"] == first.volume_id
+    assert t.from_aws(snapshot["Tags"])[t.MANAGED] == "true"
