@@ -8,6 +8,7 @@ verdicts) all run before the first mutating call, so a refused request changes n
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from core.ebs import VolumeSpec
 from core.errors import InvalidInputError, NotManagedError, UsageError
 from core.ids import validate_availability_zone, validate_id
 from core.models import Instance, Snapshot, Volume
-from core.safety import modify_verdict, snapshot_delete_verdict, volume_delete_verdict
+from core.safety import snapshot_delete_verdict, volume_delete_verdict
 from tasks.aws import aws_task, translate
 
 # Poll every 2 s (boto3's default of 15 s makes a sandbox run, and an impatient user, wait for nothing).
@@ -144,8 +145,7 @@ def _require_managed(resource: Volume | Instance | Snapshot, *, action: str, ado
     if resource.managed:
         return
     if not adopt:
-        modify_verdict(resource, action=action).raise_if_refused()
-        raise NotManagedError(resource.id)  # unreachable: the verdict refuses; kept for type narrowing
+        raise NotManagedError(resource.id)
     with translate("CreateTags"):
         ec2.create_tags(Resources=[resource.id], Tags=t.to_aws({t.MANAGED: "true"}))
 
@@ -224,13 +224,7 @@ def _wait_attachment(ec2: Any, volume_id: str, instance_id: str) -> Volume:
             return volume
         if datetime.now(UTC) > deadline:
             raise UsageError(f"{volume_id} did not reach 'attached' on {instance_id} in time")
-        _sleep(WAIT["Delay"])
-
-
-def _sleep(seconds: float) -> None:
-    import time
-
-    time.sleep(seconds)
+        time.sleep(WAIT["Delay"])
 
 
 def free_device(instance: Instance, used: set[str], requested: str | None) -> str:
