@@ -86,8 +86,14 @@ class _Middleware:
                 rewritten = after(req, status, body)
                 if rewritten is not None:
                     body = rewritten
+        # The body may have been rewritten, so its length is recomputed; a HEAD answer has no body but must
+        # still report the object's length, as S3 does.
+        moto_length = next((v for k, v in headers if k.lower() == "content-length"), None)
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        return Response(body, status=status, headers=headers)
+        response = Response(body, status=status, headers=headers)
+        if req.method == "HEAD" and moto_length is not None:
+            response.headers["Content-Length"] = moto_length
+        return response
 
     def _call_moto(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         captured: dict[str, Any] = {}
