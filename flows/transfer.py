@@ -1,0 +1,595 @@
+"""transfer: move a folder between local disk, S3 and instances — resumable, verified, fast.
+
+Runbook, every direction: check both ends → list both sides → plan (core: copy what is missing or changed by
+size + checksum, skip the same, delete only with `delete`) → refuse before moving anything if the destination
+lacks space or a name would escape it → (dry run stops here) → copy → verify checksums → place/delete → report.
+
+Instance legs go through S3 and SSM only (no SSH, no open ports): the instance lists itself with a small stdlib
+Python helper, the bytes travel through a staging prefix (the job's, `s3://B/trainctl/jobs/JOB/staging/…`, or
+`--staging`), and the staging objects are deleted afterwards, failure or not. S3 ↔ instance needs no data
+staging: the instance reads or writes the S3 side directly (s5cmd when the AMI has it, else the aws CLI).
+
+IAM: the caller needs s3:ListBucket/GetObject/PutObject/DeleteObject on the buckets involved, plus
+ec2:DescribeInstances and ssm:SendCommand/GetCommandInvocation/DescribeInstanceInformation for instance legs;
+the instance profile needs the same S3 actions on the staging prefix and the S3 side.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
+
+from core.s3uri import S3Uri
+from core.transfer import (
+    PARTIAL_PREFIX,
+    Kind,
+    Location,
+    SyncPlan,
+    TransferError,
+    TransferReport,
+    TransferRequest,
+    TransferVerifyError,
+    check_all_safe,
+    check_free_space,
+    equal_size,
+    expectation,
+    human_bytes,
+    plan_sync,
+    receive_script,
+    scan_script,
+    send_script,
+)
+from core.transfer import check_script as instance_check_script
+from flows.reporting import artifact_key, markdown_report
+from tasks import transfer as tx
+from tasks.ssm import run_command, wait_online
+from tasks.storage import delete_prefix
+
+T = TypeVar("T")
+
+
+@dataclass
+class ProgressEvent:
+    phase: str
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+# The CLI's rich progress bar listens here: the flow runs in the CLI's process, and a callable is not a flow
+# parameter Prefect can record.
+LISTENERS: list[Callable[[ProgressEvent], None]] = []
+
+
+class Tracker:
+    """Counts files and bytes moved; tells listeners (throttled), from whichever thread the engine reports on."""
+
+    def __init__(self, extra: list[Callable[[ProgressEvent], None]]) -> None:
+        self.listeners = [*LISTENERS, *extra]
+        self.event = ProgressEvent("planning", 0, 0, 0, 0)
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._context = contextvars.copy_context()  # Prefect's run context, for reports from worker threads
+
+    def start(self, phase: str, files: int, nbytes: int) -> None:
+        self.event = ProgressEvent(phase, 0, files, 0, nbytes)
+        self._emit(force=True)
+
+    def phase(self, phase: str) -> None:
+        self.event.phase = phase
+        self._emit(force=True)
+
+    def __call__(self, files: int, nbytes: int) -> None:
+        with self._lock:
+            self.event.files_done += files
+            self.event.bytes_done += nbytes
+        self._emit()
+
+    def _emit(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.5:
+            return
+        self._last = now
+        snapshot = ProgressEvent(**vars(self.event))
+        for listener in self.listeners:
+            try:
+                self._context.copy().run(listener, snapshot)
+            except Exception as exc:  # a progress display must never fail the transfer
+                _log(f"progress listener failed: {exc!r}")
+
+
+def _log(message: str) -> None:
+    from prefect.exceptions import MissingContextError
+
+    try:
+        get_run_logger().info(message)
+    except MissingContextError:  # outside a flow run (bench, plain calls)
+        print(message)
+
+
+def _call(task: Any, *args: Any, **kwargs: Any) -> Any:
+    """A task run inside a flow (retries, UI), the plain function outside one (bench, tests, no Prefect API)."""
+    if FlowRunContext.get() is not None:
+        return task(*args, **kwargs)
+    return task.fn(*args, **kwargs)
+
+
+@dataclass
+class Job:
+    """One transfer in progress: the request, both ends, and the report being filled."""
+
+    request: TransferRequest
+    src: Location
+    dst: Location
+    report: TransferReport
+    tracker: Tracker
+    engine: str
+
+    @property
+    def account(self) -> str | None:
+        return self.request.account
+
+    @property
+    def part(self) -> int:
+        return self.request.part_size_mib * 1024 * 1024
+
+    def filtered(self, files: dict[str, int]) -> dict[str, int]:
+        return self.request.filters().apply(files)
+
+    def planned(self, plan: SyncPlan, src: dict[str, int]) -> bool:
+        """Record the plan; True when the transfer should go on (not a dry run)."""
+        r = self.report
+        r.files_source, r.bytes_source = len(src), sum(src.values())
+        r.files_skipped = len(plan.skip)
+        if self.request.dry_run:
+            r.would_copy, r.would_delete = plan.copy, plan.delete
+            return False
+        self.tracker.start("copying", len(plan.copy), plan.copy_bytes)
+        return True
+
+    def copy(self, pairs: list[tuple[str, str, int]], *, upload: bool) -> None:
+        tx.copy_pairs(
+            pairs,
+            engine=self.engine,
+            account=self.account,
+            concurrency=self.request.concurrency,
+            part_mib=self.request.part_size_mib,
+            upload=upload,
+            progress=self.tracker,
+        )
+
+
+def _sizes(objects: dict[str, tx.S3Object]) -> dict[str, int]:
+    return {rel: o.size for rel, o in objects.items()}
+
+
+def _key_uri(prefix: S3Uri, rel: str) -> str:
+    return f"s3://{prefix.bucket}/{prefix.prefix}{rel}"
+
+
+# -- local ↔ S3 -------------------------------------------------------------------------------------------------
+
+
+def _local_to_s3(job: Job) -> None:
+    root, found = tx.local_source(job.src)
+    src = job.filtered(found)
+    dest = cast(S3Uri, job.dst.s3)
+    objects = {k: v for k, v in _call(tx.list_s3_tree, dest, account=job.account, field="destination").items()}
+    dst = job.filtered(_sizes(objects))
+    same = tx.same_as_s3(root, equal_size(src, dst), objects, job.part)
+    plan = plan_sync(src, dst, same, delete=job.request.delete)
+    if not job.planned(plan, src):
+        return
+    job.copy([(str(root / rel), _key_uri(dest, rel), src[rel]) for rel in plan.copy], upload=True)
+    job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
+    if job.request.verify:
+        job.tracker.phase("verifying")
+        job.report.mismatches = _call(tx.verify_upload, root, dest, plan.copy, part_size=job.part, account=job.account)
+        job.report.verified = not job.report.mismatches
+    if plan.delete and not job.report.mismatches:
+        job.report.files_deleted = _call(tx.delete_s3_objects, dest, plan.delete, account=job.account)
+
+
+def _s3_source(job: Job) -> tuple[S3Uri, dict[str, tx.S3Object], dict[str, int]]:
+    """The S3 source listed and filtered: missing bucket/prefix refused, escaping keys refused."""
+    source = cast(S3Uri, job.src.s3)
+    objects = _call(tx.list_s3_tree, source, account=job.account)
+    if not objects:
+        raise TransferError(f"source {source} has no objects", fix="Check the bucket and prefix (aws s3 ls)")
+    src = job.filtered(_sizes(objects))
+    check_all_safe(src, what=f"S3 key under {source}")
+    return source, objects, src
+
+
+def _download(
+    job: Job,
+    root: Path,
+    rels: list[str],
+    sizes: dict[str, int],
+    fetch: Callable[[list[str], Path], None],
+    good: Callable[[Path, str], bool],
+) -> None:
+    """Batch by batch: fetch into the partial folder, verify, move the good files to their final names."""
+    partial = root / f"{PARTIAL_PREFIX}{job.request.transfer_id}"
+    partial.mkdir(parents=True, exist_ok=True)
+    try:
+        for batch in tx.batches(rels, sizes):
+            fetch(batch, partial)
+            checked = [
+                rel for rel in batch if (partial / rel).is_file() and (partial / rel).stat().st_size == sizes[rel]
+            ]
+            if job.request.verify:
+                checked = tx.parallel_filter(lambda rel: good(partial, rel), checked)
+            job.report.mismatches += sorted(set(batch) - set(checked))
+            tx.place(partial, root, checked)
+            job.report.files_copied += len(checked)
+            job.report.bytes_copied += sum(sizes[rel] for rel in checked)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    job.report.verified = job.request.verify and not job.report.mismatches
+
+
+def _local_destination(job: Job) -> tuple[Path, dict[str, int]]:
+    root = tx.local_destination(job.dst)
+    return root, job.filtered(tx.scan_local(root)) if root.is_dir() else {}
+
+
+def _s3_to_local(job: Job) -> None:
+    source, objects, src = _s3_source(job)
+    root, dst = _local_destination(job)
+    same = tx.same_as_s3(root, equal_size(src, dst), objects, job.part)
+    plan = plan_sync(src, dst, same, delete=job.request.delete)
+    check_free_space(plan.copy_bytes, tx.free_bytes(root), str(root))
+    if not job.planned(plan, src):
+        return
+
+    def fetch(batch: list[str], partial: Path) -> None:
+        job.copy([(_key_uri(source, rel), str(partial / rel), src[rel]) for rel in batch], upload=False)
+
+    def good(partial: Path, rel: str) -> bool:
+        return tx.matches_etag(partial / rel, objects[rel].etag, job.part)
+
+    _download(job, root, plan.copy, src, fetch, good)
+    if plan.delete and not job.report.mismatches:
+        job.report.files_deleted = tx.delete_local(root, plan.delete)
+
+
+# -- instance legs ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Remote:
+    """The instance end of a transfer and its staging prefix."""
+
+    instance_id: str
+    path: str
+    staging: S3Uri
+
+    def uri(self, name: str) -> S3Uri:
+        return self.staging.join(name)
+
+
+def _remote(job: Job, location: Location, fallback_bucket: str | None) -> Remote:
+    instance = _call(tx.resolve_instance, location, account=job.account)
+    _call(wait_online, instance.id, timeout_s=120, account=job.account)
+    staging = job.request.staging_prefix(location.job or instance.job, fallback_bucket)
+    job.report.instance_id, job.report.staging = instance.id, str(staging) + "/"
+    return Remote(instance.id, location.path, staging)
+
+
+def _ssm(job: Job, remote: Remote, script: list[str], what: str) -> str:
+    result = _call(run_command, remote.instance_id, script, what=what, timeout_s=6 * 3600, account=job.account)
+    return str(result.stdout)
+
+
+def _scan(job: Job, remote: Remote, *, mode: str, expect: dict[str, Any] | None) -> dict[str, Any]:
+    expect_uri = None
+    if expect is not None:
+        tx.put_json(remote.uri("expect.json"), expect, account=job.account)
+        expect_uri = str(remote.uri("expect.json"))
+    out = remote.uri("scan.json")
+    _ssm(job, remote, scan_script(remote.path, str(out), mode=mode, expect_uri=expect_uri), f"list {remote.path}")  # type: ignore[arg-type]
+    scan: dict[str, Any] = tx.get_json(out, account=job.account)
+    if scan["exists"] and not scan["is_dir"]:
+        raise TransferError(f"{remote.instance_id}:{remote.path} is a file, not a folder")
+    if mode == "src" and not scan["exists"]:
+        raise TransferError(f"source {remote.instance_id}:{remote.path} does not exist", fix="Check the path")
+    return scan
+
+
+def _with_staging(job: Job, remote: Remote, body: Callable[[], None]) -> None:
+    """Run the leg, then delete every staging object whatever happened (a failure keeps its own error)."""
+    try:
+        body()
+    finally:
+        try:
+            job.report.staging_objects_removed = delete_prefix.fn(str(remote.staging) + "/", account=job.account)
+        except Exception as exc:
+            _log(f"could not remove staging {remote.staging}/: {exc}; delete it by hand")
+
+
+def _apply_result(job: Job, stdout: str, plan: SyncPlan, sizes: dict[str, int]) -> None:
+    result = json.loads(stdout.strip().splitlines()[-1])
+    bad = set(result["mismatches"])
+    job.report.mismatches = sorted(bad)
+    job.report.files_copied = result["placed"]
+    job.report.bytes_copied = sum(sizes[rel] for rel in plan.copy if rel not in bad)
+    job.report.files_deleted = result["deleted"]
+    job.report.verified = job.request.verify and not bad
+
+
+def _local_to_instance(job: Job) -> None:
+    root, found = tx.local_source(job.src)
+    src = job.filtered(found)
+    remote = _remote(job, job.dst, None)
+
+    def body() -> None:
+        md5s = tx.md5_many(root, src)
+        expect = {rel: expectation(size, md5=md5s[rel]) for rel, size in src.items()}
+        scan = _scan(job, remote, mode="dst", expect=expect)
+        dst = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
+        plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
+        check_free_space(plan.copy_bytes * (2 if job.request.compress else 1), scan["free"], str(job.dst))
+        if not job.planned(plan, src):
+            return
+        archive_uri, files_prefix = None, None
+        if job.request.compress and plan.copy:
+            archive_uri = remote.uri("bundle.tar.gz")
+            with tempfile.TemporaryDirectory(prefix="trainctl-transfer-") as tmp:
+                bundle = Path(tmp, "bundle.tar.gz")
+                tx.pack(root, plan.copy, bundle)
+                tx.put_file(bundle, archive_uri, account=job.account)
+            job.tracker(len(plan.copy), plan.copy_bytes)
+        else:
+            files = remote.uri("files")
+            job.copy([(str(root / rel), _key_uri(files, rel), src[rel]) for rel in plan.copy], upload=True)
+            files_prefix = f"s3://{files.bucket}/{files.prefix}"
+        manifest = {"files": {r: expect[r] for r in plan.copy}, "delete": plan.delete, "verify": job.request.verify}
+        tx.put_json(remote.uri("manifest.json"), manifest, account=job.account)
+        job.tracker.phase("placing on the instance")
+        script = receive_script(
+            remote.path,
+            f"{PARTIAL_PREFIX}{job.request.transfer_id}",
+            str(remote.uri("manifest.json")),
+            files_prefix=files_prefix,
+            archive_uri=str(archive_uri) if archive_uri else None,
+            part_mib=job.request.part_size_mib,
+        )
+        _apply_result(job, _ssm(job, remote, script, "receive files"), plan, src)
+
+    _with_staging(job, remote, body)
+
+
+def _instance_to_local(job: Job) -> None:
+    remote = _remote(job, job.src, None)
+    root, dst = _local_destination(job)
+
+    def body() -> None:
+        scan = _scan(job, remote, mode="src", expect=None)
+        src = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
+        check_all_safe(src, what="instance file")
+        md5s = {rel: scan["files"][rel][1] for rel in src}
+        same = tx.parallel_filter(lambda rel: tx.md5_file(root / rel) == md5s[rel], equal_size(src, dst))
+        plan = plan_sync(src, dst, same, delete=job.request.delete)
+        check_free_space(plan.copy_bytes * (2 if job.request.compress else 1), tx.free_bytes(root), str(root))
+        if not job.planned(plan, src) or not plan.copy:
+            _finish_local_delete(job, root, plan)
+            return
+        tx.put_json(remote.uri("select.json"), plan.copy, account=job.account)
+        archive = remote.uri("bundle.tar.gz") if job.request.compress else None
+        job.tracker.phase("sending from the instance")
+        script = send_script(
+            remote.path,
+            str(remote.uri("select.json")),
+            to_prefix=str(remote.uri("files")) + "/",
+            archive_uri=str(archive) if archive else None,
+            gz=True,
+            part_mib=job.request.part_size_mib,
+        )
+        _ssm(job, remote, script, "send files")
+        files = remote.uri("files")
+
+        fetched = False
+
+        def fetch(batch: list[str], partial: Path) -> None:
+            nonlocal fetched
+            if archive is None:
+                job.copy([(_key_uri(files, rel), str(partial / rel), src[rel]) for rel in batch], upload=False)
+                return
+            if fetched:  # one archive holds every file: unpacked on the first batch
+                return
+            fetched = True
+            bundle = partial.parent / f"{partial.name}.tar.gz"
+            try:
+                tx.get_file(archive, bundle, account=job.account)
+                tx.unpack(bundle, partial)
+            finally:
+                bundle.unlink(missing_ok=True)
+            job.tracker(len(plan.copy), plan.copy_bytes)
+
+        def good(partial: Path, rel: str) -> bool:
+            return tx.md5_file(partial / rel) == md5s[rel]
+
+        root.mkdir(parents=True, exist_ok=True)
+        _download(job, root, plan.copy, src, fetch, good)
+        _finish_local_delete(job, root, plan)
+
+    _with_staging(job, remote, body)
+
+
+def _finish_local_delete(job: Job, root: Path, plan: SyncPlan) -> None:
+    if plan.delete and not job.request.dry_run and not job.report.mismatches:
+        job.report.files_deleted = tx.delete_local(root, plan.delete)
+
+
+def _s3_to_instance(job: Job) -> None:
+    source, objects, src = _s3_source(job)
+    remote = _remote(job, job.dst, source.bucket)
+
+    def body() -> None:
+        expect = {rel: expectation(src[rel], etag=objects[rel].etag, part_size=job.part) for rel in src}
+        scan = _scan(job, remote, mode="dst", expect=expect)
+        dst = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
+        plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
+        check_free_space(plan.copy_bytes, scan["free"], str(job.dst))
+        if not job.planned(plan, src):
+            return
+        manifest = {"files": {r: expect[r] for r in plan.copy}, "delete": plan.delete, "verify": job.request.verify}
+        tx.put_json(remote.uri("manifest.json"), manifest, account=job.account)
+        job.tracker.phase("instance reading S3")
+        script = receive_script(
+            remote.path,
+            f"{PARTIAL_PREFIX}{job.request.transfer_id}",
+            str(remote.uri("manifest.json")),
+            files_prefix=f"s3://{source.bucket}/{source.prefix}",
+            archive_uri=None,
+            part_mib=job.request.part_size_mib,
+        )
+        _apply_result(job, _ssm(job, remote, script, "receive files"), plan, src)
+
+    _with_staging(job, remote, body)
+
+
+def _instance_to_s3(job: Job) -> None:
+    dest = cast(S3Uri, job.dst.s3)
+    objects = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
+    remote = _remote(job, job.src, dest.bucket)
+
+    def body() -> None:
+        dst = job.filtered(_sizes(objects))
+        expect = {rel: expectation(dst[rel], etag=objects[rel].etag, part_size=job.part) for rel in dst}
+        scan = _scan(job, remote, mode="src", expect=expect)
+        src = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
+        plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
+        if not job.planned(plan, src):
+            return
+        if plan.copy:
+            tx.put_json(remote.uri("select.json"), plan.copy, account=job.account)
+            job.tracker.phase("instance writing S3")
+            script = send_script(
+                remote.path,
+                str(remote.uri("select.json")),
+                to_prefix=f"s3://{dest.bucket}/{dest.prefix}",
+                archive_uri=None,
+                gz=False,
+                part_mib=job.request.part_size_mib,
+            )
+            _ssm(job, remote, script, "send files")
+        job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
+        if job.request.verify and plan.copy:
+            job.tracker.phase("verifying")
+            found = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
+            missing = [rel for rel in plan.copy if rel not in found or found[rel].size != src[rel]]
+            single = [rel for rel in plan.copy if rel not in missing and "-" not in found[rel].etag]
+            bad = {rel for rel in single if found[rel].etag != scan["files"][rel][1]}
+            multi = {
+                rel: expectation(src[rel], etag=found[rel].etag, part_size=job.part)
+                for rel in plan.copy
+                if rel not in missing and "-" in found[rel].etag
+            }
+            if multi:
+                tx.put_json(remote.uri("check.json"), multi, account=job.account)
+                out = _ssm(job, remote, instance_check_script(remote.path, str(remote.uri("check.json"))), "verify")
+                bad |= set(json.loads(out.strip().splitlines()[-1])["mismatches"])
+            job.report.mismatches = sorted(bad | set(missing))
+            job.report.verified = not job.report.mismatches
+        if plan.delete and not job.report.mismatches:
+            job.report.files_deleted = _call(tx.delete_s3_objects, dest, plan.delete, account=job.account)
+
+    _with_staging(job, remote, body)
+
+
+DIRECTIONS: dict[tuple[Kind, Kind], Callable[[Job], None]] = {
+    (Kind.LOCAL, Kind.S3): _local_to_s3,
+    (Kind.S3, Kind.LOCAL): _s3_to_local,
+    (Kind.LOCAL, Kind.INSTANCE): _local_to_instance,
+    (Kind.INSTANCE, Kind.LOCAL): _instance_to_local,
+    (Kind.S3, Kind.INSTANCE): _s3_to_instance,
+    (Kind.INSTANCE, Kind.S3): _instance_to_s3,
+}
+
+
+def run_transfer(
+    request: TransferRequest, *, listeners: list[Callable[[ProgressEvent], None]] | None = None
+) -> TransferReport:
+    """The whole transfer, without Prefect bookkeeping of its own (the flow below adds artifacts). Returns the
+    report; mismatches are in it (see `raise_on_mismatch`)."""
+    started = time.monotonic()
+    src, dst = request.source(), request.destination()
+    engine = tx.pick_engine(request.engine)
+    compressed = request.compress and Kind.INSTANCE in (src.kind, dst.kind) and Kind.S3 not in (src.kind, dst.kind)
+    report = TransferReport(
+        src=request.src,
+        dst=request.dst,
+        direction=request.direction,
+        engine=engine,
+        dry_run=request.dry_run,
+        compressed=compressed,
+    )
+    job = Job(request, src, dst, report, Tracker(listeners or []), engine)
+    DIRECTIONS[(src.kind, dst.kind)](job)
+    report.seconds = round(time.monotonic() - started, 3)
+    job.tracker.phase("done")
+    return report
+
+
+def raise_on_mismatch(report: TransferReport) -> TransferReport:
+    if report.mismatches:
+        raise TransferVerifyError(report)
+    return report
+
+
+@flow(name="transfer", flow_run_name="transfer-{request.transfer_id}", log_prints=True)
+def transfer(request: TransferRequest) -> TransferReport:
+    """Move SRC's tree to DST (see the module docstring); publishes a progress artifact and a report."""
+    log = get_run_logger()
+    key = artifact_key("transfer", request.transfer_id)
+    artifact_id = cast(UUID, create_progress_artifact(0.0, key=key, description=f"{request.src} → {request.dst}"))
+
+    def artifact(event: ProgressEvent) -> None:
+        percent = 100.0 * event.bytes_done / event.bytes_total if event.bytes_total else 0.0
+        if event.phase == "done":
+            percent = 100.0
+        description = (
+            f"{event.phase}: {event.files_done}/{event.files_total} files, "
+            f"{human_bytes(event.bytes_done)}/{human_bytes(event.bytes_total)}"
+        )
+        update_progress_artifact(artifact_id, min(percent, 100.0), description=description)
+
+    report = run_transfer(request, listeners=[artifact])
+    log.info(
+        "%s: %d copied (%s), %d skipped, %d deleted, %d mismatches in %.1f s",
+        report.direction,
+        report.files_copied,
+        human_bytes(report.bytes_copied),
+        report.files_skipped,
+        report.files_deleted,
+        len(report.mismatches),
+        report.seconds,
+    )
+    rows = report.model_dump(exclude={"would_copy", "would_delete", "mismatches"})
+    notes = [f"mismatch: {rel}" for rel in report.mismatches[:50]]
+    if report.dry_run:
+        notes += [f"would copy: {rel}" for rel in report.would_copy[:200]]
+        notes += [f"would delete: {rel}" for rel in report.would_delete[:200]]
+    markdown_report(
+        artifact_key("transfer-report", request.transfer_id),
+        f"transfer {request.src} → {request.dst}",
+        rows,
+        notes=notes,
+    )
+    return raise_on_mismatch(report)

