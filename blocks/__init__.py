@@ -2,5 +2,6 @@
 
 from blocks.aws import AwsAccount, load_account
 from blocks.policies import CostPolicy, SafetyPolicy
+from blocks.templates import InstanceTemplate
 
-__all__ = ["AwsAccount", "CostPolicy", "SafetyPolicy", "load_account"]
+__all__ = ["AwsAccount", "CostPolicy", "InstanceTemplate", "SafetyPolicy", "load_account"]

@@ -41,6 +41,8 @@ class LaunchRequest(BaseModel):
     user_data: str | None = None
     spot: bool = False
     max_price: str | None = None
+    # Spot refused for capacity or price → launch on-demand instead (the obtained type is Instance.lifecycle).
+    on_demand_fallback: bool = False
     extra_tags: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -96,10 +98,15 @@ def resolve_image(request: LaunchRequest, *, account: str | None = None) -> Imag
     return ImageInfo(image_id=str(image_id), root_device=root_device, root_size_gib=int(size) if size else None)
 
 
-def check_instance_type(instance_type: str, *, account: str | None = None) -> None:
+def check_instance_type(
+    instance_type: str, *, availability_zone: str | None = None, account: str | None = None
+) -> None:
+    """The type exists in the region (DescribeInstanceTypes answers InvalidInstanceType otherwise, moto too) and,
+    when the AZ is known, is offered there (RunInstances itself accepts any type in moto, so this is the check)."""
+    ec2 = _ec2(account)
     try:
         with translate("DescribeInstanceTypes"):
-            found = _ec2(account).describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+            found = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
     except Exception as exc:
         if getattr(exc, "code", "") in {"InvalidInstanceType", "InvalidParameterValue"}:
             found = []
@@ -107,6 +114,66 @@ def check_instance_type(instance_type: str, *, account: str | None = None) -> No
             raise
     if not found:
         raise InvalidInputError("instance_type", instance_type, "an EC2 instance type offered in this region")
+    if availability_zone:
+        with translate("DescribeInstanceTypeOfferings"):
+            pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
+                LocationType="availability-zone",
+                Filters=[
+                    {"Name": "instance-type", "Values": [instance_type]},
+                    {"Name": "location", "Values": [availability_zone]},
+                ],
+            )
+            offered = [o for page in pages for o in page["InstanceTypeOfferings"]]
+        if not offered:
+            raise InvalidInputError(
+                "instance_type",
+                instance_type,
+                f"a type offered in {availability_zone}",
+                fix="Pick another type, or move the data volume to a zone that offers it (trainctl ebs move).",
+            )
+
+
+def subnet_zone(subnet_id: str, *, account: str | None = None) -> str:
+    """The AZ a subnet is in (a launch into a subnet lands there)."""
+    validate_id("subnet", subnet_id)
+    try:
+        with translate("DescribeSubnets"):
+            subnets = _ec2(account).describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+    except Exception as exc:
+        if getattr(exc, "code", "") == "InvalidSubnetID.NotFound":
+            subnets = []
+        else:
+            raise
+    if not subnets:
+        raise InvalidInputError("subnet_id", subnet_id, "a subnet that exists in this region")
+    return str(subnets[0]["AvailabilityZone"])
+
+
+def validate_request(request: LaunchRequest, *, account: str | None = None) -> ImageInfo:
+    """Everything RunInstances would need that can be checked without launching: type (and its offering in the
+    AZ), AMI, root size. Called by launch_instance, and by flows before their first mutation."""
+    zone = request.availability_zone
+    if request.subnet_id:
+        zone = subnet_zone(request.subnet_id, account=account)
+    check_instance_type(request.instance_type, availability_zone=zone, account=account)
+    image = resolve_image(request, account=account)
+    if request.root_volume_gib and image.root_size_gib and request.root_volume_gib < image.root_size_gib:
+        raise InvalidInputError(
+            "root_volume_gib", request.root_volume_gib, f"at least the AMI's root size, {image.root_size_gib} GiB"
+        )
+    return image
+
+
+# RunInstances answers these when spot cannot be had now at this price; on-demand may still launch.
+SPOT_UNAVAILABLE = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientCapacity",
+        "SpotMaxPriceTooLow",
+        "MaxSpotInstanceCountExceeded",
+        "UnfulfillableCapacity",
+    }
+)
 
 
 def _existing_launch(ec2: Any, token: str) -> Instance | None:
@@ -125,15 +192,19 @@ def _existing_launch(ec2: Any, token: str) -> Instance | None:
     return None
 
 
+def find_launched(idempotency_key: str, *, account: str | None = None) -> Instance | None:
+    """The pending/running instance a launch with this key made, if any (cleanup after a half-done launch)."""
+    return _existing_launch(_ec2(account), client_token_for(idempotency_key))
+
+
 @aws_task(name="launch-instance", tags=["aws-ec2"])
 def launch_instance(request: LaunchRequest, *, account: str | None = None) -> Instance:
-    """Launch one instance and wait until it is `running`. Validates type and AMI before any mutation."""
-    check_instance_type(request.instance_type, account=account)
-    image = resolve_image(request, account=account)
-    if request.root_volume_gib and image.root_size_gib and request.root_volume_gib < image.root_size_gib:
-        raise InvalidInputError(
-            "root_volume_gib", request.root_volume_gib, f"at least the AMI's root size, {image.root_size_gib} GiB"
-        )
+    """Launch one instance and wait until it is `running`. Validates type and AMI before any mutation.
+
+    Spot with `on_demand_fallback`: when AWS has no spot capacity (or the max price is too low) the same request
+    is made on-demand; `Instance.lifecycle` of the result says which capacity was obtained.
+    """
+    image = validate_request(request, account=account)
     root_size = request.root_volume_gib or image.root_size_gib
     ec2 = _ec2(account)
     token = request.client_token
@@ -188,10 +259,34 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         spot_options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
         if request.max_price:
             spot_options["MaxPrice"] = request.max_price
-        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot_options}
+        spot_params = {**params, "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options}}
+        try:
+            with translate("RunInstances"):
+                launched = ec2.run_instances(**spot_params)["Instances"][0]
+            return wait_running(ec2, launched["InstanceId"])
+        except Exception as exc:
+            code = getattr(exc, "code", "")
+            if code not in SPOT_UNAVAILABLE or not request.on_demand_fallback:
+                raise
+            get_logger().warning("spot refused (%s); launching on-demand as the request allows", code)
+            # Another token: AWS ties a ClientToken to the parameters of its first call. Same client-token tag,
+            # so a retry of this task and terminate_launched_instance still recognise the instance.
+            params["ClientToken"] = client_token_for(request.idempotency_key + ":on-demand")
     with translate("RunInstances"):
         launched = ec2.run_instances(**params)["Instances"][0]
     return wait_running(ec2, launched["InstanceId"])
+
+
+def get_logger() -> Any:
+    """The Prefect run logger inside a run, a plain logger when called through `.fn()` outside one."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:
+        import logging
+
+        return logging.getLogger("trainctl.instances")
 
 
 def wait_running(ec2: Any, instance_id: str) -> Instance:

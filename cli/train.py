@@ -1,0 +1,339 @@
+"""`trainctl train launch|status|logs|stop`: training jobs on spot instances.
+
+`launch` is a real flow run (train-launch). `status`, `logs` and `stop` read the job record in S3 and talk to the
+instance over SSM while it runs (S3 holds what the agent uploaded once it is gone); they call the plain
+functions behind the tasks, so they need no Prefect API.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from cli.ebs import _aws_scope
+from cli.output import emit_json, info, state_of, stdout_console
+from core import jobs
+from core.errors import InvalidInputError, UsageError
+
+app = typer.Typer(help="Training jobs: launch on spot, follow the log, stop with a checkpoint.", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON on stdout).")]
+JobArg = Annotated[str, typer.Argument(help="Job name.")]
+BucketOption = Annotated[str, typer.Option("--bucket", help="The job's bucket (holds trainctl/jobs/<job>/).")]
+
+
+def _job_spec(fields: dict[str, Any]) -> Any:
+    """A JobSpec with pydantic's own errors as one-line usage errors naming the field."""
+    from core.launch import JobSpec
+
+    try:
+        return JobSpec(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "spec"
+        raise InvalidInputError(field, error.get("input"), error["msg"].lower()) from None
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInputError("--env", pair, "KEY=VALUE")
+        env[key] = value
+    return env
+
+
+@app.command(
+    "launch",
+    context_settings={"allow_interspersed_args": False},
+)
+def launch(
+    ctx: typer.Context,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The trainer's command, after `--` (e.g. -- python train.py).")
+    ] = None,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="JobSpec as JSON; options override it.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Job name (a re-launch resumes it).")] = None,
+    bucket: Annotated[str | None, typer.Option("--bucket", help="Bucket for the job record, logs, staging.")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Saved InstanceTemplate block name.")] = None,
+    instance_type: Annotated[str | None, typer.Option("--instance-type", help="Inline template: type.")] = None,
+    image_id: Annotated[str | None, typer.Option("--image-id", help="Inline template: AMI.")] = None,
+    az: Annotated[str | None, typer.Option("--az", help="Inline template: availability zone.")] = None,
+    subnet: Annotated[str | None, typer.Option("--subnet", help="Inline template: subnet.")] = None,
+    instance_profile: Annotated[
+        str | None, typer.Option("--instance-profile", help="Inline template: IAM instance profile.")
+    ] = None,
+    code_dir: Annotated[str | None, typer.Option("--code-dir", help="Local code folder (.gitignore honoured).")] = None,
+    on_demand: Annotated[bool, typer.Option("--on-demand", help="On-demand instead of spot.")] = False,
+    max_price: Annotated[str | None, typer.Option("--max-price", help="Spot max price, USD/hour.")] = None,
+    fallback: Annotated[
+        bool, typer.Option("--fallback", help="Launch on-demand when spot has no capacity or price.")
+    ] = False,
+    volume: Annotated[str | None, typer.Option("--volume", help="Data volume (vol-…) to attach.")] = None,
+    mount_point: Annotated[str | None, typer.Option("--mount-point", help="Where the volume appears.")] = None,
+    move_volume: Annotated[
+        bool, typer.Option("--move-volume", help="Move the volume into the template's AZ if needed.")
+    ] = False,
+    checkpoint_uri: Annotated[str | None, typer.Option("--checkpoint-uri", help="s3://… for checkpoints.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for the trainer (repeatable).")] = None,
+    max_runtime: Annotated[int | None, typer.Option("--max-runtime-minutes", help="Stop the job after.")] = None,
+    sync_interval: Annotated[int | None, typer.Option("--sync-interval", help="Checkpoint upload period (s).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Stream the log; exit with the job's exit code.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Launch a training job: `trainctl train launch --name llm --bucket b --instance-type g5.xlarge -- python t.py`."""
+    state = state_of(ctx, json_output=json_output)
+    fields: dict[str, Any] = {}
+    if spec_file is not None:
+        try:
+            fields = json.loads(spec_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError("--spec", str(spec_file), f"a readable JobSpec JSON file ({exc})") from None
+    inline = {
+        k: v
+        for k, v in {
+            "instance_type": instance_type,
+            "image_id": image_id,
+            "availability_zone": az,
+            "subnet_id": subnet,
+            "instance_profile": instance_profile,
+        }.items()
+        if v is not None
+    }
+    if template and inline:
+        raise UsageError("give --template or inline template options (--instance-type …), not both")
+    overrides: dict[str, Any] = {
+        "name": name,
+        "bucket": bucket,
+        "template": template or (inline or None),
+        "code_dir": code_dir,
+        "max_price": max_price,
+        "data_volume_id": volume,
+        "mount_point": mount_point,
+        "checkpoint_uri": checkpoint_uri,
+        "max_runtime_minutes": max_runtime,
+        "sync_interval_s": sync_interval,
+        "command": list(command) if command else None,
+        "env": {**fields.get("env", {}), **_env_pairs(env or [])} if env else None,
+    }
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    for flag, key, value in ((on_demand, "spot", False), (fallback, "on_demand_fallback", True)):
+        if flag:
+            fields[key] = value
+    if move_volume:
+        fields["move_volume_if_needed"] = True
+    if wait:
+        fields["wait"] = True
+    for required in ("name", "bucket", "template", "command"):
+        if not fields.get(required):
+            hint = "--template or --instance-type" if required == "template" else f"--{required}"
+            if required == "command":
+                hint = "the command after `--`"
+            raise UsageError(f"a job needs {required}: give {hint} (or put it in --spec)")
+    fields["account"] = state.account
+    spec = _job_spec(fields)
+    with _aws_scope(ctx) as account:
+        spec = spec.model_copy(update={"account": account})
+        from flows.train_launch import JobFailedError, train_launch
+
+        if not json_output:
+            info(f"launching job {spec.name} (starts a Prefect flow run)")
+        try:
+            report = train_launch(spec)
+        except JobFailedError as err:
+            # The job's own exit code is the command's (a CI step fails the way the script did).
+            code = err.job_exit_code if err.job_exit_code and 0 < err.job_exit_code < 256 else 1
+            line = " ".join(str(err).split())
+            if json_output:
+                sys.stderr.write(json.dumps({"error": line, "code": "JobFailed", "exit_code": code}) + "\n")
+            else:
+                sys.stderr.write(f"error: {line}\n")
+            raise typer.Exit(code) from None
+    if json_output:
+        emit_json(report.model_dump(mode="json"))
+        return
+    out = stdout_console()
+    out.print(
+        f"job {report.job} attempt {report.attempt}: {report.status} on {report.capacity_type} "
+        f"{report.instance_type} {report.instance_id} in {report.availability_zone}",
+        highlight=False,
+    )
+    out.print(f"log: {report.log_uri}\ncheckpoints: {report.checkpoint_uri}", highlight=False)
+    if report.status == "running":
+        out.print(f"follow it: trainctl train logs {report.job} --bucket {spec.bucket} -f", highlight=False)
+
+
+# -- status / logs / stop -------------------------------------------------------------------------------------
+
+
+def _record(bucket: str, job: str, account: str | None) -> Any:
+    from core.launch import JobRecord
+    from tasks.code import read_json
+
+    data = read_json(jobs.job_record_uri(bucket, job), account=account)
+    if data is None:
+        raise UsageError(f"no job {job!r} in s3://{bucket}/{jobs.JOBS_ROOT}/", fix="Check --bucket and the job name.")
+    return JobRecord.model_validate(data)
+
+
+def _instance_state(instance_id: str | None, account: str | None) -> str | None:
+    if not instance_id:
+        return None
+    from blocks.aws import load_account
+    from tasks.volumes import get_instance
+
+    try:
+        return get_instance(load_account(account).client("ec2"), instance_id).state
+    except Exception as exc:
+        if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
+            return "gone"
+        raise
+
+
+@app.command("status")
+def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: JsonOption = False) -> None:
+    """The job record, the agent's last status in S3, and the instance's state."""
+    state_of(ctx, json_output=json_output)
+    jobs.validate_job_name(job, field="job")
+    with _aws_scope(ctx) as account:
+        from tasks.code import read_json
+
+        record = _record(bucket, job, account)
+        agent = read_json(jobs.status_uri(bucket, job, record.attempt), account=account)
+        instance_state = _instance_state(record.instance_id, account)
+    result = {
+        "job": record.model_dump(mode="json", exclude={"spec"}),
+        "agent": agent,
+        "instance_state": instance_state,
+    }
+    if json_output:
+        emit_json(result)
+        return
+    out = stdout_console()
+    agent_status = (agent or {}).get("status", "no status yet")
+    out.print(
+        f"{job} attempt {record.attempt}: {record.status.value} (agent: {agent_status}) on "
+        f"{record.capacity_type or '?'} {record.instance_type or ''} {record.instance_id or '-'} ({instance_state})",
+        highlight=False,
+    )
+    exit_code = record.exit_code if record.exit_code is not None else (agent or {}).get("exit_code")
+    if exit_code is not None:
+        out.print(f"exit code: {exit_code}")
+    if agent and agent.get("checkpoint_seq") is not None:
+        out.print(f"checkpoint {agent['checkpoint_seq']} at {record.checkpoint_uri}", highlight=False)
+    if record.message:
+        out.print(record.message, highlight=False)
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    job: JobArg,
+    bucket: BucketOption,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    attempt: Annotated[int | None, typer.Option("--attempt", help="Default: the latest.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """The job's log: live from the instance over SSM while it runs, else the copy the agent put in S3."""
+    state_of(ctx, json_output=json_output)
+    jobs.validate_job_name(job, field="job")
+    with _aws_scope(ctx) as account:
+        from core.launch import JobPoll, poll_script
+        from tasks.code import read_text
+        from tasks.ssm import run_script
+
+        record = _record(bucket, job, account)
+        n = attempt or record.attempt
+        live = n == record.attempt and _instance_state(record.instance_id, account) == "running"
+        collected: list[str] = []
+
+        def emit(text: str) -> None:
+            if json_output:
+                collected.append(text)
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+        offset = 0
+        while True:
+            if live:
+                result = run_script(record.instance_id, poll_script(job, offset), timeout_s=60, account=account)
+                if result.ok:
+                    poll = JobPoll.model_validate_json(result.stdout.strip().splitlines()[-1])
+                    emit(poll.chunk)
+                    offset = poll.offset
+                    more = bool(poll.chunk) and poll.offset < poll.size
+                    ended = poll.exit_code is not None or (poll.started and not poll.job_alive)
+                    if more:
+                        continue
+                    if not follow or ended:
+                        break
+                else:
+                    live = False  # the instance went away: the rest is in S3
+                    continue
+            else:
+                got = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
+                if got is not None:
+                    emit(got[0])
+                    offset = got[1]
+                if not follow:
+                    break
+                from tasks.code import read_json
+
+                agent = read_json(jobs.status_uri(bucket, job, n), account=account) or {}
+                if agent.get("status") not in (None, "running"):
+                    tail = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
+                    if tail:
+                        emit(tail[0])
+                    break
+            time.sleep(2)
+    if json_output:
+        emit_json({"job": job, "attempt": n, "live": live, "log": "".join(collected)})
+
+
+@app.command("stop")
+def stop(
+    ctx: typer.Context,
+    job: JobArg,
+    bucket: BucketOption,
+    grace: Annotated[float, typer.Option("--grace", help="Seconds between SIGTERM and SIGKILL.")] = 30.0,
+    json_output: JsonOption = False,
+) -> None:
+    """Stop the job: SIGTERM (the trainer saves), SIGKILL after the grace, checkpoint and log flushed to S3.
+    The instance keeps running (teardown removes it)."""
+    state_of(ctx, json_output=json_output)
+    jobs.validate_job_name(job, field="job")
+    with _aws_scope(ctx) as account:
+        from core.launch import agent_command_script
+        from core.models import JobStatus
+        from core.shell import quote
+        from tasks.ssm import CommandFailedError, run_script
+        from tasks.storage import put_json
+
+        record = _record(bucket, job, account)
+        if _instance_state(record.instance_id, account) != "running":
+            raise UsageError(f"job {job} has no running instance (record: {record.status.value})")
+        script = agent_command_script(job, "stop")
+        script[-1] += f" --grace {quote(grace)}"
+        result = run_script(record.instance_id, script, timeout_s=int(grace) + 660, account=account)
+        if not result.ok:
+            raise CommandFailedError(result, "agent stop")
+        final = json.loads(result.stdout[result.stdout.index("{") :]) if "{" in result.stdout else {}
+        record.status = JobStatus.STOPPED
+        record.exit_code = final.get("exit_code")
+        put_json.fn(jobs.job_record_uri(bucket, job), record.model_dump(mode="json"), account=account)
+    if json_output:
+        emit_json(final)
+        return
+    stdout_console().print(
+        f"stopped {job} attempt {record.attempt} (exit code {record.exit_code}); "
+        f"checkpoint seq {final.get('checkpoint_seq')}",
+        highlight=False,
+    )

@@ -1,0 +1,554 @@
+"""train-launch: start a training job on a spot (or on-demand) instance and, optionally, see it through.
+
+Runbook: validate everything (template, bucket, code dir and size, data volume and its AZ, instance type and AMI)
+→ record the job in S3 (a re-launch of the same name is the next attempt) → launch in the volume's AZ (spot,
+falling back to on-demand only if allowed) → wait SSM Online → attach + mount the volume → ship code and agent via
+the job's staging prefix → start the agent (it detaches) → optionally wait: stream the job log into the flow's
+logs and finish with the job's exit code (non-zero = failed flow run).
+
+A failure before the agent runs leaves nothing behind: the volume is unmounted and detached (kept), the instance
+this run launched is terminated, and the job record says what happened. Once the agent runs, the job belongs to
+it (and to spot-watch): stopping to wait never stops the job.
+
+IAM for the instance profile: AmazonSSMManagedInstanceCore, s3:GetObject on the staging prefix, s3:PutObject/
+GetObject/ListBucket on the job prefix and the checkpoint URI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ValidationError
+
+from blocks.aws import load_account
+from blocks.templates import load_template
+from core import jobs
+from core import tags as t
+from core.errors import InvalidInputError, TrainctlError, UsageError
+from core.launch import (
+    AGENT_SPEC,
+    AGENT_TARBALL,
+    CODE_TARBALL,
+    JobPoll,
+    JobRecord,
+    JobSpec,
+    TemplateSpec,
+    agent_spec,
+    data_mount_script,
+    launch_key,
+    next_attempt,
+    poll_script,
+    ship_script,
+    start_agent_script,
+)
+from core.models import Instance, JobStatus, Volume
+from core.prewarm import unmount_script
+from flows.reporting import StepProgress, artifact_key, markdown_report
+from tasks.code import CodePackage, check_bucket, package_agent, package_code, read_json, read_text, upload_file
+from tasks.instances import (
+    DEFAULT_AMI_PARAMETER,
+    LaunchRequest,
+    find_launched,
+    launch_instance,
+    subnet_zone,
+    validate_request,
+)
+from tasks.instances import terminate_launched_instance as terminate
+from tasks.ssm import run_command, run_script, wait_online
+from tasks.storage import put_json
+from tasks.volumes import attach_volume, detach_volume, get_instance, get_volume, move_volume
+
+STEPS = ["validate", "record", "launch", "ssm online", "attach", "mount", "ship", "start", "wait", "finish"]
+# After the trainer's exit code appears, how long the agent may take for its final checkpoint upload.
+FINAL_SYNC_GRACE_S = 120
+
+
+class LaunchReport(BaseModel):
+    job: str
+    attempt: int
+    instance_id: str
+    instance_type: str
+    availability_zone: str
+    capacity_type: str  # what was obtained: "spot" or "on-demand"
+    volume_id: str | None = None
+    mount_point: str | None = None
+    checkpoint_uri: str
+    log_uri: str
+    staging_uri: str
+    code_files: int
+    code_bytes: int
+    status: str  # running (not waited for) | succeeded | failed | interrupted
+    exit_code: int | None = None
+    instance_terminated: bool = False
+    seconds: float
+
+
+class LaunchFailedError(TrainctlError):
+    """The launch failed before the job started; the message says at which step and what was cleaned up."""
+
+
+class JobFailedError(TrainctlError):
+    """The job ran and ended badly (non-zero exit code, or interrupted); the message carries the exit code."""
+
+    def __init__(self, message: str, *, exit_code: int | None, fix: str | None = None) -> None:
+        self.job_exit_code = exit_code  # not `exit_code`: that is the CLI's exit status of every TrainctlError
+        super().__init__(message, fix=fix)
+
+
+class _Plan(BaseModel):
+    """What validation decided, before the first mutation."""
+
+    template: TemplateSpec
+    zone: str | None
+    volume: Volume | None
+    move_to: str | None
+    previous: JobRecord | None
+    request: LaunchRequest
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _previous_record(spec: JobSpec) -> JobRecord | None:
+    data = read_json(jobs.job_record_uri(spec.bucket, spec.name), account=spec.account)
+    if data is None:
+        return None
+    try:
+        return JobRecord.model_validate(data)
+    except ValidationError:
+        return None  # a record from another tool's version: start over at attempt 1 rather than fail
+
+
+def _refuse_if_running(spec: JobSpec, previous: JobRecord | None) -> None:
+    if previous is None or previous.status not in {JobStatus.PENDING, JobStatus.RUNNING} or not previous.instance_id:
+        return
+    try:
+        instance = get_instance(load_account(spec.account).client("ec2"), previous.instance_id)
+    except Exception as exc:
+        if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
+            return
+        raise
+    if instance.state in {"pending", "running"}:
+        raise UsageError(
+            f"job {spec.name} attempt {previous.attempt} is still {previous.status} on {instance.id}",
+            fix=f"Stop it first (trainctl train stop {spec.name} --bucket {spec.bucket}) or pick another job name.",
+        )
+
+
+def _plan(spec: JobSpec) -> _Plan:
+    """Every check that needs no mutation. Raises on the first problem, naming the field and the fix."""
+    template = load_template(spec.template)
+    check_bucket(spec.bucket, account=spec.account)
+    previous = _previous_record(spec)
+    _refuse_if_running(spec, previous)
+    template_zone = subnet_zone(template.subnet_id, account=spec.account) if template.subnet_id else None
+    template_zone = template_zone or template.availability_zone
+    volume: Volume | None = None
+    move_to: str | None = None
+    zone = template_zone
+    if spec.data_volume_id:
+        volume = get_volume(load_account(spec.account).client("ec2"), spec.data_volume_id)
+        if not volume.managed:
+            raise UsageError(
+                f"{volume.id} was not created by trainctl", fix="Adopt it first: trainctl ebs attach --adopt …"
+            )
+        if volume.attached_instance_id:
+            raise UsageError(
+                f"{volume.id} is in use by {volume.attached_instance_id}",
+                fix=f"Detach it first: trainctl ebs detach {volume.id}",
+            )
+        if template_zone and volume.availability_zone != template_zone:
+            if not spec.move_volume_if_needed:
+                raise InvalidInputError(
+                    "data_volume_id",
+                    volume.id,
+                    f"a volume in {template_zone}, where the template launches; it is in {volume.availability_zone}",
+                    fix=f"Move it (snapshot + restore): trainctl ebs move {volume.id} {template_zone}, or pass "
+                    "move_volume_if_needed=True (--move-volume), or drop the template's subnet/AZ so the "
+                    "instance follows the volume.",
+                )
+            move_to = template_zone
+        else:
+            zone = volume.availability_zone  # the instance follows the data
+    request = LaunchRequest(
+        name=f"trainctl-{spec.name}",
+        role=t.Role.TRAIN,
+        idempotency_key="",  # set once the attempt is known
+        instance_type=template.instance_type,
+        image_id=template.image_id,
+        image_parameter=template.image_parameter or DEFAULT_AMI_PARAMETER,
+        job=spec.name,
+        availability_zone=zone,
+        subnet_id=template.subnet_id,
+        security_group_ids=template.security_group_ids,
+        instance_profile=template.instance_profile,
+        root_volume_gib=template.root_volume_gib,
+        spot=spec.spot,
+        max_price=spec.max_price,
+        on_demand_fallback=spec.on_demand_fallback,
+        extra_tags=template.extra_tags,
+    )
+    validate_request(request, account=spec.account)
+    return _Plan(template=template, zone=zone, volume=volume, move_to=move_to, previous=previous, request=request)
+
+
+def _save(spec: JobSpec, record: JobRecord) -> JobRecord:
+    record.updated_at = _now()
+    put_json(jobs.job_record_uri(spec.bucket, spec.name), record.model_dump(mode="json"), account=spec.account)
+    return record
+
+
+@flow(name="train-launch", flow_run_name="train-{spec.name}", log_prints=True)
+def train_launch(spec: JobSpec) -> LaunchReport:
+    log = get_run_logger()
+    started = time.monotonic()
+    progress = StepProgress(artifact_key("train-launch", spec.name, str(flow_run.id or uuid.uuid4())), STEPS)
+
+    progress.step("validate")
+    plan = _plan(spec)
+    workdir = Path(tempfile.mkdtemp(prefix="trainctl-launch-"))
+    try:
+        code = package_code(spec.code_dir, str(workdir / CODE_TARBALL), limit_bytes=spec.code_limit_bytes)
+        agent = package_agent(str(workdir / AGENT_TARBALL))
+        log.info("code: %d files, %d bytes (%d compressed)", code.files, code.bytes, code.compressed_bytes)
+        return _launch(spec, plan, code, agent, workdir, started, progress)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _launch(
+    spec: JobSpec,
+    plan: _Plan,
+    code: CodePackage,
+    agent: CodePackage,
+    workdir: Path,
+    started: float,
+    progress: StepProgress,
+) -> LaunchReport:
+    log = get_run_logger()
+    account = spec.account
+
+    progress.step("record")
+    attempt = next_attempt(plan.previous)
+    key = launch_key(spec.name, attempt)
+    staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
+    record = _save(
+        spec,
+        JobRecord(
+            name=spec.name,
+            bucket=spec.bucket,
+            attempt=attempt,
+            status=JobStatus.PENDING,
+            volume_id=spec.data_volume_id,
+            checkpoint_uri=spec.resolved_checkpoint_uri,
+            mount_point=spec.resolved_mount_point,
+            instance_type=plan.template.instance_type,
+            created_at=plan.previous.created_at if plan.previous else _now(),
+            spec=spec.model_dump(mode="json"),
+        ),
+    )
+    log.info("job %s attempt %d recorded at %s", spec.name, attempt, jobs.job_record_uri(spec.bucket, spec.name))
+
+    volume = plan.volume
+    instance: Instance | None = None
+    step = "record"
+
+    def at(name: str) -> None:
+        nonlocal step
+        step = name
+        progress.step(name)
+
+    try:
+        at("launch")
+        if volume is not None and plan.move_to:
+            log.info("moving %s from %s to %s (snapshot + restore)", volume.id, volume.availability_zone, plan.move_to)
+            volume = move_volume(volume.id, plan.move_to, account=account)
+            record.volume_id = volume.id
+        upload_file(code.path, staging + CODE_TARBALL, account=account)
+        upload_file(agent.path, staging + AGENT_TARBALL, account=account)
+        request = plan.request.model_copy(update={"idempotency_key": key, "attempt": attempt})
+        instance = launch_instance(request, account=account)
+        record.instance_id, record.capacity_type = instance.id, instance.lifecycle
+        record.availability_zone, record.launched_at = instance.availability_zone, _now()
+        _save(spec, record)
+        log.info(
+            "%s %s instance %s in %s",
+            instance.lifecycle,
+            instance.instance_type,
+            instance.id,
+            instance.availability_zone,
+        )
+
+        at("ssm online")
+        wait_online(instance.id, timeout_s=spec.online_timeout_s, account=account)
+
+        if volume is not None:
+            at("attach")
+            volume = attach_volume(volume.id, instance.id, account=account)
+            device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
+            at("mount")
+            script = data_mount_script(volume.id, device, spec.filesystem, spec.resolved_mount_point)
+            log.info(run_command(instance.id, script, what="mount", account=account).stdout.strip())
+
+        at("ship")
+        spec_path = workdir / AGENT_SPEC
+        spec_path.write_text(json.dumps(agent_spec(spec, attempt=attempt, instance_id=instance.id), indent=2))
+        upload_file(str(spec_path), staging + AGENT_SPEC, account=account)
+        log.info(
+            run_command(instance.id, ship_script(spec.name, staging), what="ship code", account=account).stdout.strip()
+        )
+
+        at("start")
+        out = run_command(
+            instance.id, start_agent_script(spec.name), timeout_s=120, what="start agent", account=account
+        )
+        log.info(out.stdout.strip() or "agent started")
+    except BaseException as exc:
+        cleaned = _cleanup(spec, volume, instance, key)
+        record.status, record.message, record.finished_at = JobStatus.FAILED, f"launch failed at {step}: {exc}", _now()
+        try:
+            _save(spec, record)
+        except Exception as save_exc:
+            cleaned.append(f"job record NOT updated ({save_exc})")
+        markdown_report(
+            artifact_key("train-launch-failed", spec.name),
+            f"launch of {spec.name} failed",
+            {"step": step, "error": str(exc), "attempt": attempt},
+            notes=cleaned,
+        )
+        if isinstance(exc, Exception):
+            raise LaunchFailedError(
+                f"launch of {spec.name} failed at step '{step}': {exc}. "
+                f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
+            ) from exc
+        raise
+
+    record.status = JobStatus.RUNNING
+    _save(spec, record)
+    emit_event(
+        event="trainctl.job.launched",
+        resource={"prefect.resource.id": f"trainctl.job.{spec.name}", "prefect.resource.name": spec.name},
+        related=[{"prefect.resource.id": f"aws.ec2.instance.{instance.id}", "prefect.resource.role": "instance"}],
+        payload={
+            "job": spec.name,
+            "attempt": attempt,
+            "instance_id": instance.id,
+            "capacity_type": instance.lifecycle,
+            "availability_zone": instance.availability_zone,
+            "bucket": spec.bucket,
+        },
+    )
+
+    report = LaunchReport(
+        job=spec.name,
+        attempt=attempt,
+        instance_id=instance.id,
+        instance_type=instance.instance_type,
+        availability_zone=instance.availability_zone or "",
+        capacity_type=instance.lifecycle,
+        volume_id=volume.id if volume else None,
+        mount_point=spec.resolved_mount_point,
+        checkpoint_uri=spec.resolved_checkpoint_uri,
+        log_uri=jobs.log_uri(spec.bucket, spec.name, attempt),
+        staging_uri=staging,
+        code_files=code.files,
+        code_bytes=code.bytes,
+        status="running",
+        seconds=0.0,
+    )
+    if spec.wait:
+        progress.step("wait")
+        report = _wait(spec, record, report)
+        progress.step("finish")
+        if spec.terminate_when_done:
+            report.instance_terminated = _finish(spec, volume, instance, key)
+    report.seconds = round(time.monotonic() - started, 1)
+    progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
+    markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", report.model_dump())
+    if report.status == "stopped":
+        raise JobFailedError(
+            f"job {spec.name} attempt {attempt} was stopped (exit code {report.exit_code})",
+            exit_code=report.exit_code,
+            fix="Launch it again with the same name to resume from its last checkpoint.",
+        )
+    if report.status == "interrupted":
+        raise JobFailedError(
+            f"job {spec.name} attempt {attempt} was interrupted (spot reclaimed {instance.id})",
+            exit_code=report.exit_code,
+            fix="Launch it again with the same name: it resumes from the last checkpoint.",
+        )
+    if report.status == "failed":
+        raise JobFailedError(
+            f"job {spec.name} attempt {attempt} failed with exit code {report.exit_code}",
+            exit_code=report.exit_code,
+            fix=f"See the log: trainctl train logs {spec.name} --bucket {spec.bucket}",
+        )
+    return report
+
+
+# -- waiting ----------------------------------------------------------------------------------------------------
+
+
+class _LogStream:
+    """Turns log chunks into whole lines in the flow's logs (a partial last line waits for its end)."""
+
+    def __init__(self) -> None:
+        self.pending = ""
+
+    def feed(self, chunk: str) -> None:
+        lines = (self.pending + chunk).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            get_run_logger().info("[job] %s", line)
+
+    def flush(self) -> None:
+        if self.pending:
+            get_run_logger().info("[job] %s", self.pending)
+            self.pending = ""
+
+
+def _agent_status(spec: JobSpec, attempt: int) -> dict[str, Any] | None:
+    data = read_json(jobs.status_uri(spec.bucket, spec.name, attempt), account=spec.account)
+    return data if isinstance(data, dict) else None
+
+
+def _status_word(status: dict[str, Any] | None) -> str | None:
+    if not status:
+        return None
+    value = status.get("state") or status.get("status")
+    return str(value) if value else None
+
+
+def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchReport:
+    """Poll the instance over SSM (exit code, liveness, new log bytes); if the instance goes away, read what the
+    agent left in S3. Ends when the trainer has exited and the agent finished its final checkpoint upload."""
+    log = get_run_logger()
+    assert record.instance_id is not None
+    instance_id = record.instance_id
+    ec2 = load_account(spec.account).client("ec2")
+    stream = _LogStream()
+    offset = 0
+    exit_seen: float | None = None
+    deadline = time.monotonic() + spec.wait_timeout_minutes * 60
+    delay = 0.5
+    while True:
+        result = run_script(instance_id, poll_script(spec.name, offset), timeout_s=60, account=spec.account)
+        poll = JobPoll.model_validate_json(result.stdout.strip().splitlines()[-1]) if result.ok else None
+        if poll is not None:
+            if poll.chunk:
+                stream.feed(poll.chunk)
+                offset = poll.offset
+            if poll.exit_code is not None:
+                exit_seen = exit_seen or time.monotonic()
+                status = _status_word(_agent_status(spec, record.attempt))
+                final = status in {"succeeded", "failed", "interrupted", "stopped"}
+                if (final or not poll.agent_alive or time.monotonic() - exit_seen > FINAL_SYNC_GRACE_S) and (
+                    poll.offset >= poll.size
+                ):
+                    stream.flush()
+                    return _record_end(spec, record, report, exit_code=poll.exit_code, agent_status=status)
+            elif poll.started and not poll.job_alive and not poll.agent_alive:
+                stream.flush()
+                return _record_end(spec, record, report, exit_code=None, agent_status=None, lost=True)
+            delay = 0.5 if poll.chunk else min(delay * 1.5, 5.0)
+        else:
+            state = get_instance(ec2, instance_id).state
+            if state not in {"pending", "running"}:
+                stream.flush()
+                log.warning("instance %s is %s", instance_id, state)
+                tail = read_text(
+                    jobs.log_uri(spec.bucket, spec.name, record.attempt), offset=offset, account=spec.account
+                )
+                if tail and tail[0]:
+                    stream.feed(tail[0])
+                    stream.flush()
+                status = _status_word(_agent_status(spec, record.attempt)) or "interrupted"
+                return _record_end(spec, record, report, exit_code=None, agent_status=status)
+            log.warning("poll failed (%s); trying again", result.describe_failure())
+        if time.monotonic() > deadline:
+            raise JobFailedError(
+                f"job {spec.name} still running after {spec.wait_timeout_minutes} minutes of waiting",
+                exit_code=None,
+                fix="It keeps running; follow it with trainctl train logs -f, or stop it with trainctl train stop.",
+            )
+        time.sleep(delay)
+
+
+def _record_end(
+    spec: JobSpec,
+    record: JobRecord,
+    report: LaunchReport,
+    *,
+    exit_code: int | None,
+    agent_status: str | None,
+    lost: bool = False,
+) -> LaunchReport:
+    """The end as the agent saw it: its status word wins (an interrupted trainer may still exit 0)."""
+    if agent_status == "interrupted":
+        status = JobStatus.INTERRUPTED
+    elif agent_status == "stopped":
+        status = JobStatus.STOPPED
+    elif exit_code == 0:
+        status = JobStatus.SUCCEEDED
+    else:
+        status = JobStatus.FAILED
+    record.status, record.exit_code, record.finished_at = status, exit_code, _now()
+    if lost:
+        record.message = "the trainer and the agent ended without an exit code (killed?)"
+    _save(spec, record)
+    get_run_logger().info("job %s attempt %d: %s (exit code %s)", spec.name, record.attempt, status.value, exit_code)
+    return report.model_copy(update={"status": status.value, "exit_code": exit_code})
+
+
+# -- cleanup ----------------------------------------------------------------------------------------------------
+
+
+def _release_volume(spec: JobSpec, volume: Volume | None, instance: Instance, done: list[str]) -> None:
+    if volume is None:
+        return
+    try:
+        run_command.fn(instance.id, unmount_script(volume.id), check=False, timeout_s=120, account=spec.account)
+    except Exception as exc:
+        get_run_logger().warning("unmount failed: %s", exc)
+    try:
+        detached = detach_volume.fn(volume.id, account=spec.account)
+        done.append(f"volume {volume.id} detached and {detached.state} (kept)")
+    except Exception as exc:
+        done.append(f"volume {volume.id} could NOT be detached: {exc}")
+
+
+def _cleanup(spec: JobSpec, volume: Volume | None, instance: Instance | None, key: str) -> list[str]:
+    """After a failed launch: unmount, detach (keep) the volume, terminate the instance this run launched."""
+    done: list[str] = []
+    if instance is None:
+        # A launch that failed inside RunInstances' wait may still have made one: the key finds it.
+        instance = find_launched(key, account=spec.account)
+        if instance is None:
+            return [f"no instance was launched; volume {volume.id} left as it was" if volume else "nothing launched"]
+    _release_volume(spec, volume, instance, done)
+    try:
+        terminate.fn(instance.id, idempotency_key=key, account=spec.account)
+        done.append(f"instance {instance.id} terminated")
+    except Exception as exc:
+        done.append(f"instance {instance.id} could NOT be terminated ({exc}); terminate it by hand")
+    return done
+
+
+def _finish(spec: JobSpec, volume: Volume | None, instance: Instance, key: str) -> bool:
+    """After the job ended (waited for): release the volume and terminate the instance (its work is in S3)."""
+    done: list[str] = []
+    _release_volume(spec, volume, instance, done)
+    for line in done:
+        get_run_logger().info(line)
+    return bool(terminate(instance.id, idempotency_key=key, account=spec.account))

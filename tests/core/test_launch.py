@@ -1,0 +1,206 @@
+"""JobSpec validation, the agent spec (the command stays a literal argument list), scripts, and .gitignore rules."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import jobs
+from core.errors import InvalidInputError
+from core.launch import (
+    JobRecord,
+    JobSpec,
+    TemplateSpec,
+    agent_spec,
+    data_mount_script,
+    gitignore_matcher,
+    launch_key,
+    next_attempt,
+    parse_gitignore,
+    poll_script,
+    ship_script,
+    start_agent_script,
+)
+from tasks.code import package_code, scan_code_dir
+
+TEMPLATE = TemplateSpec(instance_type="t3.micro")
+
+
+def spec(**fields: Any) -> JobSpec:
+    base: dict[str, Any] = {"name": "llm", "bucket": "ml-jobs", "template": TEMPLATE, "command": ["python", "t.py"]}
+    return JobSpec(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"name": "Bad_Name"}, "name"),
+        ({"name": ""}, "name"),
+        ({"bucket": "Not A Bucket"}, "bucket"),
+        ({"command": []}, "command"),
+        ({"command": [""]}, "command"),
+        ({"checkpoint_uri": "/local/ckpt"}, "checkpoint_uri"),
+        ({"checkpoint_uri": "gs://bucket/ckpt/"}, "checkpoint_uri"),
+        ({"checkpoint_uri": "s3://bucket"}, "checkpoint_uri"),
+        ({"checkpoint_dir": "relative/dir"}, "checkpoint_dir"),
+        ({"checkpoint_dir": "/x/../etc"}, "checkpoint_dir"),
+        ({"env": {"BAD-NAME": "1"}}, "env"),
+        ({"env": {"TRAINCTL_RESUME_FROM": "x"}}, "env"),
+        ({"data_volume_id": "vol-nope"}, "data_volume_id"),
+        ({"mount_point": "/data"}, "mount_point"),
+        ({"max_price": "cheap"}, "max_price"),
+        ({"spot": False, "on_demand_fallback": True}, "spot"),
+        ({"template": {"instance_type": "t3.micro", "image_id": "ami-x"}}, "template.image_id"),
+        ({"template": {"instance_type": "not a type"}}, "template.instance_type"),
+        ({"template": {"instance_type": "t3.micro", "extra_tags": {"trainctl:managed": "no"}}}, "template.extra_tags"),
+    ],
+)
+def test_bad_input_names_the_field(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        spec(**fields)
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}:")
+
+
+def test_defaults_follow_the_job_layout() -> None:
+    s = spec(data_volume_id="vol-0123456789abcdef0")
+    assert s.resolved_checkpoint_uri == "s3://ml-jobs/trainctl/jobs/llm/checkpoints/"
+    assert s.resolved_checkpoint_dir == "/var/lib/trainctl/jobs/llm/checkpoints"
+    assert s.resolved_mount_point == "/mnt/trainctl/vol-0123456789abcdef0"
+    assert spec(checkpoint_uri="s3://other/ckpt").resolved_checkpoint_uri == "s3://other/ckpt/"
+    assert s.template == TEMPLATE and spec(template="gpu-block").template == "gpu-block"
+    # Round trip as a Prefect flow parameter would do it.
+    assert JobSpec.model_validate_json(s.model_dump_json()) == s
+
+
+def test_attempts_and_launch_keys() -> None:
+    assert next_attempt(None) == 1
+    record = JobRecord.model_validate(
+        {"name": "llm", "bucket": "b", "attempt": 3, "created_at": "2024-01-01T00:00:00Z"}
+    )
+    assert next_attempt(record) == 4
+    assert launch_key("llm", 1) != launch_key("llm", 2) and launch_key("llm", 1) == launch_key("llm", 1)
+
+
+NASTY = ["python", "train.py", "; rm -rf /", "$(touch /tmp/pwned)", "`id`", 'it\'s "quoted"', "line1\nline2", "*"]
+
+
+def test_command_with_metacharacters_is_a_literal_argument_list(tmp_path: Path) -> None:
+    s = spec(command=NASTY, env={"NOTE": "$(reboot); echo 'x'"})
+    doc = agent_spec(s, attempt=2, instance_id="i-0123456789abcdef0")
+    # It travels as JSON (S3 → the instance): the agent gets exactly these arguments back.
+    assert json.loads(json.dumps(doc))["command"] == NASTY
+    assert doc["env"]["NOTE"] == "$(reboot); echo 'x'"
+    assert doc["job"] == "llm" and doc["attempt"] == 2 and doc["checkpoint_uri"].startswith("s3://ml-jobs/")
+    assert doc["workdir"] == f"{jobs.instance_job_dir('llm')}/code"
+    # No script sent over SSM contains the command; every interpolated value in them is quoted.
+    for script in (ship_script("llm", "s3://ml-jobs/x/"), start_agent_script("llm"), poll_script("llm", 0)):
+        text = "\n".join(script)
+        assert "rm -rf /" not in text and "pwned" not in text and "reboot" not in text
+    # The agent execs the list without a shell: simulate with subprocess (argv in, argv out).
+    out = subprocess.run(
+        ["python3", "-c", "import json,sys; print(json.dumps(sys.argv[1:]))", *doc["command"][2:]],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert json.loads(out.stdout) == NASTY[2:]
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_scripts_quote_paths_and_run_under_the_instance_root(tmp_path: Path) -> None:
+    text = "\n".join(ship_script("llm", "s3://b/it's here/"))
+    assert shlex.quote("s3://b/it's here/") in text
+    assert '"${TRAINCTL_ROOT:-}"' in text
+    mount = data_mount_script("vol-0123456789abcdef0", "/dev/sdf", "xfs", "/data/my set")
+    assert any(line.startswith("link=") and shlex.quote("/data/my set") in line for line in mount)
+    assert not any(
+        line.startswith("link=") for line in data_mount_script("vol-0123456789abcdef0", "/dev/sdf", "xfs", None)
+    )
+
+
+def test_poll_script_reports_log_and_exit_code(tmp_path: Path) -> None:
+    job_dir = tmp_path / "var/lib/trainctl/jobs/llm"
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.log").write_text("step 1\nstep 2\n")
+    (job_dir / "exit_code").write_text("3\n")
+    run = subprocess.run(
+        ["bash", "-c", "\n".join(poll_script("llm", 7))],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"TRAINCTL_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["exit_code"] == 3 and got["chunk"] == "step 2\n" and got["offset"] == 14 and not got["job_alive"]
+
+
+# -- .gitignore -------------------------------------------------------------------------------------------------
+
+
+def test_gitignore_rules() -> None:
+    m = gitignore_matcher(
+        {
+            "": "# comment\n*.pyc\n/build/\ndata/\n!keep.pyc\nlogs/**/*.log\nsecret?.txt\n\\#literal\n",
+            "sub": "local.txt\n/only-here.txt\n",
+        }
+    )
+    assert m.ignored("a.pyc", is_dir=False) and m.ignored("x/y/a.pyc", is_dir=False)
+    assert not m.ignored("keep.pyc", is_dir=False)
+    assert m.ignored("build", is_dir=True) and not m.ignored("src/build", is_dir=True)  # anchored
+    assert m.ignored("src/data", is_dir=True) and not m.ignored("data", is_dir=False)  # dir-only
+    assert m.ignored("data/x.txt", is_dir=False)  # inside an ignored folder
+    assert m.ignored("logs/a/b/c.log", is_dir=False) and m.ignored("logs/c.log", is_dir=False)
+    assert m.ignored("secret1.txt", is_dir=False) and not m.ignored("secret12.txt", is_dir=False)
+    assert m.ignored("#literal", is_dir=False)
+    assert m.ignored("sub/local.txt", is_dir=False) and m.ignored("sub/deeper/local.txt", is_dir=False)
+    assert m.ignored("sub/only-here.txt", is_dir=False) and not m.ignored("sub/deeper/only-here.txt", is_dir=False)
+    assert not m.ignored("local.txt", is_dir=False)  # sub's rules stay in sub
+    assert m.ignored(".git/config", is_dir=False) and m.ignored("pkg/__pycache__/m.cpython-311.pyc", is_dir=False)
+    assert parse_gitignore("\n# only comments\n") == []
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def test_packager_honours_gitignore_and_counts_the_limit_after_it(tmp_path: Path) -> None:
+    import tarfile
+
+    code = tmp_path / "code"
+    _tree(
+        code,
+        {
+            ".gitignore": b"data/\n*.ckpt\n",
+            "train.py": b"print('hi')\n",
+            "pkg/model.py": b"x = 1\n",
+            "data/huge.bin": b"\0" * (3 * 1024 * 1024),
+            "last.ckpt": b"\0" * (2 * 1024 * 1024),
+            ".git/objects/ab": b"git",
+        },
+    )
+    listing = scan_code_dir(str(code), limit_bytes=1024 * 1024)  # 1 MB: fine once data and checkpoints are out
+    assert listing.files == [".gitignore", "pkg/model.py", "train.py"]
+    package = package_code(str(code), str(tmp_path / "code.tar.gz"), limit_bytes=1024 * 1024)
+    with tarfile.open(package.path) as tar:
+        assert sorted(tar.getnames()) == listing.files
+    assert package.files == 3 and package.bytes == listing.bytes
+
+
+def test_packager_refuses_missing_dir_and_oversize(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        scan_code_dir(str(tmp_path / "nope"), limit_bytes=10)
+    assert err.value.field == "code_dir"
+    _tree(tmp_path / "c", {"big.bin": b"\0" * 5000, "small.py": b"x"})
+    with pytest.raises(InvalidInputError) as err:
+        scan_code_dir(str(tmp_path / "c"), limit_bytes=4096)
+    assert err.value.field == "code_dir" and "big.bin" in str(err.value)

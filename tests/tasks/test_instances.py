@@ -1,0 +1,144 @@
+"""Instance launch against moto (idempotency, validation before any mutation) and the sandbox (spot → on-demand).
+
+moto accepts any instance type and AMI in RunInstances; DescribeInstanceTypes/DescribeImages do refuse unknown
+ones, so the task's own checks are what stops a bad launch — asserted here by counting RunInstances calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from blocks.aws import clear_client_cache, load_account
+from core import tags as t
+from core.errors import AwsError, InvalidInputError
+from sandbox import Sandbox
+from tasks.instances import LaunchRequest, client_token_for, find_launched, launch_instance, terminate_launched_instance
+
+
+def request(**fields: Any) -> LaunchRequest:
+    base: dict[str, Any] = {
+        "name": "trainctl-llm",
+        "role": t.Role.TRAIN,
+        "idempotency_key": "train:llm:attempt-1",
+        "instance_type": "t3.micro",
+        "job": "llm",
+        "attempt": 1,
+        "availability_zone": "us-east-1a",
+    }
+    return LaunchRequest(**{**base, **fields})
+
+
+@pytest.fixture
+def ec2() -> Iterator[Any]:
+    clear_client_cache()
+    with mock_aws():
+        yield load_account(None).client("ec2")
+    clear_client_cache()
+
+
+@pytest.fixture
+def calls(ec2: Any) -> list[str]:
+    seen: list[str] = []
+    ec2.meta.events.register("before-call.ec2.*", lambda model, **_: seen.append(model.name))
+    return seen
+
+
+def live(ec2: Any) -> list[dict[str, Any]]:
+    found = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    return [i for r in found["Reservations"] for i in r["Instances"]]
+
+
+def test_same_key_launches_one_instance(ec2: Any, calls: list[str]) -> None:
+    first = launch_instance.fn(request())
+    again = launch_instance.fn(request())  # a retried task, a re-run flow: same job + attempt
+    assert again.id == first.id
+    assert [i["InstanceId"] for i in live(ec2)] == [first.id]
+    assert calls.count("RunInstances") == 1
+    assert find_launched("train:llm:attempt-1") is not None
+    data = live(ec2)[0]
+    tags = t.from_aws(data["Tags"])
+    assert (
+        tags[t.JOB] == "llm"
+        and tags[t.ATTEMPT] == "1"
+        and tags[t.CLIENT_TOKEN] == client_token_for("train:llm:attempt-1")
+    )
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    # The next attempt is another key: another instance.
+    second = launch_instance.fn(request(idempotency_key="train:llm:attempt-2", attempt=2))
+    assert second.id != first.id and calls.count("RunInstances") == 2
+    assert terminate_launched_instance.fn(first.id, idempotency_key="train:llm:attempt-1")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"instance_type": "zz9.mega"}, "instance_type"),
+        ({"image_id": "ami-0123456789abcdef0"}, "image_id"),
+        ({"image_parameter": "/aws/service/no/such/parameter"}, "image_parameter"),
+        ({"instance_type": "t3.micro", "availability_zone": "us-east-1e"}, "instance_type"),  # not offered there
+    ],
+)
+def test_unknown_type_or_ami_is_refused_with_no_instance(
+    ec2: Any, calls: list[str], fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        launch_instance.fn(request(**fields))
+    assert err.value.field == field
+    assert "RunInstances" not in calls and live(ec2) == []
+
+
+# -- spot in the sandbox (real spot prices, capacity injection) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    with Sandbox(boot_delay=0.1) as cloud:
+        os.environ.update(cloud.env)
+        clear_client_cache()
+        yield cloud
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    clear_client_cache()
+
+
+@pytest.fixture
+def cloud(sandbox: Sandbox) -> Sandbox:
+    sandbox.reset()
+    return sandbox
+
+
+def test_spot_when_available(cloud: Sandbox) -> None:
+    instance = launch_instance.fn(request(spot=True))
+    assert instance.lifecycle == "spot" and instance.spot_request_id
+
+
+def test_spot_refused_falls_back_to_on_demand_only_when_allowed(cloud: Sandbox) -> None:
+    # A max price far under the spot price: AWS answers SpotMaxPriceTooLow.
+    with pytest.raises(AwsError) as err:
+        launch_instance.fn(request(spot=True, max_price="0.0001"))
+    assert err.value.code == "SpotMaxPriceTooLow"
+    assert live(cloud.client("ec2")) == []
+    fallback = launch_instance.fn(request(spot=True, max_price="0.0001", on_demand_fallback=True))
+    assert fallback.lifecycle == "on-demand"
+    # The fallback instance carries the attempt's token tag: a retry finds it, and it may be terminated by key.
+    assert launch_instance.fn(request(spot=True, max_price="0.0001", on_demand_fallback=True)).id == fallback.id
+    assert terminate_launched_instance.fn(fallback.id, idempotency_key="train:llm:attempt-1")
+
+
+def test_no_capacity_fails_both_ways_and_leaves_nothing(cloud: Sandbox) -> None:
+    cloud.set_capacity("us-east-1a", "t3.micro", available=False)
+    with pytest.raises(AwsError) as err:
+        launch_instance.fn(request(spot=True, on_demand_fallback=False))
+    assert err.value.code == "InsufficientInstanceCapacity" and "on-demand fallback" in str(err.value)
+    with pytest.raises(AwsError):
+        launch_instance.fn(request(spot=True, on_demand_fallback=True))  # on-demand has none there either
+    assert live(cloud.client("ec2")) == []
