@@ -25,6 +25,12 @@ class Reason(StrEnum):
     HAS_SNAPSHOTS = "has snapshots"
     TRAINING_RUNNING = "training running"
     RECENT_CHECKPOINT = "recent checkpoint"
+    # Added for the teardown planner (core/teardown.py): cleanup's own reasons to keep something.
+    NOT_FOUND = "not found"
+    TRAINING_UNKNOWN = "training state unknown"
+    LATEST_CHECKPOINT = "latest complete checkpoint"
+    JOB_UNFINISHED = "job unfinished"
+    RETAINED = "retained"
 
 
 @dataclass(frozen=True)
@@ -143,3 +149,79 @@ def modify_verdict(resource: ManagedResource, *, action: str, adopt: bool = Fals
     if not resource.managed and not adopt:
         blockers.append(Blocker(Reason.NOT_MANAGED, f"{resource.id} was not created by trainctl", "adopt"))
     return Verdict(resource.id, action, tuple(blockers))
+
+
+# -- cleanup (teardown, orphan sweep) ----------------------------------------------------------------------------
+
+
+def cleanup_blockers(resource: ManagedResource, *, now: datetime, min_age: timedelta, force: bool) -> list[Blocker]:
+    """Cleanup is stricter than an explicit delete (DESIGN.md section 2): `force` lifts only youth.
+
+    Unmanaged, protected and persistent resources are never destroyed by cleanup, whatever the flags; deleting
+    one of those is an explicit, single-resource act (`trainctl ebs delete --force`), never a side effect.
+    """
+    blockers: list[Blocker] = []
+    for blocker in common_blockers(resource, now=now, min_age=min_age, force=False):
+        if blocker.reason is Reason.TOO_YOUNG:
+            if not force:
+                blockers.append(blocker)
+        elif blocker.reason is Reason.PROTECTED:
+            blockers.append(
+                Blocker(Reason.PROTECTED, f"{resource.id} is tagged protected; cleanup never deletes it", None)
+            )
+        else:
+            blockers.append(Blocker(blocker.reason, blocker.detail, None))  # no adopt in cleanup
+    if resource.persistent:
+        blockers.append(Blocker(Reason.PERSISTENT, f"{resource.id} is persistent; cleanup keeps it", None))
+    return blockers
+
+
+def training_blockers(
+    instance_id: str,
+    status: str | None,
+    jobs: Sequence[str],
+    *,
+    wait_for_training: bool,
+    force_training: bool,
+) -> list[Blocker]:
+    """Rule 2: a live training job blocks termination. `force` never lifts this: only `force_training` (stop the
+    job, flushing its checkpoint) or `wait_for_training` (wait until it ends) do. A state we could not read
+    (SSM unreachable) counts as possibly running."""
+    if status == "idle" or force_training or wait_for_training:
+        return []
+    if status == "running":
+        names = ", ".join(jobs) or "a training process"
+        return [
+            Blocker(
+                Reason.TRAINING_RUNNING,
+                f"{instance_id} is running {names}",
+                "force_training or wait_for_training",
+            )
+        ]
+    return [
+        Blocker(
+            Reason.TRAINING_UNKNOWN,
+            f"could not check training on {instance_id} over SSM ({status or 'not checked'})",
+            "force_training",
+        )
+    ]
+
+
+def checkpoint_blockers(
+    checkpoint_id: str, *, newest_age: timedelta, recency: timedelta, latest_complete: bool
+) -> list[Blocker]:
+    """Rule 7: checkpoint objects younger than the recency, and a job's latest complete checkpoint, stay."""
+    blockers: list[Blocker] = []
+    if newest_age < recency:
+        blockers.append(
+            Blocker(
+                Reason.RECENT_CHECKPOINT,
+                f"{checkpoint_id} has objects {_format_age(newest_age)} old, younger than {_format_age(recency)}",
+                None,
+            )
+        )
+    if latest_complete:
+        blockers.append(
+            Blocker(Reason.LATEST_CHECKPOINT, f"{checkpoint_id} is the job's latest complete checkpoint", None)
+        )
+    return blockers

@@ -1,0 +1,782 @@
+"""The teardown planner: from an inventory, the jobs' storage and the training state, what happens to each resource.
+
+Pure (no boto3, no Prefect, no clock): `plan_teardown(...)` gets `now` and returns a `Plan`, which lists
+
+- one `Entry` per resource in scope (and per ID the user named that we could not act on): the action
+  (terminate, stop, detach-and-keep, delete, keep), every reason, its age and the monthly cost it saves;
+- the `Operation`s that carry the plan out, in the order of DESIGN.md section 3 rule 9 (stop jobs → flush
+  checkpoints → detach persistent volumes, DeleteOnTermination off first → terminate → wait terminated → delete
+  volumes → delete snapshots → delete staging objects), each with the operations it depends on; a flow executes
+  them step by step and skips an operation whose dependency did not succeed.
+
+The rules are core/safety.py's (one set of rules); this module only applies them to a whole inventory. Cleanup is
+stricter than an explicit delete: `force` lifts only youth. Nothing here ever destroys an unmanaged, persistent or
+protected resource, an attached volume, a checkpoint younger than the recency, or a job's latest complete
+checkpoint; the property tests in tests/core/test_teardown.py hold it to that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core import tags as t
+from core.ids import kind_of
+from core.models import Instance, Inventory, JobStatus, ManagedResource, Snapshot, Volume
+from core.safety import Blocker, Reason, checkpoint_blockers, cleanup_blockers, training_blockers
+
+# -- monthly cost (what a deletion saves) ------------------------------------------------------------------------
+
+# us-east-1 list prices, USD per GB-month (EBS) / per hour (EC2 on-demand). A small static table on purpose:
+# cost-watch will replace it with the Pricing API (GetProducts); until then unknown types show no cost.
+EBS_USD_PER_GB_MONTH: dict[str, float] = {
+    "gp3": 0.08,
+    "gp2": 0.10,
+    "io1": 0.125,
+    "io2": 0.125,
+    "st1": 0.045,
+    "sc1": 0.015,
+    "standard": 0.05,
+}
+SNAPSHOT_USD_PER_GB_MONTH = 0.05
+S3_USD_PER_GB_MONTH = 0.023
+EC2_USD_PER_HOUR: dict[str, float] = {
+    "t3.micro": 0.0104,
+    "t3.medium": 0.0416,
+    "m5.large": 0.096,
+    "m5.xlarge": 0.192,
+    "c5.xlarge": 0.17,
+    "g4dn.xlarge": 0.526,
+    "g5.xlarge": 1.006,
+    "p3.2xlarge": 3.06,
+}
+HOURS_PER_MONTH = 730
+
+
+def monthly_cost(resource: ManagedResource) -> float | None:
+    """What keeping the resource costs per month (list price), or None when the type is not in the table."""
+    if isinstance(resource, Volume):
+        rate = EBS_USD_PER_GB_MONTH.get(resource.volume_type)
+        return round(rate * resource.size_gib, 2) if rate is not None else None
+    if isinstance(resource, Snapshot):
+        # A snapshot is billed for its changed blocks, at most the volume size: this is the upper bound.
+        return round(SNAPSHOT_USD_PER_GB_MONTH * resource.size_gib, 2)
+    if isinstance(resource, Instance):
+        hourly = EC2_USD_PER_HOUR.get(resource.instance_type)
+        if hourly is None or resource.state not in {"pending", "running"}:
+            return None if hourly is None else 0.0  # a stopped instance costs only its volumes
+        return round(hourly * HOURS_PER_MONTH, 2)
+    return None
+
+
+def _s3_monthly(size_bytes: int) -> float:
+    return round(S3_USD_PER_GB_MONTH * size_bytes / 1e9, 4)
+
+
+# -- inputs --------------------------------------------------------------------------------------------------------
+
+
+class TrainingState(BaseModel):
+    """What the training check over SSM found on one instance (tasks/training.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instance_id: str
+    status: Literal["running", "idle", "unknown"]
+    jobs: list[str] = Field(default_factory=list)  # jobs whose pid file names a live process
+    processes: list[str] = Field(default_factory=list)  # training-like command lines (python.*train, main.py)
+    detail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+class StoredObject(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+class CheckpointSet(BaseModel):
+    """One checkpoint: the objects under `<checkpoint prefix>ckpt-<seq>/`. Complete iff MANIFEST.json is there."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    prefix: str  # full key prefix, ending with "/"
+    seq: int
+    objects: list[StoredObject]
+    complete: bool
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def newest_age(self, now: datetime) -> timedelta:
+        newest = max((o.last_modified for o in self.objects), default=None)
+        return timedelta(0) if newest is None else max(timedelta(0), _aware(now) - _aware(newest))
+
+
+class JobStorage(BaseModel):
+    """A job's S3 state: its record's status, its staging objects and its checkpoints (tasks/checkpoints.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: str
+    bucket: str
+    status: str | None = None  # the job record's status; None = no record
+    staging_prefix: str = ""  # key prefix of the job's staging objects
+    staging: list[StoredObject] = Field(default_factory=list)
+    checkpoint_prefix: str = ""
+    checkpoints: list[CheckpointSet] = Field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+
+    @property
+    def latest_complete(self) -> int | None:
+        return max((c.seq for c in self.checkpoints if c.complete), default=None)
+
+
+class Scope(BaseModel):
+    """What the user asked to tear down: one job, a list of IDs, or everything managed (and/or the sweep)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: str | None = None
+    ids: list[str] = Field(default_factory=list)
+    all_managed: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.all_managed:
+            parts.append("everything managed")
+        if self.job:
+            parts.append(f"job {self.job}")
+        if self.ids:
+            parts.append(", ".join(self.ids))
+        return "; ".join(parts) or "nothing (sweep only)"
+
+
+@dataclass(frozen=True)
+class TeardownPolicy:
+    """The thresholds (SafetyPolicy block values plus the sweep's options), as plain values."""
+
+    min_age: timedelta = timedelta(minutes=5)
+    checkpoint_recency: timedelta = timedelta(hours=1)
+    ephemeral_volumes: Literal["delete", "keep"] = "delete"
+    prewarm_max_age: timedelta = timedelta(hours=1)
+    orphan_volume_age: timedelta = timedelta(hours=24)
+    snapshot_retention: int = 3
+
+
+# -- the plan ------------------------------------------------------------------------------------------------------
+
+
+class Action(StrEnum):
+    TERMINATE = "terminate"
+    STOP = "stop"  # stop a running training job (force_training): SIGTERM, the trainer saves and exits
+    DETACH_AND_KEEP = "detach-and-keep"
+    DELETE = "delete"
+    KEEP = "keep"
+
+
+class Step(StrEnum):
+    """DESIGN.md section 3 rule 9, in order."""
+
+    STOP_JOBS = "stop jobs"
+    FLUSH_CHECKPOINTS = "flush checkpoints"
+    DETACH_PERSISTENT = "detach persistent volumes"
+    TERMINATE = "terminate"
+    WAIT_TERMINATED = "wait terminated"
+    DELETE_VOLUMES = "delete volumes"
+    DELETE_SNAPSHOTS = "delete snapshots"
+    DELETE_OBJECTS = "delete staging objects"
+
+
+STEPS: list[Step] = list(Step)
+
+
+class OpKind(StrEnum):
+    WAIT_TRAINING = "wait-training"
+    STOP_JOB = "stop-job"
+    FLUSH = "flush"
+    KEEP_ON_TERMINATION = "keep-on-termination"  # DeleteOnTermination=false on the instance (no detach)
+    DETACH = "detach"  # DeleteOnTermination=false, then detach and wait until available
+    TERMINATE = "terminate"
+    WAIT_TERMINATED = "wait-terminated"
+    DELETE_VOLUME = "delete-volume"
+    DELETE_SNAPSHOT = "delete-snapshot"
+    DELETE_OBJECTS = "delete-objects"
+
+
+_STEP_OF: dict[OpKind, Step] = {
+    OpKind.WAIT_TRAINING: Step.STOP_JOBS,
+    OpKind.STOP_JOB: Step.STOP_JOBS,
+    OpKind.FLUSH: Step.FLUSH_CHECKPOINTS,
+    OpKind.KEEP_ON_TERMINATION: Step.DETACH_PERSISTENT,
+    OpKind.DETACH: Step.DETACH_PERSISTENT,
+    OpKind.TERMINATE: Step.TERMINATE,
+    OpKind.WAIT_TERMINATED: Step.WAIT_TERMINATED,
+    OpKind.DELETE_VOLUME: Step.DELETE_VOLUMES,
+    OpKind.DELETE_SNAPSHOT: Step.DELETE_SNAPSHOTS,
+    OpKind.DELETE_OBJECTS: Step.DELETE_OBJECTS,
+}
+
+
+class Operation(BaseModel):
+    """One idempotent call the flow makes. `id` is `<kind>:<target>`; `depends_on` lists operation ids."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: OpKind
+    step: Step
+    target: str  # instance/volume/snapshot ID, or the s3:// prefix of an object group
+    instance_id: str | None = None
+    job: str | None = None
+    bucket: str | None = None
+    object_keys: list[str] = Field(default_factory=list)  # exact keys to delete (never "the whole prefix")
+    depends_on: list[str] = Field(default_factory=list)
+
+
+class ReasonNote(BaseModel):
+    """A reason shown next to an entry. `blocking`: it is why the resource is kept (else: information only)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    detail: str
+    override: str | None = None
+    blocking: bool = True
+
+    @classmethod
+    def of(cls, blocker: Blocker) -> ReasonNote:
+        return cls(reason=blocker.reason.value, detail=blocker.detail, override=blocker.override)
+
+
+class Entry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: str  # instance | volume | snapshot | checkpoint | staging | job | unknown
+    action: Action
+    reasons: list[ReasonNote] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    job: str | None = None
+    name: str | None = None
+    state: str | None = None
+    age_seconds: float | None = None
+    monthly_usd: float | None = None  # saved by the action (0 when kept)
+    sweep: bool = False  # found by the orphan sweep
+
+    @property
+    def destroys(self) -> bool:
+        return self.action in {Action.TERMINATE, Action.DELETE}
+
+
+class Plan(BaseModel):
+    region: str
+    now: datetime
+    scope: Scope
+    sweep: bool = False
+    entries: list[Entry] = Field(default_factory=list)
+    operations: list[Operation] = Field(default_factory=list)
+
+    def entry(self, resource_id: str) -> Entry | None:
+        return next((e for e in self.entries if e.id == resource_id), None)
+
+    def operation(self, op_id: str) -> Operation | None:
+        return next((o for o in self.operations if o.id == op_id), None)
+
+    def ops_in(self, step: Step) -> list[Operation]:
+        return [o for o in self.operations if o.step is step]
+
+    @property
+    def monthly_savings(self) -> float:
+        return round(sum(e.monthly_usd or 0.0 for e in self.entries if e.action is not Action.KEEP), 2)
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [(dep, op.id) for op in self.operations for dep in op.depends_on]
+
+    def mermaid(self) -> str:
+        """The dependency graph (operations in step order, and the kept resources with their first reason)."""
+        node = {op.id: f"n{i}" for i, op in enumerate(self.operations)}
+        lines = ["graph TD"]
+        for step in STEPS:
+            ops = self.ops_in(step)
+            if not ops:
+                continue
+            lines.append(f'  subgraph s{STEPS.index(step)}["{STEPS.index(step) + 1}. {step.value}"]')
+            lines += [f'    {node[o.id]}["{_mermaid_text(o.kind.value + " " + o.target)}"]' for o in ops]
+            lines.append("  end")
+        lines += [f"  {node[a]} --> {node[b]}" for a, b in self.edges() if a in node and b in node]
+        kept = [e for e in self.entries if e.action is Action.KEEP]
+        for i, e in enumerate(kept):
+            why = next((r.reason for r in e.reasons if r.blocking), "kept")
+            lines.append(f'  k{i}(["keep {_mermaid_text(e.id)}: {_mermaid_text(why)}"])')
+        return "\n".join(lines)
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace('"', "'").replace("[", "(").replace("]", ")")
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# -- the planner -------------------------------------------------------------------------------------------------
+
+
+class _Builder:
+    """Accumulates entries and operations; one per ID (the first decision about a resource wins)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.ops: dict[str, Operation] = {}
+
+    def add(self, entry: Entry) -> None:
+        self.entries.setdefault(entry.id, entry)
+
+    def op(
+        self,
+        kind: OpKind,
+        target: str,
+        *,
+        depends_on: Iterable[str] = (),
+        instance_id: str | None = None,
+        job: str | None = None,
+        bucket: str | None = None,
+        keys: Sequence[str] = (),
+    ) -> str:
+        op_id = f"{kind.value}:{target}"
+        if op_id not in self.ops:
+            self.ops[op_id] = Operation(
+                id=op_id,
+                kind=kind,
+                step=_STEP_OF[kind],
+                target=target,
+                instance_id=instance_id,
+                job=job,
+                bucket=bucket,
+                object_keys=list(keys),
+                depends_on=sorted(set(depends_on)),
+            )
+        return op_id
+
+
+def _entry(
+    resource: ManagedResource,
+    action: Action,
+    *,
+    now: datetime,
+    blockers: Sequence[Blocker] = (),
+    notes: Sequence[str] = (),
+    info: Sequence[ReasonNote] = (),
+    sweep: bool = False,
+) -> Entry:
+    saves = monthly_cost(resource) if action in {Action.TERMINATE, Action.DELETE} else 0.0
+    return Entry(
+        id=resource.id,
+        kind=resource.kind.value,
+        action=action,
+        reasons=[*(ReasonNote.of(b) for b in blockers), *info],
+        notes=list(notes),
+        job=resource.job,
+        name=resource.name,
+        state=resource.state,
+        age_seconds=round(resource.age(now).total_seconds(), 1),
+        monthly_usd=saves,
+        sweep=sweep,
+    )
+
+
+def _missing(resource_id: str, region: str, unmanaged: Mapping[str, ManagedResource]) -> Entry:
+    """An ID the user named that we will not act on: malformed, not managed, or not in this region."""
+    if kind_of(resource_id) is None:
+        detail = f"{resource_id!r} is not an EC2 instance, volume or snapshot ID"
+        return Entry(
+            id=resource_id, kind="unknown", action=Action.KEEP, reasons=[ReasonNote(reason="not found", detail=detail)]
+        )
+    if resource_id in unmanaged:
+        found = unmanaged[resource_id]
+        detail = f"{resource_id} was not created by trainctl; teardown never touches it (even with --force)"
+        return Entry(
+            id=resource_id,
+            kind=found.kind.value,
+            action=Action.KEEP,
+            reasons=[ReasonNote(reason=Reason.NOT_MANAGED.value, detail=detail)],
+            name=found.name,
+            state=found.state,
+        )
+    detail = (
+        f"{resource_id} was not found in {region}: it does not exist, is already gone, or belongs to another region"
+    )
+    return Entry(
+        id=resource_id,
+        kind=kind_of(resource_id) or "unknown",
+        action=Action.KEEP,
+        reasons=[ReasonNote(reason=Reason.NOT_FOUND.value, detail=detail)],
+    )
+
+
+def plan_teardown(
+    inventory: Inventory,
+    *,
+    scope: Scope,
+    now: datetime,
+    policy: TeardownPolicy | None = None,
+    training: Mapping[str, TrainingState] | None = None,
+    storage: Sequence[JobStorage] = (),
+    unmanaged: Mapping[str, ManagedResource] | None = None,
+    force: bool = False,
+    wait_for_training: bool = False,
+    force_training: bool = False,
+    sweep: bool = False,
+) -> Plan:
+    """The whole plan for `scope` (and the orphan sweep when `sweep`). Deterministic: same inputs, same plan.
+
+    `training`: the SSM check per running instance (missing = not checked = unknown). `storage`: the S3 state of
+    the jobs concerned. `unmanaged`: resources the user named by ID that exist but are not managed (looked up by
+    the flow, so the plan can say "not managed" rather than "not found"). `force` lifts only youth; it never
+    lifts "not managed" or "training running" (that takes `force_training` or `wait_for_training`).
+    """
+    policy = policy or TeardownPolicy()
+    training = training or {}
+    unmanaged = unmanaged or {}
+    b = _Builder()
+    by_id: dict[str, ManagedResource] = {r.id: r for r in inventory.resources()}
+    jobs = {s.job: s for s in storage}
+
+    # 1. What is in scope (instances first: their volumes follow them).
+    instances: set[str] = set()
+    volumes: set[str] = set()
+    snapshots: set[str] = set()
+    scoped_jobs: set[str] = set()
+    swept: set[str] = set()
+    if scope.all_managed:
+        instances |= {i.id for i in inventory.instances}
+        volumes |= {v.id for v in inventory.volumes}
+        snapshots |= {s.id for s in inventory.snapshots}
+        scoped_jobs |= set(jobs) | {r.job for r in inventory.resources() if r.job}
+    if scope.job:
+        scoped_jobs.add(scope.job)
+        for r in inventory.of_job(scope.job):
+            {"instance": instances, "volume": volumes, "snapshot": snapshots}[r.kind.value].add(r.id)
+        if not inventory.of_job(scope.job) and scope.job not in jobs:
+            b.add(
+                Entry(
+                    id=f"job:{scope.job}",
+                    kind="job",
+                    action=Action.KEEP,
+                    job=scope.job,
+                    reasons=[
+                        ReasonNote(
+                            reason=Reason.NOT_FOUND.value,
+                            detail=f"no managed resource or job record of job {scope.job!r} in {inventory.region}",
+                        )
+                    ],
+                )
+            )
+    named_snapshots: set[str] = set()
+    for rid in sorted(set(scope.ids)):
+        found = by_id.get(rid)
+        if found is None:
+            b.add(_missing(rid, inventory.region, unmanaged))
+            continue
+        {"instance": instances, "volume": volumes, "snapshot": snapshots}[found.kind.value].add(rid)
+        if found.kind.value == "snapshot":
+            named_snapshots.add(rid)
+    if sweep:
+        for i in inventory.instances:
+            if i.role == t.Role.PREWARM and i.age(now) >= policy.prewarm_max_age:
+                instances.add(i.id)
+                swept.add(i.id)
+        for v in inventory.volumes:
+            if not v.attached and not v.persistent and v.age(now) >= policy.orphan_volume_age:
+                volumes.add(v.id)
+                swept.add(v.id)
+        by_volume: dict[str, list[Snapshot]] = {}
+        for s in inventory.snapshots:
+            by_volume.setdefault(s.volume_id or "", []).append(s)
+        for group in by_volume.values():
+            group.sort(key=lambda s: (s.created_at, s.id), reverse=True)  # newest first; keep the first N
+            for s in group[policy.snapshot_retention :]:
+                snapshots.add(s.id)
+                swept.add(s.id)
+                named_snapshots.add(s.id)  # beyond retention: a deletion candidate like a named one
+        scoped_jobs |= {s.job for s in storage if s.finished}
+
+    # 2. Instances: terminate unless a rule keeps them; running training needs its own flag.
+    terminating: set[str] = set()
+    for iid in sorted(instances):
+        inst = by_id[iid]
+        assert isinstance(inst, Instance)
+        if inst.state in {"shutting-down", "terminated"}:
+            b.op(OpKind.WAIT_TERMINATED, iid, instance_id=iid)
+            terminating.add(iid)
+            b.add(_entry(inst, Action.TERMINATE, now=now, notes=["already terminating"], sweep=iid in swept))
+            continue
+        blockers = cleanup_blockers(inst, now=now, min_age=policy.min_age, force=force)
+        state = training.get(iid)
+        first: list[str] = []
+        notes: list[str] = []
+        if inst.state in {"pending", "running"}:
+            status = state.status if state else None
+            running_jobs = state.jobs if state else []
+            blockers += training_blockers(
+                iid, status, running_jobs, wait_for_training=wait_for_training, force_training=force_training
+            )
+            busy = status != "idle"
+            if not blockers and busy and force_training:
+                stop = b.op(OpKind.STOP_JOB, iid, instance_id=iid)
+                first = [b.op(OpKind.FLUSH, iid, instance_id=iid, depends_on=[stop])]
+                notes.append("force_training: the job is stopped (SIGTERM: save and exit) and its checkpoint flushed")
+                for job in running_jobs:
+                    b.add(
+                        Entry(
+                            id=f"job:{job}",
+                            kind="job",
+                            action=Action.STOP,
+                            job=job,
+                            notes=[f"running on {iid}; stopped because force_training was given"],
+                        )
+                    )
+            elif not blockers and busy and wait_for_training:
+                first = [b.op(OpKind.WAIT_TRAINING, iid, instance_id=iid)]
+                notes.append("wait_for_training: terminates after the job ends (or is skipped at the timeout)")
+        if blockers:
+            b.add(_entry(inst, Action.KEEP, now=now, blockers=blockers, sweep=iid in swept))
+            continue
+        terminating.add(iid)
+        b.add(_entry(inst, Action.TERMINATE, now=now, notes=notes, sweep=iid in swept))
+        _instance_ops(b, inst, inventory, first=first, now=now, policy=policy, force=force)
+
+    # 3. Volumes not attached to a terminating instance (those were decided with their instance).
+    for vid in sorted(volumes):
+        if vid in b.entries:
+            continue
+        vol = by_id[vid]
+        assert isinstance(vol, Volume)
+        if vol.state in {"deleting", "deleted"}:
+            continue
+        blockers = cleanup_blockers(vol, now=now, min_age=policy.min_age, force=force)
+        if vol.attached:
+            blockers.append(
+                Blocker(
+                    Reason.ATTACHED,
+                    f"{vid} is attached to {vol.attached_instance_id}, which is not being terminated",
+                    None,
+                )
+            )
+        info = _snapshot_info(vol)
+        if blockers:
+            b.add(_entry(vol, Action.KEEP, now=now, blockers=blockers, info=info, sweep=vid in swept))
+            continue
+        b.add(_entry(vol, Action.DELETE, now=now, info=info, sweep=vid in swept))
+        b.op(OpKind.DELETE_VOLUME, vid)
+
+    # 4. Snapshots: deleted only when named or beyond the sweep's retention; otherwise they are the backups.
+    for sid in sorted(snapshots):
+        snap = by_id[sid]
+        assert isinstance(snap, Snapshot)
+        if sid not in named_snapshots:
+            retained = Blocker(
+                Reason.RETAINED,
+                f"{sid} is a backup; snapshots go only when named or beyond the sweep's retention",
+                None,
+            )
+            b.add(_entry(snap, Action.KEEP, now=now, blockers=[retained]))
+            continue
+        blockers = cleanup_blockers(snap, now=now, min_age=policy.min_age, force=force)
+        if blockers:
+            b.add(_entry(snap, Action.KEEP, now=now, blockers=blockers, sweep=sid in swept))
+            continue
+        notes = [f"beyond the retention of {policy.snapshot_retention} per volume"] if sid in swept else []
+        b.add(_entry(snap, Action.DELETE, now=now, notes=notes, sweep=sid in swept))
+        b.op(OpKind.DELETE_SNAPSHOT, sid)
+
+    # 5. S3: checkpoints (rule 7) and staging objects of the jobs in scope.
+    for job in sorted(scoped_jobs):
+        if job in jobs:
+            _storage_ops(b, jobs[job], inventory, terminating, now=now, policy=policy, force=force, sweep=sweep)
+
+    ordered = sorted(b.ops.values(), key=lambda o: (STEPS.index(o.step), o.target, o.id))
+    entries = sorted(b.entries.values(), key=lambda e: (_KIND_ORDER.get(e.kind, 9), e.id))
+    return Plan(region=inventory.region, now=now, scope=scope, sweep=sweep, entries=entries, operations=ordered)
+
+
+_KIND_ORDER = {"job": 0, "instance": 1, "volume": 2, "snapshot": 3, "checkpoint": 4, "staging": 5, "unknown": 6}
+
+
+def _snapshot_info(vol: Volume) -> list[ReasonNote]:
+    if not vol.snapshot_ids:
+        return []
+    detail = f"{vol.id} has {len(vol.snapshot_ids)} snapshot(s) that remain: {', '.join(vol.snapshot_ids)}"
+    return [ReasonNote(reason=Reason.HAS_SNAPSHOTS.value, detail=detail, blocking=False)]
+
+
+def _instance_ops(
+    b: _Builder,
+    inst: Instance,
+    inventory: Inventory,
+    *,
+    first: list[str],
+    now: datetime,
+    policy: TeardownPolicy,
+    force: bool,
+) -> None:
+    """Terminate one instance: every attached volume is decided first (rule 1), then terminate, then wait."""
+    before: list[str] = list(first)
+    after: list[tuple[Volume, list[ReasonNote]]] = []
+    attached = {v.id: v for v in inventory.volumes_of(inst.id)}
+    for vid in sorted(set(inst.volume_ids) | set(attached)):
+        vol = attached.get(vid)
+        if vol is None:
+            # Not in the managed inventory: a volume we do not own rides on our instance. Terminating must not
+            # delete it, so DeleteOnTermination goes off (an attribute of our instance); the volume is untouched.
+            before.append(b.op(OpKind.KEEP_ON_TERMINATION, vid, instance_id=inst.id, depends_on=first))
+            b.add(
+                Entry(
+                    id=vid,
+                    kind="volume",
+                    action=Action.KEEP,
+                    reasons=[
+                        ReasonNote(
+                            reason=Reason.NOT_MANAGED.value,
+                            detail=f"{vid} on {inst.id} was not created by trainctl; DeleteOnTermination is turned "
+                            "off so terminating the instance leaves it",
+                        )
+                    ],
+                )
+            )
+            continue
+        blockers = cleanup_blockers(vol, now=now, min_age=policy.min_age, force=force)
+        if policy.ephemeral_volumes == "keep" and not vol.persistent:
+            blockers.append(Blocker(Reason.RETAINED, f"the SafetyPolicy keeps ephemeral volumes ({vid})", None))
+        info = _snapshot_info(vol)
+        if blockers:
+            # Kept: DeleteOnTermination off first, then detach and wait until available, all before terminate.
+            before.append(b.op(OpKind.DETACH, vid, instance_id=inst.id, depends_on=first))
+            notes = [f"detached from {inst.id} (DeleteOnTermination off first) before it is terminated"]
+            b.add(_entry(vol, Action.DETACH_AND_KEEP, now=now, blockers=blockers, notes=notes, info=info))
+        else:
+            after.append((vol, info))
+    terminate = b.op(OpKind.TERMINATE, inst.id, instance_id=inst.id, depends_on=before or first)
+    waited = b.op(OpKind.WAIT_TERMINATED, inst.id, instance_id=inst.id, depends_on=[terminate])
+    for vol, info in after:
+        b.add(_entry(vol, Action.DELETE, now=now, info=info, notes=[f"ephemeral; deleted once {inst.id} is gone"]))
+        b.op(OpKind.DELETE_VOLUME, vol.id, instance_id=inst.id, depends_on=[waited])
+
+
+def _storage_ops(
+    b: _Builder,
+    store: JobStorage,
+    inventory: Inventory,
+    terminating: set[str],
+    *,
+    now: datetime,
+    policy: TeardownPolicy,
+    force: bool,
+    sweep: bool,
+) -> None:
+    # The job's instances still alive after this plan: staging must outlive them (they may re-read the code).
+    job_instances = [i.id for i in inventory.instances if i.job == store.job]
+    alive = [i for i in job_instances if i not in terminating]
+    waits = [f"{OpKind.WAIT_TERMINATED.value}:{i}" for i in job_instances if i in terminating]
+    latest = store.latest_complete
+    for ckpt in sorted(store.checkpoints, key=lambda c: c.seq):
+        age = ckpt.newest_age(now)
+        blockers = [
+            ReasonNote.of(x)
+            for x in checkpoint_blockers(
+                ckpt.uri, newest_age=age, recency=policy.checkpoint_recency, latest_complete=ckpt.seq == latest
+            )
+        ]
+        if not blockers and not sweep:
+            blockers.append(
+                ReasonNote(
+                    reason=Reason.RETAINED.value,
+                    detail="superseded checkpoints are deleted only by the sweep (sweep=True)",
+                )
+            )
+        size = sum(o.size for o in ckpt.objects)
+        entry = Entry(
+            id=ckpt.uri,
+            kind="checkpoint",
+            action=Action.KEEP if blockers else Action.DELETE,
+            reasons=blockers,
+            notes=[] if blockers else [f"superseded by ckpt {latest}" if latest else "incomplete and old"],
+            job=store.job,
+            age_seconds=round(age.total_seconds(), 1),
+            monthly_usd=0.0 if blockers else _s3_monthly(size),
+            sweep=not blockers,
+        )
+        b.add(entry)
+        if not blockers:
+            b.op(
+                OpKind.DELETE_OBJECTS,
+                ckpt.uri,
+                job=store.job,
+                bucket=store.bucket,
+                keys=sorted(o.key for o in ckpt.objects),
+                depends_on=waits,
+            )
+    if not store.staging:
+        return
+    uri = f"s3://{store.bucket}/{store.staging_prefix}"
+    newest = max(o.last_modified for o in store.staging)
+    age = max(timedelta(0), _aware(now) - _aware(newest))
+    reasons: list[ReasonNote] = []
+    if not store.finished:
+        reasons.append(
+            ReasonNote(
+                reason=Reason.JOB_UNFINISHED.value,
+                detail=f"job {store.job} is {store.status or 'without a record'}; a resume needs its staged code",
+            )
+        )
+    if alive:
+        reasons.append(
+            ReasonNote(reason=Reason.JOB_UNFINISHED.value, detail=f"instance(s) {', '.join(alive)} of the job remain")
+        )
+    if age < policy.min_age and not force:
+        reasons.append(
+            ReasonNote(
+                reason=Reason.TOO_YOUNG.value,
+                detail=f"newest staging object {int(age.total_seconds())} s old",
+                override="force",
+            )
+        )
+    size = sum(o.size for o in store.staging)
+    b.add(
+        Entry(
+            id=uri,
+            kind="staging",
+            action=Action.KEEP if reasons else Action.DELETE,
+            reasons=reasons,
+            notes=[f"{len(store.staging)} object(s), {size} bytes"],
+            job=store.job,
+            age_seconds=round(age.total_seconds(), 1),
+            monthly_usd=0.0 if reasons else _s3_monthly(size),
+            sweep=sweep,
+        )
+    )
+    if not reasons:
+        b.op(
+            OpKind.DELETE_OBJECTS,
+            uri,
+            job=store.job,
+            bucket=store.bucket,
+            keys=sorted(o.key for o in store.staging),
+            depends_on=waits,
+        )

@@ -1,0 +1,391 @@
+"""safe-teardown: remove what a job (or a list of IDs, or everything managed) left behind, keep what must survive.
+
+Runbook: inventory → training check over SSM (running managed instances in scope only) → the jobs' S3 state
+(records, checkpoints, staging) → plan (core/teardown.py: every resource gets an action and its reasons) →
+publish the plan (table + mermaid dependency graph) → stop here on a dry run (the default) → optional approval
+in the UI → execute step by step in DESIGN.md order → report deleted / kept (with reasons) / failed.
+
+Every operation is idempotent (NotFound = done) and re-checks its precondition when it acts; an operation whose
+dependency did not succeed is skipped and reported, never forced. So a run killed at any point converges when
+run again: the next inventory simply shows less to do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field, model_validator
+
+from blocks.policies import SafetyPolicy
+from core.errors import TrainctlError
+from core.jobs import validate_job_name
+from core.models import Inventory, ManagedResource
+from core.safety import Reason
+from core.teardown import (
+    STEPS,
+    Action,
+    JobStorage,
+    Operation,
+    OpKind,
+    Plan,
+    Scope,
+    Step,
+    TeardownPolicy,
+    TrainingState,
+    plan_teardown,
+)
+from flows.reporting import artifact_key
+from tasks.checkpoints import list_job_storage
+from tasks.inventory import inventory as inventory_task
+from tasks.teardown import delete_objects, describe_unmanaged, terminate_instance, wait_terminated
+from tasks.training import detect_training, flush_checkpoints, stop_jobs, wait_training_done
+from tasks.volumes import delete_snapshot, delete_volume, detach_volume, keep_on_termination
+
+
+class TeardownRequest(BaseModel):
+    """What to tear down and how carefully. Scope: `job`, `ids`, `all_managed`, and/or `sweep` (orphans)."""
+
+    job: str | None = None
+    ids: list[str] = Field(default_factory=list)
+    all_managed: bool = False
+    sweep: bool = False
+    bucket: str | None = Field(default=None, description="Bucket of the job records, checkpoints and staging.")
+    dry_run: bool = True
+    require_approval: bool = False
+    force: bool = Field(default=False, description="Lifts youth only; never 'not managed' or 'training running'.")
+    force_training: bool = Field(default=False, description="Stop running jobs (they save a checkpoint) first.")
+    wait_for_training: bool = Field(default=False, description="Wait (policy timeout) for running jobs to end.")
+    policy: str | None = Field(default=None, description="SafetyPolicy block name; None = the defaults.")
+    min_age_minutes: float | None = None  # overrides of the policy's values
+    checkpoint_recency_minutes: float | None = None
+    training_wait_timeout_minutes: float | None = None
+    prewarm_max_age_hours: float = 1.0
+    orphan_volume_age_hours: float = 24.0
+    snapshot_retention: int = Field(default=3, ge=0)
+    account: str | None = None
+    # For tests and rehearsals: the clock the planner uses (S3 LastModified and EC2 create times cannot be set back
+    # in moto, so "an hour later" is simulated by moving now forward).
+    now: datetime | None = None
+    # Test hook: raise after this step, as if the process had been killed there.
+    stop_after_step: Step | None = None
+
+    @model_validator(mode="after")
+    def _has_scope(self) -> TeardownRequest:
+        if not (self.job or self.ids or self.all_managed or self.sweep):
+            raise ValueError("name a job, resource IDs, all_managed=True or sweep=True: teardown has no default scope")
+        if self.job:
+            validate_job_name(self.job, field="job")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.job or (",".join(self.ids[:3]) if self.ids else "all" if self.all_managed else "sweep")
+
+    def scope(self) -> Scope:
+        return Scope(job=self.job, ids=[i.strip() for i in self.ids], all_managed=self.all_managed)
+
+
+class OpResult(BaseModel):
+    id: str
+    step: Step
+    status: Literal["done", "already-done", "failed", "skipped"]
+    detail: str = ""
+
+
+class KeptResource(BaseModel):
+    id: str
+    action: Action
+    reasons: list[str]
+
+
+class TeardownReport(BaseModel):
+    plan: Plan
+    executed: bool
+    approved: bool | None = None
+    results: list[OpResult] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+    kept: list[KeptResource] = Field(default_factory=list)
+    failed: list[OpResult] = Field(default_factory=list)
+    monthly_savings_usd: float = 0.0
+
+
+class TeardownApproval(RunInput):
+    """What the UI asks before a teardown acts (only with require_approval=True)."""
+
+    approve: bool = False
+    note: str = ""
+
+
+class TeardownInterruptedError(TrainctlError):
+    """Raised by the `stop_after_step` test hook: the run stops as if killed after that step."""
+
+
+def _policy(request: TeardownRequest) -> tuple[TeardownPolicy, float]:
+    block = SafetyPolicy.load_or_default(request.policy)
+    minutes = request.min_age_minutes if request.min_age_minutes is not None else block.min_age_minutes
+    recency = (
+        request.checkpoint_recency_minutes
+        if request.checkpoint_recency_minutes is not None
+        else block.checkpoint_recency_minutes
+    )
+    timeout = request.training_wait_timeout_minutes or block.training_wait_timeout_minutes
+    return (
+        TeardownPolicy(
+            min_age=timedelta(minutes=minutes),
+            checkpoint_recency=timedelta(minutes=recency),
+            ephemeral_volumes=block.ephemeral_volumes,
+            prewarm_max_age=timedelta(hours=request.prewarm_max_age_hours),
+            orphan_volume_age=timedelta(hours=request.orphan_volume_age_hours),
+            snapshot_retention=request.snapshot_retention,
+        ),
+        timeout * 60,
+    )
+
+
+def _instances_to_check(
+    inventory: Inventory, request: TeardownRequest, policy: TeardownPolicy, now: datetime, unmanaged: Any
+) -> list[str]:
+    """Running managed instances the plan would terminate but for the training check: ask the planner itself."""
+    draft = plan_teardown(
+        inventory,
+        scope=request.scope(),
+        now=now,
+        policy=policy,
+        unmanaged=unmanaged,
+        force=request.force,
+        sweep=request.sweep,
+    )
+    return [
+        e.id
+        for e in draft.entries
+        if e.kind == "instance" and any(r.reason == Reason.TRAINING_UNKNOWN.value for r in e.reasons)
+    ]
+
+
+def _storage(request: TeardownRequest, inventory: Inventory) -> list[JobStorage]:
+    if not request.bucket:
+        return []
+    if request.all_managed or request.sweep:
+        return list_job_storage(request.bucket, None, account=request.account)  # every job in the bucket
+    if request.job:
+        return list_job_storage(request.bucket, [request.job], account=request.account)
+    return []
+
+
+def publish_plan(plan: Plan, run_id: str) -> None:
+    """The plan as a table (every entry with its reasons) and as a mermaid dependency graph."""
+    rows = [
+        {
+            "resource": e.id,
+            "kind": e.kind,
+            "job": e.job or "",
+            "action": e.action.value,
+            "reasons": "; ".join(f"{r.reason}: {r.detail}" for r in e.reasons) or "",
+            "notes": "; ".join(e.notes),
+            "age_s": e.age_seconds if e.age_seconds is not None else "",
+            "usd_per_month_saved": e.monthly_usd if e.monthly_usd is not None else "",
+            "sweep": e.sweep,
+        }
+        for e in plan.entries
+    ]
+    create_table_artifact(rows, key=artifact_key("teardown-plan", run_id), description="teardown plan")
+    steps = "\n".join(
+        f"{n + 1}. **{s.value}**: {', '.join(o.target for o in plan.ops_in(s)) or '—'}" for n, s in enumerate(STEPS)
+    )
+    text = (
+        f"# teardown plan: {plan.scope.describe()}{' + sweep' if plan.sweep else ''}\n\n"
+        f"Region {plan.region}, planned at {plan.now.isoformat()}; saves ${plan.monthly_savings}/month.\n\n"
+        f"{steps}\n\n```mermaid\n{plan.mermaid()}\n```\n"
+    )
+    create_markdown_artifact(text, key=artifact_key("teardown-graph", run_id), description="teardown graph")
+
+
+def _not_found(exc: BaseException) -> bool:
+    code = str(getattr(exc, "code", "") or "")
+    return code.endswith("NotFound") or code in {"NoSuchKey", "InvalidVolume.NotFound"}
+
+
+def _runner(
+    op: Operation, plan: Plan, policy: TeardownPolicy, request: TeardownRequest, timeout_s: float
+) -> Callable[[], tuple[str, str]]:
+    """The call that carries out one operation: returns (status, detail)."""
+    account = request.account
+    min_age = timedelta(0) if request.force else policy.min_age
+
+    def run() -> tuple[str, str]:
+        match op.kind:
+            case OpKind.WAIT_TRAINING:
+                assert op.instance_id
+                state: TrainingState = wait_training_done(op.instance_id, timeout_s=timeout_s, account=account)
+                if state.status != "idle":
+                    raise TrainctlError(f"training still {state.status} on {op.instance_id} after {timeout_s:.0f} s")
+                return "done", "training ended"
+            case OpKind.STOP_JOB:
+                assert op.instance_id
+                return "done", stop_jobs(op.instance_id, account=account).strip()
+            case OpKind.FLUSH:
+                assert op.instance_id
+                return "done", flush_checkpoints(op.instance_id, account=account).strip()
+            case OpKind.KEEP_ON_TERMINATION:
+                assert op.instance_id
+                keep_on_termination(op.instance_id, op.target, account=account)
+                return "done", f"DeleteOnTermination off on {op.instance_id}"
+            case OpKind.DETACH:
+                assert op.instance_id
+                try:
+                    keep_on_termination(op.instance_id, op.target, account=account)
+                except Exception as exc:
+                    if not _not_found(exc):  # the instance is gone already: nothing can delete the volume now
+                        raise
+                volume = detach_volume(op.target, account=account)
+                return "done", f"{volume.id} {volume.state}"
+            case OpKind.TERMINATE:
+                done = terminate_instance(op.target, account=account)
+                return ("done", "terminating") if done else ("already-done", "already terminated")
+            case OpKind.WAIT_TERMINATED:
+                wait_terminated(op.target, account=account)
+                return "done", "terminated"
+            case OpKind.DELETE_VOLUME:
+                result = delete_volume(op.target, min_age=min_age, now=plan.now, account=account)
+                return ("already-done", "already gone") if result.already_gone else ("done", "; ".join(result.notes))
+            case OpKind.DELETE_SNAPSHOT:
+                gone = delete_snapshot(op.target, min_age=min_age, now=plan.now, account=account)
+                return ("done", "") if gone else ("already-done", "already gone")
+            case OpKind.DELETE_OBJECTS:
+                assert op.bucket
+                entry = plan.entry(op.target)
+                window = policy.checkpoint_recency if entry and entry.kind == "checkpoint" else min_age
+                out = delete_objects(op.bucket, op.object_keys, not_after=plan.now - window, account=account)
+                if out["skipped"]:
+                    raise TrainctlError(f"{len(out['skipped'])} object(s) were rewritten since the plan; kept")
+                return "done", f"{len(out['deleted'])} object(s)"
+        raise AssertionError(f"unknown operation {op.kind}")
+
+    return run
+
+
+def execute_plan(plan: Plan, request: TeardownRequest, policy: TeardownPolicy, timeout_s: float) -> list[OpResult]:
+    """Every operation in step order; an operation whose dependency did not succeed is skipped, never forced."""
+    log = get_run_logger()
+    results: dict[str, OpResult] = {}
+    for step in STEPS:
+        for op in plan.ops_in(step):
+            blocked = [d for d in op.depends_on if results.get(d) and results[d].status not in {"done", "already-done"}]
+            if blocked:
+                detail = "; ".join(f"{d} {results[d].status}" for d in blocked)
+                results[op.id] = OpResult(id=op.id, step=step, status="skipped", detail=f"precondition: {detail}")
+                log.warning("skipped %s (%s)", op.id, detail)
+                continue
+            try:
+                status, detail = _runner(op, plan, policy, request, timeout_s)()
+            except Exception as exc:
+                status, detail = ("already-done", "not found") if _not_found(exc) else ("failed", str(exc))
+            results[op.id] = OpResult(id=op.id, step=step, status=status, detail=detail)
+            log.info("%s: %s %s", op.id, status, detail)
+        if request.stop_after_step is step:
+            raise TeardownInterruptedError(f"stopped after step '{step.value}' (stop_after_step)")
+    return list(results.values())
+
+
+def summarize(plan: Plan, results: list[OpResult], *, executed: bool, approved: bool | None) -> TeardownReport:
+    by_id = {r.id: r for r in results}
+    deleted: list[str] = []
+    for e in plan.entries:
+        if not e.destroys:
+            continue
+        mine = [r for op_id, r in by_id.items() if op_id.split(":", 1)[1] == e.id]
+        if mine and all(r.status in {"done", "already-done"} for r in mine):
+            deleted.append(e.id)
+    kept = [
+        KeptResource(id=e.id, action=e.action, reasons=[f"{r.reason}: {r.detail}" for r in e.reasons if r.blocking])
+        for e in plan.entries
+        if e.action in {Action.KEEP, Action.DETACH_AND_KEEP}
+    ]
+    return TeardownReport(
+        plan=plan,
+        executed=executed,
+        approved=approved,
+        results=results,
+        deleted=deleted,
+        kept=kept,
+        failed=[r for r in results if r.status in {"failed", "skipped"}],
+        monthly_savings_usd=plan.monthly_savings,
+    )
+
+
+@flow(name="safe-teardown", flow_run_name="teardown-{request.label}", log_prints=True)
+def safe_teardown(request: TeardownRequest) -> TeardownReport:
+    log = get_run_logger()
+    run_id = str(flow_run.id or uuid.uuid4())
+    policy, wait_timeout_s = _policy(request)
+
+    # 1. What exists (managed), and what the user named that is not ours.
+    inventory = inventory_task(request.account)
+    now = request.now or inventory.taken_at
+    missing = [i for i in request.ids if inventory.get(i.strip()) is None]
+    unmanaged: dict[str, ManagedResource] = describe_unmanaged(missing, account=request.account) if missing else {}
+
+    # 2. Training over SSM: only the running instances whose fate depends on it.
+    to_check = _instances_to_check(inventory, request, policy, now, unmanaged)
+    futures = [detect_training.submit(iid, account=request.account) for iid in to_check]
+    training = {f.result().instance_id: f.result() for f in futures}
+    for state in training.values():
+        log.info("training on %s: %s %s", state.instance_id, state.status, ", ".join(state.jobs))
+
+    # 3. The jobs' S3 state, then 4. the plan.
+    storage = _storage(request, inventory)
+    plan = plan_teardown(
+        inventory,
+        scope=request.scope(),
+        now=now,
+        policy=policy,
+        training=training,
+        storage=storage,
+        unmanaged=unmanaged,
+        force=request.force,
+        wait_for_training=request.wait_for_training,
+        force_training=request.force_training,
+        sweep=request.sweep,
+    )
+    publish_plan(plan, run_id)
+    log.info("plan: %d entries, %d operations", len(plan.entries), len(plan.operations))
+    if request.dry_run or not plan.operations:
+        return _finish(summarize(plan, [], executed=False, approved=None), run_id)
+
+    # 5. Optional approval in the UI (blocks until someone answers, or the timeout).
+    approved: bool | None = None
+    if request.require_approval:
+        from prefect.flow_runs import pause_flow_run
+
+        answer = pause_flow_run(wait_for_input=TeardownApproval.with_initial_data(approve=False), timeout=3600)
+        approved = bool(answer.approve)
+        if not approved:
+            log.warning("teardown not approved: nothing was changed")
+            return _finish(summarize(plan, [], executed=False, approved=False), run_id)
+
+    # 6. Act, in order.
+    results = execute_plan(plan, request, policy, wait_timeout_s)
+    return _finish(summarize(plan, results, executed=True, approved=approved), run_id)
+
+
+def _finish(report: TeardownReport, run_id: str) -> TeardownReport:
+    lines = [
+        f"# teardown {'done' if report.executed else 'not approved' if report.approved is False else 'planned'}",
+        "",
+        f"- deleted/terminated: {', '.join(report.deleted) or 'nothing'}",
+        f"- failed or skipped: {', '.join(f'{r.id} ({r.status}: {r.detail})' for r in report.failed) or 'nothing'}",
+        f"- saves about ${report.monthly_savings_usd}/month",
+        "",
+        "| kept | action | reasons |",
+        "|---|---|---|",
+        *[f"| {k.id} | {k.action.value} | {'; '.join(k.reasons)} |" for k in report.kept],
+    ]
+    create_markdown_artifact("\n".join(lines), key=artifact_key("teardown-report", run_id), description="teardown")
+    return report

@@ -1,0 +1,96 @@
+"""A job's S3 state for teardown: its record's status, its checkpoints (with ages, complete or not) and its staging
+objects, read from the layout in core/jobs.py. Listing only: deletions go through tasks/teardown.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from blocks.aws import load_account
+from core import jobs
+from core.s3uri import parse_s3_uri
+from core.teardown import CheckpointSet, JobStorage, StoredObject
+from tasks.aws import aws_task, translate
+
+_CKPT = re.compile(r"^ckpt-(\d+)/")
+
+
+def _objects(s3: Any, bucket: str, prefix: str) -> list[StoredObject]:
+    found: list[StoredObject] = []
+    with translate("s3:ListObjectsV2"):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found.append(StoredObject(key=obj["Key"], size=int(obj["Size"]), last_modified=obj["LastModified"]))
+    return found
+
+
+def _record(s3: Any, bucket: str, job: str) -> dict[str, Any] | None:
+    key = parse_s3_uri(jobs.job_record_uri(bucket, job)).key
+    try:
+        with translate("s3:GetObject"):
+            data = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except Exception as exc:
+        if getattr(exc, "code", "") in {"NoSuchKey", "404"}:
+            return None
+        raise
+    return data if isinstance(data, dict) else None
+
+
+def group_checkpoints(bucket: str, prefix: str, objects: list[StoredObject]) -> list[CheckpointSet]:
+    """Objects under `<prefix>ckpt-<seq>/` as one CheckpointSet each; complete iff its MANIFEST.json exists."""
+    groups: dict[int, tuple[str, list[StoredObject]]] = {}
+    for obj in objects:
+        match = _CKPT.match(obj.key[len(prefix) :])
+        if match:
+            folder = prefix + match.group(0)
+            groups.setdefault(int(match.group(1)), (folder, []))[1].append(obj)
+    return [
+        CheckpointSet(
+            bucket=bucket,
+            prefix=folder,
+            seq=seq,
+            objects=objs,
+            complete=any(o.key == folder + jobs.MANIFEST_NAME for o in objs),
+        )
+        for seq, (folder, objs) in sorted(groups.items())
+    ]
+
+
+def list_jobs(bucket: str, *, account: str | None = None) -> list[str]:
+    """Job names with anything under s3://<bucket>/trainctl/jobs/ (one delimited listing)."""
+    s3 = load_account(account).client("s3")
+    names: list[str] = []
+    with translate("s3:ListObjectsV2"):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=jobs.JOBS_ROOT + "/", Delimiter="/")
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(jobs.JOBS_ROOT) + 1 :].strip("/"))
+    return sorted(n for n in names if jobs.JOB_NAME.match(n))
+
+
+def job_storage_fn(bucket: str, job: str, *, account: str | None = None) -> JobStorage:
+    s3 = load_account(account).client("s3")
+    record = _record(s3, bucket, job) or {}
+    checkpoint_uri = record.get("checkpoint_uri") or jobs.default_checkpoint_uri(bucket, job)
+    ckpt = parse_s3_uri(str(checkpoint_uri), field="checkpoint_uri")
+    staging = jobs.job_prefix(bucket, job).join("staging").prefix
+    return JobStorage(
+        job=job,
+        bucket=bucket,
+        status=record.get("status"),
+        staging_prefix=staging,
+        staging=_objects(s3, bucket, staging),
+        checkpoint_prefix=ckpt.prefix,
+        checkpoints=group_checkpoints(ckpt.bucket, ckpt.prefix, _objects(s3, ckpt.bucket, ckpt.prefix)),
+    )
+
+
+@aws_task(name="list-job-storage", tags=["aws-s3"])
+def list_job_storage(
+    bucket: str, job_names: list[str] | None = None, *, account: str | None = None
+) -> list[JobStorage]:
+    """The S3 state of the named jobs (None: every job with a folder in the bucket)."""
+    names = sorted(set(job_names)) if job_names is not None else list_jobs(bucket, account=account)
+    return [job_storage_fn(bucket, name, account=account) for name in names if jobs.JOB_NAME.match(name)]

@@ -1,0 +1,130 @@
+"""The AWS actions of teardown that no other task module has: terminate any managed instance (not only one this
+run launched), wait for termination, and delete an exact list of S3 objects.
+
+Each re-checks its precondition against AWS at the moment it acts (the plan may be minutes old) and refuses
+rather than forcing; each is idempotent (NotFound / already terminated = done), so a re-run converges.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from blocks.aws import load_account
+from core.errors import SafetyRefusalError
+from core.ids import kind_of, validate_id
+from core.models import Instance, ManagedResource, Snapshot, Volume
+from tasks.aws import aws_task, translate
+from tasks.volumes import WAIT, get_instance
+
+GONE_STATES = {"shutting-down", "terminated"}
+
+
+def _code(exc: BaseException) -> str:
+    return str(getattr(exc, "code", "") or "")
+
+
+@aws_task(name="terminate-instance", tags=["aws-ec2"])
+def terminate_instance(instance_id: str, *, account: str | None = None) -> bool:
+    """Terminate a managed, unprotected instance that has no persistent or protected volume attached any more.
+
+    Returns False when it was already gone or terminating. The volume check is rule 1 enforced at the last
+    moment: if the detach step did not happen (failed, skipped), terminating is refused, never forced.
+    """
+    ec2 = load_account(account).client("ec2")
+    try:
+        instance = get_instance(ec2, instance_id)
+    except Exception as exc:
+        if _code(exc) == "InvalidInstanceID.NotFound":
+            return False
+        raise
+    if instance.state in GONE_STATES:
+        return False
+    if not instance.managed or instance.protected:
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance_id}: it is {'protected' if instance.managed else 'not managed'}"
+        )
+    with translate("DescribeVolumes"):
+        data = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["Volumes"]
+    kept = [v.id for v in map(Volume.from_aws, data) if v.attached and (v.persistent or v.protected)]
+    if kept:
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance_id}: persistent/protected volume(s) {', '.join(kept)} still attached",
+            fix="The detach step must succeed first; run the teardown again.",
+        )
+    with translate("TerminateInstances"):
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    return True
+
+
+@aws_task(name="wait-terminated", tags=["aws-ec2"])
+def wait_terminated(instance_id: str, *, account: str | None = None) -> None:
+    ec2 = load_account(account).client("ec2")
+    validate_id("instance", instance_id)
+    try:
+        with translate("wait instance_terminated"):
+            ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
+    except Exception as exc:
+        if "NotFound" not in _code(exc):  # forgotten by EC2 already: terminated long ago
+            raise
+
+
+@aws_task(name="delete-objects", tags=["aws-s3"])
+def delete_objects(
+    bucket: str, keys: list[str], *, not_after: datetime, account: str | None = None
+) -> dict[str, list[str]]:
+    """Delete exactly `keys`, skipping any object modified after `not_after` (rewritten since the plan: its
+    recency must be judged again). Missing keys count as deleted. Returns {"deleted": [...], "skipped": [...]}."""
+    s3: Any = load_account(account).client("s3")
+    current: dict[str, datetime] = {}
+    prefixes = sorted({k.rsplit("/", 1)[0] + "/" for k in keys})
+    with translate("s3:ListObjectsV2"):
+        for prefix in prefixes:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    current[obj["Key"]] = obj["LastModified"]
+    wanted = set(keys)
+    skipped = sorted(k for k in wanted if k in current and current[k] > not_after)
+    deletable = sorted(k for k in wanted if k in current and k not in skipped)
+    with translate("s3:DeleteObjects"):
+        for start in range(0, len(deletable), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = [{"Key": k} for k in deletable[start : start + 1000]]
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    return {"deleted": sorted(wanted - set(skipped)), "skipped": skipped}
+
+
+@aws_task(name="describe-unmanaged", tags=["aws-ec2"])
+def describe_unmanaged(ids: list[str], *, account: str | None = None) -> dict[str, ManagedResource]:
+    """Of IDs the managed inventory does not hold, those that exist here but are not managed (one call per kind).
+
+    So the plan can say "not managed" instead of "not found". Malformed IDs are skipped (the planner names them);
+    a terminated instance counts as gone.
+    """
+    ec2 = load_account(account).client("ec2")
+    by_kind: dict[str, list[str]] = {}
+    for rid in ids:
+        kind = kind_of(rid.strip())
+        if kind in {"instance", "volume", "snapshot"}:
+            by_kind.setdefault(kind, []).append(rid.strip())
+    found: list[ManagedResource] = []
+    for kind, wanted in by_kind.items():
+        # Asking for all IDs at once fails the whole call on one unknown ID; a filter returns what exists.
+        if kind == "instance":
+            with translate("DescribeInstances"):
+                pages = ec2.get_paginator("describe_instances").paginate(
+                    Filters=[{"Name": "instance-id", "Values": wanted}]
+                )
+                found += [Instance.from_aws(i) for p in pages for r in p["Reservations"] for i in r["Instances"]]
+        elif kind == "volume":
+            with translate("DescribeVolumes"):
+                pages = ec2.get_paginator("describe_volumes").paginate(
+                    Filters=[{"Name": "volume-id", "Values": wanted}]
+                )
+                found += [Volume.from_aws(v) for p in pages for v in p["Volumes"]]
+        else:
+            with translate("DescribeSnapshots"):
+                pages = ec2.get_paginator("describe_snapshots").paginate(
+                    OwnerIds=["self"], Filters=[{"Name": "snapshot-id", "Values": wanted}]
+                )
+                found += [Snapshot.from_aws(s) for p in pages for s in p["Snapshots"]]
+    return {r.id: r for r in found if not r.managed and r.state not in GONE_STATES}

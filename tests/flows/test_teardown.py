@@ -1,0 +1,273 @@
+"""safe-teardown end to end in the sandbox: real instances, a live "training" pid checked over SSM, volumes,
+snapshots, checkpoints and staging in S3, untagged decoys made directly with boto3.
+
+Time: EC2 create times and S3 LastModified cannot be set back in the sandbox (moto), so the main scenario uses a
+SafetyPolicy with short windows (min age and checkpoint recency of POLICY_S seconds, set through the request's
+overrides): "old" things are made first, then the test waits until they are older than the window, then makes
+the young volume and the recent checkpoint. The kill-at-every-step test needs no young things and moves the
+clock forward instead (`TeardownRequest.now`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from core import jobs
+from core import tags as t
+from core.ebs import VolumeSpec
+from core.teardown import Action, Step
+from flows.teardown import TeardownInterruptedError, TeardownRequest, safe_teardown
+from sandbox import Sandbox
+from tasks.instances import LaunchRequest, launch_instance
+from tasks.ssm import run_command, wait_online
+from tasks.volumes import attach_volume, create_snapshot, create_volume
+
+pytestmark = pytest.mark.sandbox
+BUCKET = "trainctl-jobs"
+POLICY_S = 15
+
+
+def _job_instance(cloud: Sandbox, job: str, key: str) -> str:
+    return launch_instance.fn(
+        LaunchRequest(
+            name=job,
+            role=t.Role.TRAIN,
+            idempotency_key=key,
+            job=job,
+            instance_type="t3.micro",
+            availability_zone="us-east-1a",
+        )
+    ).id
+
+
+def _volume(
+    name: str, job: str | None, *, persistent: bool = False, protected: bool = False, on: str | None = None
+) -> str:
+    vol = create_volume.fn(
+        VolumeSpec(name=name, size_gib=10, persistent=persistent, protected=protected),
+        availability_zone="us-east-1a",
+        job=job,
+    )
+    if on:
+        attach_volume.fn(vol.id, on)
+    return vol.id
+
+
+def _start_training(instance_id: str, job: str) -> None:
+    """A long-running "trainer" whose pid is written where the agent writes it (core/jobs.py)."""
+    wait_online.fn(instance_id)
+    job_dir = f'"${{TRAINCTL_ROOT:-}}"{jobs.instance_job_dir(job)}'
+    run_command.fn(
+        instance_id,
+        [f"mkdir -p {job_dir}", f"nohup setsid sleep 600 >/dev/null 2>&1 & echo $! > {job_dir}/{jobs.PID_FILE}"],
+    )
+
+
+def _stop_training(instance_id: str, job: str) -> None:
+    job_dir = f'"${{TRAINCTL_ROOT:-}}"{jobs.instance_job_dir(job)}'
+    run_command.fn(instance_id, [f"kill $(cat {job_dir}/{jobs.PID_FILE})"])
+
+
+def _job_record(cloud: Sandbox, job: str, status: str) -> None:
+    record = {"name": job, "status": status, "created_at": datetime.now(UTC).isoformat()}
+    cloud.client("s3").put_object(Bucket=BUCKET, Key=f"{jobs.JOBS_ROOT}/{job}/job.json", Body=json.dumps(record))
+
+
+def _checkpoint(cloud: Sandbox, job: str, seq: int, *, complete: bool = True) -> str:
+    s3 = cloud.client("s3")
+    prefix = f"{jobs.JOBS_ROOT}/{job}/checkpoints/{jobs.checkpoint_folder(seq)}"
+    s3.put_object(Bucket=BUCKET, Key=prefix + "model.pt", Body=b"w" * 1000)
+    if complete:
+        s3.put_object(Bucket=BUCKET, Key=prefix + jobs.MANIFEST_NAME, Body=b"{}")
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=f"{jobs.JOBS_ROOT}/{job}/checkpoints/{jobs.LATEST_NAME}",
+            Body=json.dumps({"seq": seq, "prefix": jobs.checkpoint_folder(seq)}),
+        )
+    return prefix
+
+
+def _staging(cloud: Sandbox, job: str) -> str:
+    key = f"{jobs.JOBS_ROOT}/{job}/staging/attempt-1/code.tar.gz"
+    cloud.client("s3").put_object(Bucket=BUCKET, Key=key, Body=b"code")
+    return key
+
+
+def world(cloud: Sandbox) -> dict[str, Any]:
+    """Everything that exists: instance states, volumes (state, attached to), snapshots, S3 keys."""
+    ec2 = cloud.client("ec2")
+    instances = {
+        i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+    }
+    volumes = {
+        v["VolumeId"]: (v["State"], tuple(a["InstanceId"] for a in v["Attachments"]))
+        for v in ec2.describe_volumes()["Volumes"]
+    }
+    snapshots = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    keys = {o["Key"] for o in cloud.client("s3").list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    return {"instances": instances, "volumes": volumes, "snapshots": snapshots, "keys": keys}
+
+
+def test_teardown_keeps_what_must_survive_and_converges(cloud: Sandbox) -> None:
+    ec2 = cloud.client("ec2")
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    # -- "old" things -------------------------------------------------------------------------------------------
+    _job_record(cloud, "run-a", "running")
+    _job_record(cloud, "done-b", "succeeded")
+    staging_a, staging_b = _staging(cloud, "run-a"), _staging(cloud, "done-b")
+    ckpt1, ckpt2 = _checkpoint(cloud, "run-a", 1), _checkpoint(cloud, "run-a", 2)
+    running = _job_instance(cloud, "run-a", "a-1")
+    finished = _job_instance(cloud, "done-b", "b-1")
+    data = _volume("data-a", "run-a", persistent=True, on=running)
+    scratch = _volume("scratch-a", "run-a", on=running)
+    protected = _volume("keep-me", None, protected=True)
+    snapshot = create_snapshot.fn(protected).id
+    _start_training(running, "run-a")
+    decoy_instance = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="t3.micro", MinCount=1, MaxCount=1)[
+        "Instances"
+    ][0]["InstanceId"]
+    decoy_volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=5)["VolumeId"]
+    old_done = time.monotonic()
+    # -- wait until all that is older than the policy window, then the young things ----------------------------
+    time.sleep(max(0.0, POLICY_S + 1 - (time.monotonic() - old_done)))
+    young = _volume("young", None)
+    ckpt3 = _checkpoint(cloud, "run-a", 3, complete=False)
+
+    request = TeardownRequest(
+        all_managed=True,
+        ids=[decoy_instance, decoy_volume, "vol-0123456789abcdef0"],
+        sweep=True,
+        bucket=BUCKET,
+        dry_run=False,
+        min_age_minutes=POLICY_S / 60,
+        checkpoint_recency_minutes=POLICY_S / 60,
+    )
+    report = safe_teardown(request)
+    after = world(cloud)
+
+    # Gone: the finished job's instance (and its root volume), the superseded old checkpoint, done-b's staging.
+    assert after["instances"][finished] == "terminated"
+    assert not any(k.startswith(ckpt1) for k in after["keys"])
+    assert staging_b not in after["keys"]
+    # Kept: the running job untouched, decoys, persistent/protected/young volumes, snapshot, recent checkpoints.
+    assert after["instances"][running] == "running"
+    assert after["volumes"][data] == ("in-use", (running,)) and after["volumes"][scratch] == ("in-use", (running,))
+    assert after["instances"][decoy_instance] == "running" and decoy_volume in after["volumes"]
+    assert protected in after["volumes"] and young in after["volumes"] and snapshot in after["snapshots"]
+    assert {ckpt2 + "model.pt", ckpt2 + jobs.MANIFEST_NAME, ckpt3 + "model.pt", staging_a} <= after["keys"]
+    assert not report.failed, report.failed
+
+    # The plan names every reason.
+    reasons = {r.reason for e in report.plan.entries for r in e.reasons}
+    assert {
+        "training running",
+        "persistent",
+        "protected",
+        "younger than the minimum age",
+        "attached",
+        "not managed",
+        "not found",
+        "latest complete checkpoint",
+        "recent checkpoint",
+        "job unfinished",
+        "has snapshots",
+    } <= reasons
+    assert report.plan.entry(running).action is Action.KEEP  # type: ignore[union-attr]
+    table = _artifact_rows("teardown-plan")
+    assert {row["resource"] for row in table} >= {running, data, scratch, protected, young, decoy_volume}
+    assert any("training running" in row["reasons"] for row in table)
+
+    # Re-running changes nothing.
+    again = safe_teardown(request)
+    assert world(cloud) == after
+    assert not again.failed and all(r.status == "already-done" for r in again.results)
+
+    # The running job, waited for: its instance goes, the data volume is detached and kept, the scratch is gone.
+    threading.Timer(2.0, _stop_training, args=(running, "run-a")).start()
+    waited = safe_teardown(
+        request.model_copy(
+            update={
+                "all_managed": False,
+                "ids": [],
+                "sweep": False,
+                "job": "run-a",
+                "wait_for_training": True,
+                "training_wait_timeout_minutes": 1,
+            }
+        )
+    )
+    final = world(cloud)
+    assert not waited.failed, waited.failed
+    assert final["instances"][running] == "terminated"
+    assert final["volumes"][data] == ("available", ())
+    assert scratch not in final["volumes"]
+    assert staging_a in final["keys"]  # the job record still says running: a resume would need its code
+
+
+def _artifact_rows(prefix: str) -> list[dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    data = artifacts[0].data
+    return json.loads(data) if isinstance(data, str) else list(data)  # type: ignore[arg-type]
+
+
+def _kill_scenario(cloud: Sandbox) -> dict[str, str]:
+    cloud.reset()
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    _job_record(cloud, "kill-c", "succeeded")
+    staging = _staging(cloud, "kill-c")
+    instance = _job_instance(cloud, "kill-c", "c-1")
+    data = _volume("data-c", "kill-c", persistent=True, on=instance)
+    scratch = _volume("scratch-c", "kill-c", on=instance)
+    snapshot = create_snapshot.fn(data).id
+    _start_training(instance, "kill-c")
+    return {"instance": instance, "data": data, "scratch": scratch, "snapshot": snapshot, "staging": staging}
+
+
+def test_killed_after_each_step_in_turn_the_reruns_converge(cloud: Sandbox) -> None:
+    """Run 1 dies after step 1, run 2 (starting from what run 1 left) dies after step 2, ... the last run
+    completes. Every run re-plans from AWS as it is; the end state is the one an uninterrupted run reaches.
+    (One chain rather than one fresh scenario per step: the latter costs ~18 s a step in the sandbox. The kill
+    points are the step boundaries where AWS state changes; after "flush" the state equals that after "stop jobs"
+    for the next run, and after the last step there is nothing left to interrupt.)"""
+    ids = _kill_scenario(cloud)
+    request = TeardownRequest(
+        job="kill-c",
+        sweep=True,
+        snapshot_retention=0,
+        bucket=BUCKET,
+        dry_run=False,
+        force_training=True,
+        now=datetime.now(UTC) + timedelta(hours=2),  # everything is old; nothing here is meant to be young
+    )
+    done_steps: list[str] = []
+    kill_points = [Step.STOP_JOBS, Step.DETACH_PERSISTENT, Step.TERMINATE, Step.WAIT_TERMINATED, Step.DELETE_VOLUMES]
+    for step in kill_points:
+        with pytest.raises(TeardownInterruptedError):
+            report = safe_teardown(request.model_copy(update={"stop_after_step": step}))
+        done_steps.append(step.value)
+        state = world(cloud)
+        # Whatever the kill point: the persistent volume exists, and is never gone while its instance lives.
+        assert ids["data"] in state["volumes"], done_steps
+    report = safe_teardown(request)
+    end = world(cloud)
+    assert not report.failed, report.failed
+    assert end["instances"][ids["instance"]] == "terminated"
+    assert end["volumes"].get(ids["data"]) == ("available", ())  # persistent: detached and kept
+    assert ids["scratch"] not in end["volumes"]
+    assert ids["snapshot"] not in end["snapshots"]
+    assert ids["staging"] not in end["keys"]
