@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 _ROOT = Path(tempfile.mkdtemp(prefix="trainctl-tests-"))
 
@@ -42,3 +45,12 @@ for _key in _CLEARED:
     os.environ.pop(_key, None)
 os.environ.update(_ENV)
 Path(_ENV["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the whole session (starting one costs ~20 s): flows and deployments share it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -11,14 +11,6 @@ from blocks.aws import clear_client_cache
 from sandbox import Sandbox
 
 
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture(scope="module")
 def sandbox_env(prefect_harness: None) -> Iterator[Sandbox]:
     """A sandbox whose environment the product code picks up, as a user's `export` would."""
