@@ -465,13 +465,10 @@ def test_plans_are_deterministic(
     assert first.mermaid() == again.mermaid()
 
 
-def test_a_thousand_resources_plan_in_well_under_a_second() -> None:
-    import time
-
+def test_a_thousand_resources_are_all_planned() -> None:
+    # How fast: bench/teardown_plan.py (speed is measured by benchmarks, not asserted in unit tests).
     insts = [instance(n) for n in range(1, 301)]
     vols = [volume(n, on=insts[n % 300], persistent=n % 2 == 0) for n in range(1, 601)]
     snaps = [snapshot(n, vols[n % 600]) for n in range(1, 101)]
-    started = time.perf_counter()
     plan = plan_teardown(inv(insts, vols, snaps), scope=ALL, now=NOW, training=idle(*insts), sweep=True)
-    assert time.perf_counter() - started < 1.0
     assert len([o for o in plan.operations if o.step is Step.TERMINATE]) == 300
