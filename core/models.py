@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from core import tags as t
 
@@ -238,11 +238,33 @@ class Inventory(BaseModel):
     def get(self, resource_id: str) -> ManagedResource | None:
         return next((r for r in self.resources() if r.id == resource_id), None)
 
+    # Indexes built on first use: planners ask per instance/volume, and a scan each time is quadratic.
+    _volumes_by_instance: dict[str, list[Volume]] | None = PrivateAttr(default=None)
+    _snapshots_by_volume: dict[str, list[Snapshot]] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # The lazily built indexes are a cache, not state: two inventories of the same resources are equal.
+        return isinstance(other, Inventory) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable model, as pydantic's default
+
     def volumes_of(self, instance_id: str) -> list[Volume]:
-        return [v for v in self.volumes if v.attached_instance_id == instance_id]
+        if self._volumes_by_instance is None:
+            index: dict[str, list[Volume]] = {}
+            for volume in self.volumes:
+                if volume.attached_instance_id:
+                    index.setdefault(volume.attached_instance_id, []).append(volume)
+            self._volumes_by_instance = index
+        return list(self._volumes_by_instance.get(instance_id, []))
 
     def snapshots_of(self, volume_id: str) -> list[Snapshot]:
-        return [s for s in self.snapshots if s.volume_id == volume_id]
+        if self._snapshots_by_volume is None:
+            index: dict[str, list[Snapshot]] = {}
+            for snapshot in self.snapshots:
+                if snapshot.volume_id:
+                    index.setdefault(snapshot.volume_id, []).append(snapshot)
+            self._snapshots_by_volume = index
+        return list(self._snapshots_by_volume.get(volume_id, []))
 
     def of_job(self, job: str) -> list[ManagedResource]:
         return [r for r in self.resources() if r.job == job]
