@@ -329,6 +329,9 @@ class TransferReport(BaseModel):
     files_copied: int = 0
     bytes_copied: int = 0
     files_skipped: int = 0
+    # Files a killed earlier run had fetched completely but not yet placed: checked and placed, not copied again.
+    files_resumed: int = 0
+    bytes_resumed: int = 0
     files_deleted: int = 0
     would_copy: list[str] = Field(default_factory=list)
     would_delete: list[str] = Field(default_factory=list)

