@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest install clean
+.PHONY: demo test test-slow lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Most tests wait on the sandbox (instances booting, SSM polls), not on the CPU: 4 workers fit 2 cores. One file per
+# worker (loadfile) keeps module-scoped sandboxes single; each worker that runs flows starts one Prefect test server.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4 --dist loadfile
+
+# The issues' full data sizes (1,000 files with a 100 MB file per transfer direction, ...): minutes, not in `make test`.
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
 
 test: lint typecheck pytest
 
