@@ -1,12 +1,11 @@
 """`make demo`: trainctl against the sandbox (the local cloud), end to end, in about a minute.
 
-What it shows today: a scene "an earlier run left" — a persistent data volume, a training instance with an
-ephemeral volume attached, a snapshot, a legacy runctl volume, and two decoys that trainctl did not create —
-then the prewarm flow (`trainctl ebs prewarm`: a dataset from S3 onto a new persistent EBS volume through a
-temporary instance that really runs the sync), then the real `trainctl resources list` (table and --json). The
-demo exits non-zero if a decoy shows, a managed resource is missing, or the prewarm's checks fail.
-
-Later flows append their steps to STEPS (train-launch, transfer, safe-teardown, ...).
+A scene "an earlier run left" (a persistent data volume, a training instance with an ephemeral volume attached,
+a snapshot, a legacy runctl volume, and two decoys trainctl did not create); then, all through the real CLI:
+the prewarm flow (a dataset from S3 onto a new persistent volume through a temporary instance), the inventory
+(table and --json), the main job (train-launch: a spot instance with that volume, the code shipped, the trainer
+run by the on-instance agent, checkpoint and log in S3), and a safe teardown of the earlier run's job. Every
+step checks what it promises in the sandbox's AWS state; the demo exits non-zero when a check fails.
 """
 
 from __future__ import annotations
@@ -159,6 +158,61 @@ def prewarm(demo: Demo) -> None:
         raise DemoFailed("the prewarm did not leave what it promises")
 
 
+TRAIN_JOB = "cifar-resnet"
+BUCKET = "trainctl-jobs"
+
+
+def train(demo: Demo) -> None:
+    """The main job: a spot instance with the prewarmed volume, the code shipped, the trainer run by the agent."""
+    demo.cloud.client("s3").create_bucket(Bucket=BUCKET)
+    code_dir = Path(__file__).resolve().parent  # examples/: train.py is the trainer users copy
+    output = trainctl(
+        "train", "launch", "--name", TRAIN_JOB, "--bucket", BUCKET, "--instance-type", "g5.xlarge",
+        "--volume", demo.ids["prewarm_volume"], "--mount-point", "/mnt/data", "--code-dir", str(code_dir),
+        "--wait", "--json", "--", "python3", "train.py", "--steps", "5", "--step-seconds", "0.2",
+    )  # fmt: skip
+    report = json.loads(output)
+    s3 = demo.cloud.client("s3")
+    latest = json.loads(
+        s3.get_object(Bucket=BUCKET, Key=f"trainctl/jobs/{TRAIN_JOB}/checkpoints/LATEST.json")["Body"].read()
+    )
+    log = s3.get_object(Bucket=BUCKET, Key=f"trainctl/jobs/{TRAIN_JOB}/logs/attempt-1.log")["Body"].read().decode()
+    console.print(f"  the job's log in S3 ends with: {log.strip().splitlines()[-1]!r}")
+    checks = {
+        f"exit code {report['exit_code']} on a {report['capacity_type']} {report['instance_type']}": report["exit_code"]
+        == 0,
+        f"checkpoint {latest['prefix']} and the log are in s3://{BUCKET}/trainctl/jobs/{TRAIN_JOB}/": bool(log),
+        f"the instance {report['instance_id']} is terminated, the data volume kept": report["instance_terminated"],
+    }
+    for claim, ok in checks.items():
+        console.print(f"  {'[green]ok[/]' if ok else '[red]FAILED[/]'}  {claim}")
+    if not all(checks.values()):
+        raise DemoFailed("the training job did not end as it should")
+
+
+def teardown(demo: Demo) -> None:
+    """The earlier run's leftovers: everything is minutes old, so --force lifts the 5-minute rule (only that)."""
+    output = trainctl("teardown", "--job", JOB, "--yes", "--force", "--json")
+    report = json.loads(output)
+    ec2 = demo.ec2()
+    volumes = {v["VolumeId"]: v["State"] for v in ec2.describe_volumes()["Volumes"]}
+    instances = {
+        i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+    }
+    checks = {
+        "the finished job's instance is terminated": instances[demo.ids["train_instance"]] == "terminated",
+        "its ephemeral scratch volume is deleted": demo.ids["scratch_volume"] not in volumes,
+        "its persistent data volume is kept (and its snapshot)": volumes.get(demo.ids["data_volume"]) == "available",
+        "the decoys trainctl did not create are untouched": instances[demo.ids["decoy_instance"]] == "running"
+        and demo.ids["decoy_volume"] in volumes,
+    }
+    console.print(f"  plan: {len(report.get('deleted', []))} removed, {len(report.get('kept', []))} kept with reasons")
+    for claim, ok in checks.items():
+        console.print(f"  {'[green]ok[/]' if ok else '[red]FAILED[/]'}  {claim}")
+    if not all(checks.values()):
+        raise DemoFailed("teardown did not keep and remove what it should")
+
+
 def list_table(demo: Demo) -> None:
     output = trainctl("resources", "list")
     sys.stdout.write(output)
@@ -202,7 +256,8 @@ STEPS: list[Step] = [
     Step("Prewarm a dataset from S3 onto a new persistent volume (the prewarm flow)", prewarm),
     Step("The inventory, for humans", list_table),
     Step("The inventory, for scripts (--json), checked", list_json),
-    # Flows append here as they land: train-launch, transfer, safe-teardown, spot-watch, cost-watch.
+    Step("Train on a spot instance with the prewarmed volume (the train-launch flow)", train),
+    Step("Safe teardown of the earlier run's job (the safe-teardown flow)", teardown),
 ]
 
 
@@ -226,10 +281,11 @@ def main() -> int:
     console.rule()
     console.print(
         f"[bold green]Done in {time.monotonic() - started:.1f} s.[/] The prewarm put a verified dataset on a new "
-        f"persistent volume and left no instance behind. trainctl showed {counts['instances']} instance, "
-        f"{counts['volumes']} volumes and {counts['snapshots']} snapshot: job {JOB}'s training instance, its "
-        "persistent data volume 🔒 with its snapshot and its scratch volume → the instance, the prewarmed volume, "
-        "plus the legacy runctl volume 🛡. The 2 untagged decoys (an instance and a volume) were excluded.",
+        f"persistent volume and left no instance behind. The inventory showed {counts['instances']} instance, "
+        f"{counts['volumes']} volumes and {counts['snapshots']} snapshot and excluded the 2 untagged decoys. Job "
+        f"{TRAIN_JOB} trained on a spot instance with that volume and left its checkpoint and log in S3. The "
+        f"teardown of job {JOB} removed its instance and scratch volume and kept its persistent data volume, the "
+        "protected runctl volume and the decoys.",
         soft_wrap=True,
     )
     return 0
