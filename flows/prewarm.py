@@ -124,36 +124,30 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
 
     launch_key = f"prewarm:{flow_run.id or uuid.uuid4()}:{volume.id}"
     instance: Instance | None = given_instance
-    step = "instance"
-
-    def at(name: str) -> None:
-        nonlocal step
-        step = name
-        progress.step(name)
 
     try:
-        at("instance")
+        progress.step("instance")
         if instance is None:
             instance = launch_instance(_temporary_instance(spec, volume, launch_key), account=account)
             log.info("temporary instance %s in %s", instance.id, instance.availability_zone)
 
-        at("ssm online")
+        progress.step("ssm online")
         wait_online(instance.id, timeout_s=spec.online_timeout_s, account=account)
 
-        at("attach")
+        progress.step("attach")
         volume = attach_volume(volume.id, instance.id, account=account)
         device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
 
-        at("mount")
+        progress.step("mount")
         out = run_command(instance.id, mount_script(volume.id, device, spec.filesystem), what="mount", account=account)
         log.info(out.stdout.strip())
 
-        at("sync")
+        progress.step("sync")
         sync = sync_script(spec.source, volume.id, spec.target_dir)
         out = run_command(instance.id, sync, timeout_s=spec.sync_timeout_minutes * 60, what="sync", account=account)
         log.info(out.stdout.strip())
 
-        at("verify")
+        progress.step("verify")
         out = run_command(instance.id, verify_script(volume.id, spec.target_dir), what="verify", account=account)
         found = VerifyResult.model_validate_json(out.stdout.strip().splitlines()[-1])
         problems = compare(listing.objects, found)
@@ -161,23 +155,24 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
             raise UsageError(f"verification against {spec.source} failed: {'; '.join(problems)}")
         log.info("verified: %d files, %d bytes match S3", found.files, found.bytes)
 
-        at("finish")
+        progress.step("finish")
         manifest = _manifest(spec, volume, listing)
         run_command(instance.id, finish_script(volume.id, manifest), what="manifest and unmount", account=account)
 
-        at("detach")
+        progress.step("detach")
         volume = detach_volume(volume.id, account=account)
     except BaseException as exc:
         cleaned = _cleanup(spec, volume, instance, launch_key, temporary=given_instance is None)
         markdown_report(
             artifact_key("prewarm-failed", volume.id),
             f"prewarm of {spec.source} failed",
-            {"step": step, "error": str(exc), "volume": volume.id},
+            {"step": progress.current, "error": str(exc), "volume": volume.id},
             notes=cleaned,
         )
         if isinstance(exc, Exception):
             raise PrewarmFailedError(
-                f"prewarm failed at step '{step}': {exc}. Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
+                f"prewarm failed at step '{progress.current}': {exc}. "
+                f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
             ) from exc
         raise
     terminated = False

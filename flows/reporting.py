@@ -16,15 +16,20 @@ def artifact_key(*parts: str) -> str:
 
 
 class StepProgress:
-    """A Prefect progress artifact advanced by named steps, with a log line per step."""
+    """A Prefect progress artifact advanced by named steps, with a log line per step.
+
+    `current` is the step in progress: a flow's failure report names it.
+    """
 
     def __init__(self, key: str, steps: list[str]) -> None:
         self.steps = steps
         self.done = 0
+        self.current = steps[0]
         # Sync-compatible in Prefect 3: called from a sync flow it returns the UUID itself.
         self.artifact_id = cast(UUID, create_progress_artifact(0.0, key=key, description=f"{steps[0]}…"))
 
     def step(self, name: str) -> None:
+        self.current = name
         get_run_logger().info("step: %s", name)
         if name in self.steps:
             self.done = self.steps.index(name)

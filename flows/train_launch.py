@@ -262,15 +262,9 @@ def _launch(
 
     volume = plan.volume
     instance: Instance | None = None
-    step = "record"
-
-    def at(name: str) -> None:
-        nonlocal step
-        step = name
-        progress.step(name)
 
     try:
-        at("launch")
+        progress.step("launch")
         if volume is not None and plan.move_to:
             log.info("moving %s from %s to %s (snapshot + restore)", volume.id, volume.availability_zone, plan.move_to)
             volume = move_volume(volume.id, plan.move_to, account=account)
@@ -290,18 +284,18 @@ def _launch(
             instance.availability_zone,
         )
 
-        at("ssm online")
+        progress.step("ssm online")
         wait_online(instance.id, timeout_s=spec.online_timeout_s, account=account)
 
         if volume is not None:
-            at("attach")
+            progress.step("attach")
             volume = attach_volume(volume.id, instance.id, account=account)
             device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
-            at("mount")
+            progress.step("mount")
             script = data_mount_script(volume.id, device, spec.filesystem, spec.resolved_mount_point)
             log.info(run_command(instance.id, script, what="mount", account=account).stdout.strip())
 
-        at("ship")
+        progress.step("ship")
         spec_path = workdir / AGENT_SPEC
         spec_path.write_text(json.dumps(agent_spec(spec, attempt=attempt, instance_id=instance.id), indent=2))
         upload_file(str(spec_path), staging + AGENT_SPEC, account=account)
@@ -309,14 +303,18 @@ def _launch(
             run_command(instance.id, ship_script(spec.name, staging), what="ship code", account=account).stdout.strip()
         )
 
-        at("start")
+        progress.step("start")
         out = run_command(
             instance.id, start_agent_script(spec.name), timeout_s=120, what="start agent", account=account
         )
         log.info(out.stdout.strip() or "agent started")
     except BaseException as exc:
         cleaned = _cleanup(spec, volume, instance, key)
-        record.status, record.message, record.finished_at = JobStatus.FAILED, f"launch failed at {step}: {exc}", _now()
+        record.status, record.message, record.finished_at = (
+            JobStatus.FAILED,
+            f"launch failed at {progress.current}: {exc}",
+            _now(),
+        )
         try:
             _save(spec, record)
         except Exception as save_exc:
@@ -324,12 +322,12 @@ def _launch(
         markdown_report(
             artifact_key("train-launch-failed", spec.name),
             f"launch of {spec.name} failed",
-            {"step": step, "error": str(exc), "attempt": attempt},
+            {"step": progress.current, "error": str(exc), "attempt": attempt},
             notes=cleaned,
         )
         if isinstance(exc, Exception):
             raise LaunchFailedError(
-                f"launch of {spec.name} failed at step '{step}': {exc}. "
+                f"launch of {spec.name} failed at step '{progress.current}': {exc}. "
                 f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
             ) from exc
         raise
