@@ -17,7 +17,8 @@ from rich.table import Table
 
 from cli.ebs import _aws_scope
 from cli.output import emit_json, format_age, info, state_of, stdout_console
-from core.errors import UsageError
+from core.errors import InvalidInputError, UsageError
+from core.ids import kind_of
 
 if TYPE_CHECKING:
     from flows.teardown import TeardownReport
@@ -53,6 +54,13 @@ def teardown(
     state = state_of(ctx, json_output=json_output)
     if job and ids:
         raise UsageError("give either --job or IDs, not both")
+    for resource_id in ids or []:
+        # A typo is a usage error here, before anything starts; a well-formed ID that does not exist (or is not
+        # trainctl's) becomes a "keep" line in the plan with its reason.
+        if kind_of(resource_id) not in {"instance", "volume", "snapshot"}:
+            raise InvalidInputError(
+                "ids", resource_id, "an instance, volume or snapshot ID such as vol-0123456789abcdef0"
+            )
     from flows.teardown import TeardownRequest
 
     try:

@@ -20,6 +20,7 @@ from cli.ebs import _aws_scope
 from cli.output import emit_json, info, state_of, stdout_console
 from core import jobs
 from core.errors import InvalidInputError, UsageError
+from tasks.code import scan_code_dir
 
 app = typer.Typer(help="Training jobs: launch on spot, follow the log, stop with a checkpoint.", no_args_is_help=True)
 
@@ -139,6 +140,8 @@ def launch(
             raise UsageError(f"a job needs {required}: give {hint} (or put it in --spec)")
     fields["account"] = state.account
     spec = _job_spec(fields)
+    # The code folder is checked (and measured) here too, so a typo never waits for Prefect to start.
+    scan_code_dir(spec.code_dir, limit_bytes=spec.code_limit_bytes)
     with _aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
         from flows.train_launch import JobFailedError, train_launch

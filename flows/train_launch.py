@@ -216,12 +216,13 @@ def train_launch(spec: JobSpec) -> LaunchReport:
     progress = StepProgress(artifact_key("train-launch", spec.name, str(flow_run.id or uuid.uuid4())), STEPS)
 
     progress.step("validate")
-    plan = _plan(spec)
     workdir = Path(tempfile.mkdtemp(prefix="trainctl-launch-"))
     try:
+        # Local checks first (code dir exists, within the size limit), then the ones that ask AWS.
         code = package_code(spec.code_dir, str(workdir / CODE_TARBALL), limit_bytes=spec.code_limit_bytes)
         agent = package_agent(str(workdir / AGENT_TARBALL))
         log.info("code: %d files, %d bytes (%d compressed)", code.files, code.bytes, code.compressed_bytes)
+        plan = _plan(spec)
         return _launch(spec, plan, code, agent, workdir, started, progress)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

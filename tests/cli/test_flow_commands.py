@@ -1,0 +1,60 @@
+"""train, transfer and teardown from the command line: bad input is refused with exit 2 before anything starts.
+
+The endpoint is unreachable, so any AWS call (or a flow starting) would end in exit 1, not 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+UNREACHABLE = ("--endpoint-url", "http://127.0.0.1:9")
+BASE = ("--name", "ok", "--bucket", "jobs", "--instance-type", "t3.micro")
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [*UNREACHABLE, *args], env={"AWS_PROFILE": None})
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--name", "Bad Name!", "--bucket", "jobs", "--instance-type", "t3.micro", "--", "python3", "t.py"), "name"),
+        (("--name", "ok", "--bucket", "jobs", "--instance-type", "t3.micro"), "command"),
+        ((*BASE, "--checkpoint-uri", "/tmp/ckpt", "--", "python3", "t.py"), "checkpoint_uri"),
+        ((*BASE, "--code-dir", "/no/such/dir", "--", "python3", "t.py"), "code_dir"),
+        (("--name", "ok", "--bucket", "jobs", "--instance-type", "t3.micro", "--volume", "vol-1", "--", "x"), "vol"),
+    ],
+)
+def test_train_launch_bad_input(args: tuple[str, ...], named: str) -> None:
+    code, output = invoke("train", "launch", *args)
+    assert code == 2, output
+    assert named in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("s3://bucket/data", "s3://other/data"),  # two ends of the same kind
+        ("/no/such/source/dir", "s3://bucket/data"),
+        ("ftp://host/data", "s3://bucket/data"),
+        ("i-123:/data", "/tmp/out"),  # malformed instance ID
+        ("s3://bucket/data", "i-0123456789abcdef0:relative/path"),
+    ],
+)
+def test_transfer_bad_input(args: tuple[str, str], tmp_path: Path) -> None:
+    code, output = invoke("transfer", *args)
+    assert code == 2, output
+    assert "Traceback" not in output
+
+
+def test_teardown_needs_a_scope_and_well_formed_ids() -> None:
+    code, output = invoke("teardown")
+    assert code == 2, output
+    code, output = invoke("teardown", "vol-12")
+    assert code == 2 and "vol-12" in output, output
