@@ -16,11 +16,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from core.errors import TrainctlError
+from core.errors import InvalidInputError, TrainctlError
 
 if TYPE_CHECKING:
     from blocks.aws import AwsAccount
@@ -113,12 +114,25 @@ def _error_code(err: BaseException) -> str:
     return code if isinstance(code, str) and code else type(err).__name__
 
 
+def as_input_error(err: ValidationError) -> TrainctlError:
+    """The first problem pydantic found, as the error users see: the field, the value, what is expected."""
+    first = err.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, TrainctlError):  # our own validators raise errors that already say it all
+        return cause
+    field = ".".join(str(p) for p in first.get("loc", ())) or "input"
+    return InvalidInputError(field, first.get("input"), str(first.get("msg", "a valid value")))
+
+
 def fail(err: BaseException, state: CliState) -> NoReturn:
     """Report `err` the one way trainctl reports errors, then exit with its code.
 
     TrainctlError: its own message and exit code (2 usage, 1 AWS). Anything else is a bug: one line naming it,
     exit 1. `--debug` adds the traceback before the line; `--json` makes the line a JSON object.
     """
+    if isinstance(err, ValidationError):
+        # A model refused the input (a request built from options): bad input, exit 2, naming the field.
+        err = as_input_error(err)
     if isinstance(err, TrainctlError):
         message, code, exit_code = str(err), _error_code(err), err.exit_code
     else:

@@ -96,7 +96,9 @@ def listing_digest(objects: Mapping[str, int]) -> str:
 
 def mount_script(volume_id: str, device: str, filesystem: str) -> list[str]:
     """Find the device by the volume's ID, make a filesystem only if it has none, mount (all idempotent)."""
-    mkfs = 'mkfs.xfs -q "$dev"' if filesystem == "xfs" else 'mkfs.ext4 -q -F "$dev"'
+    mkfs = {"xfs": 'mkfs.xfs -q "$dev"', "ext4": 'mkfs.ext4 -q -F "$dev"'}.get(filesystem)
+    if mkfs is None:  # the value also lands in the script: only the known names may
+        raise InvalidInputError("filesystem", filesystem, "xfs or ext4")
     return [
         "set -eu",
         f"dev={on_instance(device_by_id_path(volume_id))}",

@@ -143,17 +143,6 @@ def snapshot_delete_verdict(
     return Verdict(snapshot.id, "delete snapshot", tuple(blockers))
 
 
-def modify_verdict(resource: ManagedResource, *, action: str, adopt: bool = False) -> Verdict:
-    """Non-destructive changes (attach, detach, snapshot) still need ownership: unmanaged is never modified."""
-    blockers: list[Blocker] = []
-    if not resource.managed and not adopt:
-        blockers.append(Blocker(Reason.NOT_MANAGED, f"{resource.id} was not created by trainctl", "adopt"))
-    return Verdict(resource.id, action, tuple(blockers))
-
-
-# -- cleanup (teardown, orphan sweep) ----------------------------------------------------------------------------
-
-
 def cleanup_blockers(resource: ManagedResource, *, now: datetime, min_age: timedelta, force: bool) -> list[Blocker]:
     """Cleanup is stricter than an explicit delete (DESIGN.md section 2): `force` lifts only youth.
 

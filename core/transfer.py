@@ -512,10 +512,10 @@ def scan_script(path: str, out_uri: str, *, mode: Literal["src", "dst"], expect_
     if expect_uri:
         lines += [
             f'get {quote(expect_uri)} "$work/expect.json"',
-            f'h scan "$root" "$work/scan.json" {mode} "$work/expect.json"',
+            f'h scan "$root" "$work/scan.json" {quote(mode)} "$work/expect.json"',
         ]
     else:
-        lines += [f'h scan "$root" "$work/scan.json" {mode}']
+        lines += [f'h scan "$root" "$work/scan.json" {quote(mode)}']
     lines += [f'put "$work/scan.json" {quote(out_uri)}']
     return _script(*lines)
 
@@ -539,10 +539,10 @@ def receive_script(
             "python3 -c 'import json,sys; print(json.dumps(sorted(json.load(open(sys.argv[1]))[\"files\"])))' "
             '"$work/manifest.json" > "$work/select.json"',
             "if has_s5; then",
-            f'  h cmds s5cmd {quote(files_prefix)} "$partial" "$work/select.json" "$work/run.txt" {part_mib}',
+            f'  h cmds s5cmd {quote(files_prefix)} "$partial" "$work/select.json" "$work/run.txt" {int(part_mib)}',
             '  s5 --log error run "$work/run.txt"',
             "else",
-            f'  h cmds aws {quote(files_prefix)} "$partial" "$work/select.json" "$work/run.sh" {part_mib}',
+            f'  h cmds aws {quote(files_prefix)} "$partial" "$work/select.json" "$work/run.sh" {int(part_mib)}',
             '  sh -e "$work/run.sh"',
             "fi",
         ]
@@ -565,10 +565,10 @@ def send_script(
     else:
         lines += [
             "if has_s5; then",
-            f'  h cmds s5cmd "$root" {quote(to_prefix)} "$work/select.json" "$work/run.txt" {part_mib}',
+            f'  h cmds s5cmd "$root" {quote(to_prefix)} "$work/select.json" "$work/run.txt" {int(part_mib)}',
             '  s5 --log error run "$work/run.txt"',
             "else",
-            f'  h cmds aws "$root" {quote(to_prefix)} "$work/select.json" "$work/run.sh" {part_mib}',
+            f'  h cmds aws "$root" {quote(to_prefix)} "$work/select.json" "$work/run.sh" {int(part_mib)}',
             '  sh -e "$work/run.sh"',
             "fi",
         ]

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from blocks.aws import load_account
 from core import tags as t
-from core.errors import TrainctlError, UsageError
+from core.errors import NotManagedError, TrainctlError, UsageError
 from core.models import Instance, Volume
 from core.prewarm import (
     PrewarmSpec,
@@ -81,6 +81,8 @@ def _existing_volume(spec: PrewarmSpec) -> Volume:
 def _given_instance(spec: PrewarmSpec, volume_zone: str | None) -> Instance:
     assert spec.instance_id is not None
     instance = get_instance(load_account(spec.account).client("ec2"), spec.instance_id)
+    if not instance.managed:
+        raise NotManagedError(instance.id)  # commands, mkfs and mounts run there: only on trainctl's instances
     if instance.state != "running":
         raise UsageError(f"{instance.id} is {instance.state}; prewarm needs a running instance")
     if volume_zone and instance.availability_zone != volume_zone:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -165,6 +166,12 @@ def translate(operation: str) -> Iterator[None]:
         raise
     except ClientError as exc:
         raise aws_error(operation, exc) from exc
+    except S3UploadFailedError as exc:
+        # boto3's upload_file wraps the ClientError; the user needs its code, not the wrapper's name.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ClientError):
+            raise aws_error(operation, cause) from exc
+        raise AwsError(operation, "S3UploadFailed", str(exc), fix="Check the bucket and your access to it") from exc
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise ConfigurationError(
             f"AWS {operation}: no usable AWS credentials ({exc})",

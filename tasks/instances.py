@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from blocks.aws import load_account
 from core import tags as t
-from core.errors import InvalidInputError, SafetyRefusalError, UsageError
+from core.errors import InvalidInputError, SafetyRefusalError
 from core.ids import validate_id
 from core.models import Instance
 from tasks.aws import aws_task, translate
@@ -340,8 +340,3 @@ def terminate_launched_instance(
 def _wait_terminated(ec2: Any, instance_id: str) -> None:
     with translate("wait instance_terminated"):
         ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
-
-
-def require_running(instance: Instance) -> None:
-    if instance.state != "running":
-        raise UsageError(f"{instance.id} is {instance.state}; it must be running")

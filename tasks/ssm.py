@@ -20,6 +20,8 @@ from tasks.aws import aws_task, is_transient, translate
 
 SSM_INLINE_LIMIT = 24_000
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
+# SSM may keep Status "Pending"/"InProgress" briefly while StatusDetails already says it is over.
+TERMINAL_DETAILS = {"Undeliverable", "Terminated", "DeliveryTimedOut", "ExecutionTimedOut", "Cancelled"}
 
 
 class CommandResult(BaseModel):
@@ -153,7 +155,7 @@ def run_script(
             if getattr(exc, "code", "") == "InvocationDoesNotExist" and time.monotonic() < deadline:
                 continue
             raise
-        if inv["Status"] in TERMINAL or time.monotonic() > deadline:
+        if inv["Status"] in TERMINAL or inv.get("StatusDetails") in TERMINAL_DETAILS or time.monotonic() > deadline:
             break
     stdout, stderr = inv.get("StandardOutputContent", ""), inv.get("StandardErrorContent", "")
     if len(stdout) >= SSM_INLINE_LIMIT and output_s3_uri:

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from blocks.aws import load_account
-from core.errors import InvalidInputError, UsageError
+from core.errors import AwsError, InvalidInputError, UsageError
 from core.s3uri import S3Uri, parse_s3_uri
 from tasks.aws import aws_task, translate
 
@@ -96,13 +96,31 @@ def delete_prefix(uri: str, *, account: str | None = None) -> int:
         raise UsageError(f"refusing to delete a whole bucket ({uri}); name a prefix")
     s3 = _s3(account)
     deleted = 0
-    with translate("DeleteObjects"):
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=parsed.bucket, Prefix=parsed.prefix):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=parsed.bucket, Delete={"Objects": keys, "Quiet": True})
-                deleted += len(keys)
+    with translate("ListObjectsV2"):
+        pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket=parsed.bucket, Prefix=parsed.prefix))
+    for page in pages:
+        keys = [o["Key"] for o in page.get("Contents", [])]
+        delete_keys(s3, parsed.bucket, keys)
+        deleted += len(keys)
     return deleted
+
+
+def delete_keys(s3: Any, bucket: str, keys: list[str]) -> None:
+    """DeleteObjects in batches of 1,000. A quiet DeleteObjects answers 200 even when keys were refused: read its
+    per-key Errors and raise, so a refused key is never reported as deleted (a missing key is not an error)."""
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": k} for k in keys[start : start + 1000]]
+        with translate("s3:DeleteObjects"):
+            answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+        if errors:
+            first = errors[0]
+            raise AwsError(
+                "DeleteObjects",
+                str(first.get("Code", "Unknown")),
+                f"{len(errors)} of {len(batch)} objects in s3://{bucket} were not deleted, "
+                f"e.g. {first.get('Key')}: {first.get('Message', '')}",
+            )
 
 
 def staging_uri(bucket: str, *parts: str) -> str:

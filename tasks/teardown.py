@@ -15,6 +15,7 @@ from core.errors import SafetyRefusalError
 from core.ids import kind_of, validate_id
 from core.models import Instance, ManagedResource, Snapshot, Volume
 from tasks.aws import aws_task, translate
+from tasks.storage import delete_keys
 from tasks.volumes import WAIT, get_instance
 
 GONE_STATES = {"shutting-down", "terminated"}
@@ -77,7 +78,8 @@ def delete_objects(
     recency must be judged again). Missing keys count as deleted. Returns {"deleted": [...], "skipped": [...]}."""
     s3: Any = load_account(account).client("s3")
     current: dict[str, datetime] = {}
-    prefixes = sorted({k.rsplit("/", 1)[0] + "/" for k in keys})
+    # A key's folder is its listing prefix; a key without a folder is listed by its own name.
+    prefixes = sorted({k.rsplit("/", 1)[0] + "/" if "/" in k else k for k in keys})
     with translate("s3:ListObjectsV2"):
         for prefix in prefixes:
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -86,10 +88,7 @@ def delete_objects(
     wanted = set(keys)
     skipped = sorted(k for k in wanted if k in current and current[k] > not_after)
     deletable = sorted(k for k in wanted if k in current and k not in skipped)
-    with translate("s3:DeleteObjects"):
-        for start in range(0, len(deletable), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = [{"Key": k} for k in deletable[start : start + 1000]]
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    delete_keys(s3, bucket, deletable)
     return {"deleted": sorted(wanted - set(skipped)), "skipped": skipped}
 
 

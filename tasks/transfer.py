@@ -44,6 +44,7 @@ from core.transfer import (
     safe_relative,
 )
 from tasks.aws import aws_task, translate
+from tasks.storage import delete_keys
 
 Progress = Callable[[int, int], None]  # (files done, bytes done) since the last call
 Landed = Callable[[int], None]  # index of a pair whose copy has just finished (called from the engine's thread)
@@ -450,11 +451,7 @@ def delete_local(root: Path, rels: Iterable[str]) -> int:
 
 @aws_task(name="delete-s3-objects", tags=["aws-s3"])
 def delete_s3_objects(prefix: S3Uri, rels: list[str], *, account: str | None = None) -> int:
-    s3 = _s3(account)
-    for i in range(0, len(rels), 1000):
-        chunk = [{"Key": prefix.prefix + rel} for rel in rels[i : i + 1000]]
-        with translate("s3:DeleteObject"):
-            s3.delete_objects(Bucket=prefix.bucket, Delete={"Objects": chunk, "Quiet": True})
+    delete_keys(_s3(account), prefix.bucket, [prefix.prefix + rel for rel in rels])
     return len(rels)
 
 

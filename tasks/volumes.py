@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from blocks.aws import load_account
 from core import tags as t
 from core.ebs import VolumeSpec
-from core.errors import InvalidInputError, NotManagedError, UsageError
+from core.errors import InvalidInputError, NotManagedError, SafetyRefusalError, UsageError
 from core.ids import validate_availability_zone, validate_id
 from core.models import Instance, Snapshot, Volume
 from core.safety import snapshot_delete_verdict, volume_delete_verdict
@@ -255,6 +255,8 @@ def attach_volume(
     volume = get_volume(ec2, volume_id)
     instance = get_instance(ec2, instance_id)
     if volume.attached_instance_id == instance_id:
+        _require_managed(volume, action="attach", adopt=adopt, ec2=ec2)
+        _require_managed(instance, action="attach to", adopt=adopt, ec2=ec2)
         return _wait_attachment(ec2, volume_id, instance_id)  # already done (a retry, or a re-run)
     if volume.attached_instance_id:
         raise UsageError(
@@ -291,6 +293,15 @@ def detach_volume(volume_id: str, *, force: bool = False, adopt: bool = False, a
     if not volume.attached and volume.state == "available":
         return volume
     _require_managed(volume, action="detach", adopt=adopt, ec2=ec2)
+    if force and volume.attached_instance_id:
+        # A forced detach skips the OS's flush: on a running instance it can tear a training job's writes. It is
+        # for attachments stuck on a stopped or dead instance; a running one is stopped (or torn down) first.
+        state = get_instance(ec2, volume.attached_instance_id).state
+        if state in {"pending", "running"}:
+            raise SafetyRefusalError(
+                f"refusing a forced detach of {volume_id}: {volume.attached_instance_id} is {state}",
+                fix="Detach without --force (the OS flushes first), or stop the instance, or use trainctl teardown.",
+            )
     with translate("DetachVolume"):
         try:
             ec2.detach_volume(VolumeId=volume_id, InstanceId=volume.attached_instance_id, Force=force)
@@ -378,18 +389,28 @@ def create_snapshot(
     ec2 = _ec2(account)
     volume = get_volume(ec2, volume_id)
     _require_managed(volume, action="snapshot", adopt=adopt, ec2=ec2)
-    tag_map = t.managed_tags(
-        job=volume.job,
-        role=t.Role(volume.role) if volume.role in set(t.Role) else t.Role.DATA,
-        name=f"{volume.name or volume_id}@{datetime.now(UTC):%Y%m%dT%H%M%SZ}",
-    )
-    with translate("CreateSnapshot"):
-        created = ec2.create_snapshot(
-            VolumeId=volume_id,
-            Description=description or f"trainctl snapshot of {volume.name or volume_id}",
-            TagSpecifications=t.tag_specifications("snapshot", tag_map),
+    # CreateSnapshot takes no ClientToken: the token tag lets a retried task find the snapshot it already made.
+    token = _client_token(f"snapshot|{volume_id}|{description}")
+    with translate("DescribeSnapshots"):
+        earlier = ec2.describe_snapshots(
+            OwnerIds=["self"], Filters=[{"Name": f"tag:{t.CLIENT_TOKEN}", "Values": [token]}]
+        )["Snapshots"]
+    if earlier:
+        snapshot_id = earlier[0]["SnapshotId"]
+    else:
+        tag_map = t.managed_tags(
+            job=volume.job,
+            role=t.Role(volume.role) if volume.role in set(t.Role) else t.Role.DATA,
+            name=f"{volume.name or volume_id}@{datetime.now(UTC):%Y%m%dT%H%M%SZ}",
+            client_token=token,
         )
-    snapshot_id = created["SnapshotId"]
+        with translate("CreateSnapshot"):
+            created = ec2.create_snapshot(
+                VolumeId=volume_id,
+                Description=description or f"trainctl snapshot of {volume.name or volume_id}",
+                TagSpecifications=t.tag_specifications("snapshot", tag_map),
+            )
+        snapshot_id = created["SnapshotId"]
     if wait:
         with translate("wait snapshot_completed"):
             ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot_id], WaiterConfig=SNAPSHOT_WAIT)
@@ -478,7 +499,7 @@ def restore_snapshot(
     return create_volume.fn(spec, availability_zone=availability_zone, job=job or snap.job, account=account)
 
 
-@aws_task(name="move-volume", tags=["aws-ec2"])
+@aws_task(name="move-volume", tags=["aws-ec2"], retries=0)
 def move_volume(volume_id: str, availability_zone: str, *, account: str | None = None) -> Volume:
     """Move a detached volume to another AZ: snapshot, restore there under the same name, keep the original.
 

@@ -45,9 +45,10 @@ def test_train_launch_bad_input(args: tuple[str, ...], named: str) -> None:
         ("ftp://host/data", "s3://bucket/data"),
         ("i-123:/data", "/tmp/out"),  # malformed instance ID
         ("s3://bucket/data", "i-0123456789abcdef0:relative/path"),
+        ("s3://bucket/data", "/tmp/out", "--concurrency", "0"),  # a model's range check: still exit 2
     ],
 )
-def test_transfer_bad_input(args: tuple[str, str], tmp_path: Path) -> None:
+def test_transfer_bad_input(args: tuple[str, ...], tmp_path: Path) -> None:
     code, output = invoke("transfer", *args)
     assert code == 2, output
     assert "Traceback" not in output

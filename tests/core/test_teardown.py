@@ -333,7 +333,7 @@ def inventories(draw: st.DrawFn) -> tuple[Inventory, dict[str, TrainingState], l
     training = {
         i.id: TrainingState(instance_id=i.id, status=draw(st.sampled_from(["running", "idle", "unknown"])))
         for i in insts
-        if draw(st.booleans()) or True
+        if draw(st.booleans())
     }
     stores = [
         JobStorage(

@@ -300,6 +300,18 @@ def test_detach_waits_available_and_is_idempotent(ec2: Any, ami: str, calls: lis
     assert describe(ec2, volume.id)["Attachments"] == []
 
 
+def test_forced_detach_from_a_running_instance_refused(ec2: Any, ami: str, calls: list[str]) -> None:
+    volume = create_volume.fn(new())
+    instance = launch(ec2, ami)
+    attach_volume.fn(volume.id, instance)
+    with pytest.raises(SafetyRefusalError, match="forced detach"):
+        detach_volume.fn(volume.id, force=True)
+    assert "DetachVolume" not in calls
+    assert describe(ec2, volume.id)["Attachments"][0]["InstanceId"] == instance
+    ec2.stop_instances(InstanceIds=[instance])  # stuck on a stopped instance: what force is for
+    assert detach_volume.fn(volume.id, force=True).state == "available"
+
+
 def test_detach_unmanaged_refused(ec2: Any, ami: str) -> None:
     volume = raw_volume(ec2, {})
     instance = launch(ec2, ami, tags={})
