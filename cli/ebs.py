@@ -4,13 +4,12 @@ Every command but `prewarm` calls the plain functions behind the Prefect tasks (
 outside a flow would start Prefect's API (~20 s) to record a single AWS call. `prewarm` is a real flow run.
 
 The tasks take an AwsAccount block *name*; the global `--region/--profile/--endpoint-url` options reach them
-through the environment they read when no block is named (`_aws_scope`).
+through the environment they read when no block is named (`cli.output.aws_scope`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,8 +20,8 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from cli.output import emit_json, format_age, info, state_of, stderr_console, stdout_console
-from cli.resources import _marks, resource_json
+from cli.output import aws_scope, emit_json, format_age, info, state_of, stderr_console, stdout_console
+from cli.resources import marks, resource_json
 from core.ebs import VolumeSpec
 from core.errors import InvalidInputError, UsageError
 from core.ids import validate_id
@@ -60,36 +59,6 @@ class Filesystem(StrEnum):
 
 # -- shared ---------------------------------------------------------------------------------------------------
 
-_OVERRIDE_ENV = {"region": "AWS_REGION", "profile": "AWS_PROFILE", "endpoint_url": "AWS_ENDPOINT_URL"}
-
-
-@contextmanager
-def _aws_scope(ctx: typer.Context) -> Iterator[str | None]:
-    """The AwsAccount block name for the tasks, with this run's global options applied for the whole command.
-
-    Without `--account`, the tasks read the AWS environment, so the options are set there for the command's
-    duration (and restored: CliRunner runs many commands in one process). A named block has its own region and
-    endpoint; overriding them per run would need a copy the tasks cannot receive, so that combination is refused.
-    """
-    state = state_of(ctx)
-    state.aws()  # first: a bad --region/--profile/--endpoint-url is reported naming the option, before any call
-    overrides = {env: getattr(state, field) for field, env in _OVERRIDE_ENV.items() if getattr(state, field)}
-    if state.account is not None and overrides:
-        raise UsageError(
-            f"--account {state.account} cannot be combined with --region/--profile/--endpoint-url for ebs commands",
-            fix="Save those values in the AwsAccount block, or drop --account and pass the options alone",
-        )
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
-    try:
-        yield state.account
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
 
 def _spec(**fields: Any) -> VolumeSpec:
     """A VolumeSpec, with pydantic's own validation errors (e.g. an empty name) as one-line usage errors."""
@@ -111,7 +80,7 @@ def _print(message: str) -> None:
 
 
 def _volume_line(volume: Volume) -> str:
-    marks = _marks(volume, fancy=False)
+    marks = marks(volume, fancy=False)
     where = f" → {volume.attached_instance_id}" if volume.attached_instance_id else ""
     return (
         f"{volume.id} {volume.name or ''} {volume.size_gib} GiB {volume.volume_type} in "
@@ -173,7 +142,7 @@ def create(
         persistent=not ephemeral,
         protected=protected,
     )
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.volumes import create_volume
 
         volume = create_volume.fn(
@@ -224,7 +193,7 @@ def list_volumes(ctx: typer.Context, json_output: JsonOption = False) -> None:
             v.state,
             v.availability_zone or "",
             format_age(v.age(now)),
-            _marks(v, fancy),
+            marks(v, fancy),
             f"{arrow} {v.attached_instance_id}" if v.attached_instance_id else "",
             str(len(v.snapshot_ids)),
         )
@@ -249,7 +218,7 @@ def attach(
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
     validate_id("instance", instance_id)
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.volumes import attach_volume
 
         volume = attach_volume.fn(volume_id, instance_id, device=device, adopt=adopt, account=account)
@@ -273,7 +242,7 @@ def detach(
     """Detach a volume and wait until it is available (already detached: nothing to do)."""
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.volumes import detach_volume
 
         volume = detach_volume.fn(volume_id, force=force, adopt=adopt, account=account)
@@ -322,7 +291,7 @@ def delete(
         # A prompt would corrupt the one JSON document on stdout, and a script cannot answer it anyway.
         raise UsageError("delete --json never prompts", fix="Add --yes to confirm the deletion up front")
     min_age = _min_age()
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from blocks.aws import load_account
         from core.safety import volume_delete_verdict
         from tasks.volumes import DeleteResult, delete_volume, get_volume, snapshots_of
@@ -392,7 +361,7 @@ def snapshot(
     """Snapshot a volume and wait until the snapshot is completed (unless --no-wait)."""
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.volumes import create_snapshot
 
         made = create_snapshot.fn(volume_id, description=description, wait=not no_wait, adopt=adopt, account=account)
@@ -412,7 +381,7 @@ def snapshots(
     state = state_of(ctx, json_output=json_output)
     if volume_id is not None:
         validate_id("volume", volume_id, field="--volume")
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.volumes import list_snapshots
 
         found = list_snapshots.fn(volume_id, account=account)
@@ -448,7 +417,7 @@ def snapshots(
             s.state,
             s.progress or "",
             format_age(s.age(now)),
-            _marks(s, fancy),
+            marks(s, fancy),
         )
     stdout_console().print(table)
 
@@ -468,7 +437,7 @@ def restore(
     validate_id("snapshot", snapshot_id)
     if size is not None:
         _spec(name=name, size_gib=size, volume_type=volume_type.value)  # the type's limits, before any call
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.volumes import restore_snapshot
 
         volume = restore_snapshot.fn(
@@ -490,7 +459,7 @@ def move(
     """Move a detached volume to another AZ (snapshot + restore); the original is renamed <name>@<old-az> and kept."""
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.volumes import move_volume
 
         moved = move_volume.fn(volume_id, az, account=account)
@@ -644,7 +613,7 @@ def prewarm(
         job=job,
         account=state.account,
     )
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
         from flows.prewarm import prewarm as prewarm_flow
 

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,7 +23,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from core.errors import InvalidInputError, TrainctlError
+from core.errors import InvalidInputError, TrainctlError, UsageError
 
 if TYPE_CHECKING:
     from blocks.aws import AwsAccount
@@ -166,3 +168,34 @@ class ErrorHandlingGroup(TyperGroup):
         except Exception as err:
             state = ctx.obj if isinstance(ctx.obj, CliState) else CliState()
             fail(err, state)
+
+
+_OVERRIDE_ENV = {"region": "AWS_REGION", "profile": "AWS_PROFILE", "endpoint_url": "AWS_ENDPOINT_URL"}
+
+
+@contextmanager
+def aws_scope(ctx: typer.Context) -> Iterator[str | None]:
+    """The AwsAccount block name for the tasks, with this run's global options applied for the whole command.
+
+    Without `--account`, the tasks read the AWS environment, so the options are set there for the command's
+    duration (and restored: CliRunner runs many commands in one process). A named block has its own region and
+    endpoint; overriding them per run would need a copy the tasks cannot receive, so that combination is refused.
+    """
+    state = state_of(ctx)
+    state.aws()  # first: a bad --region/--profile/--endpoint-url is reported naming the option, before any call
+    overrides = {env: getattr(state, field) for field, env in _OVERRIDE_ENV.items() if getattr(state, field)}
+    if state.account is not None and overrides:
+        raise UsageError(
+            f"--account {state.account} cannot be combined with --region/--profile/--endpoint-url",
+            fix="Save those values in the AwsAccount block, or drop --account and pass the options alone",
+        )
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        yield state.account
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

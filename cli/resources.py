@@ -86,7 +86,7 @@ def inventory_json(inventory: Inventory, **filters: str | None) -> dict[str, Any
     return data
 
 
-def _marks(resource: ManagedResource, fancy: bool) -> str:
+def marks(resource: ManagedResource, fancy: bool) -> str:
     marks = []
     if resource.persistent:
         marks.append("🔒" if fancy else "persistent")
@@ -138,7 +138,7 @@ def render_table(inventory: Inventory) -> None:
             r.state,
             r.availability_zone or "",
             format_age(r.age(inventory.taken_at)),
-            _marks(r, fancy),
+            marks(r, fancy),
             _links(r, fancy),
         )
     console.print(table)

@@ -15,8 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from cli.ebs import _aws_scope
-from cli.output import emit_json, format_age, info, state_of, stdout_console
+from cli.output import aws_scope, emit_json, format_age, info, state_of, stdout_console
 from core.errors import InvalidInputError, UsageError
 from core.ids import kind_of
 
@@ -80,7 +79,7 @@ def teardown(
     except ValidationError as exc:
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise UsageError(message, fix="e.g. trainctl teardown --job my-job, or trainctl teardown --sweep") from None
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         request = request.model_copy(update={"account": account})
         from flows.teardown import safe_teardown
 

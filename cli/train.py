@@ -16,8 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.ebs import _aws_scope
-from cli.output import emit_json, info, state_of, stdout_console
+from cli.output import aws_scope, emit_json, info, state_of, stdout_console
 from core import jobs
 from core.errors import InvalidInputError, UsageError
 from tasks.code import scan_code_dir
@@ -142,7 +141,7 @@ def launch(
     spec = _job_spec(fields)
     # The code folder is checked (and measured) here too, so a typo never waits for Prefect to start.
     scan_code_dir(spec.code_dir, limit_bytes=spec.code_limit_bytes)
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
         from flows.train_launch import JobFailedError, train_launch
 
@@ -205,7 +204,7 @@ def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: J
     """The job record, the agent's last status in S3, and the instance's state."""
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from tasks.code import read_json
 
         record = _record(bucket, job, account)
@@ -247,7 +246,7 @@ def logs(
     """The job's log: live from the instance over SSM while it runs, else the copy the agent put in S3."""
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from core.launch import JobPoll, poll_script
         from tasks.code import read_text
         from tasks.ssm import run_script
@@ -313,7 +312,7 @@ def stop(
     The instance keeps running (teardown removes it)."""
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         from core.launch import agent_command_script
         from core.models import JobStatus
         from core.shell import quote

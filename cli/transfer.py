@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.ebs import _aws_scope
-from cli.output import emit_json, info, state_of, stderr_console, stdout_console
+from cli.output import aws_scope, emit_json, info, state_of, stderr_console, stdout_console
 from core.errors import InvalidInputError
 from core.transfer import TransferRequest, human_bytes
 
@@ -133,7 +132,7 @@ def transfer_command(
     if source.kind == "local" and not Path(source.path).expanduser().exists():
         # Refused here, before Prefect's server start (~10 s) only to fail the flow with the same message.
         raise InvalidInputError("source", src, "an existing local file or folder")
-    with _aws_scope(ctx) as account:
+    with aws_scope(ctx) as account:
         request = request.model_copy(update={"account": account})
         from flows.transfer import transfer
 
