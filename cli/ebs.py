@@ -80,11 +80,11 @@ def _print(message: str) -> None:
 
 
 def _volume_line(volume: Volume) -> str:
-    marks = marks(volume, fancy=False)
+    shown = marks(volume, fancy=False)
     where = f" → {volume.attached_instance_id}" if volume.attached_instance_id else ""
     return (
         f"{volume.id} {volume.name or ''} {volume.size_gib} GiB {volume.volume_type} in "
-        f"{volume.availability_zone} ({volume.state}{where}){' ' + marks if marks else ''}"
+        f"{volume.availability_zone} ({volume.state}{where}){' ' + shown if shown else ''}"
     )
 
 
