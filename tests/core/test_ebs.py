@@ -30,10 +30,11 @@ def test_out_of_range_values_name_the_field(kwargs: dict[str, object], field: st
 
 
 def test_valid_specs_pass() -> None:
-    VolumeSpec(name="data", size_gib=500)
-    VolumeSpec(name="data", size_gib=500, iops=16_000, throughput=1_000)
-    VolumeSpec(name="data", size_gib=100, volume_type="io2", iops=100_000)
-    check_volume_limits("st1", 125, None, None)
+    assert VolumeSpec(name="data", size_gib=500).iops is None  # gp3's baseline is AWS's default
+    fast = VolumeSpec(name="data", size_gib=500, iops=16_000, throughput=1_000)
+    assert (fast.iops, fast.throughput) == (16_000, 1_000)
+    assert VolumeSpec(name="data", size_gib=100, volume_type="io2", iops=100_000).volume_type == "io2"
+    check_volume_limits("st1", 125, None, None)  # the smallest st1 volume raises nothing
 
 
 def test_defaults_are_safe() -> None:

@@ -140,9 +140,8 @@ def test_interruption_marks_then_terminates_with_the_spot_reason(cloud: Sandbox)
     request = _request(ec2, instance_id)
     assert (request["State"], request["Status"]["Code"]) == ("active", "marked-for-termination")
     assert _instance(ec2, instance_id)["State"]["Name"] == "running"
-    runtime = cloud.runtime
-    if runtime is not None and hasattr(runtime, "record") and runtime.record(instance_id) is not None:
-        assert runtime.record(instance_id).spot_action == {"action": "terminate", "time": notice["time"]}
+    record = cloud.runtime.record(instance_id)  # the IMDS notice the instance sees
+    assert record is not None and record.spot_action == {"action": "terminate", "time": notice["time"]}
 
     assert cloud.wait_for(lambda: _instance(ec2, instance_id)["State"]["Name"] == "terminated", timeout=5)
     described = _instance(ec2, instance_id)
