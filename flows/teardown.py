@@ -45,7 +45,7 @@ from flows.reporting import artifact_key
 from tasks.checkpoints import list_job_storage
 from tasks.inventory import inventory as inventory_task
 from tasks.teardown import delete_objects, describe_unmanaged, terminate_instance, wait_terminated
-from tasks.training import detect_training, flush_checkpoints, stop_jobs, wait_training_done
+from tasks.training import detect_training, detect_training_fn, flush_checkpoints, stop_jobs, wait_training_done
 from tasks.volumes import delete_snapshot, delete_volume, detach_volume, keep_on_termination
 
 
@@ -247,6 +247,20 @@ def _runner(
                 volume = detach_volume(op.target, account=account)
                 return "done", f"{volume.id} {volume.state}"
             case OpKind.TERMINATE:
+                # Training was checked when the plan was made; a job may have started since (or during an
+                # approval pause). Unless this plan stops or waits for the jobs itself, look again right before.
+                handled = any(
+                    o.kind in {OpKind.STOP_JOB, OpKind.WAIT_TRAINING} and o.instance_id == op.target
+                    for step in STEPS
+                    for o in plan.ops_in(step)
+                )
+                if not handled and not request.force_training:
+                    now_state = detect_training_fn(op.target, account=account)
+                    if now_state.status == "running":
+                        raise TrainctlError(
+                            f"training started on {op.target} after the plan was made ({', '.join(now_state.jobs)})"
+                            "; not terminated"
+                        )
                 done = terminate_instance(op.target, account=account)
                 return ("done", "terminating") if done else ("already-done", "already terminated")
             case OpKind.WAIT_TERMINATED:

@@ -270,3 +270,33 @@ def test_killed_after_each_step_in_turn_the_reruns_converge(cloud: Sandbox) -> N
     assert ids["scratch"] not in end["volumes"]
     assert ids["snapshot"] not in end["snapshots"]
     assert ids["staging"] not in end["keys"]
+
+
+def test_training_started_after_the_plan_blocks_the_terminate(cloud: Sandbox) -> None:
+    """The plan saw an idle instance; by the time the terminate step runs, a job has started there."""
+    from prefect import flow
+
+    from blocks.aws import load_account
+    from core.teardown import Scope, TeardownPolicy, TrainingState, plan_teardown
+    from flows.teardown import execute_plan
+    from tasks.inventory import collect_inventory
+
+    instance = _job_instance(cloud, "late-job", "late-1")
+    wait_online.fn(instance)
+    inventory = collect_inventory(load_account(None))
+    policy = TeardownPolicy(min_age=timedelta(0))
+    idle = {instance: TrainingState(instance_id=instance, status="idle")}
+    plan = plan_teardown(inventory, scope=Scope(job="late-job"), now=datetime.now(UTC), policy=policy, training=idle)
+    assert any(e.id == instance and e.action is Action.TERMINATE for e in plan.entries)
+
+    _start_training(instance, "late-job")  # between the plan and the act
+
+    @flow
+    def act() -> list[Any]:
+        return execute_plan(plan, TeardownRequest(job="late-job", dry_run=False), policy, timeout_s=30)
+
+    results = {r.id: r for r in act()}
+    terminate = next(r for r in results.values() if r.step is Step.TERMINATE)
+    assert terminate.status == "failed" and "training started" in terminate.detail
+    state = cloud.client("ec2").describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
+    assert state["State"]["Name"] == "running"  # untouched
