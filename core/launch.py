@@ -227,7 +227,7 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
         "checkpoint_dir": spec.resolved_checkpoint_dir,
         "checkpoint_uri": spec.resolved_checkpoint_uri,
         "sync_interval_s": spec.sync_interval_s,
-        "imds_poll_s": 5,
+        "imds_poll_s": 2,  # SIGTERM within 6 s of a notice needs margin beyond the poll period
         "margin_s": 10,
         "max_runtime_s": spec.max_runtime_minutes * 60 if spec.max_runtime_minutes else None,
     }

@@ -221,7 +221,7 @@ def test_spot_notice_sigterms_the_trainer_within_6_s_and_records_a_verified_chec
 ) -> None:
     machine = launch(cloud)
     # The default IMDS poll (5 s) and margin: the latency asserted is the one a real run gets.
-    spec = spec_for(bucket, "bert", 1, ["--steps", "10000", "--step-seconds", "0.1"], imds_poll_s=5, margin_s=20)
+    spec = spec_for(bucket, "bert", 1, ["--steps", "10000", "--step-seconds", "0.1"], imds_poll_s=2, margin_s=20)
     machine.start(spec)
     machine.wait_for_log("bert", "step 3/")
     noticed = time.time()
@@ -513,7 +513,7 @@ def test_spec_validation() -> None:
     assert spec.workdir == "/var/lib/trainctl/jobs/j/code"
     assert spec.checkpoint_dir == "/var/lib/trainctl/jobs/j/checkpoints"
     assert spec.checkpoint_uri == "s3://b/trainctl/jobs/j/checkpoints/"
-    assert (spec.sync_interval_s, spec.imds_poll_s, spec.margin_s, spec.max_runtime_s) == (300, 5, 20, None)
+    assert (spec.sync_interval_s, spec.imds_poll_s, spec.margin_s, spec.max_runtime_s) == (300, 2, 20, None)
     for bad in (
         {**good, "command": "python3 x.py"},
         {**good, "command": []},
