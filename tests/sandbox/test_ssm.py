@@ -96,7 +96,7 @@ def test_long_command_polled_to_completion(cloud: Sandbox) -> None:
     assert "InProgress" in seen
     assert inv["Status"] == "Success"
     assert inv["StandardOutputContent"] == "finished\n"
-    assert float(inv["ExecutionElapsedTime"][2:-1]) >= 30
+    assert float(inv["ExecutionElapsedTime"][2:-1]) >= 29.5  # start is stamped just after the process starts
 
 
 def test_large_output_is_truncated_in_the_api_and_complete_in_s3(cloud: Sandbox) -> None:
