@@ -8,9 +8,14 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from sandbox import Sandbox
 
 _ROOT = Path(tempfile.mkdtemp(prefix="trainctl-tests-"))
 
@@ -54,3 +59,24 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@contextmanager
+def exported_sandbox(*, boot_delay: float = 0.2) -> Iterator[Sandbox]:
+    """A sandbox whose environment the product code picks up, as a user's `export` would; restored after."""
+    from blocks.aws import clear_client_cache
+    from sandbox import Sandbox
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    with Sandbox(boot_delay=boot_delay) as cloud:
+        os.environ.update(cloud.env)
+        clear_client_cache()
+        try:
+            yield cloud
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            clear_client_cache()

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from blocks.aws import clear_client_cache
 from sandbox import Sandbox
+from tests.conftest import exported_sandbox
 
 
 @pytest.fixture(scope="module")
 def sandbox_env(prefect_harness: None) -> Iterator[Sandbox]:
-    """A sandbox whose environment the product code picks up, as a user's `export` would."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    with Sandbox(boot_delay=0.2) as sandbox:
-        os.environ.update(sandbox.env)
-        clear_client_cache()
+    with exported_sandbox(boot_delay=0.2) as sandbox:
         yield sandbox
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    clear_client_cache()
 
 
 @pytest.fixture

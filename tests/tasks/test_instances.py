@@ -6,7 +6,6 @@ ones, so the task's own checks are what stops a bad launch — asserted here by 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from core import tags as t
 from core.errors import AwsError, InvalidInputError
 from sandbox import Sandbox
 from tasks.instances import LaunchRequest, client_token_for, find_launched, launch_instance, terminate_launched_instance
+from tests.conftest import exported_sandbox
 
 
 def request(**fields: Any) -> LaunchRequest:
@@ -97,17 +97,8 @@ def test_unknown_type_or_ami_is_refused_with_no_instance(
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    with Sandbox(boot_delay=0.1) as cloud:
-        os.environ.update(cloud.env)
-        clear_client_cache()
+    with exported_sandbox(boot_delay=0.1) as cloud:
         yield cloud
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    clear_client_cache()
 
 
 @pytest.fixture
