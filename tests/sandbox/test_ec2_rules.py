@@ -16,6 +16,7 @@ from sandbox import Sandbox
 
 AMI = "ami-12345678"
 FAST = {"Delay": 0.2, "MaxAttempts": 50}  # waiter polling for tests: 0.2 s instead of 15 s
+DELAY = 1.5  # seconds per state transition in the `slow` sandbox
 
 
 def _launch(ec2: Any, zone: str = "us-east-1a", instance_type: str = "t3.micro") -> str:
@@ -40,8 +41,9 @@ def _volume_state(ec2: Any, volume_id: str) -> dict[str, Any]:
 
 @pytest.fixture
 def slow(cloud: Sandbox) -> Iterator[Sandbox]:
-    """The sandbox with realistic (0.6 s) transitions; instant again afterwards."""
-    cloud.transition_delay = 0.6
+    """The sandbox with 1.5 s transitions (AWS takes longer; a loaded CI machine can take 0.6 s between two
+    calls, so shorter delays made the "still pending" checks flaky); instant again afterwards."""
+    cloud.transition_delay = DELAY
     try:
         yield cloud
     finally:
@@ -158,7 +160,7 @@ def test_instance_waiters_observe_pending_stopping_and_shutting_down(slow: Sandb
     instance_id = _launch(ec2)
     assert _instance(ec2, instance_id)["State"]["Name"] == "pending"
     ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=FAST)
-    assert time.monotonic() - started >= 0.5
+    assert time.monotonic() - started >= DELAY - 0.1
     assert _instance(ec2, instance_id)["State"] == {"Code": 16, "Name": "running"}
 
     ec2.stop_instances(InstanceIds=[instance_id])
@@ -207,7 +209,7 @@ def test_volume_waiters_observe_creating_attaching_and_detaching(slow: Sandbox) 
     assert volume["State"] == "in-use"
     assert volume["Attachments"][0]["State"] == "detaching"
     ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
-    assert time.monotonic() - started >= 0.5
+    assert time.monotonic() - started >= DELAY - 0.1
     assert _volume_state(ec2, volume_id)["Attachments"] == []
     devices = {m["DeviceName"] for m in _instance(ec2, instance_id)["BlockDeviceMappings"]}
     assert "/dev/sdf" not in devices
