@@ -341,6 +341,9 @@ class TransferReport(BaseModel):
     instance_id: str | None = None
     staging: str | None = None
     staging_objects_removed: int = 0
+    # Unfinished multipart uploads of the copied keys that were aborted (a killed earlier run's, or this run's
+    # after a failure): S3 bills their parts until then.
+    uploads_aborted: int = 0
     seconds: float = 0.0
 
     @property
@@ -368,8 +371,9 @@ class TransferVerifyError(TrainctlError):
 # through `on_instance` ($TRAINCTL_ROOT prefix).
 
 INSTANCE_HELPER = r"""
-import hashlib, json, os, shlex, shutil, sys, tarfile
+import fcntl, hashlib, json, os, shlex, shutil, sys, tarfile, time
 PARTIAL = ".trainctl-partial-"
+LOCK = PARTIAL + "lock"
 
 def md5_file(path):
     h = hashlib.md5()
@@ -476,11 +480,34 @@ def apply(partial, root, manifest_path):
     shutil.rmtree(partial, ignore_errors=True)
     print(json.dumps({"placed": placed, "mismatches": bad, "deleted": deleted}))
 
+def sweep(root, mine):
+    # Partial folders of killed receives (their lock is free; unlocked and a minute old when the lock is
+    # missing) go; a live receive holds its lock (flock) for as long as its script runs.
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not name.startswith(PARTIAL) or path == mine or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        try:
+            fd = os.open(os.path.join(path, LOCK), os.O_RDWR)
+        except FileNotFoundError:
+            if time.time() - os.stat(path).st_mtime > 60:
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # a live receive's
+        finally:
+            os.close(fd)
+
 def check(root, expect_path):
     bad = [rel for rel, want in sorted(load(expect_path).items()) if not same(inside(root, rel), want)]
     print(json.dumps({"mismatches": bad}))
 
-{"scan": scan, "pack": pack, "unpack": unpack, "cmds": cmds, "apply": apply, "check": check}[sys.argv[1]](*sys.argv[2:])
+{"scan": scan, "pack": pack, "unpack": unpack, "cmds": cmds, "apply": apply, "check": check, "sweep": sweep}[
+    sys.argv[1]
+](*sys.argv[2:])
 """
 
 # Shell functions every instance script starts with: the helper, s5cmd (pointed at AWS_ENDPOINT_URL when set:
@@ -524,12 +551,19 @@ def receive_script(
     path: str, partial: str, manifest_uri: str, *, files_prefix: str | None, archive_uri: str | None, part_mib: int
 ) -> list[str]:
     """Fetch into a partial folder (files from `files_prefix`, or one archive), verify against the manifest, move
-    each good file under its final name, delete what the manifest says, drop the partial folder."""
+    each good file under its final name, delete what the manifest says, drop the partial folder.
+
+    The partial folder goes when the script ends, failed or not; the script holds a lock on it (flock, fd 9) while
+    it runs, so the next receive into the same folder removes what a killed one (SIGKILL, reboot) left."""
 
     lines = [
         f"root={on_instance(path)}",
         f'partial="$root"/{quote(partial)}',
         'mkdir -p "$partial"',
+        "trap 'rm -rf \"$work\" \"$partial\"' EXIT",
+        f'exec 9>"$partial"/{quote(PARTIAL_PREFIX + "lock")}',
+        "if command -v flock >/dev/null 2>&1; then flock -n 9; fi",
+        'h sweep "$root" "$partial"',
         f'get {quote(manifest_uri)} "$work/manifest.json"',
     ]
     if archive_uri:

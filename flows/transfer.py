@@ -21,8 +21,9 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -32,6 +33,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
+from core.errors import TrainctlError
 from core.s3uri import S3Uri
 from core.transfer import (
     PARTIAL_PREFIX,
@@ -194,8 +196,8 @@ def _key_uri(prefix: S3Uri, rel: str) -> str:
 
 
 def _local_to_s3(job: Job) -> None:
-    root, found = tx.local_source(job.src)
-    src = job.filtered(found)
+    source = tx.local_source(job.src)
+    root, src = source.root, job.filtered(source.files)
     dest = cast(S3Uri, job.dst.s3)
     objects = {k: v for k, v in _call(tx.list_s3_tree, dest, account=job.account, field="destination").items()}
     dst = job.filtered(_sizes(objects))
@@ -209,7 +211,9 @@ def _local_to_s3(job: Job) -> None:
         etags = (
             {rel: pool.submit(tx.local_etag, root / rel, job.part) for rel in plan.copy} if job.request.verify else {}
         )
-        job.copy([(str(root / rel), _key_uri(dest, rel), src[rel]) for rel in plan.copy], upload=True)
+        pairs = [(str(root / rel), _key_uri(dest, rel), src[rel]) for rel in plan.copy]
+        with _aborting_unfinished_uploads(job, dest, plan.copy):
+            job.copy(pairs, upload=True, whole=_whole_folder(source, plan, _key_uri(dest, "")))
         expected = {rel: future.result() for rel, future in etags.items()}
     job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
     if job.request.verify:
@@ -220,6 +224,36 @@ def _local_to_s3(job: Job) -> None:
         job.report.verified = not job.report.mismatches
     if plan.delete and not job.report.mismatches:
         job.report.files_deleted = _call(tx.delete_s3_objects, dest, plan.delete, account=job.account)
+
+
+@contextmanager
+def _aborting_unfinished_uploads(job: Job, prefix: S3Uri, rels: list[str]) -> Iterator[None]:
+    """Around an upload of `rels` into `prefix`: abort a killed earlier run's unfinished multipart uploads of those
+    keys first, and this run's own if the copy fails. Best effort: an error is logged, never fatal."""
+
+    def abort() -> None:
+        try:
+            job.report.uploads_aborted += _call(tx.abort_unfinished_uploads, prefix, rels, account=job.account)
+        except TrainctlError as exc:
+            _log(
+                f"unfinished multipart uploads under {prefix} were not checked/aborted ({exc}); S3 bills their "
+                "parts until a lifecycle rule removes them (needs s3:ListBucketMultipartUploads, "
+                "s3:AbortMultipartUpload)"
+            )
+
+    if rels:
+        abort()
+    try:
+        yield
+    except Exception:
+        if rels:
+            abort()
+        raise
+
+
+def _whole_folder(source: tx.LocalSource, plan: SyncPlan, prefix: str) -> tuple[str, str] | None:
+    """(folder, prefix) when the plan copies every file of the folder, so one wildcard copy can do it."""
+    return (str(source.root), prefix) if source.whole and len(plan.copy) == len(source.files) else None
 
 
 def _s3_source(job: Job) -> tuple[S3Uri, dict[str, tx.S3Object], dict[str, int]]:
@@ -395,8 +429,8 @@ def _apply_result(job: Job, stdout: str, plan: SyncPlan, sizes: dict[str, int]) 
 
 
 def _local_to_instance(job: Job) -> None:
-    root, found = tx.local_source(job.src)
-    src = job.filtered(found)
+    source = tx.local_source(job.src)
+    root, src = source.root, job.filtered(source.files)
     remote = _remote(job, job.dst, None)
 
     def body() -> None:
@@ -418,7 +452,8 @@ def _local_to_instance(job: Job) -> None:
             job.tracker(len(plan.copy), plan.copy_bytes)
         else:
             files = remote.uri("files")
-            job.copy([(str(root / rel), _key_uri(files, rel), src[rel]) for rel in plan.copy], upload=True)
+            pairs = [(str(root / rel), _key_uri(files, rel), src[rel]) for rel in plan.copy]
+            job.copy(pairs, upload=True, whole=_whole_folder(source, plan, _key_uri(files, "")))
             files_prefix = f"s3://{files.bucket}/{files.prefix}"
         manifest = {"files": {r: expect[r] for r in plan.copy}, "delete": plan.delete, "verify": job.request.verify}
         tx.put_json(remote.uri("manifest.json"), manifest, account=job.account)
@@ -548,7 +583,8 @@ def _instance_to_s3(job: Job) -> None:
                 gz=False,
                 part_mib=job.request.part_size_mib,
             )
-            _ssm(job, remote, script, "send files")
+            with _aborting_unfinished_uploads(job, dest, plan.copy):
+                _ssm(job, remote, script, "send files")
         job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
         if job.request.verify and plan.copy:
             job.tracker.phase("verifying")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -102,7 +103,35 @@ def delete_prefix(uri: str, *, account: str | None = None) -> int:
         keys = [o["Key"] for o in page.get("Contents", [])]
         delete_keys(s3, parsed.bucket, keys)
         deleted += len(keys)
+    abort_uploads(s3, parsed.bucket, parsed.prefix)  # a killed copy's parts are staging too, and billed
     return deleted
+
+
+def abort_uploads(s3: Any, bucket: str, prefix: str, keys: Collection[str] | None = None) -> int:
+    """Abort the unfinished multipart uploads under `prefix` (only those of `keys` when given); returns how many.
+
+    A killed upload leaves its parts stored and billed, invisible to listings, until aborted or a lifecycle rule
+    removes them. An unfinished upload is no object yet: aborting it loses no readable data. One finished or
+    aborted meanwhile is skipped."""
+    with translate("s3:ListBucketMultipartUploads"):
+        pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+        uploads = [
+            (u["Key"], u["UploadId"])
+            for page in pages
+            for u in page.get("Uploads", [])
+            if keys is None or u["Key"] in keys
+        ]
+    aborted = 0
+    for key, upload_id in uploads:
+        try:
+            with translate("s3:AbortMultipartUpload"):
+                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except AwsError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+            continue
+        aborted += 1
+    return aborted
 
 
 def delete_keys(s3: Any, bucket: str, keys: list[str]) -> None:

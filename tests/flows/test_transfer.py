@@ -6,19 +6,24 @@ slow: deselected by default, run with `pytest -m slow` (about 2.5 minutes on a s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 
 from core import tags as t
-from core.transfer import TransferRequest
+from core.errors import TrainctlError
+from core.transfer import PARTIAL_PREFIX, TransferRequest, receive_script
 from flows.transfer import transfer
 from sandbox import Sandbox
 from tasks.instances import LaunchRequest, launch_instance
-from tasks.ssm import wait_online
+from tasks.ssm import run_command, wait_online
+from tasks.transfer import PARTIAL_LOCK
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "flow-data"
@@ -67,7 +72,17 @@ def _six_directions(cloud: Sandbox, tmp_path: Path, n: int, big_mib: int) -> Non
     run(str(src), f"s3://{BUCKET}/up/")  # local → S3
     run(f"s3://{BUCKET}/up/", str(tmp_path / "down"))  # S3 → local
     assert digest(tmp_path / "down") == want
-    run(str(src), "job:demo:/data/a", staging=f"s3://{BUCKET}")  # local → instance (job's staging layout)
+    # Partial folders on the instance: a killed receive's (lock free) goes, a live one's (lock held) stays.
+    stale, live = (on_instance / "data" / "a" / f"{PARTIAL_PREFIX}{name}" for name in ("old", "live"))
+    for folder in (stale, live):
+        (folder / "x").mkdir(parents=True)
+        (folder / "x" / "half.bin").write_bytes(b"half")
+        (folder / PARTIAL_LOCK).touch()
+    with (live / PARTIAL_LOCK).open("r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run(str(src), "job:demo:/data/a", staging=f"s3://{BUCKET}")  # local → instance (job's staging layout)
+        assert not stale.exists() and (live / "x" / "half.bin").exists()
+    shutil.rmtree(live)
     assert digest(on_instance / "data" / "a") == want
     run(f"{instance.id}:/data/a", str(tmp_path / "back"), staging=f"s3://{BUCKET}", compress=True)  # instance → local
     assert digest(tmp_path / "back") == want
@@ -88,3 +103,26 @@ def test_six_directions_byte_identical_and_staging_removed(cloud: Sandbox, tmp_p
 @slow
 def test_full_size_six_directions(cloud: Sandbox, tmp_path: Path) -> None:
     _six_directions(cloud, tmp_path, n=1000, big_mib=100)
+
+
+def test_a_failed_receive_on_the_instance_leaves_no_partial_folder(cloud: Sandbox) -> None:
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    instance = launch_instance.fn(
+        LaunchRequest(name="r", role=t.Role.TRAIN, idempotency_key="tx-fail", instance_type="t3.micro")
+    )
+    wait_online.fn(instance.id)
+    manifest = {"files": {"a.bin": {"size": 3, "md5": "0" * 32}}, "delete": [], "verify": True}
+    cloud.client("s3").put_object(Bucket=BUCKET, Key="m/manifest.json", Body=json.dumps(manifest).encode())
+    # The manifest names a file the staging prefix does not hold: the fetch fails half-way through the script.
+    script = receive_script(
+        "/data/c",
+        f"{PARTIAL_PREFIX}t1",
+        f"s3://{BUCKET}/m/manifest.json",
+        files_prefix=f"s3://{BUCKET}/m/files/",
+        archive_uri=None,
+        part_mib=50,
+    )
+    with pytest.raises(TrainctlError):
+        run_command.fn(instance.id, script, what="receive files", timeout_s=60)
+    folder = Path(cloud.runtime.instance_root(instance.id)) / "data" / "c"
+    assert folder.is_dir() and list(folder.iterdir()) == []

@@ -12,6 +12,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from core.transfer import PARTIAL_PREFIX, PathEscapeError, TransferError, Transf
 from flows.transfer import raise_on_mismatch, run_transfer
 from sandbox import Sandbox
 from tasks import transfer as tx
+from tasks.storage import delete_prefix
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "tx-data"
@@ -119,6 +121,47 @@ def test_dry_run_lists_and_delete_needs_the_flag(cloud: Sandbox, tmp_path: Path)
     assert (synced.files_copied, synced.files_skipped, synced.files_deleted) == (2, 4, 1)
 
 
+def test_an_upload_moves_exactly_the_planned_files(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole clean folder goes up in one s5cmd wildcard copy (glob characters in names stay plain characters);
+    once the folder also holds a symlink, a killed run's partial folder or a filtered-out file, exactly the
+    planned files go up and nothing else."""
+    s3 = cloud.client("s3")
+    wildcards: list[object] = []
+    real_run = tx._run_s5cmd
+
+    def spy(pairs: list[tuple[str, str, int]], **kwargs: Any) -> None:
+        wildcards.append(kwargs.get("whole"))
+        real_run(pairs, **kwargs)
+
+    monkeypatch.setattr(tx, "_run_s5cmd", spy)
+    src = tmp_path / "src"
+    (src / "a [1]").mkdir(parents=True)
+    (src / "a [1]" / "x*?{y}.bin").write_bytes(b"glob")
+    (src / ".hidden").write_bytes(b"dot")
+    whole = run_transfer(TransferRequest(src=str(src), dst=f"s3://{BUCKET}/whole/", engine="s5cmd"))
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="whole/")["Contents"]}
+    assert keys == {"whole/a [1]/x*?{y}.bin", "whole/.hidden"} and (whole.files_copied, whole.verified) == (2, True)
+    assert wildcards == [(str(src), f"s3://{BUCKET}/whole/")]
+
+    (src / "skip.tmp").write_bytes(b"excluded")
+    (tmp_path / "outside.txt").write_bytes(b"secret")
+    (src / "link.txt").symlink_to(tmp_path / "outside.txt")
+    (src / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    (src / f"{PARTIAL_PREFIX}old").mkdir()
+    (src / f"{PARTIAL_PREFIX}old" / "half.bin").write_bytes(b"half")
+    for exclude in ([], ["*.tmp"]):
+        prefix = f"exact{len(exclude)}/"
+        report = run_transfer(
+            TransferRequest(src=str(src), dst=f"s3://{BUCKET}/{prefix}", engine="s5cmd", exclude=exclude)
+        )
+        keys = {o["Key"].removeprefix(prefix) for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+        assert keys == {"a [1]/x*?{y}.bin", ".hidden"} | ({"skip.tmp"} if not exclude else set())
+        assert report.files_copied == len(keys) and report.verified
+    assert wildcards[1:] == [None, None]  # one cp per file: a wildcard would also take the link and partial folder
+
+
 def test_a_corrupted_object_is_caught_by_verify(
     cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,6 +188,44 @@ def test_a_corrupted_object_is_caught_by_verify(
     down = run_transfer(TransferRequest(src=f"s3://{BUCKET}/corrupt2/", dst=str(tmp_path / "d")))
     assert down.mismatches == ["a.bin"] and not (tmp_path / "d" / "a.bin").exists()
     assert not list((tmp_path / "d").glob(PARTIAL_PREFIX + "*"))
+
+
+def unfinished_uploads(s3: Any, prefix: str) -> set[str]:
+    return {u["Key"] for u in s3.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])}
+
+
+def start_upload(s3: Any, key: str) -> None:
+    """A killed upload's leftovers: an unfinished multipart upload with one part stored."""
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    s3.upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * 1024)
+
+
+def test_unfinished_uploads_of_a_killed_run_or_a_failed_one_are_aborted(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path / "src", n=5)
+    s3 = cloud.client("s3")
+    start_upload(s3, "mpu/big/shard.bin")  # a file this run copies again
+    start_upload(s3, "mpu/gone.bin")  # not in the source: not this run's business
+    report = run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=f"s3://{BUCKET}/mpu/"))
+    assert report.uploads_aborted == 1 and report.verified
+    assert unfinished_uploads(s3, "mpu/") == {"mpu/gone.bin"}
+
+    # A run that fails half-way aborts its own unfinished uploads before it reports the error.
+    def copy_then_fail(pairs: list[tuple[str, str, int]], **kwargs: object) -> None:
+        start_upload(s3, "failed/big/shard.bin")
+        raise TransferError("s5cmd failed on 1 file(s): connection reset")
+
+    monkeypatch.setattr(tx, "copy_pairs", copy_then_fail)
+    with pytest.raises(TransferError, match="connection reset"):
+        run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=f"s3://{BUCKET}/failed/"))
+    assert unfinished_uploads(s3, "failed/") == set()
+
+    # Staging prefixes are entirely trainctl's: removing one aborts every unfinished upload under it too.
+    s3.put_object(Bucket=BUCKET, Key="stage/x/files/a.bin", Body=b"a")
+    start_upload(s3, "stage/x/files/big.bin")
+    assert delete_prefix.fn(f"s3://{BUCKET}/stage/x/") == 1
+    assert unfinished_uploads(s3, "stage/") == set()
 
 
 def test_bad_input_is_refused_before_anything_moves(
@@ -209,6 +290,7 @@ import os, signal, sys
 from core.transfer import TransferRequest
 from flows.transfer import run_transfer
 from tasks import transfer as tx
+from tasks.storage import delete_prefix
 
 kill_after, request = int(sys.argv[1]), TransferRequest.model_validate_json(sys.argv[2])
 real_copy = tx.copy_pairs
