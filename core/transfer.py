@@ -560,7 +560,7 @@ def receive_script(
         f"root={on_instance(path)}",
         f'partial="$root"/{quote(partial)}',
         'mkdir -p "$partial"',
-        "trap 'rm -rf \"$work\" \"$partial\"' EXIT",
+        'trap \'rm -rf "$work" "$partial"\' EXIT',
         f'exec 9>"$partial"/{quote(PARTIAL_PREFIX + "lock")}',
         "if command -v flock >/dev/null 2>&1; then flock -n 9; fi",
         'h sweep "$root" "$partial"',
