@@ -9,7 +9,8 @@ Python helper, the bytes travel through a staging prefix (the job's, `s3://B/tra
 `--staging`), and the staging objects are deleted afterwards, failure or not. S3 ↔ instance needs no data
 staging: the instance reads or writes the S3 side directly (s5cmd when the AMI has it, else the aws CLI).
 
-IAM: the caller needs s3:ListBucket/GetObject/PutObject/DeleteObject on the buckets involved, plus
+IAM: the caller needs s3:ListBucket/GetObject/PutObject/DeleteObject on the buckets involved (and
+s3:ListBucketMultipartUploads/AbortMultipartUpload to abort a killed run's unfinished uploads), plus
 ec2:DescribeInstances and ssm:SendCommand/GetCommandInvocation/DescribeInstanceInformation for instance legs;
 the instance profile needs the same S3 actions on the staging prefix and the S3 side.
 """

@@ -113,14 +113,19 @@ def abort_uploads(s3: Any, bucket: str, prefix: str, keys: Collection[str] | Non
     A killed upload leaves its parts stored and billed, invisible to listings, until aborted or a lifecycle rule
     removes them. An unfinished upload is no object yet: aborting it loses no readable data. One finished or
     aborted meanwhile is skipped."""
-    with translate("s3:ListBucketMultipartUploads"):
-        pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
-        uploads = [
-            (u["Key"], u["UploadId"])
-            for page in pages
-            for u in page.get("Uploads", [])
-            if keys is None or u["Key"] in keys
-        ]
+    try:
+        with translate("s3:ListBucketMultipartUploads"):
+            pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+            uploads = [
+                (u["Key"], u["UploadId"])
+                for page in pages
+                for u in page.get("Uploads", [])
+                if keys is None or u["Key"] in keys
+            ]
+    except AwsError as exc:
+        if exc.code != "NoSuchUpload":  # some S3-compatible stores (rclone's) answer this when there are none
+            raise
+        return 0
     aborted = 0
     for key, upload_id in uploads:
         try:

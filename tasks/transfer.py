@@ -174,8 +174,9 @@ def _md5_range(path: Path, offset: int, length: int) -> bytes:
 
 def part_digests(path: Path, size: int, part_size: int) -> list[bytes]:
     """The MD5 of each `part_size` slice of the file (one empty part for an empty file)."""
-    offsets = range(0, size, part_size) if size else range(1)
-    return list(_PART_HASHERS.map(lambda offset: _md5_range(path, offset, part_size), offsets))
+    if size <= part_size:  # one part: hashed here (a hand-off to the pool costs more than 10 KiB of MD5)
+        return [_md5_range(path, 0, part_size)]
+    return list(_PART_HASHERS.map(lambda offset: _md5_range(path, offset, part_size), range(0, size, part_size)))
 
 
 def matches_etag(path: Path, etag: str, part_size: int | None) -> bool:
@@ -347,8 +348,10 @@ def _run_boto3(
     progress: Progress,
     landed: Landed | None = None,
 ) -> None:
-    """boto3's transfer manager: big files one at a time with all connections on their parts, small ones
-    side by side (the block's client pools 10 connections, so 10 workers)."""
+    """Without s5cmd: files of a part or more through boto3's transfer manager, one at a time with 10 connections
+    on their parts; smaller ones through s3fs, up to 128 side by side on one event loop. Measured against
+    rclone's S3 (2,000 x 10 KiB, then 1 x 256 MiB): s3fs 4.6 s up / 5.3 s down against boto3's 7.4 s / 11.3 s
+    for the small files; boto3 2.2 s / 0.4 s against s3fs's 2.9 s / 0.9 s for the big one."""
     from boto3.s3.transfer import TransferConfig
 
     s3 = _s3(account)
@@ -368,12 +371,54 @@ def _run_boto3(
         if landed is not None:
             landed(i)
 
-    big = [i for i, p in enumerate(pairs) if p[2] >= part]
-    small = [i for i, p in enumerate(pairs) if p[2] < part]
-    for i in big:
+    for i in [i for i, p in enumerate(pairs) if p[2] >= part]:
         one(i)
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        list(pool.map(one, small))
+    small = [i for i, p in enumerate(pairs) if p[2] < part]
+    if small:
+        _run_s3fs(pairs, small, account=account, upload=upload, progress=progress, landed=landed)
+
+
+def _run_s3fs(
+    pairs: list[tuple[str, str, int]],
+    chosen: list[int],
+    *,
+    account: str | None,
+    upload: bool,
+    progress: Progress,
+    landed: Landed | None,
+) -> None:
+    """s3fs's batched put/get of the chosen pairs; each file reported as it completes (fsspec child callbacks)."""
+    from fsspec.callbacks import Callback
+
+    fs = load_account(account).filesystem()
+    sources = [pairs[i][0].removeprefix("s3://") for i in chosen]
+    targets = [pairs[i][1].removeprefix("s3://") for i in chosen]
+    index = {os.path.normpath(target): i for target, i in zip(targets, chosen, strict=True)}
+
+    class OneFile(Callback):
+        def __init__(self, i: int | None) -> None:
+            super().__init__()
+            self.i = i
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            if exc_type is None and self.i is not None:
+                progress(1, pairs[self.i][2])
+                if landed is not None:
+                    landed(self.i)
+
+    class PerFile(Callback):
+        def branched(self, path_1: str, path_2: str, **kwargs: object) -> Callback:
+            return OneFile(index.get(os.path.normpath(str(path_2).removeprefix("s3://"))))
+
+    try:
+        if upload:
+            fs.put(sources, targets, callback=PerFile())
+        else:
+            fs.get(sources, targets, callback=PerFile())
+    except (OSError, ValueError) as exc:  # s3fs turns AWS errors into OSError subclasses
+        detail = f"{type(exc).__name__}: {exc}"
+        what = "upload" if upload else "download"
+        raise TransferError(f"s3fs {what} failed: {detail}", fix=_fix_for(detail)) from exc
 
 
 def copy_pairs(
