@@ -30,7 +30,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 BUCKET = "bench"
 TOOLS = ("trainctl", "unverified", "aws-cli", "s5cmd")  # "unverified": trainctl with verify=False
@@ -118,16 +120,21 @@ def _tree(root: Path, kind: str, big_mib: int, small_count: int, small_kib: int)
     return small_count * small_kib * 1024
 
 
-def _timed(fn: Callable[[], object], cleanup: Callable[[], object], repeat: int) -> float:
-    """The best of `repeat` runs (a shared machine's noise only ever slows a run down)."""
-    best = float("inf")
-    for i in range(repeat):
-        if i:
-            cleanup()
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _clear(s3: Any, prefix: str) -> None:
+    """Delete a client's objects before the next client runs (frees the endpoint's memory too)."""
+    keys = [
+        {"Key": o["Key"]}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    for i in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys[i : i + 1000], "Quiet": True})
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -136,7 +143,7 @@ def main() -> None:
     parser.add_argument("--small-count", type=int, default=10_000, help="number of small files")
     parser.add_argument("--small-kib", type=int, default=10, help="size of each small file (KiB)")
     parser.add_argument("--endpoint", choices=["rclone", "sandbox"], default="rclone", help="see above")
-    parser.add_argument("--repeat", type=int, default=1, help="best of N runs per figure")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; each figure is the best of them")
     args = parser.parse_args()
 
     os.environ.setdefault("AWS_REGION", "us-east-1")
@@ -151,6 +158,19 @@ def main() -> None:
     s5cmd, aws = find_s5cmd(), shutil.which("aws")
     if not s5cmd or not aws:
         raise SystemExit(f"needs s5cmd ({s5cmd}) and the aws CLI ({aws})")
+
+    def _copy(tool: str, src: str, dst: str) -> None:
+        """One recursive copy by one client; `src` or `dst` is the S3 prefix."""
+        if tool.startswith("trainctl"):
+            raise_on_mismatch(run_transfer(TransferRequest(src=src, dst=dst, verify=tool == "trainctl")))
+        elif tool == "aws-cli":
+            cmd = [aws, "s3", "cp", "--recursive", "--only-show-errors", "--endpoint-url", url]
+            subprocess.run([*cmd, src, dst], check=True, env=env)
+        else:
+            cmd = [s5cmd, "--endpoint-url", url, "--log", "error", "cp"]
+            source = f"{src}*" if src.startswith("s3://") else f"{src}/*"
+            subprocess.run([*cmd, source, dst if dst.startswith("s3://") else f"{dst}/"], check=True, env=env)
+
     work = Path(tempfile.mkdtemp(prefix="trainctl-bench-transfer-"))
     results: dict[tuple[str, str, str], float] = {}
     with rclone_endpoint(work) if args.endpoint == "rclone" else sandbox_endpoint() as cloud_env:
@@ -167,67 +187,37 @@ def main() -> None:
         for kind in ("big", "small"):
             src = work / f"src-{kind}"
             nbytes = _tree(src, kind, args.big_mib, args.small_count, args.small_kib)
+            os.sync()  # the first client must not pay for writing the source back to disk
             label = f"1 x {args.big_mib} MiB" if kind == "big" else f"{args.small_count} x {args.small_kib} KiB"
-            for tool in TOOLS:
-                prefix = f"s3://{BUCKET}/{tool}-{kind}/"
-                down = work / f"down-{tool}-{kind}"
-
-                def up(tool: str = tool, src: Path = src, prefix: str = prefix) -> None:
-                    if tool.startswith("trainctl"):
-                        request = TransferRequest(src=str(src), dst=prefix, verify=tool == "trainctl")
-                        raise_on_mismatch(run_transfer(request))
-                    elif tool == "aws-cli":
-                        cmd = [aws, "s3", "cp", "--recursive", "--only-show-errors", "--endpoint-url", url]
-                        subprocess.run([*cmd, str(src), prefix], check=True, env=env)
-                    else:
-                        cmd = [s5cmd, "--endpoint-url", url, "--log", "error", "cp"]
-                        subprocess.run([*cmd, f"{src}/*", prefix], check=True, env=env)
-
-                def get(tool: str = tool, prefix: str = prefix, down: Path = down) -> None:
-                    if tool.startswith("trainctl"):
-                        request = TransferRequest(src=prefix, dst=str(down), verify=tool == "trainctl")
-                        raise_on_mismatch(run_transfer(request))
-                    elif tool == "aws-cli":
-                        cmd = [aws, "s3", "cp", "--recursive", "--only-show-errors", "--endpoint-url", url]
-                        subprocess.run([*cmd, prefix, str(down)], check=True, env=env)
-                    else:
-                        cmd = [s5cmd, "--endpoint-url", url, "--log", "error", "cp"]
-                        subprocess.run([*cmd, f"{prefix}*", f"{down}/"], check=True, env=env)
-
-                def clear(tool: str = tool, kind: str = kind) -> None:
-                    keys = [
-                        {"Key": o["Key"]}
-                        for page in s3.get_paginator("list_objects_v2").paginate(
-                            Bucket=BUCKET, Prefix=f"{tool}-{kind}/"
-                        )
-                        for o in page.get("Contents", [])
-                    ]
-                    for i in range(0, len(keys), 1000):  # also frees moto's memory before the next tool
-                        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys[i : i + 1000], "Quiet": True})
-
-                def clear_down(down: Path = down) -> None:
+            # Rounds of every client in turn (not one client's runs back to back): drift on a shared machine
+            # (page cache, other load) then falls on every client alike. Each figure is the client's best round.
+            for round_ in range(args.repeat):
+                for tool in TOOLS:
+                    prefix = f"s3://{BUCKET}/{tool}-{kind}/"
+                    down = work / f"down-{tool}-{kind}"
+                    up_s = _seconds(partial(_copy, tool, str(src), prefix))
+                    down_s = _seconds(partial(_copy, tool, prefix, str(down)))
+                    for direction, seconds in (("upload", up_s), ("download", down_s)):
+                        best = max(results.get((label, direction, tool), 0.0), nbytes / 1e6 / seconds)
+                        results[(label, direction, tool)] = best
+                    print(
+                        f"  round {round_ + 1} {label:>20} {tool:>10}: up {nbytes / 1e6 / up_s:8.1f} MB/s, "
+                        f"down {nbytes / 1e6 / down_s:8.1f} MB/s",
+                        flush=True,
+                    )
                     shutil.rmtree(down, ignore_errors=True)
-
-                results[(label, "upload", tool)] = nbytes / 1e6 / _timed(up, clear, args.repeat)
-                results[(label, "download", tool)] = nbytes / 1e6 / _timed(get, clear_down, args.repeat)
-                print(
-                    f"  {label:>20} {tool:>9}: up {results[(label, 'upload', tool)]:8.1f} MB/s, "
-                    f"down {results[(label, 'download', tool)]:8.1f} MB/s",
-                    flush=True,
-                )
-                clear_down()
-                clear()
+                    _clear(s3, f"{tool}-{kind}/")
             shutil.rmtree(src)
     shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"{'':>31}{'MB/s':^44}  {'trainctl vs':^19}  {'unverified vs':^19}")
     print(f"{'data':>20} {'direction':>9} " + " ".join(f"{t:>10}" for t in TOOLS) + "  s5cmd aws-cli" * 2)
     for label, direction in sorted({(label, direction) for label, direction, _ in results}):
-        rate = {tool: results[(label, direction, tool)] for tool in TOOLS}
-        ratios = [rate[ours] / rate[base] for ours in TOOLS[:2] for base in ("s5cmd", "aws-cli")]
+        rates = {tool: results[(label, direction, tool)] for tool in TOOLS}
+        ratios = [rates[ours] / rates[base] for ours in TOOLS[:2] for base in ("s5cmd", "aws-cli")]
         print(
             f"{label:>20} {direction:>9} "
-            + " ".join(f"{rate[t]:10.1f}" for t in TOOLS)
+            + " ".join(f"{rates[t]:10.1f}" for t in TOOLS)
             + "".join(f" {r:6.2f}x" for r in ratios)
         )
     print("MB/s = 10^6 bytes/s. Targets: trainctl >= 1.00x s5cmd and >= 2.00x aws-cli.")
