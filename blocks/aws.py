@@ -280,20 +280,27 @@ class AwsAccount(Block):
         core_session.set_config_variable("region", region)
         return boto3.Session(botocore_session=core_session, region_name=region)
 
-    def client(self, service: str) -> Any:
-        """A boto3 client for `service`, cached (thread-safe) per service and account settings."""
-        key = (service, *self._settings_key())
+    def client(self, service: str, *, retries: bool = True) -> Any:
+        """A boto3 client for `service`, cached (thread-safe) per service and account settings.
+
+        `retries=False`: one attempt per call, for calls that must not be sent twice without a look first
+        (botocore's standard mode resends after a read timeout, when the first request may have been carried out).
+        """
+        key = (service, retries, *self._settings_key())
         cached = _CLIENTS.get(key)
         if cached is not None:
             return cached
         with _LOCK:
             cached = _CLIENTS.get(key)
             if cached is None:
+                config = self._botocore_config()
+                if not retries:
+                    config = config.merge(Config(retries={"mode": "standard", "total_max_attempts": 1}))
                 cached = self.session().client(
                     service,
                     region_name=self.resolved_region(),
                     endpoint_url=self.endpoint_url,
-                    config=self._botocore_config(),
+                    config=config,
                 )
                 _CLIENTS[key] = cached
             return cached

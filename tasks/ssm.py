@@ -8,6 +8,8 @@ SSM returns inline is read from the S3 output location when one is given.
 from __future__ import annotations
 
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,6 +68,48 @@ def _call_tolerating_transient(call: Any, operation: str, **kwargs: Any) -> Any:
                 raise
             time.sleep(_poll_delay(attempt))
     raise AssertionError("unreachable")
+
+
+# Codes with which AWS refuses a call without carrying it out: sending again cannot run the command twice.
+_REFUSED = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"})
+_SEND_ATTEMPTS = 5
+
+
+def _send_once(account: str | None, instance_id: str, request: dict[str, Any]) -> str:
+    """SendCommand, carried out once even when an answer is lost.
+
+    botocore's retries are off for this call: after a read timeout, a dropped connection or a 5xx the command may
+    have been accepted, so it is looked up first (ListCommands on the instance, by a token in its Comment) and
+    sent again only if it is not there. A throttled call was refused, and is sent again after a pause."""
+    aws = load_account(account)
+    token = uuid.uuid4().hex[:16]
+    request = {**request, "Comment": f"{request.get('Comment', '')} [{token}]".lstrip()}
+    since = datetime.now(UTC) - timedelta(minutes=10)  # a margin for clock skew
+    for attempt in range(_SEND_ATTEMPTS):
+        try:
+            with translate("ssm:SendCommand"):
+                return str(aws.client("ssm", retries=False).send_command(**request)["Command"]["CommandId"])
+        except Exception as exc:
+            if not is_transient(exc) or attempt == _SEND_ATTEMPTS - 1:
+                raise
+            refused = getattr(exc, "code", None) in _REFUSED
+            time.sleep(_poll_delay(attempt + 1))
+            if not refused:
+                found = _sent_with(aws.client("ssm"), instance_id, token, since)
+                if found is not None:
+                    return found
+    raise AssertionError("unreachable")
+
+
+def _sent_with(ssm: Any, instance_id: str, token: str, since: datetime) -> str | None:
+    """The command sent to the instance since `since` whose Comment ends with the token, if any."""
+    filters = [{"key": "InvokedAfter", "value": since.strftime("%Y-%m-%dT%H:%M:%SZ")}]
+    with translate("ssm:ListCommands"):
+        for page in ssm.get_paginator("list_commands").paginate(InstanceId=instance_id, Filters=filters):
+            for command in page.get("Commands", []):
+                if str(command.get("Comment", "")).endswith(f"[{token}]"):
+                    return str(command["CommandId"])
+    return None
 
 
 @aws_task(name="wait-ssm-online", tags=["aws-ssm"])
@@ -128,7 +172,7 @@ def run_script(
         "InstanceIds": [instance_id],
         "DocumentName": "AWS-RunShellScript",
         "Parameters": {"commands": script, "executionTimeout": [str(int(timeout_s))]},
-        "Comment": comment[:100],
+        "Comment": comment[:80],
         "TimeoutSeconds": 600,
     }
     if output_s3_uri:
@@ -136,8 +180,7 @@ def run_script(
         request["OutputS3BucketName"] = out.bucket
         if out.key:
             request["OutputS3KeyPrefix"] = out.key.rstrip("/")
-    with translate("SendCommand"):
-        command_id = ssm.send_command(**request)["Command"]["CommandId"]
+    command_id = _send_once(account, instance_id, request)
     deadline = time.monotonic() + timeout_s + 660
     attempt = 0
     while True:
