@@ -322,6 +322,11 @@ def terminate_launched_instance(
             f"refusing to terminate {instance_id}: it was not launched by this run",
             fix="Use `trainctl teardown` for resources of other runs.",
         )
+    if instance.protected:  # someone marked it while the run went on: theirs to end, not this cleanup's
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance_id}: it was tagged protected after this run launched it",
+            fix="Remove the protected tag and run `trainctl teardown`, or terminate it yourself.",
+        )
     for volume_id in instance.volume_ids:
         volume = get_volume(ec2, volume_id)
         if volume.persistent and volume.attached_instance_id == instance_id:

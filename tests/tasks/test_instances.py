@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from blocks.aws import clear_client_cache, load_account
 from core import tags as t
-from core.errors import AwsError, InvalidInputError
+from core.errors import AwsError, InvalidInputError, SafetyRefusalError
 from sandbox import Sandbox
 from tasks.instances import LaunchRequest, client_token_for, find_launched, launch_instance, terminate_launched_instance
 from tests.conftest import exported_sandbox
@@ -72,6 +72,20 @@ def test_same_key_launches_one_instance(ec2: Any, calls: list[str]) -> None:
     second = launch_instance.fn(request(idempotency_key="train:llm:attempt-2", attempt=2))
     assert second.id != first.id and calls.count("RunInstances") == 2
     assert terminate_launched_instance.fn(first.id, idempotency_key="train:llm:attempt-1")
+
+
+def test_terminating_a_launched_instance_refuses_other_runs_and_protected_ones(ec2: Any) -> None:
+    mine = launch_instance.fn(request())
+    theirs = launch_instance.fn(request(idempotency_key="train:llm:attempt-9", attempt=9))
+    with pytest.raises(SafetyRefusalError, match="not launched by this run"):
+        terminate_launched_instance.fn(theirs.id, idempotency_key="train:llm:attempt-1")
+    ec2.create_tags(Resources=[mine.id], Tags=[{"Key": t.PROTECTED, "Value": "true"}])
+    with pytest.raises(SafetyRefusalError, match="protected"):
+        terminate_launched_instance.fn(mine.id, idempotency_key="train:llm:attempt-1")
+    assert {i["InstanceId"] for i in live(ec2)} == {mine.id, theirs.id}  # both still running
+    ec2.delete_tags(Resources=[mine.id], Tags=[{"Key": t.PROTECTED}])
+    assert terminate_launched_instance.fn(mine.id, idempotency_key="train:llm:attempt-1")
+    assert {i["InstanceId"] for i in live(ec2)} == {theirs.id}
 
 
 @pytest.mark.parametrize(
