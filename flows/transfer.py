@@ -202,7 +202,7 @@ def _local_to_s3(job: Job) -> None:
     dest = cast(S3Uri, job.dst.s3)
     objects = {k: v for k, v in _call(tx.list_s3_tree, dest, account=job.account, field="destination").items()}
     dst = job.filtered(_sizes(objects))
-    same = tx.same_as_s3(root, equal_size(src, dst), objects, job.part)
+    same = tx.same_as_s3(root, equal_size(src, dst), objects, job.part, prefix=dest, account=job.account)
     plan = plan_sync(src, dst, same, delete=job.request.delete)
     if not job.planned(plan, src):
         return
@@ -346,7 +346,7 @@ def _local_destination(job: Job) -> tuple[Path, dict[str, int]]:
 def _s3_to_local(job: Job) -> None:
     source, objects, src = _s3_source(job)
     root, dst = _local_destination(job)
-    same = tx.same_as_s3(root, equal_size(src, dst), objects, job.part)
+    same = tx.same_as_s3(root, equal_size(src, dst), objects, job.part, prefix=source, account=job.account)
     plan = plan_sync(src, dst, same, delete=job.request.delete)
     check_free_space(plan.copy_bytes, tx.free_bytes(root), str(root))
     if not job.planned(plan, src):
@@ -358,7 +358,7 @@ def _s3_to_local(job: Job) -> None:
         job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]), whole=whole)
 
     def good(partial: Path, rel: str) -> bool:
-        return tx.matches_etag(partial / rel, objects[rel].etag, job.part)
+        return tx.matches_object(partial / rel, objects[rel], job.part, prefix=source, rel=rel, account=job.account)
 
     _download(job, root, plan.copy, src, fetch, good)
     if plan.delete and not job.report.mismatches:

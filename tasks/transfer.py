@@ -9,8 +9,10 @@ left in its partial folder are checked and placed by the next run (`stale_partia
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -206,12 +209,92 @@ def parallel_filter(fn: Callable[[str], bool], rels: Iterable[str], workers: int
         return [rel for rel, ok in zip(items, pool.map(fn, items), strict=True) if ok]
 
 
-def same_as_s3(root: Path, rels: Iterable[str], objects: Mapping[str, S3Object], part_size: int) -> list[str]:
-    def check(rel: str) -> bool:
-        path = root / rel
-        return path.stat().st_size == objects[rel].size and matches_etag(path, objects[rel].etag, part_size)
+# Full-object checksums S3 keeps beside the ETag (S3 gives every new object a CRC64NVME), best first. A CRC costs
+# a fraction of an MD5 pass (CRC64NVME 5.3 GB/s on this machine, MD5 ~0.55 GB/s), and unlike the ETag it is a
+# checksum of the content also under SSE-KMS.
+_CHECKSUMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
 
-    return parallel_filter(check, rels)
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str
+    value: str  # base64 of the big-endian digest, as S3 gives it
+
+
+def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum | None:
+    """The object's full-object checksum (HeadObject with ChecksumMode), or None when it has none we can compute
+    (none stored, or a COMPOSITE checksum of part checksums)."""
+    with translate("s3:GetObject"):
+        head = _s3(account).head_object(Bucket=prefix.bucket, Key=prefix.prefix + rel, ChecksumMode="ENABLED")
+    if head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    for algorithm in _CHECKSUMS:
+        value = head.get(f"Checksum{algorithm}")
+        if value and "-" not in value and (algorithm not in ("CRC64NVME", "CRC32C") or _has_crt()):
+            return Checksum(algorithm, value)
+    return None
+
+
+def _has_crt() -> bool:
+    return importlib.util.find_spec("awscrt") is not None
+
+
+def file_checksum(path: Path, algorithm: str) -> str:
+    """The file's checksum in S3's form (base64 of the big-endian digest)."""
+    if algorithm in ("SHA256", "SHA1"):
+        h = hashlib.new(algorithm.lower())
+        with path.open("rb") as f:
+            while block := f.read(4 * MIB):
+                h.update(block)
+        return base64.b64encode(h.digest()).decode()
+    if algorithm == "CRC32":
+        update, width = zlib.crc32, 4
+    else:
+        from awscrt import checksums
+
+        update, width = (checksums.crc64nvme, 8) if algorithm == "CRC64NVME" else (checksums.crc32c, 4)
+    crc = 0
+    with path.open("rb") as f:
+        while block := f.read(4 * MIB):
+            crc = update(block, crc)
+    return base64.b64encode(crc.to_bytes(width, "big")).decode()
+
+
+def matches_object(
+    path: Path, obj: S3Object, part_size: int, *, prefix: S3Uri | None = None, rel: str = "", account: str | None = None
+) -> bool:
+    """Does the file hold the object's bytes? Size first; then, with `prefix` (where the object is) given: a file of
+    a part or more by the object's full-object checksum when it has one (one HEAD instead of an MD5 pass), else by
+    its ETag; a smaller one by its ETag, and by its checksum when the ETag does not match (SSE-KMS ETags are no
+    MD5s; one HEAD per such file)."""
+    if path.stat().st_size != obj.size:
+        return False
+    if prefix is not None and obj.size >= part_size:
+        checksum = head_checksum(prefix, rel, account=account)
+        if checksum is not None:
+            return file_checksum(path, checksum.algorithm) == checksum.value
+    if matches_etag(path, obj.etag, part_size):
+        return True
+    if prefix is None or obj.size >= part_size:
+        return False
+    checksum = head_checksum(prefix, rel, account=account)
+    return checksum is not None and file_checksum(path, checksum.algorithm) == checksum.value
+
+
+def same_as_s3(
+    root: Path,
+    rels: Iterable[str],
+    objects: Mapping[str, S3Object],
+    part_size: int,
+    *,
+    prefix: S3Uri | None = None,
+    account: str | None = None,
+) -> list[str]:
+    """The rels whose local file holds the object's bytes (`matches_object`)."""
+    return parallel_filter(
+        lambda rel: matches_object(root / rel, objects[rel], part_size, prefix=prefix, rel=rel, account=account),
+        rels,
+    )
 
 
 def md5_many(root: Path, rels: Iterable[str]) -> dict[str, str]:
@@ -553,12 +636,13 @@ def verify_upload(
 ) -> list[str]:
     """After an upload: list the destination once and check each copied file's ETag against the local bytes —
     `expected` (ETags computed while uploading, `local_etag`) when given; a file whose ETag differs from it is
-    read again against every plausible part size before it counts as a mismatch."""
+    checked again (`matches_object`: full-object checksum, ETag with every plausible part size)."""
     found = list_s3_tree.fn(dest, account=account, field="destination")
     expected = expected or {}
     present = [rel for rel in rels if rel in found and found[rel].size == (root / rel).stat().st_size]
     settled = {rel for rel in present if expected.get(rel) == found[rel].etag}
-    good = settled | set(same_as_s3(root, [r for r in present if r not in settled], found, part_size))
+    unsettled = [r for r in present if r not in settled]
+    good = settled | set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account))
     return sorted(rel for rel in rels if rel not in good)
 
 

@@ -218,10 +218,39 @@ def test_a_corrupted_object_is_caught_by_verify(
     monkeypatch.undo()
     # Downloading a corrupted object: caught too, and nothing lands under its final name.
     s3.put_object(Bucket=BUCKET, Key="corrupt2/a.bin", Body=b"abc")
-    monkeypatch.setattr(tx, "matches_etag", lambda *a: False)
+    monkeypatch.setattr(tx, "matches_object", lambda *a, **k: False)
     down = run_transfer(TransferRequest(src=f"s3://{BUCKET}/corrupt2/", dst=str(tmp_path / "d")))
     assert down.mismatches == ["a.bin"] and not (tmp_path / "d" / "a.bin").exists()
     assert not list((tmp_path / "d").glob(PARTIAL_PREFIX + "*"))
+
+
+def test_full_object_checksums_check_big_files_and_what_etags_cannot(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of a part or more is checked by the object's CRC64NVME (one HEAD, no MD5 pass); a small one whose
+    ETag is no MD5 of its bytes (as under SSE-KMS) by its checksum; a wrong checksum is a mismatch."""
+    s3 = cloud.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="ck/big.bin", Body=os.urandom(6 * 1024 * 1024), ChecksumAlgorithm="CRC64NVME")
+    s3.put_object(Bucket=BUCKET, Key="ck/small.bin", Body=b"small file", ChecksumAlgorithm="CRC32C")
+    assert s3.head_object(Bucket=BUCKET, Key="ck/big.bin", ChecksumMode="ENABLED")["ChecksumCRC64NVME"]
+    hashed: list[str] = []
+    real_etag = tx.matches_etag
+
+    def spy(path: Path, etag: str, part_size: int | None) -> bool:
+        hashed.append(path.name)
+        return real_etag(path, etag, part_size)
+
+    def fetch(dst: str) -> Any:
+        return run_transfer(TransferRequest(src=f"s3://{BUCKET}/ck/", dst=str(tmp_path / dst), part_size_mib=5))
+
+    monkeypatch.setattr(tx, "matches_etag", spy)
+    down = fetch("d1")
+    assert (down.files_copied, down.verified) == (2, True) and hashed == ["small.bin"]
+    monkeypatch.setattr(tx, "matches_etag", lambda *a: False)  # ETags that are no MD5s: the checksums decide
+    assert fetch("d2").verified and digest(tmp_path / "d2") == digest(tmp_path / "d1")
+    monkeypatch.setattr(tx, "file_checksum", lambda path, algorithm: "AAAAAAAAAAA=")
+    bad = fetch("d3")
+    assert sorted(bad.mismatches) == ["big.bin", "small.bin"] and not (tmp_path / "d3" / "big.bin").exists()
 
 
 def unfinished_uploads(s3: Any, prefix: str) -> set[str]:
