@@ -200,27 +200,28 @@ def _local_to_s3(job: Job) -> None:
     source = tx.local_source(job.src)
     root, src = source.root, job.filtered(source.files)
     dest = cast(S3Uri, job.dst.s3)
-    objects = {k: v for k, v in _call(tx.list_s3_tree, dest, account=job.account, field="destination").items()}
+    objects = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
     dst = job.filtered(_sizes(objects))
     same = tx.same_as_s3(root, equal_size(src, dst), objects, job.part, prefix=dest, account=job.account)
     plan = plan_sync(src, dst, same, delete=job.request.delete)
     if not job.planned(plan, src):
         return
     with ThreadPoolExecutor(max_workers=2) as pool:
-        # The ETags S3 should end up with, computed while s5cmd uploads (reads and MD5 release the GIL), so the
-        # verify pass is one listing and never reads the data a second time.
-        etags = (
-            {rel: pool.submit(tx.local_etag, root / rel, job.part) for rel in plan.copy} if job.request.verify else {}
-        )
-        pairs = [(str(root / rel), _key_uri(dest, rel), src[rel]) for rel in plan.copy]
+        # The ETags S3 should end up with, computed by two threads while s5cmd uploads (reads and MD5 release the
+        # GIL), so the verify pass is one listing and never reads the data a second time.
+        halves = (plan.copy[::2], plan.copy[1::2]) if job.request.verify else ()
+        etags = [pool.submit(tx.local_etags, root, half, job.part) for half in halves]
+        folder, prefix = str(root), _key_uri(dest, "")  # plain strings: 10,000 Path joins cost 0.3 s
+        pairs = [(f"{folder}/{rel}", prefix + rel, src[rel]) for rel in plan.copy]
         with _aborting_unfinished_uploads(job, dest, plan.copy):
-            job.copy(pairs, upload=True, whole=_whole_folder(source, plan, _key_uri(dest, "")))
-        expected = {rel: future.result() for rel, future in etags.items()}
+            job.copy(pairs, upload=True, whole=_whole_folder(source, plan, prefix))
+        expected = {rel: etag for future in etags for rel, etag in future.result().items()}
     job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
     if job.request.verify:
         job.tracker.phase("verifying")
+        copied = {rel: src[rel] for rel in plan.copy}
         job.report.mismatches = _call(
-            tx.verify_upload, root, dest, plan.copy, part_size=job.part, expected=expected, account=job.account
+            tx.verify_upload, root, dest, copied, part_size=job.part, expected=expected, account=job.account
         )
         job.report.verified = not job.report.mismatches
     if plan.delete and not job.report.mismatches:

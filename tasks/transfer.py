@@ -77,11 +77,12 @@ def list_s3_tree(uri: S3Uri, *, account: str | None = None, field: str = "source
     A missing bucket is an input error naming it; AccessDenied keeps AWS's code and names the permission."""
     s3 = _s3(account)
     found: dict[str, S3Object] = {}
+    prefix = uri.prefix
     try:
         with translate("s3:ListBucket"):
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.prefix):
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(uri.prefix) :]
+                    rel = obj["Key"][len(prefix) :]
                     if rel and not rel.endswith("/"):  # folder markers made by consoles carry no data
                         found[rel] = S3Object(int(obj["Size"]), normalize_etag(obj.get("ETag")))
     except Exception as exc:
@@ -200,6 +201,11 @@ def local_etag(path: Path, part_size: int) -> str:
     the upload runs, so verifying needs a listing and no second read of the data."""
     digests = part_digests(path, path.stat().st_size, part_size)
     return digests[0].hex() if len(digests) == 1 else multipart_etag(digests)
+
+
+def local_etags(root: Path, rels: Iterable[str], part_size: int) -> dict[str, str]:
+    """`local_etag` of each file, in this thread (one pool task per file cost 70 µs each just to hand out)."""
+    return {rel: local_etag(root / rel, part_size) for rel in rels}
 
 
 def parallel_filter(fn: Callable[[str], bool], rels: Iterable[str], workers: int = 4) -> list[str]:
@@ -628,22 +634,22 @@ def abort_unfinished_uploads(prefix: S3Uri, rels: list[str], *, account: str | N
 def verify_upload(
     root: Path,
     dest: S3Uri,
-    rels: list[str],
+    sizes: Mapping[str, int],
     *,
     part_size: int,
     expected: Mapping[str, str] | None = None,
     account: str | None = None,
 ) -> list[str]:
-    """After an upload: list the destination once and check each copied file's ETag against the local bytes —
-    `expected` (ETags computed while uploading, `local_etag`) when given; a file whose ETag differs from it is
-    checked again (`matches_object`: full-object checksum, ETag with every plausible part size)."""
+    """After an upload of these files (relative path → size): list the destination once and check each one's
+    ETag — against `expected` (ETags computed while uploading, `local_etag`) when given; a file whose ETag differs
+    from it is checked again (`matches_object`: full-object checksum, ETag with every plausible part size)."""
     found = list_s3_tree.fn(dest, account=account, field="destination")
     expected = expected or {}
-    present = [rel for rel in rels if rel in found and found[rel].size == (root / rel).stat().st_size]
-    settled = {rel for rel in present if expected.get(rel) == found[rel].etag}
-    unsettled = [r for r in present if r not in settled]
-    good = settled | set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account))
-    return sorted(rel for rel in rels if rel not in good)
+    present = [rel for rel, size in sizes.items() if rel in found and found[rel].size == size]
+    unsettled = [rel for rel in present if expected.get(rel) != found[rel].etag]
+    good = set(present) - set(unsettled)
+    good |= set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account))
+    return sorted(rel for rel in sizes if rel not in good)
 
 
 # -- archives (compress) ----------------------------------------------------------------------------------------
