@@ -20,10 +20,19 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from cli.output import aws_scope, emit_json, format_age, info, state_of, stderr_console, stdout_console
+from cli.output import (
+    as_input_error,
+    aws_scope,
+    emit_json,
+    format_age,
+    info,
+    state_of,
+    stderr_console,
+    stdout_console,
+)
 from cli.resources import marks, resource_json
 from core.ebs import VolumeSpec
-from core.errors import InvalidInputError, UsageError
+from core.errors import UsageError
 from core.ids import validate_id
 from core.models import Snapshot, Volume
 
@@ -65,9 +74,7 @@ def _spec(**fields: Any) -> VolumeSpec:
     try:
         return VolumeSpec(**fields)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "volume"
-        raise InvalidInputError(field, error.get("input"), error["msg"].lower()) from None
+        raise as_input_error(exc) from None
 
 
 def _fancy() -> bool:
@@ -556,9 +563,7 @@ def _prewarm_spec(**fields: Any) -> PrewarmSpec:
     try:
         return PrewarmSpec(**fields)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "prewarm"
-        raise InvalidInputError(field, error.get("input"), error["msg"].lower()) from None
+        raise as_input_error(exc) from None
 
 
 @app.command("prewarm")

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.output import aws_scope, emit_json, info, state_of, stdout_console
+from cli.output import as_input_error, aws_scope, emit_json, info, state_of, stdout_console
 from core import jobs
 from core.errors import InvalidInputError, UsageError
 from tasks.code import scan_code_dir
@@ -35,9 +35,7 @@ def _job_spec(fields: dict[str, Any]) -> Any:
     try:
         return JobSpec(**fields)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "spec"
-        raise InvalidInputError(field, error.get("input"), error["msg"].lower()) from None
+        raise as_input_error(exc) from None
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
