@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -236,13 +235,9 @@ def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum |
         return None
     for algorithm in _CHECKSUMS:
         value = head.get(f"Checksum{algorithm}")
-        if value and "-" not in value and (algorithm not in ("CRC64NVME", "CRC32C") or _has_crt()):
+        if value and "-" not in value:
             return Checksum(algorithm, value)
     return None
-
-
-def _has_crt() -> bool:
-    return importlib.util.find_spec("awscrt") is not None
 
 
 def file_checksum(path: Path, algorithm: str) -> str:
