@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from blocks.aws import load_account
-from core.errors import InvalidInputError, UsageError
+from core.errors import AwsError, InvalidInputError, UsageError
 from core.models import Instance
 from core.s3uri import S3Uri
 from core.tags import JOB, MANAGED_VALUES, is_managed
@@ -229,8 +229,13 @@ class Checksum:
 def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum | None:
     """The object's full-object checksum (HeadObject with ChecksumMode), or None when it has none we can compute
     (none stored, or a COMPOSITE checksum of part checksums)."""
-    with translate("s3:GetObject"):
-        head = _s3(account).head_object(Bucket=prefix.bucket, Key=prefix.prefix + rel, ChecksumMode="ENABLED")
+    try:
+        with translate("s3:GetObject"):
+            head = _s3(account).head_object(Bucket=prefix.bucket, Key=prefix.prefix + rel, ChecksumMode="ENABLED")
+    except AwsError as exc:
+        if exc.code in {"403", "AccessDenied", "Forbidden"}:  # an identity that may list and write, not read
+            return None
+        raise
     if head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
         return None
     for algorithm in _CHECKSUMS:

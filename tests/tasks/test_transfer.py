@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from blocks.aws import clear_client_cache
+from blocks.aws import clear_client_cache, load_account
 from core import tags as t
 from core.errors import InvalidInputError, UsageError
 from core.transfer import PARTIAL_PREFIX, PathEscapeError, TransferError, TransferRequest, TransferVerifyError
@@ -246,6 +247,14 @@ def test_full_object_checksums_check_big_files_and_what_etags_cannot(
     monkeypatch.setattr(tx, "matches_etag", spy)
     down = fetch("d1")
     assert (down.files_copied, down.verified) == (2, True) and hashed == ["small.bin"]
+
+    # An identity that may not read object metadata: the ETags decide, as before checksums were used.
+    def forbidden(**request: object) -> None:
+        raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(load_account(None).client("s3"), "head_object", forbidden)
+        assert fetch("d0").verified and sorted(hashed) == ["big.bin", "small.bin", "small.bin"]
     monkeypatch.setattr(tx, "matches_etag", lambda *a: False)  # ETags that are no MD5s: the checksums decide
     assert fetch("d2").verified and digest(tmp_path / "d2") == digest(tmp_path / "d1")
     monkeypatch.setattr(tx, "file_checksum", lambda path, algorithm: "AAAAAAAAAAA=")
