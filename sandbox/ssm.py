@@ -82,6 +82,16 @@ class Invocation:
     instance_lost: bool = False
     stdout_url: str = ""
     stderr_url: str = ""
+    # Set while the output is being put to S3: as the SSM agent, which uploads the output and only then reports
+    # the end, the invocation shows InProgress until then (a poller must find the output URLs with the result).
+    uploading: bool = False
+
+    @property
+    def shown(self) -> tuple[str, str]:
+        """(Status, StatusDetails) as the API reports them."""
+        if self.uploading and self.status in TERMINAL:
+            return "InProgress", "InProgress"
+        return self.status, self.details
 
     def read(self, name: str, limit: int | None = OUTPUT_LIMIT) -> str:
         try:
@@ -189,7 +199,9 @@ class RunCommand:
                     / command.id
                     / PLUGIN_DIR
                 )
-                command.invocations[instance_id] = Invocation(command, instance_id, workdir)
+                command.invocations[instance_id] = Invocation(
+                    command, instance_id, workdir, uploading=bool(command.bucket)
+                )
             self.commands[command.id] = command
             for inv in command.invocations.values():
                 thread = threading.Thread(target=self._run, args=(inv,), name=f"ssm-{command.id[:8]}", daemon=True)
@@ -234,8 +246,8 @@ class RunCommand:
                 "ExecutionStartDateTime": _string_time(inv.started),
                 "ExecutionElapsedTime": elapsed,
                 "ExecutionEndDateTime": _string_time(inv.ended),
-                "Status": inv.status,
-                "StatusDetails": inv.details,
+                "Status": inv.shown[0],
+                "StatusDetails": inv.shown[1],
                 "StandardOutputContent": inv.read("stdout"),
                 "StandardOutputUrl": inv.stdout_url,
                 "StandardErrorContent": inv.read("stderr"),
@@ -257,7 +269,7 @@ class RunCommand:
                 for inv in command.invocations.values()
                 if not body.get("InstanceId") or inv.instance_id == body["InstanceId"]
             ]
-            invocations = [inv for inv in invocations if self._matches(inv.status, inv.command, body)]
+            invocations = [inv for inv in invocations if self._matches(inv.shown[0], inv.command, body)]
             page, token = _paginate(invocations, body, default=50)
             if isinstance(page, Response):
                 return page
@@ -378,6 +390,9 @@ class RunCommand:
             self._upload(inv)
         except Exception as exc:  # SSM reports the command's result even when the S3 upload fails
             self.sandbox.log(f"ssm: output upload for {inv.command.id} failed: {exc!r}")
+        finally:
+            with self._lock:
+                inv.uploading = False
 
     def _execute(self, inv: Invocation) -> None:
         command = inv.command
@@ -498,7 +513,7 @@ class RunCommand:
         return True
 
     def _command_status(self, command: Command) -> tuple[str, int, int]:
-        statuses = [inv.status for inv in command.invocations.values()]
+        statuses = [inv.shown[0] for inv in command.invocations.values()]
         completed = sum(s in TERMINAL for s in statuses)
         errors = sum(s in ("Failed", "TimedOut") for s in statuses)
         if not statuses:
@@ -548,8 +563,8 @@ class RunCommand:
             "DocumentName": DOCUMENT,
             "DocumentVersion": "$DEFAULT",
             "RequestedDateTime": _epoch(inv.command.requested),
-            "Status": inv.status,
-            "StatusDetails": inv.details,
+            "Status": inv.shown[0],
+            "StatusDetails": inv.shown[1],
             "TraceOutput": "",
             "StandardOutputUrl": inv.stdout_url,
             "StandardErrorUrl": inv.stderr_url,
@@ -565,8 +580,8 @@ class RunCommand:
                 output = f"{output}\n----------ERROR-------\n{error}"
             plugin: dict[str, Any] = {
                 "Name": PLUGIN,
-                "Status": inv.status,
-                "StatusDetails": inv.details,
+                "Status": inv.shown[0],
+                "StatusDetails": inv.shown[1],
                 "ResponseCode": inv.response_code,
                 "Output": output[:PLUGIN_OUTPUT_LIMIT],
                 "StandardOutputUrl": inv.stdout_url,
