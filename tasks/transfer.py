@@ -153,11 +153,7 @@ def free_bytes(path: Path) -> int:
 
 
 def md5_file(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while block := f.read(4 * MIB):
-            h.update(block)
-    return h.hexdigest()
+    return _md5_range(path, 0, path.stat().st_size).hex()
 
 
 # Parts of one big file are hashed side by side (hashlib and reads release the GIL): a 1 GB file with a multipart
@@ -275,16 +271,20 @@ def matches_object(
     MD5s; one HEAD per such file)."""
     if path.stat().st_size != obj.size:
         return False
-    if prefix is not None and obj.size >= part_size:
-        checksum = head_checksum(prefix, rel, account=account)
-        if checksum is not None:
-            return file_checksum(path, checksum.algorithm) == checksum.value
+    big = obj.size >= part_size
+    if prefix is not None and big:
+        by_checksum = _matches_checksum(path, prefix, rel, account)
+        if by_checksum is not None:
+            return by_checksum
     if matches_etag(path, obj.etag, part_size):
         return True
-    if prefix is None or obj.size >= part_size:
-        return False
+    return prefix is not None and not big and bool(_matches_checksum(path, prefix, rel, account))
+
+
+def _matches_checksum(path: Path, prefix: S3Uri, rel: str, account: str | None) -> bool | None:
+    """The file against the object's full-object checksum; None when the object has none to compare with."""
     checksum = head_checksum(prefix, rel, account=account)
-    return checksum is not None and file_checksum(path, checksum.algorithm) == checksum.value
+    return None if checksum is None else file_checksum(path, checksum.algorithm) == checksum.value
 
 
 def same_as_s3(
