@@ -14,13 +14,19 @@ Sameness. A local or instance file and an S3 object are the same when the sizes 
 what S3 computes for those bytes: the hex MD5 for a single-part upload, and for a multipart upload of N parts
 `hex(md5(md5(part1) + ... + md5(partN))) + "-N"`. The part size is not stored in S3, so it is inferred from N
 (`etag_part_sizes`): the sizes the common uploaders use (ours, aws-cli's 8 MiB, s5cmd's and s3fs's 50 MiB, ...)
-that give exactly N parts, then ceil(size / N) rounded up to a MiB. An ETag that is not an MD5 at all (SSE-KMS,
-SSE-C) never matches: such objects are reported as unverifiable mismatches rather than silently trusted.
-Two files (local ↔ instance) are the same when size and MD5 match.
+that give exactly N parts, then ceil(size / N) rounded up to a MiB.
 
-Why ETags rather than S3's additional SHA256 checksums (which moto 5.2.5 does support): the ETag comes with
-every ListObjectsV2 page (one call per 1,000 objects), while an additional checksum needs a HeadObject per
-object, and s5cmd — the fast path — cannot set one. A 10,000-file verify is then 10 calls, not 10,000.
+Full-object checksums. S3 keeps one per object beside the ETag (it computes a CRC64NVME for any upload that
+brings none); HeadObject with ChecksumMode gives it, one call per object. It is used where the ETag cannot
+serve or costs more: a file of a part or more (a CRC pass is ~10x cheaper than MD5), and objects encrypted with
+SSE-KMS / DSSE-KMS, whose ETags are no MD5s (an ETag that does not match is checked again by the checksum; an
+instance leg asks for the checksums up front when the first object is KMS-encrypted). An object with neither a
+matching ETag nor a checksum is a mismatch: unverifiable is never "same". Two files (local ↔ instance) are the
+same when size and MD5 match.
+
+Why ETags first: the ETag comes with every ListObjectsV2 page (one call per 1,000 objects), while a checksum
+needs a HeadObject per object, and s5cmd — the fast path — cannot send one. A 10,000-file verify is then 10
+calls, not 10,000.
 """
 
 from __future__ import annotations
@@ -205,6 +211,14 @@ def etag_part_sizes(size: int, etag: str, preferred: int | None = None) -> list[
     if guess and max(1, math.ceil(size / guess)) == n and guess not in fits:
         fits.append(guess)
     return fits
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An object's full-object checksum as S3 gives it (HeadObject with ChecksumMode)."""
+
+    algorithm: str  # CRC64NVME, CRC32C, CRC32, SHA256 or SHA1
+    value: str  # base64 of the big-endian digest
 
 
 def multipart_etag(part_md5s: Sequence[bytes]) -> str:
@@ -395,9 +409,57 @@ def etag_ok(path, want):
             return True
     return False
 
+def _crc_table(poly):
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+def _crc(table, mask):
+    # Reflected table CRC in plain Python (~15 MB/s): only where awscrt (C, GB/s) is not installed.
+    def update(data, crc=0):
+        crc ^= mask
+        for byte in data:
+            crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        return crc ^ mask
+    return update
+
+def crc_function(algorithm):
+    try:
+        from awscrt import checksums
+        return checksums.crc64nvme if algorithm == "CRC64NVME" else checksums.crc32c
+    except ImportError:
+        if algorithm == "CRC64NVME":
+            return _crc(_crc_table(0x9A6C9329AC4BC9B5), (1 << 64) - 1)
+        return _crc(_crc_table(0x82F63B78), (1 << 32) - 1)
+
+def checksum(path, algorithm):
+    # S3's form: base64 of the big-endian digest.
+    import base64, zlib
+    with open(path, "rb") as f:
+        blocks = iter(lambda: f.read(1 << 22), b"")
+        if algorithm in ("SHA256", "SHA1"):
+            h = hashlib.new(algorithm.lower())
+            for block in blocks:
+                h.update(block)
+            return base64.b64encode(h.digest()).decode()
+        if algorithm == "CRC32":
+            update, width = zlib.crc32, 4
+        else:
+            update, width = crc_function(algorithm), 8 if algorithm == "CRC64NVME" else 4
+        crc = 0
+        for block in blocks:
+            crc = update(block, crc)
+    return base64.b64encode(crc.to_bytes(width, "big")).decode()
+
 def same(path, want):
     if os.path.getsize(path) != want["size"]:
         return False
+    if "checksum" in want:
+        return checksum(path, want["checksum"][0]) == want["checksum"][1]
     return md5_file(path) == want["md5"] if "md5" in want else etag_ok(path, want)
 
 def walk(root):
@@ -620,10 +682,17 @@ def check_script(path: str, expect_uri: str) -> list[str]:
 
 
 def expectation(
-    size: int, etag: str | None = None, md5: str | None = None, part_size: int | None = None
+    size: int,
+    etag: str | None = None,
+    md5: str | None = None,
+    part_size: int | None = None,
+    checksum: Checksum | None = None,
 ) -> dict[str, object]:
-    """What the helper compares a file with: its size and MD5, or its size and an S3 ETag (+ candidate parts)."""
+    """What the helper compares a file with: its size and MD5, its size and the object's full-object checksum
+    (for objects whose ETag is no MD5, as under SSE-KMS), or its size and an S3 ETag (+ candidate parts)."""
     if md5 is not None:
         return {"size": size, "md5": md5}
+    if checksum is not None:
+        return {"size": size, "checksum": [checksum.algorithm, checksum.value]}
     tag = normalize_etag(etag)
     return {"size": size, "etag": tag, "parts": etag_part_sizes(size, tag, part_size)}

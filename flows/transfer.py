@@ -538,7 +538,7 @@ def _s3_to_instance(job: Job) -> None:
     remote = _remote(job, job.dst, source.bucket)
 
     def body() -> None:
-        expect = {rel: expectation(src[rel], etag=objects[rel].etag, part_size=job.part) for rel in src}
+        expect = _object_expectations(job, source, objects, list(src))
         scan = _scan(job, remote, mode="dst", expect=expect)
         dst = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
         plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
@@ -561,6 +561,18 @@ def _s3_to_instance(job: Job) -> None:
     _with_staging(job, remote, body)
 
 
+def _object_expectations(
+    job: Job, prefix: S3Uri, objects: dict[str, tx.S3Object], rels: list[str]
+) -> dict[str, dict[str, object]]:
+    """What an instance file must be to equal each object: its ETag, or, for KMS-encrypted objects (whose ETags
+    are no MD5s), its full-object checksum."""
+    checksums = _call(tx.kms_checksums, prefix, rels, account=job.account)
+    return {
+        rel: expectation(objects[rel].size, etag=objects[rel].etag, part_size=job.part, checksum=checksums.get(rel))
+        for rel in rels
+    }
+
+
 def _instance_to_s3(job: Job) -> None:
     dest = cast(S3Uri, job.dst.s3)
     objects = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
@@ -568,7 +580,7 @@ def _instance_to_s3(job: Job) -> None:
 
     def body() -> None:
         dst = job.filtered(_sizes(objects))
-        expect = {rel: expectation(dst[rel], etag=objects[rel].etag, part_size=job.part) for rel in dst}
+        expect = _object_expectations(job, dest, objects, list(dst))
         scan = _scan(job, remote, mode="src", expect=expect)
         src = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
         plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
@@ -592,15 +604,15 @@ def _instance_to_s3(job: Job) -> None:
             job.tracker.phase("verifying")
             found = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
             missing = [rel for rel in plan.copy if rel not in found or found[rel].size != src[rel]]
-            single = [rel for rel in plan.copy if rel not in missing and "-" not in found[rel].etag]
+            present = [rel for rel in plan.copy if rel not in missing]
+            want = _object_expectations(job, dest, found, present)
+            # A single-part MD5 ETag is compared with the MD5 the scan took; the instance checks the rest (a
+            # multipart ETag, or a KMS object's checksum) against its files.
+            single = [rel for rel in present if "etag" in want[rel] and "-" not in found[rel].etag]
             bad = {rel for rel in single if found[rel].etag != scan["files"][rel][1]}
-            multi = {
-                rel: expectation(src[rel], etag=found[rel].etag, part_size=job.part)
-                for rel in plan.copy
-                if rel not in missing and "-" in found[rel].etag
-            }
-            if multi:
-                tx.put_json(remote.uri("check.json"), multi, account=job.account)
+            remote_check = {rel: want[rel] for rel in present if rel not in single}
+            if remote_check:
+                tx.put_json(remote.uri("check.json"), remote_check, account=job.account)
                 out = _ssm(job, remote, instance_check_script(remote.path, str(remote.uri("check.json"))), "verify")
                 bad |= set(json.loads(out.strip().splitlines()[-1])["mismatches"])
             job.report.mismatches = sorted(bad | set(missing))

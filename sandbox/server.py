@@ -213,7 +213,7 @@ class Sandbox:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> Sandbox:
-        from sandbox import ec2, faults, imds, pricing, runtime, ssm
+        from sandbox import ec2, faults, imds, pricing, runtime, s3, ssm
 
         self._server = _Server(self, self.host, self.requested_port)
         self._server.start()
@@ -225,6 +225,7 @@ class Sandbox:
         imds.install(self)
         self.ec2 = ec2.install(self)
         pricing.install(self)
+        s3.install(self)
         self.faults = faults.install(self)
         self.log(f"listening on {self.endpoint_url}, state in {self.state_dir}")
         return self
@@ -263,8 +264,9 @@ class Sandbox:
             "AWS_REGION": self.region,
         }
 
-    def client(self, service: str, *, retries: int = 1) -> Any:
-        """A boto3 client for this sandbox (tests use retries=1 so a refused call fails at once)."""
+    def client(self, service: str, *, retries: int = 1, **config: Any) -> Any:
+        """A boto3 client for this sandbox (tests use retries=1 so a refused call fails at once); `config`: more
+        botocore Config options."""
         import boto3
         from botocore.config import Config
 
@@ -275,7 +277,10 @@ class Sandbox:
             aws_access_key_id=DUMMY_ACCESS_KEY,
             aws_secret_access_key=DUMMY_SECRET_KEY,
             config=Config(
-                retries={"total_max_attempts": retries, "mode": "standard"}, connect_timeout=5, read_timeout=60
+                retries={"total_max_attempts": retries, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                **config,
             ),
         )
 

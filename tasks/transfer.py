@@ -37,6 +37,7 @@ from core.tags import JOB, MANAGED_VALUES, is_managed
 from core.transfer import (
     MIB,
     PARTIAL_PREFIX,
+    Checksum,
     Location,
     TransferError,
     etag_part_sizes,
@@ -216,22 +217,21 @@ def parallel_filter(fn: Callable[[str], bool], rels: Iterable[str], workers: int
 _CHECKSUMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
 
 
-@dataclass(frozen=True)
-class Checksum:
-    algorithm: str
-    value: str  # base64 of the big-endian digest, as S3 gives it
-
-
-def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum | None:
-    """The object's full-object checksum (HeadObject with ChecksumMode), or None when it has none we can compute
-    (none stored, or a COMPOSITE checksum of part checksums)."""
+def _head(prefix: S3Uri, rel: str, account: str | None) -> dict[str, Any] | None:
+    """HeadObject with checksums; None for an identity that may list and write but not read (403)."""
     try:
         with translate("s3:GetObject"):
-            head = _s3(account).head_object(Bucket=prefix.bucket, Key=prefix.prefix + rel, ChecksumMode="ENABLED")
+            head: dict[str, Any] = _s3(account).head_object(
+                Bucket=prefix.bucket, Key=prefix.prefix + rel, ChecksumMode="ENABLED"
+            )
+            return head
     except AwsError as exc:
-        if exc.code in {"403", "AccessDenied", "Forbidden"}:  # an identity that may list and write, not read
+        if exc.code in {"403", "AccessDenied", "Forbidden"}:
             return None
         raise
+
+
+def _checksum_of(head: Mapping[str, Any]) -> Checksum | None:
     if head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
         return None
     for algorithm in _CHECKSUMS:
@@ -239,6 +239,32 @@ def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum |
         if value and "-" not in value:
             return Checksum(algorithm, value)
     return None
+
+
+def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum | None:
+    """The object's full-object checksum (HeadObject with ChecksumMode), or None when it has none we can compute
+    (none stored, or a COMPOSITE checksum of part checksums) or may not read it."""
+    head = _head(prefix, rel, account)
+    return None if head is None else _checksum_of(head)
+
+
+# Under these, S3's ETag is not an MD5 of the object's bytes (nor, for multipart, of its parts' MD5s).
+_KMS = ("aws:kms", "aws:kms:dsse")
+
+
+@aws_task(name="kms-checksums", tags=["aws-s3"])
+def kms_checksums(prefix: S3Uri, rels: list[str], *, account: str | None = None) -> dict[str, Checksum]:
+    """For objects encrypted with KMS (SSE-KMS, DSSE-KMS), whose ETags are no MD5s: each one's full-object
+    checksum (one HeadObject each, 16 at a time). Judged by the first object, as a bucket's default encryption
+    covers all: {} when it is not KMS-encrypted (the ETags are checksums then), or when it may not be read."""
+    if not rels:
+        return {}
+    first = _head(prefix, rels[0], account)
+    if first is None or first.get("ServerSideEncryption") not in _KMS:
+        return {}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = dict(zip(rels, pool.map(lambda rel: head_checksum(prefix, rel, account=account), rels), strict=True))
+    return {rel: checksum for rel, checksum in found.items() if checksum is not None}
 
 
 def file_checksum(path: Path, algorithm: str) -> str:

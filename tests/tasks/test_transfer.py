@@ -8,6 +8,8 @@ import hashlib
 import io
 import os
 import random
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,7 +22,16 @@ from botocore.exceptions import ClientError
 from blocks.aws import clear_client_cache, load_account
 from core import tags as t
 from core.errors import InvalidInputError, UsageError
-from core.transfer import PARTIAL_PREFIX, PathEscapeError, TransferError, TransferRequest, TransferVerifyError
+from core.transfer import (
+    INSTANCE_HELPER,
+    PARTIAL_PREFIX,
+    Checksum,
+    PathEscapeError,
+    TransferError,
+    TransferRequest,
+    TransferVerifyError,
+    expectation,
+)
 from flows.transfer import raise_on_mismatch, run_transfer
 from sandbox import Sandbox
 from tasks import transfer as tx
@@ -455,3 +466,43 @@ def test_partial_folders_of_live_runs_are_left_alone(tmp_path: Path) -> None:
             assert stale == [tmp_path / f"{PARTIAL_PREFIX}dead"]
         assert live.is_dir() and not (tmp_path / f"{PARTIAL_PREFIX}dead").exists()
     assert not live.exists()
+
+
+@pytest.mark.parametrize("awscrt", [True, False], ids=["awscrt", "plain-python"])
+def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, awscrt: bool) -> None:
+    """On the instance, a KMS object is checked by its checksum: each algorithm S3 keeps, computed as trainctl
+    computes it here; without awscrt on the instance (plain Python CRCs) too. A wrong value is a mismatch."""
+    import json
+
+    files = {"empty": b"", "digits": b"123456789", "blob": random.Random(7).randbytes(300_000)}
+    for name, data in files.items():
+        (tmp_path / "root" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "root" / name).write_bytes(data)
+    # The published check value of CRC-64/NVME over "123456789" (so the reference itself is right).
+    assert tx.file_checksum(tmp_path / "root" / "digits", "CRC64NVME") == "rosUhgp5mIg="
+    expect = {}
+    for algorithm in ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1"):
+        for name, data in files.items():
+            value = tx.file_checksum(tmp_path / "root" / name, algorithm)
+            expect[f"{algorithm}/{name}"] = (name, expectation(len(data), checksum=Checksum(algorithm, value)))
+    expect["wrong"] = ("blob", expectation(300_000, checksum=Checksum("CRC64NVME", "AAAAAAAAAAA=")))
+    # `check` takes rel → expectation; one alias folder per entry, so each expectation gets its own file.
+    for key, (name, _) in expect.items():
+        (tmp_path / "root" / key).parent.mkdir(parents=True, exist_ok=True)
+        if not (tmp_path / "root" / key).exists():
+            (tmp_path / "root" / key).write_bytes(files[name])
+    (tmp_path / "expect.json").write_text(json.dumps({key: want for key, (_, want) in expect.items()}))
+    env = {**os.environ}
+    if not awscrt:  # a package named awscrt that fails to import shadows the real one
+        (tmp_path / "hide" / "awscrt").mkdir(parents=True)
+        (tmp_path / "hide" / "awscrt" / "__init__.py").write_text("raise ImportError('not on this instance')\n")
+        env["PYTHONPATH"] = str(tmp_path / "hide")
+    out = subprocess.run(
+        [sys.executable, "-", "check", str(tmp_path / "root"), str(tmp_path / "expect.json")],
+        input=INSTANCE_HELPER,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert json.loads(out.stdout)["mismatches"] == ["wrong"]

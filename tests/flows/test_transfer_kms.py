@@ -1,0 +1,53 @@
+"""The transfer flow against a bucket whose default encryption is SSE-KMS (its own module, so pytest-xdist's
+loadfile runs it beside the other transfer flow tests)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from core import tags as t
+from core.transfer import TransferRequest
+from flows.transfer import transfer
+from sandbox import Sandbox
+from tasks.instances import LaunchRequest, launch_instance
+from tasks.ssm import wait_online
+from tests.flows.test_transfer import BUCKET, digest, make_tree
+
+pytestmark = pytest.mark.sandbox
+
+
+def test_s3_legs_with_a_bucket_encrypted_by_kms(cloud: Sandbox, tmp_path: Path) -> None:
+    """SSE-KMS objects' ETags are no MD5s (the sandbox does as S3 does): their full-object checksums verify them,
+    here and on the instance, and a re-run still moves nothing. (Instance ↔ local legs compare MD5s of files.)"""
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    rule = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}
+    s3.put_bucket_encryption(Bucket=BUCKET, ServerSideEncryptionConfiguration={"Rules": [rule]})
+    make_tree(tmp_path / "src", 12, 2)
+    want = digest(tmp_path / "src")
+    instance = launch_instance.fn(
+        LaunchRequest(name="k", role=t.Role.TRAIN, idempotency_key="tx-kms", instance_type="t3.micro")
+    )
+    wait_online.fn(instance.id)
+    on_instance = Path(cloud.runtime.instance_root(instance.id))
+    legs = [
+        (str(tmp_path / "src"), f"s3://{BUCKET}/up/"),
+        (f"s3://{BUCKET}/up/", f"{instance.id}:/data/k"),
+        (f"{instance.id}:/data/k", f"s3://{BUCKET}/back/"),
+        (f"s3://{BUCKET}/back/", str(tmp_path / "down")),
+    ]
+    for src, dst in legs:
+        report = transfer(TransferRequest(src=src, dst=dst))
+        assert (report.files_copied, report.verified, report.mismatches) == (12, True, []), report
+    empty = s3.head_object(Bucket=BUCKET, Key="back/empty.txt")
+    assert (
+        empty["ServerSideEncryption"] == "aws:kms"
+        and empty["ETag"] != f'"{hashlib.md5(b"", usedforsecurity=False).hexdigest()}"'
+    )
+    assert digest(on_instance / "data" / "k") == digest(tmp_path / "down") == want
+    for src, dst in legs[1:3]:
+        again = transfer(TransferRequest(src=src, dst=dst))
+        assert (again.files_copied, again.files_skipped) == (0, 12), again
