@@ -263,7 +263,8 @@ def kms_checksums(prefix: S3Uri, rels: list[str], *, account: str | None = None)
     if first is None or first.get("ServerSideEncryption") not in _KMS:
         return {}
     with ThreadPoolExecutor(max_workers=16) as pool:
-        found = dict(zip(rels, pool.map(lambda rel: head_checksum(prefix, rel, account=account), rels), strict=True))
+        rest = pool.map(lambda rel: head_checksum(prefix, rel, account=account), rels[1:])
+        found = dict(zip(rels, [_checksum_of(first), *rest], strict=True))  # the first object's HEAD is reused
     return {rel: checksum for rel, checksum in found.items() if checksum is not None}
 
 

@@ -486,11 +486,10 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
             value = tx.file_checksum(tmp_path / "root" / name, algorithm)
             expect[f"{algorithm}/{name}"] = (name, expectation(len(data), checksum=Checksum(algorithm, value)))
     expect["wrong"] = ("blob", expectation(300_000, checksum=Checksum("CRC64NVME", "AAAAAAAAAAA=")))
-    # `check` takes rel → expectation; one alias folder per entry, so each expectation gets its own file.
+    # `check` takes rel → expectation: each expectation gets its own copy of the file it names.
     for key, (name, _) in expect.items():
         (tmp_path / "root" / key).parent.mkdir(parents=True, exist_ok=True)
-        if not (tmp_path / "root" / key).exists():
-            (tmp_path / "root" / key).write_bytes(files[name])
+        (tmp_path / "root" / key).write_bytes(files[name])
     (tmp_path / "expect.json").write_text(json.dumps({key: want for key, (_, want) in expect.items()}))
     env = {**os.environ}
     if not awscrt:  # a package named awscrt that fails to import shadows the real one
