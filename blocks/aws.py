@@ -233,6 +233,9 @@ class AwsAccount(Block):
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            # Tasks run up to 16 calls at once on one cached client (kms_checksums); botocore's default pool of 10
+            # would open and throw away a connection for each call beyond that.
+            max_pool_connections=32,
         )
 
     def _base_session(self) -> boto3.Session:

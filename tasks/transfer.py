@@ -290,14 +290,24 @@ def file_checksum(path: Path, algorithm: str) -> str:
 
 
 def matches_object(
-    path: Path, obj: S3Object, part_size: int, *, prefix: S3Uri | None = None, rel: str = "", account: str | None = None
+    path: Path,
+    obj: S3Object,
+    part_size: int,
+    *,
+    prefix: S3Uri | None = None,
+    rel: str = "",
+    account: str | None = None,
+    checksum: Checksum | None = None,
 ) -> bool:
-    """Does the file hold the object's bytes? Size first; then, with `prefix` (where the object is) given: a file of
-    a part or more by the object's full-object checksum when it has one (one HEAD instead of an MD5 pass), else by
-    its ETag; a smaller one by its ETag, and by its checksum when the ETag does not match (SSE-KMS ETags are no
-    MD5s; one HEAD per such file)."""
+    """Does the file hold the object's bytes? Size first; then by `checksum` when the caller has the object's
+    full-object checksum (`kms_checksums`). Otherwise, with `prefix` (where the object is) given: a file of a part
+    or more by the object's full-object checksum when it has one (one HEAD instead of an MD5 pass), else by its
+    ETag; a smaller one by its ETag, and by its checksum when the ETag does not match (SSE-KMS ETags are no MD5s;
+    one HEAD per such file)."""
     if path.stat().st_size != obj.size:
         return False
+    if checksum is not None:
+        return file_checksum(path, checksum.algorithm) == checksum.value
     big = obj.size >= part_size
     if prefix is not None and big:
         by_checksum = _matches_checksum(path, prefix, rel, account)
@@ -322,10 +332,15 @@ def same_as_s3(
     *,
     prefix: S3Uri | None = None,
     account: str | None = None,
+    checksums: Mapping[str, Checksum] | None = None,
 ) -> list[str]:
-    """The rels whose local file holds the object's bytes (`matches_object`)."""
+    """The rels whose local file holds the object's bytes (`matches_object`, with the object's checksum from
+    `checksums` when there)."""
+    known = checksums or {}
     return parallel_filter(
-        lambda rel: matches_object(root / rel, objects[rel], part_size, prefix=prefix, rel=rel, account=account),
+        lambda rel: matches_object(
+            root / rel, objects[rel], part_size, prefix=prefix, rel=rel, account=account, checksum=known.get(rel)
+        ),
         rels,
     )
 
@@ -669,13 +684,15 @@ def verify_upload(
 ) -> list[str]:
     """After an upload of these files (relative path → size): list the destination once and check each one's
     ETag — against `expected` (ETags computed while uploading, `local_etag`) when given; a file whose ETag differs
-    from it is checked again (`matches_object`: full-object checksum, ETag with every plausible part size)."""
+    from it is checked again (`matches_object`: full-object checksum, ETag with every plausible part size). Under
+    SSE-KMS no ETag matches: the checksums are then fetched for all of those at once (`kms_checksums`)."""
     found = list_s3_tree.fn(dest, account=account, field="destination")
     expected = expected or {}
     present = [rel for rel, size in sizes.items() if rel in found and found[rel].size == size]
     unsettled = [rel for rel in present if expected.get(rel) != found[rel].etag]
     good = set(present) - set(unsettled)
-    good |= set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account))
+    checksums = kms_checksums.fn(dest, unsettled, account=account)
+    good |= set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account, checksums=checksums))
     return sorted(rel for rel in sizes if rel not in good)
 
 
