@@ -186,11 +186,10 @@ def _record(bucket: str, job: str, account: str | None) -> Any:
 def _instance_state(instance_id: str | None, account: str | None) -> str | None:
     if not instance_id:
         return None
-    from blocks.aws import load_account
-    from tasks.volumes import get_instance
+    from tasks.volumes import describe_instance
 
     try:
-        return get_instance(load_account(account).client("ec2"), instance_id).state
+        return describe_instance.fn(instance_id, account=account).state
     except Exception as exc:
         if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
             return "gone"

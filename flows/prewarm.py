@@ -21,7 +21,6 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from blocks.aws import load_account
 from core import tags as t
 from core.errors import NotManagedError, TrainctlError, UsageError
 from core.models import Instance, Volume
@@ -40,7 +39,14 @@ from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.instances import LaunchRequest, launch_instance, terminate_launched_instance
 from tasks.ssm import run_command, wait_online
 from tasks.storage import PrefixListing, list_prefix
-from tasks.volumes import attach_volume, create_snapshot, create_volume, detach_volume, get_instance, get_volume
+from tasks.volumes import (
+    attach_volume,
+    create_snapshot,
+    create_volume,
+    describe_instance,
+    describe_volume,
+    detach_volume,
+)
 
 STEPS = ["check source", "volume", "instance", "ssm online", "attach", "mount", "sync", "verify", "finish", "detach"]
 
@@ -64,7 +70,7 @@ class PrewarmFailedError(TrainctlError):
 
 def _existing_volume(spec: PrewarmSpec) -> Volume:
     assert spec.volume_id is not None
-    volume = get_volume(load_account(spec.account).client("ec2"), spec.volume_id)
+    volume = describe_volume(spec.volume_id, account=spec.account)
     if not volume.managed:
         raise UsageError(
             f"{volume.id} was not created by trainctl",
@@ -80,7 +86,7 @@ def _existing_volume(spec: PrewarmSpec) -> Volume:
 
 def _given_instance(spec: PrewarmSpec, volume_zone: str | None) -> Instance:
     assert spec.instance_id is not None
-    instance = get_instance(load_account(spec.account).client("ec2"), spec.instance_id)
+    instance = describe_instance(spec.instance_id, account=spec.account)
     if not instance.managed:
         raise NotManagedError(instance.id)  # commands, mkfs and mounts run there: only on trainctl's instances
     if instance.state != "running":

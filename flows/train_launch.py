@@ -30,7 +30,6 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ValidationError
 
-from blocks.aws import load_account
 from blocks.templates import load_template
 from core import jobs
 from core import tags as t
@@ -66,7 +65,7 @@ from tasks.instances import (
 from tasks.instances import terminate_launched_instance as terminate
 from tasks.ssm import run_command, run_script, wait_online
 from tasks.storage import put_json
-from tasks.volumes import attach_volume, detach_volume, get_instance, get_volume, move_volume
+from tasks.volumes import attach_volume, describe_instance, describe_volume, detach_volume, move_volume
 
 STEPS = ["validate", "record", "launch", "ssm online", "attach", "mount", "ship", "start", "wait", "finish"]
 # After the trainer's exit code appears, how long the agent may take for its final checkpoint upload.
@@ -134,7 +133,7 @@ def _refuse_if_running(spec: JobSpec, previous: JobRecord | None) -> None:
     if previous is None or previous.status not in {JobStatus.PENDING, JobStatus.RUNNING} or not previous.instance_id:
         return
     try:
-        instance = get_instance(load_account(spec.account).client("ec2"), previous.instance_id)
+        instance = describe_instance(previous.instance_id, account=spec.account)
     except Exception as exc:
         if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
             return
@@ -158,7 +157,7 @@ def _plan(spec: JobSpec) -> _Plan:
     move_to: str | None = None
     zone = template_zone
     if spec.data_volume_id:
-        volume = get_volume(load_account(spec.account).client("ec2"), spec.data_volume_id)
+        volume = describe_volume(spec.data_volume_id, account=spec.account)
         if not volume.managed:
             raise UsageError(
                 f"{volume.id} was not created by trainctl", fix="Adopt it first: trainctl ebs attach --adopt …"
@@ -435,7 +434,6 @@ def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchRepor
     log = get_run_logger()
     assert record.instance_id is not None
     instance_id = record.instance_id
-    ec2 = load_account(spec.account).client("ec2")
     stream = _LogStream()
     offset = 0
     exit_seen: float | None = None
@@ -462,7 +460,7 @@ def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchRepor
                 return _record_end(spec, record, report, exit_code=None, agent_status=None, lost=True)
             delay = 0.5 if poll.chunk else min(delay * 1.5, 5.0)
         else:
-            state = get_instance(ec2, instance_id).state
+            state = describe_instance(instance_id, account=spec.account).state
             if state not in {"pending", "running"}:
                 stream.flush()
                 log.warning("instance %s is %s", instance_id, state)

@@ -75,6 +75,18 @@ def get_instance(ec2: Any, instance_id: str) -> Instance:
     return Instance.from_aws(reservations[0]["Instances"][0])
 
 
+@aws_task(name="describe-volume", tags=["aws-ec2"])
+def describe_volume(volume_id: str, *, account: str | None = None) -> Volume:
+    """The volume as EC2 has it now (flows: a task, so a throttled call is retried)."""
+    return get_volume(_ec2(account), volume_id)
+
+
+@aws_task(name="describe-instance", tags=["aws-ec2"])
+def describe_instance(instance_id: str, *, account: str | None = None) -> Instance:
+    """The instance as EC2 has it now (flows: a task, so a throttled call is retried)."""
+    return get_instance(_ec2(account), instance_id)
+
+
 def snapshots_of(ec2: Any, volume_id: str) -> list[Snapshot]:
     """Every snapshot this account owns of the volume (managed or not: the user must see them all)."""
     with translate("DescribeSnapshots"):

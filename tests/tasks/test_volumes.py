@@ -22,6 +22,8 @@ from tasks.volumes import (
     create_snapshot,
     create_volume,
     delete_volume,
+    describe_instance,
+    describe_volume,
     detach_volume,
     keep_on_termination,
     list_snapshots,
@@ -522,6 +524,23 @@ def test_move_attached_or_to_unknown_zone_refused(ec2: Any, ami: str, calls: lis
     assert mutations(calls) == []
     assert tags_of(ec2, volume.id)[t.NAME] == "data"
     assert ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"] == []
+
+
+def test_describe_reads_the_current_state(ec2: Any, ami: str) -> None:
+    """The flows' reads of one volume or instance (tasks, so a throttled read is retried): what EC2 has now."""
+    instance_id = launch(ec2, ami)
+    volume = create_volume.fn(new(), availability_zone="us-east-1a")
+    attach_volume.fn(volume.id, instance_id)
+    seen = describe_volume.fn(volume.id)
+    assert (seen.id, seen.state, seen.attached_instance_id) == (volume.id, "in-use", instance_id)
+    assert describe_instance.fn(instance_id).state == "running"
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    assert describe_instance.fn(instance_id).state in {"shutting-down", "terminated"}
+    with pytest.raises(AwsError) as err:
+        describe_volume.fn("vol-0123456789abcdef0")
+    assert err.value.code == "InvalidVolume.NotFound"
+    with pytest.raises(InvalidInputError):
+        describe_instance.fn("i-nope")  # malformed: refused before any call
 
 
 def test_aws_errors_are_translated(ec2: Any) -> None:
