@@ -24,6 +24,7 @@ from cli.output import (
     as_input_error,
     aws_scope,
     emit_json,
+    flow_console,
     format_age,
     info,
     state_of,
@@ -516,22 +517,14 @@ class _StepHandler(logging.Handler):
 
 @contextmanager
 def _step_progress(enabled: bool) -> Iterator[None]:
-    """Rich progress over the prewarm steps on stderr; Prefect's own console lines (INFO) are muted meanwhile."""
+    """Rich progress over the prewarm steps on stderr (under `flow_console(quiet=True)`)."""
     if not enabled:
         yield
         return
-    from prefect.logging.handlers import PrefectConsoleHandler
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from flows.prewarm import STEPS
 
-    # Prefect's console handler sits on the root logger: its INFO lines would tear through the progress bar.
-    quiet = [
-        h
-        for h in {*logging.getLogger().handlers, *logging.getLogger("prefect").handlers}
-        if isinstance(h, PrefectConsoleHandler) and h.level < logging.WARNING
-    ]
-    levels = [h.level for h in quiet]
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]prewarm[/bold] {task.description}"),
@@ -544,8 +537,6 @@ def _step_progress(enabled: bool) -> Iterator[None]:
     task_id = progress.add_task("starting Prefect…", total=len(STEPS))
     handler = _StepHandler(progress, task_id, STEPS)
     flow_logger = logging.getLogger("prefect.flow_runs")
-    for h in quiet:
-        h.setLevel(logging.WARNING)
     flow_logger.addHandler(handler)
     try:
         with progress:
@@ -553,8 +544,6 @@ def _step_progress(enabled: bool) -> Iterator[None]:
             progress.update(task_id, completed=len(STEPS), description="done")
     finally:
         flow_logger.removeHandler(handler)
-        for h, level in zip(quiet, levels, strict=True):
-            h.setLevel(level)
 
 
 def _prewarm_spec(**fields: Any) -> PrewarmSpec:
@@ -624,7 +613,7 @@ def prewarm(
 
         if not json_output:
             info(f"prewarm {source} → {volume_id or new_name} (starts a Prefect flow run)")
-        with _step_progress(enabled=not json_output):
+        with flow_console(state, quiet=not json_output), _step_progress(enabled=not json_output):
             report = prewarm_flow(spec)
     if json_output:
         emit_json(report.model_dump(mode="json"))

@@ -8,6 +8,7 @@ Errors are handled once, in `ErrorHandlingGroup` (cli/output.py): one line on st
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 from typing import Annotated
@@ -50,6 +51,9 @@ def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback when something fails.")] = False,
 ) -> None:
     """Run ML training on AWS spot instances without losing data or money."""
+    # The temporary Prefect server a command starts would report usage to Prefect (an ERROR line on every run
+    # where the network is closed, as in many VPCs). Off unless the user turned it on.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     ctx.obj = CliState(account=account, region=region, profile=profile, endpoint_url=endpoint_url, debug=debug)
 
 

@@ -8,6 +8,7 @@ should not pay the ~2 s `import prefect` costs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -199,3 +200,44 @@ def aws_scope(ctx: typer.Context) -> Iterator[str | None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter's output without the traceback: the CLI reports the error once, as one line."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return self.inner.format(record)
+        # A copy: the same record also goes to Prefect's API handler, where the run's page keeps the traceback.
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return self.inner.format(bare)
+
+
+@contextmanager
+def flow_console(state: CliState, *, quiet: bool) -> Iterator[None]:
+    """Prefect's console lines while a command runs a flow. Without --debug they carry no tracebacks: a flow that
+    fails logs its exception, and `fail` reports it once more as the command's one error line. `quiet`: only
+    warnings and errors, for a progress bar that owns the terminal (INFO lines would tear through it)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [
+        h
+        for h in {*logging.getLogger().handlers, *logging.getLogger("prefect").handlers}
+        if isinstance(h, PrefectConsoleHandler)
+    ]
+    saved = [(h, h.level, h.formatter) for h in handlers]
+    for h in handlers:
+        if quiet and h.level < logging.WARNING:
+            h.setLevel(logging.WARNING)
+        if not state.debug:
+            h.setFormatter(_WithoutTraceback(h.formatter))
+    try:
+        yield
+    finally:
+        for h, level, formatter in saved:
+            h.setLevel(level)
+            h.setFormatter(formatter)

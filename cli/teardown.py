@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from cli.output import aws_scope, emit_json, format_age, info, state_of, stdout_console
+from cli.output import aws_scope, emit_json, flow_console, format_age, info, state_of, stdout_console
 from core.errors import InvalidInputError, UsageError
 from core.ids import kind_of
 
@@ -85,7 +85,8 @@ def teardown(
 
         if not json_output:
             info("planning the teardown (starts a Prefect flow run)")
-        report = safe_teardown(request)
+        with flow_console(state, quiet=False):
+            report = safe_teardown(request)
     if json_output:
         emit_json(report.model_dump(mode="json"))
     else:

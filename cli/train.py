@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.output import as_input_error, aws_scope, emit_json, info, state_of, stdout_console
+from cli.output import as_input_error, aws_scope, emit_json, flow_console, info, state_of, stdout_console
 from core import jobs
 from core.errors import InvalidInputError, UsageError
 from tasks.code import scan_code_dir
@@ -146,7 +146,8 @@ def launch(
         if not json_output:
             info(f"launching job {spec.name} (starts a Prefect flow run)")
         try:
-            report = train_launch(spec)
+            with flow_console(state, quiet=False):
+                report = train_launch(spec)
         except JobFailedError as err:
             # The job's own exit code is the command's (a CI step fails the way the script did).
             code = err.job_exit_code if err.job_exit_code and 0 < err.job_exit_code < 256 else 1

@@ -6,7 +6,6 @@ bytes, rate, ETA) goes to stderr; the result to stdout (one JSON document with -
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.output import aws_scope, emit_json, info, state_of, stderr_console, stdout_console
+from cli.output import aws_scope, emit_json, flow_console, info, state_of, stderr_console, stdout_console
 from core.errors import InvalidInputError
 from core.transfer import TransferRequest, human_bytes
 
@@ -31,11 +30,10 @@ class Engine(StrEnum):
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[None]:
-    """A rich bar fed by the flow's progress events; Prefect's INFO console lines are muted meanwhile."""
+    """A rich bar fed by the flow's progress events (under `flow_console(quiet=True)`)."""
     if not enabled:
         yield
         return
-    from prefect.logging.handlers import PrefectConsoleHandler
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -47,12 +45,6 @@ def _progress_bar(enabled: bool) -> Iterator[None]:
 
     from flows.transfer import LISTENERS
 
-    quiet = [
-        h
-        for h in {*logging.getLogger().handlers, *logging.getLogger("prefect").handlers}
-        if isinstance(h, PrefectConsoleHandler) and h.level < logging.WARNING
-    ]
-    levels = [h.level for h in quiet]
     progress = Progress(
         TextColumn("[bold]{task.description}[/bold]"),
         BarColumn(),
@@ -73,16 +65,12 @@ def _progress_bar(enabled: bool) -> Iterator[None]:
             files=f"{event.files_done}/{event.files_total}",
         )
 
-    for h in quiet:
-        h.setLevel(logging.WARNING)
     LISTENERS.append(listener)
     try:
         with progress:
             yield
     finally:
         LISTENERS.remove(listener)
-        for h, level in zip(quiet, levels, strict=True):
-            h.setLevel(level)
 
 
 def transfer_command(
@@ -105,9 +93,10 @@ def transfer_command(
         str | None,
         typer.Option("--staging", help="S3 prefix for instance legs (a bare s3://bucket uses the job's layout)."),
     ] = None,
-    engine: Annotated[Engine, typer.Option("--engine", help="s5cmd when installed (auto), or boto3 (python).")] = (
-        Engine.auto
-    ),
+    engine: Annotated[
+        Engine,
+        typer.Option("--engine", help="s5cmd when installed (auto), or in Python (s3fs; boto3 for big files)."),
+    ] = Engine.auto,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Files in flight at once (s5cmd workers).")] = 256,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON on stdout).")] = False,
 ) -> None:
@@ -138,7 +127,7 @@ def transfer_command(
 
         if not json_output:
             info(f"transfer {src} → {dst} (starts a Prefect flow run)")
-        with _progress_bar(enabled=not json_output):
+        with flow_console(state, quiet=not json_output), _progress_bar(enabled=not json_output):
             report = transfer(request)
     if json_output:
         emit_json(report.model_dump(mode="json"))

@@ -5,6 +5,8 @@ The endpoint is unreachable, so any AWS call (or a flow starting) would end in e
 
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,35 @@ def test_teardown_needs_a_scope_and_well_formed_ids() -> None:
     assert code == 2, output
     code, output = invoke("teardown", "vol-12")
     assert code == 2 and "vol-12" in output, output
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_flow_console_shows_a_failed_flow_without_its_traceback_unless_debug(debug: bool) -> None:
+    """While a command runs a flow, Prefect's console lines carry no traceback (the command's error line says it
+    all); the other handlers (Prefect's API handler: the run's page in the UI) still get it. --debug keeps it."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from cli.output import CliState, flow_console
+
+    console, api = io.StringIO(), io.StringIO()
+    console_handler = PrefectConsoleHandler(stream=console, level=logging.INFO)
+    console_handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    api_handler = logging.StreamHandler(api)
+    prefect_logger, run_logger = logging.getLogger("prefect"), logging.getLogger("prefect.console-test")
+    prefect_logger.addHandler(console_handler)
+    run_logger.addHandler(api_handler)
+    try:
+        with flow_console(CliState(debug=debug), quiet=True):
+            run_logger.info("step: sync")  # quiet: a progress bar owns the terminal
+            try:
+                raise RuntimeError("no such bucket")
+            except RuntimeError:
+                run_logger.exception("Encountered exception during execution")
+        run_logger.info("after the command")
+    finally:
+        prefect_logger.removeHandler(console_handler)
+        run_logger.removeHandler(api_handler)
+    shown = console.getvalue()
+    assert "ERROR Encountered exception during execution" in shown and "step: sync" not in shown
+    assert ("Traceback (most recent call last)" in shown) == debug and "RuntimeError: no such bucket" in api.getvalue()
+    assert "INFO after the command" in shown  # level and formatter are restored
