@@ -19,8 +19,9 @@ that give exactly N parts, then ceil(size / N) rounded up to a MiB.
 Full-object checksums. S3 keeps one per object beside the ETag (it computes a CRC64NVME for any upload that
 brings none); HeadObject with ChecksumMode gives it, one call per object. It is used where the ETag cannot
 serve or costs more: a file of a part or more (a CRC pass is ~10x cheaper than MD5), and objects encrypted with
-SSE-KMS / DSSE-KMS, whose ETags are no MD5s (an ETag that does not match is checked again by the checksum; an
-instance leg asks for the checksums up front when the first object is KMS-encrypted). An object with neither a
+SSE-KMS / DSSE-KMS, whose ETags are no MD5s (when the first object is KMS-encrypted, the checksums of all the
+files to check are fetched up front, 16 HeadObject calls at a time; otherwise an ETag that does not match is
+checked again by the checksum). An object with neither a
 matching ETag nor a checksum is a mismatch: unverifiable is never "same". Two files (local ↔ instance) are the
 same when size and MD5 match.
 

@@ -210,8 +210,11 @@ def _local_to_s3(job: Job) -> None:
         return
     with ThreadPoolExecutor(max_workers=2) as pool:
         # The ETags S3 should end up with, computed by two threads while s5cmd uploads (reads and MD5 release the
-        # GIL), so the verify pass is one listing and never reads the data a second time.
-        halves = (plan.copy[::2], plan.copy[1::2]) if job.request.verify else ()
+        # GIL), so checking the small files is one listing and never reads them a second time. Files of a part or
+        # more are checked afterwards by the CRC64NVME S3 gives every new object (one HEAD and a CRC pass, ~10x
+        # cheaper than the MD5 pass it replaces), by their ETag only if the object has no such checksum.
+        small = [rel for rel in plan.copy if src[rel] < job.part]
+        halves = (small[::2], small[1::2]) if job.request.verify else ()
         etags = [pool.submit(tx.local_etags, root, half, job.part) for half in halves]
         folder, prefix = str(root), _key_uri(dest, "")  # plain strings: 10,000 Path joins cost 0.3 s
         pairs = [(f"{folder}/{rel}", prefix + rel, src[rel]) for rel in plan.copy]

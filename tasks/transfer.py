@@ -232,12 +232,21 @@ def _head(prefix: S3Uri, rel: str, account: str | None) -> dict[str, Any] | None
 
 
 def _checksum_of(head: Mapping[str, Any]) -> Checksum | None:
-    if head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+    """The HeadObject's checksum of the whole content, or None: a COMPOSITE checksum (of the parts' checksums,
+    `value-N`) is none. Without a ChecksumType (older S3-compatible stores, moto) a multipart object's checksum
+    counts only if it is a CRC64NVME, the one algorithm S3 never keeps as COMPOSITE: boto3's multipart uploads
+    get a composite CRC32, which some stores give without the `-N`."""
+    kind = head.get("ChecksumType")
+    if kind not in (None, "FULL_OBJECT"):
         return None
+    multipart = "-" in normalize_etag(str(head.get("ETag", "")))
     for algorithm in _CHECKSUMS:
         value = head.get(f"Checksum{algorithm}")
-        if value and "-" not in value:
-            return Checksum(algorithm, value)
+        if not value:
+            continue
+        if "-" in value or (kind is None and multipart and algorithm != "CRC64NVME"):
+            return None
+        return Checksum(algorithm, value)
     return None
 
 
@@ -683,15 +692,17 @@ def verify_upload(
     account: str | None = None,
 ) -> list[str]:
     """After an upload of these files (relative path → size): list the destination once and check each one's
-    ETag — against `expected` (ETags computed while uploading, `local_etag`) when given; a file whose ETag differs
-    from it is checked again (`matches_object`: full-object checksum, ETag with every plausible part size). Under
-    SSE-KMS no ETag matches: the checksums are then fetched for all of those at once (`kms_checksums`)."""
+    ETag against `expected` (ETags computed while uploading, `local_etag`). A file without an expected ETag, or
+    whose ETag differs from it, is checked by `matches_object` (its full-object checksum, else its ETag with every
+    plausible part size). Under SSE-KMS no ETag matches: the small files' checksums are then fetched all at once
+    (`kms_checksums`)."""
     found = list_s3_tree.fn(dest, account=account, field="destination")
     expected = expected or {}
     present = [rel for rel, size in sizes.items() if rel in found and found[rel].size == size]
     unsettled = [rel for rel in present if expected.get(rel) != found[rel].etag]
     good = set(present) - set(unsettled)
-    checksums = kms_checksums.fn(dest, unsettled, account=account)
+    # Files of a part or more get one HEAD each in matches_object anyway (their checksum comes first there).
+    checksums = kms_checksums.fn(dest, [rel for rel in unsettled if sizes[rel] < part_size], account=account)
     good |= set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account, checksums=checksums))
     return sorted(rel for rel in sizes if rel not in good)
 

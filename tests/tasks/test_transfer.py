@@ -259,6 +259,20 @@ def test_full_object_checksums_check_big_files_and_what_etags_cannot(
     down = fetch("d1")
     assert (down.files_copied, down.verified) == (2, True) and hashed == ["small.bin"]
 
+    # Uploading: the small file's ETag is computed while the copy runs; the big one is never MD5-hashed (S3 gave
+    # it a CRC64NVME, which checks it).
+    md5_read: list[str] = []
+    real_md5_range = tx._md5_range
+
+    def md5_spy(path: Path, offset: int, length: int) -> bytes:
+        md5_read.append(path.name)
+        return real_md5_range(path, offset, length)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tx, "_md5_range", md5_spy)
+        up = run_transfer(TransferRequest(src=str(tmp_path / "d1"), dst=f"s3://{BUCKET}/up/", part_size_mib=5))
+    assert (up.files_copied, up.verified) == (2, True) and md5_read == ["small.bin"]
+
     # An identity that may not read object metadata: the ETags decide, as before checksums were used.
     def forbidden(**request: object) -> None:
         raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
@@ -505,3 +519,23 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
         check=True,
     )
     assert json.loads(out.stdout)["mismatches"] == ["wrong"]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        ({"ETag": '"abc"', "ChecksumCRC32": "M9N4nA=="}, Checksum("CRC32", "M9N4nA==")),  # single part
+        ({"ETag": '"abc-3"', "ChecksumCRC64NVME": "rosUhgp5mIg="}, Checksum("CRC64NVME", "rosUhgp5mIg=")),
+        (
+            {"ETag": '"abc-3"', "ChecksumType": "FULL_OBJECT", "ChecksumCRC32": "M9N4nA=="},
+            Checksum("CRC32", "M9N4nA=="),
+        ),
+        ({"ETag": '"abc-3"', "ChecksumType": "COMPOSITE", "ChecksumCRC32": "M9N4nA==-3"}, None),
+        ({"ETag": '"abc-3"', "ChecksumCRC32": "M9N4nA==-3"}, None),  # composite by its `-N`
+        ({"ETag": '"abc-3"', "ChecksumCRC32": "M9N4nA=="}, None),  # no type, no `-N` (moto): may be composite
+        ({"ETag": '"abc-3"', "ChecksumSHA256": "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="}, None),
+        ({"ETag": '"abc"'}, None),
+    ],
+)
+def test_only_a_checksum_of_the_whole_content_counts(head: dict[str, str], expected: Checksum | None) -> None:
+    assert tx._checksum_of(head) == expected
