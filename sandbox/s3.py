@@ -7,6 +7,9 @@
   so a multipart ETag is no MD5 of part MD5s); moto gives every object its MD5. Code that trusts such an ETag as
   a checksum reports every KMS object as corrupt on AWS while passing here.
 - A bucket's default encryption applies to multipart uploads too (moto applies it to single PUTs only).
+- HeadObject with ChecksumMode says what the checksum covers (x-amz-checksum-type) and gives a COMPOSITE one
+  (of the parts' checksums: boto3's multipart uploads) as `value-N`; moto's HEAD gives neither (its GET does),
+  so a checksum of parts looked like one of the whole object.
 
 moto's classes are patched once per process (the backends are process-global anyway); private moto API is
 allowed only inside sandbox/.
@@ -18,7 +21,7 @@ import base64
 import hashlib
 from typing import Any
 
-from moto.s3 import models
+from moto.s3 import models, responses
 
 _KMS = frozenset({"aws:kms", "aws:kms:dsse"})
 _installed = False
@@ -32,6 +35,7 @@ def install(sandbox: Any = None) -> None:
     _kms_etags()
     _default_checksums()
     _bucket_encryption_for_multipart()
+    _head_checksum_type()
 
 
 def kms_etag(content_etag: str) -> str:
@@ -103,3 +107,26 @@ def _bucket_encryption_for_multipart() -> None:
         )
 
     models.S3Backend.create_multipart_upload = create_encrypted  # type: ignore[method-assign]
+
+
+def _head_checksum_type() -> None:
+    head = responses.S3Response.head_object
+
+    def head_with_checksum_type(
+        self: Any, bucket_name: str, query: dict[str, Any], key_name: str, headers: dict[str, Any]
+    ) -> Any:
+        status, response_headers, body = head(self, bucket_name, query, key_name, headers)
+        if status != 200 or headers.get("x-amz-checksum-mode") != "ENABLED":
+            return status, response_headers, body
+        key = self.backend.head_object(bucket_name, key_name, version_id=query.get("versionId", [None])[0])
+        if key is None or not key.checksum_algorithm:
+            return status, response_headers, body
+        kind = key.checksum_type or ("FULL_OBJECT" if key.multipart is None else None)
+        if kind is not None:
+            response_headers["x-amz-checksum-type"] = kind
+        if kind == "COMPOSITE":
+            header = f"x-amz-checksum-{key.checksum_algorithm.lower()}"
+            response_headers[header] = f"{key.checksum_value}-{key.checksum_parts}"
+        return status, response_headers, body
+
+    responses.S3Response.head_object = head_with_checksum_type  # type: ignore[method-assign]

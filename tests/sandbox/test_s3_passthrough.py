@@ -1,5 +1,7 @@
 """S3 goes to moto through the middleware unchanged: sizes, bodies and ranges as S3 answers them."""
 
+import io
+
 from sandbox import Sandbox
 
 
@@ -13,7 +15,8 @@ def test_head_reports_the_object_length_and_get_the_bytes(cloud: Sandbox) -> Non
 
 def test_checksums_and_kms_etags_as_s3_gives_them(cloud: Sandbox) -> None:
     """An upload that sends no checksum (s5cmd's) gets a full-object CRC64NVME, multipart too; a KMS-encrypted
-    object's ETag is no MD5 of its bytes, nor, for a multipart upload under a KMS bucket default, of part MD5s."""
+    object's ETag is no MD5 of its bytes, nor, for a multipart upload under a KMS bucket default, of part MD5s;
+    HeadObject says whether a checksum covers the whole object or its parts (COMPOSITE, `value-N`)."""
     import base64
     import hashlib
     import os
@@ -62,3 +65,12 @@ def test_checksums_and_kms_etags_as_s3_gives_them(cloud: Sandbox) -> None:
     assert (kms["ChecksumCRC64NVME"], kms_mp["ChecksumCRC64NVME"]) == (crc64(small), crc64(big))
     listed = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="sums")["Contents"]}
     assert (listed["kms"], listed["kms-mp"]) == (kms["ETag"], kms_mp["ETag"])
+
+    # What the checksum covers: the whole object, or (boto3's multipart uploads: a CRC32 per part) the parts.
+    assert head("plain")["ChecksumType"] == head("plain-mp")["ChecksumType"] == "FULL_OBJECT"
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=6 * 1024 * 1024)
+    cloud.client("s3").upload_fileobj(io.BytesIO(big), "sums", "boto3-mp", Config=config)
+    composite = head("boto3-mp")
+    assert composite["ChecksumType"] == "COMPOSITE" and composite["ChecksumCRC32"].endswith("-2")
