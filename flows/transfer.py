@@ -38,6 +38,7 @@ from core.errors import TrainctlError
 from core.s3uri import S3Uri
 from core.transfer import (
     PARTIAL_PREFIX,
+    PLAIN_PYTHON_CRC_BYTES_PER_S,
     Kind,
     Location,
     SyncPlan,
@@ -50,6 +51,7 @@ from core.transfer import (
     equal_size,
     expectation,
     human_bytes,
+    plain_python_crc_bytes,
     plan_sync,
     receive_script,
     scan_script,
@@ -115,11 +117,12 @@ class Tracker:
                 _log(f"progress listener failed: {exc!r}")
 
 
-def _log(message: str) -> None:
+def _log(message: str, *, warning: bool = False) -> None:
     from prefect.exceptions import MissingContextError
 
     try:
-        get_run_logger().info(message)
+        logger = get_run_logger()
+        logger.warning(message) if warning else logger.info(message)
     except MissingContextError:  # outside a flow run (bench, plain calls)
         print(message)
 
@@ -422,6 +425,23 @@ def _scan(job: Job, remote: Remote, *, mode: str, expect: dict[str, Any] | None)
     return scan
 
 
+# Above this, the wait for checksums computed in plain Python on the instance is worth a warning (~50 s).
+_SLOW_CHECK_WARN_BYTES = 256 * 1024 * 1024
+
+
+def _warn_if_checked_slowly(remote: Remote, scan: dict[str, Any], expect: dict[str, dict[str, object]]) -> None:
+    """KMS objects are checked on the instance by their CRC64NVME/CRC32C: GB/s with awscrt, ~5 MB/s without."""
+    nbytes = 0 if scan.get("fast_crc", True) else plain_python_crc_bytes(expect)
+    if nbytes >= _SLOW_CHECK_WARN_BYTES:
+        minutes = nbytes / PLAIN_PYTHON_CRC_BYTES_PER_S / 60
+        _log(
+            f"{remote.instance_id} has no awscrt for python3: checking {human_bytes(nbytes)} of KMS-encrypted "
+            f"objects by their CRC in plain Python takes about {minutes:.0f} min. `python3 -m pip install awscrt` "
+            "on the instance (or an AMI that has it) makes it seconds; --no-verify skips the check after the copy",
+            warning=True,
+        )
+
+
 def _with_staging(job: Job, remote: Remote, body: Callable[[], None]) -> None:
     """Run the leg, then delete every staging object whatever happened (a failure keeps its own error)."""
     try:
@@ -558,7 +578,10 @@ def _s3_to_instance(job: Job) -> None:
         check_free_space(plan.copy_bytes, scan["free"], str(job.dst))
         if not job.planned(plan, src):
             return
-        manifest = {"files": {r: expect[r] for r in plan.copy}, "delete": plan.delete, "verify": job.request.verify}
+        files = {r: expect[r] for r in plan.copy}
+        if job.request.verify:
+            _warn_if_checked_slowly(remote, scan, files)
+        manifest = {"files": files, "delete": plan.delete, "verify": job.request.verify}
         tx.put_json(remote.uri("manifest.json"), manifest, account=job.account)
         job.tracker.phase("instance reading S3")
         script = receive_script(
@@ -625,6 +648,7 @@ def _instance_to_s3(job: Job) -> None:
             bad = {rel for rel in single if found[rel].etag != scan["files"][rel][1]}
             remote_check = {rel: want[rel] for rel in present if rel not in single}
             if remote_check:
+                _warn_if_checked_slowly(remote, scan, remote_check)
                 tx.put_json(remote.uri("check.json"), remote_check, account=job.account)
                 out = _ssm(job, remote, instance_check_script(remote.path, str(remote.uri("check.json"))), "verify")
                 bad |= set(json.loads(out.strip().splitlines()[-1])["mismatches"])

@@ -24,6 +24,7 @@ from core import tags as t
 from core.errors import InvalidInputError, UsageError
 from core.transfer import (
     INSTANCE_HELPER,
+    MIB,
     PARTIAL_PREFIX,
     Checksum,
     PathEscapeError,
@@ -510,15 +511,31 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
         (tmp_path / "hide" / "awscrt").mkdir(parents=True)
         (tmp_path / "hide" / "awscrt" / "__init__.py").write_text("raise ImportError('not on this instance')\n")
         env["PYTHONPATH"] = str(tmp_path / "hide")
-    out = subprocess.run(
-        [sys.executable, "-", "check", str(tmp_path / "root"), str(tmp_path / "expect.json")],
-        input=INSTANCE_HELPER,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    assert json.loads(out.stdout)["mismatches"] == ["wrong"]
+
+    def helper(*args: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-", *args], input=INSTANCE_HELPER, capture_output=True, text=True, env=env, check=True
+        )
+        return run.stdout
+
+    assert json.loads(helper("check", str(tmp_path / "root"), str(tmp_path / "expect.json")))["mismatches"] == ["wrong"]
+    # The scan tells the flow whether these CRCs run at C speed (it warns about a long wait when they do not).
+    helper("scan", str(tmp_path / "root"), str(tmp_path / "scan.json"), "dst")
+    assert json.loads((tmp_path / "scan.json").read_text())["fast_crc"] is awscrt
+
+
+def test_a_long_check_in_plain_python_on_the_instance_is_announced(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.transfer import Remote, _warn_if_checked_slowly
+
+    remote = Remote("i-0123456789abcdef0", "/data", tx.S3Uri("b", "staging"))
+    big = {"a": expectation(200 * MIB, checksum=Checksum("CRC64NVME", "x")), "b": expectation(100 * MIB, md5="m")}
+    big["c"] = expectation(100 * MIB, checksum=Checksum("CRC32C", "y"))
+    _warn_if_checked_slowly(remote, {"fast_crc": True}, big)
+    _warn_if_checked_slowly(remote, {"fast_crc": False}, {"a": big["a"], "b": big["b"]})  # 200 MiB: no warning
+    assert capsys.readouterr().out == ""
+    _warn_if_checked_slowly(remote, {"fast_crc": False}, big)  # 300 MiB by CRC (the MD5 one is fast anyway)
+    said = capsys.readouterr().out
+    assert "i-0123456789abcdef0 has no awscrt" in said and "300.0 MiB" in said and "about 1 min" in said
 
 
 @pytest.mark.parametrize(
