@@ -21,9 +21,8 @@ brings none); HeadObject with ChecksumMode gives it, one call per object. It is 
 serve or costs more: a file of a part or more (a CRC pass is ~10x cheaper than MD5), and objects encrypted with
 SSE-KMS / DSSE-KMS, whose ETags are no MD5s (when the first object is KMS-encrypted, the checksums of all the
 files to check are fetched up front, 16 HeadObject calls at a time; otherwise an ETag that does not match is
-checked again by the checksum). An object with neither a
-matching ETag nor a checksum is a mismatch: unverifiable is never "same". Two files (local ↔ instance) are the
-same when size and MD5 match.
+checked again by the checksum). An object with neither a matching ETag nor a checksum is a mismatch:
+unverifiable is never "same". Two files (local ↔ instance) are the same when size and MD5 match.
 
 Why ETags first: the ETag comes with every ListObjectsV2 page (one call per 1,000 objects), while a checksum
 needs a HeadObject per object, and s5cmd — the fast path — cannot send one. A 10,000-file verify is then 10
@@ -218,7 +217,12 @@ def is_md5_etag(etag: str) -> bool:
 
 def etag_part_sizes(size: int, etag: str, preferred: int | None = None) -> list[int]:
     """Part sizes that could have produced `etag` for an object of `size` bytes: [] for a single-part ETag."""
-    n = etag_parts(etag)
+    return part_sizes(size, etag_parts(etag), preferred)
+
+
+def part_sizes(size: int, n: int, preferred: int | None = None) -> list[int]:
+    """Part sizes that split `size` bytes into exactly `n` parts: `preferred`, the common uploaders' sizes, then
+    ceil(size / n) rounded up to a MiB. [] for n = 0 (not a multipart upload)."""
     if n == 0:
         return []
     sizes = [preferred] if preferred else []

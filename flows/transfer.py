@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -121,8 +122,7 @@ def _log(message: str, *, warning: bool = False) -> None:
     from prefect.exceptions import MissingContextError
 
     try:
-        logger = get_run_logger()
-        logger.warning(message) if warning else logger.info(message)
+        get_run_logger().log(logging.WARNING if warning else logging.INFO, message)
     except MissingContextError:  # outside a flow run (bench, plain calls)
         print(message)
 
@@ -358,7 +358,7 @@ def _s3_to_local(job: Job) -> None:
     candidates = equal_size(src, dst)
     # Under SSE-KMS every file is checked by its object's checksum: fetched here for all of them, 16 at a time,
     # instead of one HeadObject in each file's check.
-    checked = list(src) if job.request.verify else candidates
+    checked = list(src) if job.request.verify and not job.request.dry_run else candidates
     checksums = _call(tx.kms_checksums, source, checked, account=job.account)
     same = tx.same_as_s3(root, candidates, objects, job.part, prefix=source, account=job.account, checksums=checksums)
     plan = plan_sync(src, dst, same, delete=job.request.delete)

@@ -41,9 +41,11 @@ from core.transfer import (
     Location,
     TransferError,
     etag_part_sizes,
+    etag_parts,
     is_md5_etag,
     multipart_etag,
     normalize_etag,
+    part_sizes,
     safe_relative,
 )
 from tasks.aws import aws_task, translate
@@ -163,13 +165,7 @@ _PART_HASHERS = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thre
 
 
 def _md5_range(path: Path, offset: int, length: int) -> bytes:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        f.seek(offset)
-        while length > 0 and (block := f.read(min(4 * MIB, length))):
-            h.update(block)
-            length -= len(block)
-    return h.digest()
+    return _digest_range(path, offset, length, "MD5")
 
 
 def part_digests(path: Path, size: int, part_size: int) -> list[bytes]:
@@ -250,6 +246,24 @@ def _checksum_of(head: Mapping[str, Any]) -> Checksum | None:
     return None
 
 
+def _composite_of(head: Mapping[str, Any]) -> Checksum | None:
+    """A COMPOSITE checksum of a multipart object's parts, as `value-N`: said by ChecksumType or by the `-N`; for
+    a multipart object without a ChecksumType, anything but a CRC64NVME (see `_checksum_of`)."""
+    kind = head.get("ChecksumType")
+    etag = normalize_etag(str(head.get("ETag", "")))
+    for algorithm in _CHECKSUMS:
+        value = head.get(f"Checksum{algorithm}")
+        if not value:
+            continue
+        if "-" in value:
+            return Checksum(algorithm, value)
+        parts = etag_parts(etag)
+        if parts and (kind == "COMPOSITE" or (kind is None and algorithm != "CRC64NVME")):
+            return Checksum(algorithm, f"{value}-{parts}")
+        return None
+    return None
+
+
 def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum | None:
     """The object's full-object checksum (HeadObject with ChecksumMode), or None when it has none we can compute
     (none stored, or a COMPOSITE checksum of part checksums) or may not read it."""
@@ -277,25 +291,56 @@ def kms_checksums(prefix: S3Uri, rels: list[str], *, account: str | None = None)
     return {rel: checksum for rel, checksum in found.items() if checksum is not None}
 
 
+class _Digest:
+    """One of S3's checksum algorithms (or MD5, for ETags) over a stream of bytes; `digest()` is big-endian, as S3
+    encodes it."""
+
+    def __init__(self, algorithm: str) -> None:
+        hashed = algorithm in ("SHA256", "SHA1", "MD5")
+        self._hash: Any = hashlib.new(algorithm.lower(), usedforsecurity=False) if hashed else None
+        self._crc, self._width = 0, 8 if algorithm == "CRC64NVME" else 4
+        if algorithm == "CRC32":
+            self._update: Callable[[bytes, int], int] = zlib.crc32
+        elif self._hash is None:
+            from awscrt import checksums
+
+            self._update = checksums.crc64nvme if algorithm == "CRC64NVME" else checksums.crc32c
+
+    def update(self, data: bytes) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+        else:
+            self._crc = self._update(data, self._crc)
+
+    def digest(self) -> bytes:
+        return bytes(self._hash.digest()) if self._hash is not None else self._crc.to_bytes(self._width, "big")
+
+
+def _digest_range(path: Path, offset: int, length: int, algorithm: str) -> bytes:
+    digest = _Digest(algorithm)
+    with path.open("rb") as f:
+        f.seek(offset)
+        while length > 0 and (block := f.read(min(4 * MIB, length))):
+            digest.update(block)
+            length -= len(block)
+    return digest.digest()
+
+
 def file_checksum(path: Path, algorithm: str) -> str:
     """The file's checksum in S3's form (base64 of the big-endian digest)."""
-    if algorithm in ("SHA256", "SHA1"):
-        h = hashlib.new(algorithm.lower())
-        with path.open("rb") as f:
-            while block := f.read(4 * MIB):
-                h.update(block)
-        return base64.b64encode(h.digest()).decode()
-    if algorithm == "CRC32":
-        update, width = zlib.crc32, 4
-    else:
-        from awscrt import checksums
+    return base64.b64encode(_digest_range(path, 0, path.stat().st_size, algorithm)).decode()
 
-        update, width = (checksums.crc64nvme, 8) if algorithm == "CRC64NVME" else (checksums.crc32c, 4)
-    crc = 0
-    with path.open("rb") as f:
-        while block := f.read(4 * MIB):
-            crc = update(block, crc)
-    return base64.b64encode(crc.to_bytes(width, "big")).decode()
+
+def composite_checksum(path: Path, algorithm: str, part_size: int) -> str:
+    """The COMPOSITE checksum S3 keeps for a multipart upload in `part_size` parts that sent a checksum per part
+    (boto3's and aws-cli's CRC32): the checksum of the parts' binary checksums, then `-<parts>`."""
+    size = path.stat().st_size
+    parts = list(
+        _PART_HASHERS.map(lambda offset: _digest_range(path, offset, part_size, algorithm), range(0, size, part_size))
+    )
+    whole = _Digest(algorithm)
+    whole.update(b"".join(parts))
+    return f"{base64.b64encode(whole.digest()).decode()}-{len(parts)}"
 
 
 def matches_object(
@@ -319,18 +364,28 @@ def matches_object(
         return file_checksum(path, checksum.algorithm) == checksum.value
     big = obj.size >= part_size
     if prefix is not None and big:
-        by_checksum = _matches_checksum(path, prefix, rel, account)
+        by_checksum = _matches_checksum(path, prefix, rel, account, part_size)
         if by_checksum is not None:
             return by_checksum
     if matches_etag(path, obj.etag, part_size):
         return True
-    return prefix is not None and not big and bool(_matches_checksum(path, prefix, rel, account))
+    return prefix is not None and not big and bool(_matches_checksum(path, prefix, rel, account, part_size))
 
 
-def _matches_checksum(path: Path, prefix: S3Uri, rel: str, account: str | None) -> bool | None:
-    """The file against the object's full-object checksum; None when the object has none to compare with."""
-    checksum = head_checksum(prefix, rel, account=account)
-    return None if checksum is None else file_checksum(path, checksum.algorithm) == checksum.value
+def _matches_checksum(path: Path, prefix: S3Uri, rel: str, account: str | None, part_size: int) -> bool | None:
+    """The file against the object's checksum: the full-object one, else a COMPOSITE one (tried with every part
+    size its part count allows); None when the object has neither (or may not be read)."""
+    head = _head(prefix, rel, account)
+    if head is None:
+        return None
+    full = _checksum_of(head)
+    if full is not None:
+        return file_checksum(path, full.algorithm) == full.value
+    composite = _composite_of(head)
+    if composite is None:
+        return None
+    candidates = part_sizes(path.stat().st_size, int(composite.value.rsplit("-", 1)[1]), part_size)
+    return any(composite_checksum(path, composite.algorithm, p) == composite.value for p in candidates)
 
 
 def same_as_s3(
