@@ -236,10 +236,17 @@ def part_sizes(size: int, n: int, preferred: int | None = None) -> list[int]:
 
 @dataclass(frozen=True)
 class Checksum:
-    """An object's full-object checksum as S3 gives it (HeadObject with ChecksumMode)."""
+    """An object's checksum as S3 gives it (HeadObject with ChecksumMode): of the whole object, or COMPOSITE (of
+    a multipart upload's part checksums, `value-N`)."""
 
     algorithm: str  # CRC64NVME, CRC32C, CRC32, SHA256 or SHA1
-    value: str  # base64 of the big-endian digest
+    value: str  # base64 of the big-endian digest; `-N` for a COMPOSITE one of N parts
+
+    @property
+    def parts(self) -> int:
+        """N for a COMPOSITE checksum, 0 for one of the whole object."""
+        _, dash, n = self.value.rpartition("-")
+        return int(n) if dash and n.isdigit() else 0
 
 
 def multipart_etag(part_md5s: Sequence[bytes]) -> str:
@@ -464,30 +471,51 @@ def crc_function(algorithm):
             return _crc(_crc_table(0x9A6C9329AC4BC9B5), (1 << 64) - 1)
         return _crc(_crc_table(0x82F63B78), (1 << 32) - 1)
 
-def checksum(path, algorithm):
-    # S3's form: base64 of the big-endian digest.
-    import base64, zlib
-    with open(path, "rb") as f:
-        blocks = iter(lambda: f.read(1 << 22), b"")
-        if algorithm in ("SHA256", "SHA1"):
-            h = hashlib.new(algorithm.lower())
-            for block in blocks:
-                h.update(block)
-            return base64.b64encode(h.digest()).decode()
-        if algorithm == "CRC32":
-            update, width = zlib.crc32, 4
-        else:
-            update, width = crc_function(algorithm), 8 if algorithm == "CRC64NVME" else 4
-        crc = 0
+def digest_blocks(blocks, algorithm):
+    # S3's form of a digest: the big-endian bytes.
+    import zlib
+    if algorithm in ("SHA256", "SHA1"):
+        h = hashlib.new(algorithm.lower())
         for block in blocks:
-            crc = update(block, crc)
-    return base64.b64encode(crc.to_bytes(width, "big")).decode()
+            h.update(block)
+        return h.digest()
+    if algorithm == "CRC32":
+        update, width = zlib.crc32, 4
+    else:
+        update, width = crc_function(algorithm), 8 if algorithm == "CRC64NVME" else 4
+    crc = 0
+    for block in blocks:
+        crc = update(block, crc)
+    return crc.to_bytes(width, "big")
+
+def read_range(path, offset, length):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while length > 0:
+            block = f.read(min(1 << 22, length))
+            if not block:
+                return
+            length -= len(block)
+            yield block
+
+def checksum(path, algorithm):
+    import base64
+    return base64.b64encode(digest_blocks(read_range(path, 0, os.path.getsize(path)), algorithm)).decode()
+
+def composite(path, algorithm, part):
+    # A multipart upload's COMPOSITE checksum: the checksum of its parts' checksums, then -<parts>.
+    import base64
+    parts = [digest_blocks(read_range(path, o, part), algorithm) for o in range(0, os.path.getsize(path), part)]
+    return "%s-%d" % (base64.b64encode(digest_blocks([b"".join(parts)], algorithm)).decode(), len(parts))
 
 def same(path, want):
     if os.path.getsize(path) != want["size"]:
         return False
     if "checksum" in want:
-        return checksum(path, want["checksum"][0]) == want["checksum"][1]
+        algorithm, value = want["checksum"]
+        if "-" in value:
+            return any(composite(path, algorithm, part) == value for part in want.get("parts", []))
+        return checksum(path, algorithm) == value
     return md5_file(path) == want["md5"] if "md5" in want else etag_ok(path, want)
 
 def walk(root):
@@ -717,11 +745,15 @@ def expectation(
     part_size: int | None = None,
     checksum: Checksum | None = None,
 ) -> dict[str, object]:
-    """What the helper compares a file with: its size and MD5, its size and the object's full-object checksum
-    (for objects whose ETag is no MD5, as under SSE-KMS), or its size and an S3 ETag (+ candidate parts)."""
+    """What the helper compares a file with: its size and MD5, its size and the object's checksum (for objects
+    whose ETag is no MD5, as under SSE-KMS; a COMPOSITE one with candidate part sizes), or its size and an S3 ETag
+    (+ candidate part sizes)."""
     if md5 is not None:
         return {"size": size, "md5": md5}
     if checksum is not None:
-        return {"size": size, "checksum": [checksum.algorithm, checksum.value]}
+        want: dict[str, object] = {"size": size, "checksum": [checksum.algorithm, checksum.value]}
+        if checksum.parts:
+            want["parts"] = part_sizes(size, checksum.parts, part_size)
+        return want
     tag = normalize_etag(etag)
     return {"size": size, "etag": tag, "parts": etag_part_sizes(size, tag, part_size)}

@@ -265,10 +265,10 @@ def _composite_of(head: Mapping[str, Any]) -> Checksum | None:
 
 
 def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum | None:
-    """The object's full-object checksum (HeadObject with ChecksumMode), or None when it has none we can compute
-    (none stored, or a COMPOSITE checksum of part checksums) or may not read it."""
+    """The object's checksum (HeadObject with ChecksumMode): the full-object one, else a COMPOSITE one; None when
+    it has none or may not be read."""
     head = _head(prefix, rel, account)
-    return None if head is None else _checksum_of(head)
+    return None if head is None else _checksum_of(head) or _composite_of(head)
 
 
 # Under these, S3's ETag is not an MD5 of the object's bytes (nor, for multipart, of its parts' MD5s).
@@ -277,9 +277,10 @@ _KMS = ("aws:kms", "aws:kms:dsse")
 
 @aws_task(name="kms-checksums", tags=["aws-s3"])
 def kms_checksums(prefix: S3Uri, rels: list[str], *, account: str | None = None) -> dict[str, Checksum]:
-    """For objects encrypted with KMS (SSE-KMS, DSSE-KMS), whose ETags are no MD5s: each one's full-object
-    checksum (one HeadObject each, 16 at a time). Judged by the first object, as a bucket's default encryption
-    covers all: {} when it is not KMS-encrypted (the ETags are checksums then), or when it may not be read."""
+    """For objects encrypted with KMS (SSE-KMS, DSSE-KMS), whose ETags are no MD5s: each one's checksum (of the
+    whole object, else COMPOSITE; one HeadObject each, 16 at a time). Judged by the first object, as a bucket's
+    default encryption covers all: {} when it is not KMS-encrypted (the ETags are checksums then), or when it may
+    not be read."""
     if not rels:
         return {}
     first = _head(prefix, rels[0], account)
@@ -287,7 +288,8 @@ def kms_checksums(prefix: S3Uri, rels: list[str], *, account: str | None = None)
         return {}
     with ThreadPoolExecutor(max_workers=16) as pool:
         rest = pool.map(lambda rel: head_checksum(prefix, rel, account=account), rels[1:])
-        found = dict(zip(rels, [_checksum_of(first), *rest], strict=True))  # the first object's HEAD is reused
+        first_checksum = _checksum_of(first) or _composite_of(first)  # the first object's HEAD is reused
+        found = dict(zip(rels, [first_checksum, *rest], strict=True))
     return {rel: checksum for rel, checksum in found.items() if checksum is not None}
 
 
@@ -361,7 +363,7 @@ def matches_object(
     if path.stat().st_size != obj.size:
         return False
     if checksum is not None:
-        return file_checksum(path, checksum.algorithm) == checksum.value
+        return matches_checksum(path, checksum, part_size)
     big = obj.size >= part_size
     if prefix is not None and big:
         by_checksum = _matches_checksum(path, prefix, rel, account, part_size)
@@ -372,20 +374,18 @@ def matches_object(
     return prefix is not None and not big and bool(_matches_checksum(path, prefix, rel, account, part_size))
 
 
+def matches_checksum(path: Path, checksum: Checksum, part_size: int) -> bool:
+    """The file against an object's checksum; a COMPOSITE one is tried with every part size its count allows."""
+    if not checksum.parts:
+        return file_checksum(path, checksum.algorithm) == checksum.value
+    candidates = part_sizes(path.stat().st_size, checksum.parts, part_size)
+    return any(composite_checksum(path, checksum.algorithm, p) == checksum.value for p in candidates)
+
+
 def _matches_checksum(path: Path, prefix: S3Uri, rel: str, account: str | None, part_size: int) -> bool | None:
-    """The file against the object's checksum: the full-object one, else a COMPOSITE one (tried with every part
-    size its part count allows); None when the object has neither (or may not be read)."""
-    head = _head(prefix, rel, account)
-    if head is None:
-        return None
-    full = _checksum_of(head)
-    if full is not None:
-        return file_checksum(path, full.algorithm) == full.value
-    composite = _composite_of(head)
-    if composite is None:
-        return None
-    candidates = part_sizes(path.stat().st_size, int(composite.value.rsplit("-", 1)[1]), part_size)
-    return any(composite_checksum(path, composite.algorithm, p) == composite.value for p in candidates)
+    """The file against the object's checksum (`head_checksum`); None when it has none (or may not be read)."""
+    checksum = head_checksum(prefix, rel, account=account)
+    return None if checksum is None else matches_checksum(path, checksum, part_size)
 
 
 def same_as_s3(

@@ -530,6 +530,14 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
             value = tx.file_checksum(tmp_path / "root" / name, algorithm)
             expect[f"{algorithm}/{name}"] = (name, expectation(len(data), checksum=Checksum(algorithm, value)))
     expect["wrong"] = ("blob", expectation(300_000, checksum=Checksum("CRC64NVME", "AAAAAAAAAAA=")))
+    # COMPOSITE checksums (boto3's multipart uploads) of 3 parts of 100,000 bytes (the transfer's part size).
+    for algorithm in ("CRC32", "CRC32C", "SHA256"):
+        value = tx.composite_checksum(tmp_path / "root" / "blob", algorithm, 100_000)
+        assert value.endswith("-3")
+        want = expectation(300_000, checksum=Checksum(algorithm, value), part_size=100_000)
+        expect[f"composite/{algorithm}"] = ("blob", want)
+    wrong = expectation(300_000, checksum=Checksum("CRC32", "AAAAAA==-3"), part_size=100_000)
+    expect["composite/wrong"] = ("blob", wrong)
     # `check` takes rel → expectation: each expectation gets its own copy of the file it names.
     for key, (name, _) in expect.items():
         (tmp_path / "root" / key).parent.mkdir(parents=True, exist_ok=True)
@@ -547,7 +555,8 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
         )
         return run.stdout
 
-    assert json.loads(helper("check", str(tmp_path / "root"), str(tmp_path / "expect.json")))["mismatches"] == ["wrong"]
+    checked = json.loads(helper("check", str(tmp_path / "root"), str(tmp_path / "expect.json")))
+    assert checked["mismatches"] == ["composite/wrong", "wrong"]
     # The scan tells the flow whether these CRCs run at C speed (it warns about a long wait when they do not).
     helper("scan", str(tmp_path / "root"), str(tmp_path / "scan.json"), "dst")
     assert json.loads((tmp_path / "scan.json").read_text())["fast_crc"] is awscrt
