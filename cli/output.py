@@ -217,11 +217,17 @@ class _WithoutTraceback(logging.Formatter):
         return self.inner.format(bare)
 
 
+def _not_a_run_failure(record: logging.LogRecord) -> bool:
+    """Prefect's ERROR lines about a failed task or flow run: the command reports that failure itself, once."""
+    return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+
+
 @contextmanager
 def flow_console(state: CliState, *, quiet: bool) -> Iterator[None]:
-    """Prefect's console lines while a command runs a flow. Without --debug they carry no tracebacks: a flow that
-    fails logs its exception, and `fail` reports it once more as the command's one error line. `quiet`: only
-    warnings and errors, for a progress bar that owns the terminal (INFO lines would tear through it)."""
+    """Prefect's console lines while a command runs a flow. Without --debug, a failure is the command's one
+    error line (`fail`): Prefect's own lines about the failed runs (the same message, with a traceback, once per
+    task and once for the flow) stay on the run's page in the UI, and other lines carry no tracebacks. `quiet`:
+    only warnings and errors, for a progress bar that owns the terminal (INFO lines would tear through it)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     handlers = [
@@ -235,9 +241,11 @@ def flow_console(state: CliState, *, quiet: bool) -> Iterator[None]:
             h.setLevel(logging.WARNING)
         if not state.debug:
             h.setFormatter(_WithoutTraceback(h.formatter))
+            h.addFilter(_not_a_run_failure)
     try:
         yield
     finally:
         for h, level, formatter in saved:
             h.setLevel(level)
             h.setFormatter(formatter)
+            h.removeFilter(_not_a_run_failure)

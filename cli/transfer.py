@@ -117,10 +117,12 @@ def transfer_command(
         concurrency=concurrency,
         account=state.account,
     )
-    source = request.source()
+    # Refused here, before Prefect's server start (~10 s) only to fail the flow with the same message.
+    source, kinds = request.source(), {request.source().kind, request.destination().kind}
     if source.kind == "local" and not Path(source.path).expanduser().exists():
-        # Refused here, before Prefect's server start (~10 s) only to fail the flow with the same message.
         raise InvalidInputError("source", src, "an existing local file or folder")
+    if kinds == {"local", "instance"} and not request.staging:
+        request.staging_prefix(None, None)  # raises: local ↔ instance has no S3 end to stage in
     with aws_scope(ctx) as account:
         request = request.model_copy(update={"account": account})
         from flows.transfer import transfer

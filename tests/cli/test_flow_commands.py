@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -56,6 +57,13 @@ def test_transfer_bad_input(args: tuple[str, ...], tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
+def test_local_instance_transfer_without_staging_is_refused_before_prefect_starts(tmp_path: Path) -> None:
+    for args in ((str(tmp_path), "i-0123456789abcdef0:/data"), ("job:llm:/data/out", str(tmp_path / "out"))):
+        code, output = invoke("transfer", *args)
+        assert code == 2 and "--staging s3://BUCKET" in output, output
+        assert "Prefect" not in output  # refused before the flow (and Prefect's server) started
+
+
 def test_teardown_needs_a_scope_and_well_formed_ids() -> None:
     code, output = invoke("teardown")
     assert code == 2, output
@@ -64,32 +72,46 @@ def test_teardown_needs_a_scope_and_well_formed_ids() -> None:
 
 
 @pytest.mark.parametrize("debug", [False, True])
-def test_flow_console_shows_a_failed_flow_without_its_traceback_unless_debug(debug: bool) -> None:
-    """While a command runs a flow, Prefect's console lines carry no traceback (the command's error line says it
-    all); the other handlers (Prefect's API handler: the run's page in the UI) still get it. --debug keeps it."""
+def test_flow_console_leaves_a_failure_to_the_command_unless_debug(debug: bool) -> None:
+    """While a command runs a flow, Prefect's console does not repeat the failure (the command's error line says
+    it, once): its lines about failed runs are left out and other lines lose their traceback. The records are
+    not changed, so Prefect's API handler (the run's page in the UI) still gets it all. --debug shows it all."""
+    import sys
+
     from prefect.logging.handlers import PrefectConsoleHandler
 
     from cli.output import CliState, flow_console
 
-    console, api = io.StringIO(), io.StringIO()
-    console_handler = PrefectConsoleHandler(stream=console, level=logging.INFO)
-    console_handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    api_handler = logging.StreamHandler(api)
-    prefect_logger, run_logger = logging.getLogger("prefect"), logging.getLogger("prefect.console-test")
-    prefect_logger.addHandler(console_handler)
-    run_logger.addHandler(api_handler)
+    console = io.StringIO()
+    handler = PrefectConsoleHandler(stream=console, level=logging.INFO)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    try:
+        raise RuntimeError("no such bucket")
+    except RuntimeError:
+        error = sys.exc_info()
+
+    def record(name: str, level: int, message: str, exc_info: Any = None) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": name, "levelno": level, "levelname": logging.getLevelName(level),
+                                      "msg": message, "exc_info": exc_info})  # fmt: skip
+
+    failed = record("prefect.flow_runs", logging.ERROR, "Encountered exception during execution", error)
+    task_failed = record("prefect.task_runs", logging.ERROR, "Finished in state Failed('no such bucket')")
+    warned = record("prefect.flow_runs", logging.WARNING, "could not remove staging", error)
+    # Handed to the "prefect" logger, where Prefect's console handler sits (the run loggers' own API handler is
+    # not involved: it would warn about records from outside a flow run).
+    prefect_logger = logging.getLogger("prefect")
+    prefect_logger.addHandler(handler)
     try:
         with flow_console(CliState(debug=debug), quiet=True):
-            run_logger.info("step: sync")  # quiet: a progress bar owns the terminal
-            try:
-                raise RuntimeError("no such bucket")
-            except RuntimeError:
-                run_logger.exception("Encountered exception during execution")
-        run_logger.info("after the command")
+            for each in (record("prefect.flow_runs", logging.INFO, "step: sync"), failed, task_failed, warned):
+                prefect_logger.handle(each)
+        prefect_logger.handle(record("prefect.flow_runs", logging.INFO, "after the command"))
     finally:
-        prefect_logger.removeHandler(console_handler)
-        run_logger.removeHandler(api_handler)
+        prefect_logger.removeHandler(handler)
     shown = console.getvalue()
-    assert "ERROR Encountered exception during execution" in shown and "step: sync" not in shown
-    assert ("Traceback (most recent call last)" in shown) == debug and "RuntimeError: no such bucket" in api.getvalue()
-    assert "INFO after the command" in shown  # level and formatter are restored
+    assert "step: sync" not in shown  # quiet: a progress bar owns the terminal
+    assert ("Encountered exception" in shown and "Finished in state Failed" in shown) == debug
+    assert "WARNING could not remove staging" in shown
+    assert ("Traceback (most recent call last)" in shown) == debug
+    assert "RuntimeError: no such bucket" in logging.Formatter().format(failed)  # for the API handler
+    assert "INFO after the command" in shown  # level, formatter and filter are restored
