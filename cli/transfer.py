@@ -118,10 +118,10 @@ def transfer_command(
         account=state.account,
     )
     # Refused here, before Prefect's server start (~10 s) only to fail the flow with the same message.
-    source, kinds = request.source(), {request.source().kind, request.destination().kind}
+    source, destination = request.source(), request.destination()
     if source.kind == "local" and not Path(source.path).expanduser().exists():
         raise InvalidInputError("source", src, "an existing local file or folder")
-    if kinds == {"local", "instance"} and not request.staging:
+    if {source.kind, destination.kind} == {"local", "instance"} and not request.staging:
         request.staging_prefix(None, None)  # raises: local ↔ instance has no S3 end to stage in
     with aws_scope(ctx) as account:
         request = request.model_copy(update={"account": account})

@@ -292,8 +292,9 @@ def test_kms_objects_uploaded_in_parts_by_boto3_are_checked_by_their_composite_c
     cloud: Sandbox, tmp_path: Path
 ) -> None:
     """boto3 and aws-cli upload big files with a CRC32 per part: S3 keeps a COMPOSITE checksum (of the parts'
-    CRCs). Under SSE-KMS the ETag is no MD5 either, so that checksum is what verifies the download; in parts of
-    a size trainctl infers from their count (here 6 MiB, the common sizes do not fit), and only the right bytes."""
+    CRCs). Under SSE-KMS the ETag is no MD5 either, so that checksum is what verifies the download, and only the
+    right bytes pass. The part size is inferred from the count: 3 parts of 17 MiB are 6 MiB here (8 MiB, a common
+    size, also makes 3 parts, but other ones)."""
     from boto3.s3.transfer import TransferConfig
 
     s3 = cloud.client("s3")
@@ -594,3 +595,21 @@ def test_a_long_check_in_plain_python_on_the_instance_is_announced(capsys: pytes
 )
 def test_only_a_checksum_of_the_whole_content_counts(head: dict[str, str], expected: Checksum | None) -> None:
     assert tx._checksum_of(head) == expected
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        ({"ETag": '"abc-3"', "ChecksumType": "COMPOSITE", "ChecksumCRC32": "M9N4nA==-3"}, "M9N4nA==-3"),
+        ({"ETag": '"abc-3"', "ChecksumCRC32C": "M9N4nA==-3"}, "M9N4nA==-3"),
+        ({"ETag": '"abc-3"', "ChecksumCRC32": "M9N4nA=="}, "M9N4nA==-3"),  # no type, no `-N`: N from the ETag
+        ({"ETag": '"abc-3"', "ChecksumCRC64NVME": "rosUhgp5mIg="}, None),  # never composite
+        ({"ETag": '"abc"', "ChecksumCRC32": "M9N4nA=="}, None),  # a single PUT's is of the whole object
+        ({"ETag": '"abc-3"', "ChecksumType": "FULL_OBJECT", "ChecksumCRC32": "M9N4nA=="}, None),
+    ],
+)
+def test_a_composite_checksum_is_known_by_its_type_or_its_part_count(
+    head: dict[str, str], expected: str | None
+) -> None:
+    found = tx._composite_of(head)
+    assert (found.value if found else None) == expected and (found is None or found.parts == 3)
