@@ -601,7 +601,7 @@ def _object_expectations(
     job: Job, prefix: S3Uri, objects: dict[str, tx.S3Object], rels: list[str]
 ) -> dict[str, dict[str, object]]:
     """What an instance file must be to equal each object: its ETag, or, for KMS-encrypted objects (whose ETags
-    are no MD5s), its full-object checksum."""
+    are no MD5s), its checksum."""
     checksums = _call(tx.kms_checksums, prefix, rels, account=job.account)
     return {
         rel: expectation(objects[rel].size, etag=objects[rel].etag, part_size=job.part, checksum=checksums.get(rel))

@@ -228,39 +228,21 @@ def _head(prefix: S3Uri, rel: str, account: str | None) -> dict[str, Any] | None
 
 
 def _checksum_of(head: Mapping[str, Any]) -> Checksum | None:
-    """The HeadObject's checksum of the whole content, or None: a COMPOSITE checksum (of the parts' checksums,
-    `value-N`) is none. Without a ChecksumType (older S3-compatible stores, moto) a multipart object's checksum
-    counts only if it is a CRC64NVME, the one algorithm S3 never keeps as COMPOSITE: boto3's multipart uploads
-    get a composite CRC32, which some stores give without the `-N`."""
+    """The checksum a HeadObject gives: of the whole object, or COMPOSITE (of a multipart upload's part checksums,
+    `value-N`: said by ChecksumType or by the `-N`). Without a ChecksumType (older S3-compatible stores, moto) a
+    multipart object's checksum is taken as COMPOSITE unless it is a CRC64NVME, which S3 never keeps so: boto3's
+    multipart uploads get a composite CRC32, which some stores give without the `-N`. None: no checksum."""
     kind = head.get("ChecksumType")
-    if kind not in (None, "FULL_OBJECT"):
-        return None
-    multipart = "-" in normalize_etag(str(head.get("ETag", "")))
-    for algorithm in _CHECKSUMS:
-        value = head.get(f"Checksum{algorithm}")
-        if not value:
-            continue
-        if "-" in value or (kind is None and multipart and algorithm != "CRC64NVME"):
-            return None
-        return Checksum(algorithm, value)
-    return None
-
-
-def _composite_of(head: Mapping[str, Any]) -> Checksum | None:
-    """A COMPOSITE checksum of a multipart object's parts, as `value-N`: said by ChecksumType or by the `-N`; for
-    a multipart object without a ChecksumType, anything but a CRC64NVME (see `_checksum_of`)."""
-    kind = head.get("ChecksumType")
-    etag = normalize_etag(str(head.get("ETag", "")))
+    parts = etag_parts(str(head.get("ETag", "")))
     for algorithm in _CHECKSUMS:
         value = head.get(f"Checksum{algorithm}")
         if not value:
             continue
         if "-" in value:
             return Checksum(algorithm, value)
-        parts = etag_parts(etag)
-        if parts and (kind == "COMPOSITE" or (kind is None and algorithm != "CRC64NVME")):
-            return Checksum(algorithm, f"{value}-{parts}")
-        return None
+        if kind == "COMPOSITE" or (kind is None and parts and algorithm != "CRC64NVME"):
+            return Checksum(algorithm, f"{value}-{parts}") if parts else None
+        return Checksum(algorithm, value)
     return None
 
 
@@ -268,7 +250,7 @@ def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum |
     """The object's checksum (HeadObject with ChecksumMode): the full-object one, else a COMPOSITE one; None when
     it has none or may not be read."""
     head = _head(prefix, rel, account)
-    return None if head is None else _checksum_of(head) or _composite_of(head)
+    return None if head is None else _checksum_of(head)
 
 
 # Under these, S3's ETag is not an MD5 of the object's bytes (nor, for multipart, of its parts' MD5s).
@@ -288,8 +270,7 @@ def kms_checksums(prefix: S3Uri, rels: list[str], *, account: str | None = None)
         return {}
     with ThreadPoolExecutor(max_workers=16) as pool:
         rest = pool.map(lambda rel: head_checksum(prefix, rel, account=account), rels[1:])
-        first_checksum = _checksum_of(first) or _composite_of(first)  # the first object's HEAD is reused
-        found = dict(zip(rels, [first_checksum, *rest], strict=True))
+        found = dict(zip(rels, [_checksum_of(first), *rest], strict=True))  # the first object's HEAD is reused
     return {rel: checksum for rel, checksum in found.items() if checksum is not None}
 
 
@@ -356,10 +337,9 @@ def matches_object(
     checksum: Checksum | None = None,
 ) -> bool:
     """Does the file hold the object's bytes? Size first; then by `checksum` when the caller has the object's
-    full-object checksum (`kms_checksums`). Otherwise, with `prefix` (where the object is) given: a file of a part
-    or more by the object's full-object checksum when it has one (one HEAD instead of an MD5 pass), else by its
-    ETag; a smaller one by its ETag, and by its checksum when the ETag does not match (SSE-KMS ETags are no MD5s;
-    one HEAD per such file)."""
+    checksum (`kms_checksums`). Otherwise, with `prefix` (where the object is) given: a file of a part or more by
+    the object's checksum when it has one (one HEAD instead of an MD5 pass), else by its ETag; a smaller one by its
+    ETag, and by its checksum when the ETag does not match (SSE-KMS ETags are no MD5s; one HEAD per such file)."""
     if path.stat().st_size != obj.size:
         return False
     if checksum is not None:
@@ -748,8 +728,8 @@ def verify_upload(
 ) -> list[str]:
     """After an upload of these files (relative path → size): list the destination once and check each one's
     ETag against `expected` (ETags computed while uploading, `local_etag`). A file without an expected ETag, or
-    whose ETag differs from it, is checked by `matches_object` (its full-object checksum, else its ETag with every
-    plausible part size). Under SSE-KMS no ETag matches: the small files' checksums are then fetched all at once
+    whose ETag differs from it, is checked by `matches_object` (its checksum, else its ETag with every plausible
+    part size). Under SSE-KMS no ETag matches: the small files' checksums are then fetched all at once
     (`kms_checksums`)."""
     found = list_s3_tree.fn(dest, account=account, field="destination")
     expected = expected or {}
