@@ -31,6 +31,19 @@ class Reason(StrEnum):
     LATEST_CHECKPOINT = "latest complete checkpoint"
     JOB_UNFINISHED = "job unfinished"
     RETAINED = "retained"
+    # The sweep's orphan rules (core/teardown.py `find_orphans`): why something no job needs goes. Information
+    # next to the action, never a reason to keep; the rule's age threshold is TeardownPolicy.rule_age.
+    PREWARM_LEFT = "prewarm instance left running"
+    UNRECORDED_ATTEMPT = "attempt not in the job record"
+    AGENT_NEVER_STARTED = "agent never started"
+    AGENT_SILENT = "agent heartbeat stopped"
+    JOB_ENDED = "job ended"
+    UNFINISHED_PREWARM = "left by an unfinished prewarm"
+    LEAKED_ROOT_VOLUME = "root volume of a gone instance"
+    UNATTACHED_VOLUME = "unattached volume"
+    STAGING_ABANDONED = "staging no instance uses"
+    STALE_STAGING = "old staging"
+    UNFINISHED_UPLOAD = "unfinished multipart upload"
 
 
 @dataclass(frozen=True)

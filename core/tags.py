@@ -24,6 +24,12 @@ NAME = "Name"
 # The idempotency token of the create call that made the resource: a retried create recognises its own work.
 CLIENT_TOKEN = "trainctl:client-token"  # noqa: S105 (a tag key, not a secret)
 
+# A volume a prewarm creates carries PREWARM=pending from creation; the prewarm sets it to done when the data is
+# verified and the volume detached. A volume still pending after the prewarm's time is left by an unfinished one.
+PREWARM = "trainctl:prewarm"
+PREWARM_PENDING = "pending"
+PREWARM_DONE = "done"
+
 # runctl (the Rust predecessor, once itself called trainctl) marked ownership with CreatedBy.
 LEGACY_CREATED_BY = "CreatedBy"
 LEGACY_CREATORS = frozenset({"runctl", "trainctl"})

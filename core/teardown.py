@@ -9,6 +9,13 @@ Pure (no boto3, no Prefect, no clock): `plan_teardown(...)` gets `now` and retur
   volumes → delete snapshots → delete staging objects), each with the operations it depends on; a flow executes
   them step by step and skips an operation whose dependency did not succeed.
 
+The sweep (`sweep=True`) adds what no job needs, each by a named orphan rule with its age threshold
+(`find_orphans`, `TeardownPolicy.rule_age`; the rule is shown as a reason next to the action): prewarm instances
+left running, instances of an attempt the job record does not name, instances whose agent never started or whose
+heartbeat stopped, stopped instances of ended jobs, volumes of an unfinished prewarm, root volumes of gone
+instances, unattached ephemeral volumes, staging of ended or abandoned jobs and of old transfers, unfinished
+multipart uploads under trainctl/. A resource younger than its rule is kept as too young, unless `force`.
+
 The rules are core/safety.py's (one set of rules); this module only applies them to a whole inventory. Cleanup is
 stricter than an explicit delete: `force` lifts only youth. Nothing here ever destroys an unmanaged, persistent or
 protected resource, an attached volume, a checkpoint younger than the recency, or a job's latest complete
@@ -29,6 +36,8 @@ from core import tags as t
 from core.ids import kind_of
 from core.models import Instance, Inventory, JobStatus, ManagedResource, Snapshot, Volume
 from core.safety import Blocker, Reason, checkpoint_blockers, cleanup_blockers, training_blockers
+
+GONE_STATES = frozenset({"shutting-down", "terminated"})
 
 # -- monthly cost (what a deletion saves) ------------------------------------------------------------------------
 
@@ -133,6 +142,10 @@ class JobStorage(BaseModel):
     job: str
     bucket: str
     status: str | None = None  # the job record's status; None = no record
+    attempt: int | None = None  # the attempt the record names (None: no record, or one without attempts)
+    instance_id: str | None = None  # the instance the record names for that attempt (None: not launched yet)
+    # attempt -> when its agent last wrote its status (the heartbeat, core/jobs.py status_uri's LastModified)
+    heartbeats: dict[int, datetime] = Field(default_factory=dict)
     staging_prefix: str = ""  # key prefix of the job's staging objects
     staging: list[StoredObject] = Field(default_factory=list)
     checkpoint_prefix: str = ""
@@ -145,6 +158,32 @@ class JobStorage(BaseModel):
     @property
     def latest_complete(self) -> int | None:
         return max((c.seq for c in self.checkpoints if c.complete), default=None)
+
+
+class PendingUpload(BaseModel):
+    """A multipart upload never completed nor aborted: its parts are stored and billed, invisible to listings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    upload_id: str
+    initiated: datetime
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}?uploadId={self.upload_id}"
+
+
+class BucketLeftovers(BaseModel):
+    """What killed copies leave in a bucket outside any job: transfer staging and unfinished multipart uploads."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    staging_prefix: str = "trainctl/staging/"
+    staging: list[StoredObject] = Field(default_factory=list)
+    uploads: list[PendingUpload] = Field(default_factory=list)  # every one under trainctl/
 
 
 class Scope(BaseModel):
@@ -177,6 +216,27 @@ class TeardownPolicy:
     prewarm_max_age: timedelta = timedelta(hours=1)
     orphan_volume_age: timedelta = timedelta(hours=24)
     snapshot_retention: int = 3
+    # Younger than this, an instance (or its root volume, or its job's staging) may be a launch in progress.
+    orphan_instance_age: timedelta = timedelta(minutes=15)
+    heartbeat_timeout: timedelta = timedelta(minutes=15)  # an agent silent for longer is gone (not an age rule)
+    stale_staging_age: timedelta = timedelta(hours=24)
+    upload_max_age: timedelta = timedelta(hours=24)
+
+    def rule_age(self, rule: Reason) -> timedelta:
+        """The age threshold of an orphan rule: younger resources are kept as too young (`force` lifts it)."""
+        return {
+            Reason.PREWARM_LEFT: self.prewarm_max_age,
+            Reason.UNFINISHED_PREWARM: self.prewarm_max_age,
+            Reason.UNRECORDED_ATTEMPT: self.orphan_instance_age,
+            Reason.AGENT_NEVER_STARTED: self.orphan_instance_age,
+            Reason.AGENT_SILENT: self.orphan_instance_age,
+            Reason.LEAKED_ROOT_VOLUME: self.orphan_instance_age,
+            Reason.STAGING_ABANDONED: self.orphan_instance_age,
+            Reason.JOB_ENDED: self.min_age,
+            Reason.UNATTACHED_VOLUME: self.orphan_volume_age,
+            Reason.STALE_STAGING: self.stale_staging_age,
+            Reason.UNFINISHED_UPLOAD: self.upload_max_age,
+        }[rule]
 
 
 # -- the plan ------------------------------------------------------------------------------------------------------
@@ -217,6 +277,7 @@ class OpKind(StrEnum):
     DELETE_VOLUME = "delete-volume"
     DELETE_SNAPSHOT = "delete-snapshot"
     DELETE_OBJECTS = "delete-objects"
+    ABORT_UPLOAD = "abort-upload"
 
 
 _STEP_OF: dict[OpKind, Step] = {
@@ -230,6 +291,7 @@ _STEP_OF: dict[OpKind, Step] = {
     OpKind.DELETE_VOLUME: Step.DELETE_VOLUMES,
     OpKind.DELETE_SNAPSHOT: Step.DELETE_SNAPSHOTS,
     OpKind.DELETE_OBJECTS: Step.DELETE_OBJECTS,
+    OpKind.ABORT_UPLOAD: Step.DELETE_OBJECTS,
 }
 
 
@@ -246,6 +308,7 @@ class Operation(BaseModel):
     job: str | None = None
     bucket: str | None = None
     object_keys: list[str] = Field(default_factory=list)  # exact keys to delete (never "the whole prefix")
+    upload_id: str | None = None  # ABORT_UPLOAD: the one upload of object_keys[0] to abort
     depends_on: list[str] = Field(default_factory=list)
 
 
@@ -268,7 +331,7 @@ class Entry(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    kind: str  # instance | volume | snapshot | checkpoint | staging | job | unknown
+    kind: str  # instance | volume | snapshot | checkpoint | staging | upload | job | unknown
     action: Action
     reasons: list[ReasonNote] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -338,14 +401,115 @@ def _aware(value: datetime) -> datetime:
 # -- the planner -------------------------------------------------------------------------------------------------
 
 
+def _age_text(age: timedelta) -> str:
+    seconds = int(age.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds < 86400 else f"{seconds // 86400}d"
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """What an orphan rule found: the rule (a Reason), why it applies, and the age its threshold is held to."""
+
+    rule: Reason
+    detail: str
+    age: timedelta
+
+    def note(self) -> ReasonNote:
+        return ReasonNote(reason=self.rule.value, detail=self.detail, blocking=False)
+
+    def youth(self, policy: TeardownPolicy, *, force: bool) -> list[Blocker]:
+        threshold = policy.rule_age(self.rule)
+        if force or self.age >= threshold:
+            return []
+        detail = f"{_age_text(self.age)} old; the rule '{self.rule.value}' waits {_age_text(threshold)}"
+        return [Blocker(Reason.TOO_YOUNG, detail, "force")]
+
+
+def _instance_orphan(
+    inst: Instance, store: JobStorage | None, *, now: datetime, policy: TeardownPolicy
+) -> Orphan | None:
+    age = inst.age(now)
+    if inst.role == t.Role.PREWARM:
+        return Orphan(
+            Reason.PREWARM_LEFT, f"prewarm instance still {inst.state}; a finished prewarm terminates it", age
+        )
+    if inst.role != t.Role.TRAIN or store is None or store.status is None:
+        return None  # no record to judge by (none, or in another bucket): never guessed
+    named = store.attempt == inst.attempt and store.instance_id == inst.id
+    if store.attempt is not None and inst.attempt is not None and not named:
+        where = store.instance_id or "no instance yet"
+        detail = (
+            f"{inst.id} is attempt {inst.attempt} of {store.job}; the record names attempt {store.attempt} on "
+            f"{where} (a launch killed between RunInstances and the record)"
+        )
+        return Orphan(Reason.UNRECORDED_ATTEMPT, detail, age)
+    if inst.state in {"stopping", "stopped"}:
+        done = f"job {store.job} is {store.status}; its stopped instance only costs its volumes"
+        return Orphan(Reason.JOB_ENDED, done, age) if store.finished else None
+    if inst.state not in {"pending", "running"} or inst.attempt is None or store.attempt is None:
+        return None
+    beat = store.heartbeats.get(inst.attempt)
+    if beat is None:
+        detail = f"no heartbeat from the agent of attempt {inst.attempt} (the launch stopped before it ran)"
+        return Orphan(Reason.AGENT_NEVER_STARTED, detail, age)
+    silent = max(timedelta(0), _aware(now) - _aware(beat))
+    if silent >= policy.heartbeat_timeout:
+        detail = f"last heartbeat {_age_text(silent)} ago (timeout {_age_text(policy.heartbeat_timeout)})"
+        return Orphan(Reason.AGENT_SILENT, detail, age)
+    return None
+
+
+def _volume_orphan(vol: Volume, *, now: datetime) -> Orphan | None:
+    age = vol.age(now)
+    if vol.state in {"deleting", "deleted"}:
+        return None
+    if vol.tags.get(t.PREWARM) == t.PREWARM_PENDING:
+        detail = f"{vol.id} was created by a prewarm that did not finish: its data may be partial"
+        if vol.persistent:
+            detail += "; persistent, so kept: prewarm it again (--volume-id) or delete it explicitly"
+        return Orphan(Reason.UNFINISHED_PREWARM, detail, age)
+    if vol.attached or vol.persistent or vol.state != "available":
+        return None
+    if vol.role in {t.Role.TRAIN, t.Role.PREWARM}:
+        detail = f"the root volume of a {vol.role} instance, unattached since the instance went"
+        return Orphan(Reason.LEAKED_ROOT_VOLUME, detail, age)
+    return Orphan(Reason.UNATTACHED_VOLUME, f"{vol.id} is unattached and not persistent", age)
+
+
+def find_orphans(
+    inventory: Inventory, storage: Sequence[JobStorage], *, now: datetime, policy: TeardownPolicy
+) -> dict[str, Orphan]:
+    """Every instance and volume an orphan rule applies to, whatever its age (the caller holds it to the rule's
+    threshold). Training instances are judged only by a job record found in the bucket: without one, nothing."""
+    jobs = {s.job: s for s in storage}
+    found: dict[str, Orphan] = {}
+    for inst in inventory.instances:
+        if inst.state in GONE_STATES:
+            continue
+        orphan = _instance_orphan(inst, jobs.get(inst.job or ""), now=now, policy=policy)
+        if orphan:
+            found[inst.id] = orphan
+    for vol in inventory.volumes:
+        orphan = _volume_orphan(vol, now=now)
+        if orphan:
+            found[vol.id] = orphan
+    return found
+
+
 class _Builder:
     """Accumulates entries and operations; one per ID (the first decision about a resource wins)."""
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
         self.ops: dict[str, Operation] = {}
+        self.orphans: dict[str, Orphan] = {}  # the sweep's findings: their rule is shown next to the action
 
     def add(self, entry: Entry) -> None:
+        found = self.orphans.get(entry.id)
+        if found and entry.id not in self.entries:
+            entry = entry.model_copy(update={"reasons": [*entry.reasons, found.note()], "sweep": True})
         self.entries.setdefault(entry.id, entry)
 
     def op(
@@ -358,6 +522,7 @@ class _Builder:
         job: str | None = None,
         bucket: str | None = None,
         keys: Sequence[str] = (),
+        upload_id: str | None = None,
     ) -> str:
         op_id = f"{kind.value}:{target}"
         if op_id not in self.ops:
@@ -370,6 +535,7 @@ class _Builder:
                 job=job,
                 bucket=bucket,
                 object_keys=list(keys),
+                upload_id=upload_id,
                 depends_on=sorted(set(depends_on)),
             )
         return op_id
@@ -443,6 +609,7 @@ def plan_teardown(
     wait_for_training: bool = False,
     force_training: bool = False,
     sweep: bool = False,
+    leftovers: Sequence[BucketLeftovers] = (),
 ) -> Plan:
     """The whole plan for `scope` (and the orphan sweep when `sweep`). Deterministic: same inputs, same plan.
 
@@ -450,6 +617,7 @@ def plan_teardown(
     the jobs concerned. `unmanaged`: resources the user named by ID that exist but are not managed (looked up by
     the flow, so the plan can say "not managed" rather than "not found"). `force` lifts only youth; it never
     lifts "not managed" or "training running" (that takes `force_training` or `wait_for_training`).
+    `leftovers`: transfer staging and unfinished multipart uploads per bucket, planned by the sweep only.
     """
     policy = policy or TeardownPolicy()
     training = training or {}
@@ -497,15 +665,17 @@ def plan_teardown(
         {"instance": instances, "volume": volumes, "snapshot": snapshots}[found.kind.value].add(rid)
         if found.kind.value == "snapshot":
             named_snapshots.add(rid)
+    # Held to an orphan rule's age: what only the sweep brings in (in scope otherwise, the usual rules apply).
+    young: dict[str, list[Blocker]] = {}
+    staging_jobs: set[str] = set()
     if sweep:
-        for i in inventory.instances:
-            if i.role == t.Role.PREWARM and i.age(now) >= policy.prewarm_max_age:
-                instances.add(i.id)
-                swept.add(i.id)
-        for v in inventory.volumes:
-            if not v.attached and not v.persistent and v.age(now) >= policy.orphan_volume_age:
-                volumes.add(v.id)
-                swept.add(v.id)
+        in_scope = instances | volumes
+        b.orphans = find_orphans(inventory, storage, now=now, policy=policy)
+        for rid, orphan in b.orphans.items():
+            (instances if by_id[rid].kind.value == "instance" else volumes).add(rid)
+            swept.add(rid)
+            if rid not in in_scope:
+                young[rid] = orphan.youth(policy, force=force)
         by_volume: dict[str, list[Snapshot]] = {}
         for s in inventory.snapshots:
             by_volume.setdefault(s.volume_id or "", []).append(s)
@@ -516,18 +686,19 @@ def plan_teardown(
                 swept.add(s.id)
                 named_snapshots.add(s.id)  # beyond retention: a deletion candidate like a named one
         scoped_jobs |= {s.job for s in storage if s.finished}
+        staging_jobs = {s.job for s in storage if s.attempt is not None}  # their staging may be abandoned
 
     # 2. Instances: terminate unless a rule keeps them; running training needs its own flag.
     terminating: set[str] = set()
     for iid in sorted(instances):
         inst = by_id[iid]
         assert isinstance(inst, Instance)
-        if inst.state in {"shutting-down", "terminated"}:
+        if inst.state in GONE_STATES:
             b.op(OpKind.WAIT_TERMINATED, iid, instance_id=iid)
             terminating.add(iid)
             b.add(_entry(inst, Action.TERMINATE, now=now, notes=["already terminating"], sweep=iid in swept))
             continue
-        blockers = cleanup_blockers(inst, now=now, min_age=policy.min_age, force=force)
+        blockers = cleanup_blockers(inst, now=now, min_age=policy.min_age, force=force) + young.get(iid, [])
         state = training.get(iid)
         first: list[str] = []
         notes: list[str] = []
@@ -570,7 +741,7 @@ def plan_teardown(
         assert isinstance(vol, Volume)
         if vol.state in {"deleting", "deleted"}:
             continue
-        blockers = cleanup_blockers(vol, now=now, min_age=policy.min_age, force=force)
+        blockers = cleanup_blockers(vol, now=now, min_age=policy.min_age, force=force) + young.get(vid, [])
         if vol.attached:
             blockers.append(
                 Blocker(
@@ -606,17 +777,38 @@ def plan_teardown(
         b.add(_entry(snap, Action.DELETE, now=now, notes=notes, sweep=sid in swept))
         b.op(OpKind.DELETE_SNAPSHOT, sid)
 
-    # 5. S3: checkpoints (rule 7) and staging objects of the jobs in scope.
-    for job in sorted(scoped_jobs):
+    # 5. S3: checkpoints (rule 7) and staging objects of the jobs in scope; what killed copies left.
+    for job in sorted(scoped_jobs | staging_jobs):
         if job in jobs:
-            _storage_ops(b, jobs[job], inventory, terminating, now=now, policy=policy, force=force, sweep=sweep)
+            _storage_ops(
+                b,
+                jobs[job],
+                inventory,
+                terminating,
+                now=now,
+                policy=policy,
+                force=force,
+                sweep=sweep,
+                checkpoints=job in scoped_jobs,
+            )
+    for left in leftovers if sweep else ():
+        _leftover_ops(b, left, now=now, policy=policy, force=force)
 
     ordered = sorted(b.ops.values(), key=lambda o: (STEPS.index(o.step), o.target, o.id))
     entries = sorted(b.entries.values(), key=lambda e: (_KIND_ORDER.get(e.kind, 9), e.id))
     return Plan(region=inventory.region, now=now, scope=scope, sweep=sweep, entries=entries, operations=ordered)
 
 
-_KIND_ORDER = {"job": 0, "instance": 1, "volume": 2, "snapshot": 3, "checkpoint": 4, "staging": 5, "unknown": 6}
+_KIND_ORDER = {
+    "job": 0,
+    "instance": 1,
+    "volume": 2,
+    "snapshot": 3,
+    "checkpoint": 4,
+    "staging": 5,
+    "upload": 6,
+    "unknown": 7,
+}
 
 
 def _snapshot_info(vol: Volume) -> list[ReasonNote]:
@@ -689,13 +881,14 @@ def _storage_ops(
     policy: TeardownPolicy,
     force: bool,
     sweep: bool,
+    checkpoints: bool = True,
 ) -> None:
     # The job's instances still alive after this plan: staging must outlive them (they may re-read the code).
     job_instances = [i.id for i in inventory.instances if i.job == store.job]
     alive = [i for i in job_instances if i not in terminating]
     waits = [f"{OpKind.WAIT_TERMINATED.value}:{i}" for i in job_instances if i in terminating]
     latest = store.latest_complete
-    for ckpt in sorted(store.checkpoints, key=lambda c: c.seq):
+    for ckpt in sorted(store.checkpoints if checkpoints else [], key=lambda c: c.seq):
         age = ckpt.newest_age(now)
         blockers = [
             ReasonNote.of(x)
@@ -738,7 +931,15 @@ def _storage_ops(
     newest = max(o.last_modified for o in store.staging)
     age = max(timedelta(0), _aware(now) - _aware(newest))
     reasons: list[ReasonNote] = []
-    if not store.finished:
+    # The sweep: an unfinished job none of whose instances remains has no use for its staging (a launch, a resume
+    # included, stages its code again under its own attempt); held to the orphan instance age, as its launch is.
+    orphan: Orphan | None = None
+    if sweep and not alive and store.finished:
+        orphan = Orphan(Reason.JOB_ENDED, f"job {store.job} is {store.status}", age)
+    elif sweep and not alive and store.attempt is not None:
+        detail = f"job {store.job} is {store.status} but no instance of it remains (its launch was killed?)"
+        orphan = Orphan(Reason.STAGING_ABANDONED, detail, age)
+    if not store.finished and orphan is None:
         reasons.append(
             ReasonNote(
                 reason=Reason.JOB_UNFINISHED.value,
@@ -757,13 +958,15 @@ def _storage_ops(
                 override="force",
             )
         )
+    elif orphan is not None:
+        reasons += [ReasonNote.of(x) for x in orphan.youth(policy, force=force)]
     size = sum(o.size for o in store.staging)
     b.add(
         Entry(
             id=uri,
             kind="staging",
             action=Action.KEEP if reasons else Action.DELETE,
-            reasons=reasons,
+            reasons=[*reasons, *([orphan.note()] if orphan else [])],
             notes=[f"{len(store.staging)} object(s), {size} bytes"],
             job=store.job,
             age_seconds=round(age.total_seconds(), 1),
@@ -780,3 +983,50 @@ def _storage_ops(
             keys=sorted(o.key for o in store.staging),
             depends_on=waits,
         )
+
+
+def _leftover_ops(b: _Builder, left: BucketLeftovers, *, now: datetime, policy: TeardownPolicy, force: bool) -> None:
+    """The sweep in one bucket: staging folders of transfers that did not clean up (`<staging_prefix><folder>/`),
+    and unfinished multipart uploads under trainctl/, each held to its rule's age."""
+    folders: dict[str, list[StoredObject]] = {}
+    for obj in left.staging:
+        rest = obj.key[len(left.staging_prefix) :]
+        folder = rest.split("/", 1)[0] + "/" if "/" in rest else rest
+        folders.setdefault(left.staging_prefix + folder, []).append(obj)
+    for prefix, objs in sorted(folders.items()):
+        age = max(timedelta(0), _aware(now) - _aware(max(o.last_modified for o in objs)))
+        size = sum(o.size for o in objs)
+        found = Orphan(
+            Reason.STALE_STAGING, f"{len(objs)} object(s), {size} bytes of a copy that did not clean up", age
+        )
+        uri = f"s3://{left.bucket}/{prefix}"
+        blockers = [ReasonNote.of(x) for x in found.youth(policy, force=force)]
+        b.add(
+            Entry(
+                id=uri,
+                kind="staging",
+                action=Action.KEEP if blockers else Action.DELETE,
+                reasons=[*blockers, found.note()],
+                age_seconds=round(age.total_seconds(), 1),
+                monthly_usd=0.0 if blockers else _s3_monthly(size),
+                sweep=True,
+            )
+        )
+        if not blockers:
+            b.op(OpKind.DELETE_OBJECTS, uri, bucket=left.bucket, keys=sorted(o.key for o in objs))
+    for upload in sorted(left.uploads, key=lambda u: (u.key, u.upload_id)):
+        age = max(timedelta(0), _aware(now) - _aware(upload.initiated))
+        found = Orphan(Reason.UNFINISHED_UPLOAD, f"started {_age_text(age)} ago, never completed", age)
+        blockers = [ReasonNote.of(x) for x in found.youth(policy, force=force)]
+        b.add(
+            Entry(
+                id=upload.uri,
+                kind="upload",
+                action=Action.KEEP if blockers else Action.DELETE,
+                reasons=[*blockers, found.note()],
+                age_seconds=round(age.total_seconds(), 1),
+                sweep=True,
+            )
+        )
+        if not blockers:
+            b.op(OpKind.ABORT_UPLOAD, upload.uri, bucket=left.bucket, keys=[upload.key], upload_id=upload.upload_id)

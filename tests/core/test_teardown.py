@@ -4,7 +4,9 @@ must hold for any inventory hypothesis can make up."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,9 +15,11 @@ from core.models import Instance, Inventory, Snapshot, Volume, VolumeAttachment
 from core.teardown import (
     STEPS,
     Action,
+    BucketLeftovers,
     CheckpointSet,
     JobStorage,
     OpKind,
+    PendingUpload,
     Plan,
     Scope,
     Step,
@@ -293,6 +297,247 @@ def test_the_graph_names_every_step_and_kept_reason() -> None:
     assert text.startswith("graph TD") and "detach persistent volumes" in text and "protected" in text
 
 
+# -- the sweep's orphan rules ---------------------------------------------------------------------------------
+# Each rule: the orphan is found with its reason; the same resource younger than the rule's age is kept as too
+# young (and taken with force); protected (and, for volumes, persistent) ones are kept whatever the flags.
+
+YOUNG = timedelta(minutes=8)  # older than min_age (5 min), younger than every orphan rule (15 min and more)
+BEAT_OLD = NOW - timedelta(minutes=40)
+BEAT_NEW = NOW - timedelta(seconds=30)
+
+
+def record(status: str = "running", attempt: int = 1, on: Instance | None = None, **beats: datetime) -> JobStorage:
+    return JobStorage(
+        job="j1",
+        bucket="b",
+        status=status,
+        attempt=attempt,
+        instance_id=on.id if on else None,
+        heartbeats={int(k.removeprefix("a")): v for k, v in beats.items()},
+    )
+
+
+def attempt(n: int, k: int = 1, *, protected: bool = False, **kw: Any) -> Instance:
+    tags: dict[str, Any] = {t.ATTEMPT: str(k), **({t.PROTECTED: "true"} if protected else {})}
+    return instance(n, **tags, **kw)
+
+
+def tagged(v: Volume, **tags: str) -> Volume:
+    return v.model_copy(update={"tags": {**v.tags, **tags}})
+
+
+def _unrecorded(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    i = attempt(1, 2, age=age, **kw)  # attempt 2 launched; the record still says attempt 2 without an instance
+    return inv([i]), [record("pending", 2)], i.id
+
+
+def _old_attempt(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    old, current = attempt(1, 1, age=age, **kw), attempt(2, 2)
+    return inv([old, current]), [record("running", 2, current, a2=BEAT_NEW)], old.id
+
+
+def _never_started(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    i = attempt(1, age=age, **kw)
+    return inv([i]), [record("pending", 1, i)], i.id
+
+
+def _silent(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    i = attempt(1, age=age, **kw)
+    return inv([i]), [record("running", 1, i, a1=BEAT_OLD)], i.id
+
+
+def _stopped_of_ended(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    i = attempt(1, age=age, state="stopped", **kw)
+    return inv([i]), [record("succeeded", 1, i, a1=BEAT_OLD)], i.id
+
+
+def _prewarm_left(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    i = attempt(1, role="prewarm", job=None, age=age, **kw)
+    return inv([i]), [], i.id
+
+
+def _prewarm_volume(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    v = tagged(volume(1, age=age, job=None, **kw), **{t.PREWARM: t.PREWARM_PENDING, t.ROLE: "data"})
+    return inv([], [v]), [], v.id
+
+
+def _root_volume(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    v = tagged(volume(1, age=age, **kw), **{t.ROLE: "train"})
+    return inv([], [v]), [], v.id
+
+
+def _unattached(age: timedelta, **kw: Any) -> tuple[Inventory, list[JobStorage], str]:
+    v = volume(1, age=age, **kw)
+    return inv([], [v]), [], v.id
+
+
+RULES = {
+    "attempt not in the job record": (_unrecorded, YOUNG),
+    "attempt not in the job record ": (_old_attempt, YOUNG),  # an older attempt, the record moved on
+    "agent never started": (_never_started, YOUNG),
+    "agent heartbeat stopped": (_silent, YOUNG),
+    "job ended": (_stopped_of_ended, timedelta(minutes=2)),  # its rule is the minimum age
+    "prewarm instance left running": (_prewarm_left, timedelta(minutes=30)),
+    "left by an unfinished prewarm": (_prewarm_volume, timedelta(minutes=30)),
+    "root volume of a gone instance": (_root_volume, YOUNG),
+    "unattached volume": (_unattached, timedelta(hours=20)),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_each_orphan_rule_finds_its_orphan_keeps_it_while_young_and_force_lifts_only_youth(rule: str) -> None:
+    build, young_age = RULES[rule]
+    reason = rule.strip()
+    inventory, stores, rid = build(timedelta(days=3))
+    idle_all = idle(*inventory.instances)
+    plan = plan_teardown(inventory, scope=Scope(), now=NOW, training=idle_all, storage=stores, sweep=True)
+    entry = plan.entry(rid)
+    assert entry is not None and entry.destroys and entry.sweep, entry
+    assert reason in {r.reason for r in entry.reasons}
+
+    inventory, stores, rid = build(young_age)
+    plan = plan_teardown(inventory, scope=Scope(), now=NOW, training=idle_all, storage=stores, sweep=True)
+    assert reasons(plan, rid) == {"younger than the minimum age"}
+    assert plan.entry(rid).action is Action.KEEP  # type: ignore[union-attr]
+    forced = plan_teardown(inventory, scope=Scope(), now=NOW, training=idle_all, storage=stores, sweep=True, force=True)
+    assert forced.entry(rid).destroys  # type: ignore[union-attr]
+
+    inventory, stores, rid = build(timedelta(days=3), protected=True)
+    plan = plan_teardown(inventory, scope=Scope(), now=NOW, training=idle_all, storage=stores, sweep=True, force=True)
+    assert "protected" in reasons(plan, rid) and not plan.entry(rid).destroys  # type: ignore[union-attr]
+    if rid.startswith("vol-"):
+        inventory, stores, rid = build(timedelta(days=3), persistent=True)
+        plan = plan_teardown(inventory, scope=Scope(), now=NOW, storage=stores, sweep=True, force=True)
+        entry = plan.entry(rid)
+        if rule == "left by an unfinished prewarm":  # reported, and kept: persistent data is never swept
+            assert entry is not None and entry.action is Action.KEEP and reasons(plan, rid) == {"persistent"}
+            assert "left by an unfinished prewarm" in {r.reason for r in entry.reasons}
+        else:
+            assert entry is None  # a persistent volume is no orphan
+
+
+def test_training_instances_without_a_record_live_heartbeats_and_running_jobs_are_no_orphans() -> None:
+    no_record = attempt(1)  # the sweep's bucket holds no record of its job (another bucket?): never guessed
+    beating = attempt(2, job="j2")
+    busy = attempt(3, job="j3")
+    stores = [
+        JobStorage(job="j2", bucket="b", status="running", attempt=1, instance_id=beating.id, heartbeats={1: BEAT_NEW}),
+        JobStorage(job="j3", bucket="b", status="running", attempt=1, instance_id=busy.id, heartbeats={1: BEAT_OLD}),
+    ]
+    plan = plan_teardown(
+        inv([no_record, beating, busy]),
+        scope=Scope(),
+        now=NOW,
+        training=running(busy, "j3"),
+        storage=stores,
+        sweep=True,
+    )
+    assert plan.entry(no_record.id) is None and plan.entry(beating.id) is None
+    assert reasons(plan, busy.id) == {"training running"}  # silent agent, live trainer: force does not lift it
+    forced = plan_teardown(
+        inv([busy]), scope=Scope(), now=NOW, training=running(busy, "j3"), storage=stores, sweep=True, force=True
+    )
+    assert reasons(forced, busy.id) == {"training running"}
+
+
+def test_a_killed_launch_goes_whole_after_its_instance_and_a_prewarm_volume_is_detached_and_kept() -> None:
+    launched = attempt(1, 1)  # killed after RunInstances, with a persistent data volume attached
+    data = volume(1, on=launched, persistent=True)
+    prewarm = instance(2, role="prewarm", job=None)
+    filling = tagged(volume(2, on=prewarm, persistent=True, job=None), **{t.PREWARM: t.PREWARM_PENDING})
+    store = record("pending", 1).model_copy(
+        update={
+            "staging_prefix": "trainctl/jobs/j1/staging/",
+            "staging": [
+                StoredObject(key="trainctl/jobs/j1/staging/attempt-1/code.tar.gz", size=9, last_modified=NOW - OLD)
+            ],
+        }
+    )
+    plan = plan_teardown(
+        inv([launched, prewarm], [data, filling]),
+        scope=Scope(),
+        now=NOW,
+        training=idle(launched, prewarm),
+        storage=[store],
+        sweep=True,
+    )
+    assert {e.id for e in plan.entries if e.destroys} == {launched.id, prewarm.id, "s3://b/trainctl/jobs/j1/staging/"}
+    assert plan.entry(data.id).action is Action.DETACH_AND_KEEP  # type: ignore[union-attr]
+    kept = plan.entry(filling.id)
+    assert kept is not None and kept.action is Action.DETACH_AND_KEEP
+    assert "left by an unfinished prewarm" in {r.reason for r in kept.reasons}
+    staging = plan.operation("delete-objects:s3://b/trainctl/jobs/j1/staging/")
+    assert staging is not None and staging.depends_on == [f"wait-terminated:{launched.id}"]
+    assert "staging no instance uses" in {r.reason for r in plan.entry(staging.target).reasons}  # type: ignore[union-attr]
+
+
+def test_staging_of_a_job_whose_instance_runs_stays_and_fresh_abandoned_staging_is_too_young() -> None:
+    live = attempt(1)
+    beat = {1: BEAT_NEW}
+    objs = [StoredObject(key="trainctl/jobs/j1/staging/attempt-1/code.tar.gz", size=9, last_modified=NOW - YOUNG)]
+    store = JobStorage(
+        job="j1",
+        bucket="b",
+        status="running",
+        attempt=1,
+        instance_id=live.id,
+        heartbeats=beat,
+        staging_prefix="trainctl/jobs/j1/staging/",
+        staging=objs,
+    )
+    uri = "s3://b/trainctl/jobs/j1/staging/"
+    plan = plan_teardown(inv([live]), scope=Scope(), now=NOW, storage=[store], sweep=True)
+    assert reasons(plan, uri) == {"job unfinished"}
+    gone = plan_teardown(inv(), scope=Scope(), now=NOW, storage=[store], sweep=True)
+    assert reasons(gone, uri) == {"younger than the minimum age"}  # the rule waits 15 min: a launch in progress
+    assert plan_teardown(inv(), scope=Scope(), now=NOW, storage=[store], sweep=True, force=True).entry(uri).destroys  # type: ignore[union-attr]
+
+
+def test_old_transfer_staging_and_unfinished_uploads_go_young_ones_stay_unless_forced() -> None:
+    def obj(key: str, age: timedelta) -> StoredObject:
+        return StoredObject(key=key, size=100, last_modified=NOW - age)
+
+    left = BucketLeftovers(
+        bucket="b",
+        staging=[
+            obj("trainctl/staging/transfer-old/a.bin", timedelta(days=2)),
+            obj("trainctl/staging/transfer-old/b.bin", timedelta(days=3)),
+            obj("trainctl/staging/transfer-new/a.bin", timedelta(hours=2)),
+        ],
+        uploads=[
+            PendingUpload(
+                bucket="b",
+                key="trainctl/jobs/j1/staging/attempt-1/code.tar.gz",
+                upload_id="U1",
+                initiated=NOW - timedelta(days=2),
+            ),
+            PendingUpload(
+                bucket="b", key="trainctl/staging/transfer-new/big", upload_id="U2", initiated=NOW - timedelta(hours=1)
+            ),
+        ],
+    )
+    plan = plan_teardown(inv(), scope=Scope(), now=NOW, sweep=True, leftovers=[left])
+    old_uri, new_uri = "s3://b/trainctl/staging/transfer-old/", "s3://b/trainctl/staging/transfer-new/"
+    assert plan.entry(old_uri).destroys and reasons(plan, new_uri) == {"younger than the minimum age"}  # type: ignore[union-attr]
+    assert plan.operation(f"delete-objects:{old_uri}").object_keys == [  # type: ignore[union-attr]
+        "trainctl/staging/transfer-old/a.bin",
+        "trainctl/staging/transfer-old/b.bin",
+    ]
+    u1, u2 = left.uploads
+    abort = plan.operation(f"abort-upload:{u1.uri}")
+    assert (
+        abort is not None
+        and abort.upload_id == "U1"
+        and abort.object_keys == [u1.key]
+        and abort.step is Step.DELETE_OBJECTS
+    )
+    assert "unfinished multipart upload" in {r.reason for r in plan.entry(u1.uri).reasons}  # type: ignore[union-attr]
+    assert reasons(plan, u2.uri) == {"younger than the minimum age"}
+    forced = plan_teardown(inv(), scope=Scope(), now=NOW, sweep=True, force=True, leftovers=[left])
+    assert forced.entry(new_uri).destroys and forced.entry(u2.uri).destroys  # type: ignore[union-attr]
+    assert plan_teardown(inv(), scope=ALL, now=NOW, leftovers=[left]).entries == []  # the sweep's only
+
+
 # -- properties -----------------------------------------------------------------------------------------------
 
 
@@ -308,6 +553,7 @@ def inventories(draw: st.DrawFn) -> tuple[Inventory, dict[str, TrainingState], l
             state=draw(st.sampled_from(["running", "running", "stopped", "shutting-down"])),
             job=draw(st.sampled_from(["j1", "j2", None])),
             **({t.PROTECTED: "true"} if draw(st.booleans()) and draw(st.booleans()) else {}),
+            **({t.ATTEMPT: str(draw(st.integers(1, 2)))} if draw(st.booleans()) else {}),
         )
         for n in range(1, n_inst + 1)
     ]
@@ -325,6 +571,9 @@ def inventories(draw: st.DrawFn) -> tuple[Inventory, dict[str, TrainingState], l
                 job=draw(st.sampled_from(["j1", "j2", None])),
             )
         )
+        if draw(st.booleans()):  # a prewarm's (maybe unfinished) volume, or a root volume
+            extra = draw(st.sampled_from([{t.PREWARM: t.PREWARM_PENDING}, {t.ROLE: "train"}, {t.ROLE: "prewarm"}]))
+            vols[-1] = vols[-1].model_copy(update={"tags": {**vols[-1].tags, **extra}})
     snaps = [
         snapshot(n, draw(st.sampled_from(vols)), age=draw(ages), protected=draw(st.booleans()))
         for n in range(1, draw(st.integers(0, 5)) + 1)
@@ -340,6 +589,9 @@ def inventories(draw: st.DrawFn) -> tuple[Inventory, dict[str, TrainingState], l
             job=job,
             bucket="b",
             status=draw(st.sampled_from(["running", "succeeded", None])),
+            attempt=draw(st.sampled_from([None, 1, 2])),
+            instance_id=draw(st.sampled_from([None, *(i.id for i in insts)])),
+            heartbeats={1: NOW - draw(ages)} if draw(st.booleans()) else {},
             checkpoints=[
                 CheckpointSet(
                     bucket="b",
