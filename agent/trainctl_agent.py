@@ -31,6 +31,7 @@ The spec (JSON object, written by the train-launch flow; `AgentSpec` below)
     checkpoint_dir   str    instance path, TRAINCTL_CHECKPOINT_DIR              default <job dir>/checkpoints
     checkpoint_uri   str    s3://bucket/prefix/    default s3://<bucket>/trainctl/jobs/<job>/checkpoints/
     sync_interval_s  number periodic checkpoint/log/status upload                             default 300
+    heartbeat_s      number rewrite the status in S3 (its LastModified: teardown's heartbeat)     default 60
     imds_poll_s      number IMDS poll period for spot notices / rebalance                         default 2
     margin_s         number on a notice, SIGKILL the trainer at notice time - margin              default 20
     max_runtime_s    number SIGTERM (then SIGKILL after 30 s) the command after this long   default none
@@ -209,6 +210,8 @@ class AgentSpec:
     checkpoint_dir: str = ""
     checkpoint_uri: str = ""
     sync_interval_s: float = 300.0
+    # The sweep takes an instance whose agent's status is older than its timeout (15 min) for an orphan.
+    heartbeat_s: float = 60.0
     # 2 s, not the 5 s AWS suggests: the trainer must get SIGTERM within 6 s of a notice, load included.
     imds_poll_s: float = 2.0
     margin_s: float = 20.0
@@ -254,15 +257,15 @@ class AgentSpec:
             if not str(getattr(spec, name)).startswith("/"):
                 raise SpecError(f"{name}: an absolute instance path is required")
         split_s3_uri(spec.checkpoint_uri)
-        for name in ("sync_interval_s", "imds_poll_s", "margin_s", "max_runtime_s"):
+        for name in ("sync_interval_s", "heartbeat_s", "imds_poll_s", "margin_s", "max_runtime_s"):
             if name not in data or data[name] is None:
                 continue
             value = data[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise SpecError(f"{name}: {value!r} is not a number >= 0")
             setattr(spec, name, float(value))
-        if spec.imds_poll_s <= 0 or spec.sync_interval_s <= 0:
-            raise SpecError("sync_interval_s and imds_poll_s must be > 0")
+        if spec.imds_poll_s <= 0 or spec.sync_interval_s <= 0 or spec.heartbeat_s <= 0:
+            raise SpecError("sync_interval_s, heartbeat_s and imds_poll_s must be > 0")
         return spec
 
     @classmethod
@@ -1068,6 +1071,18 @@ class Agent:
         except (S3Error, OSError) as exc:
             log.error("publishing status %s failed: %s", status, exc)
 
+    def heartbeat(self) -> None:
+        """Rewrite the running status in S3 (the document only, not the log): its LastModified tells teardown the
+        agent is alive, whatever the sync interval. Best effort, like every status write."""
+        try:
+            self.s3.put_json(
+                self.job_bucket,
+                self._key(status_uri(self.job_bucket, self.spec.job, self.spec.attempt)),
+                self.status_document("running"),
+            )
+        except (S3Error, OSError) as exc:
+            log.error("heartbeat failed: %s", exc)
+
     def sync(self, *, why: str) -> int | None:
         """Upload the checkpoint if it changed, then the log and the running status."""
         with self.sync_lock:
@@ -1168,6 +1183,7 @@ class Agent:
         proc = self.proc
         started = time.monotonic()
         next_sync = started + self.spec.sync_interval_s
+        next_beat = started + self.spec.heartbeat_s
         stopping = False
         while proc.poll() is None:
             if self.ending == "interruption":
@@ -1186,6 +1202,12 @@ class Agent:
                 self.sync_requested.clear()
                 self.sync(why=why)
                 next_sync = time.monotonic() + self.spec.sync_interval_s
+                next_beat = time.monotonic() + self.spec.heartbeat_s  # the sync wrote the status too
+            elif now >= next_beat:
+                with self.sync_lock:  # never after the interruption's final status
+                    if self.ending is None:
+                        self.heartbeat()
+                next_beat = time.monotonic() + self.spec.heartbeat_s
             time.sleep(0.2)
         if not self._claim("exit"):
             self.interruption_done.wait()

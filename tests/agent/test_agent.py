@@ -334,6 +334,26 @@ def test_rebalance_recommendation_uploads_a_checkpoint_early(cloud: Sandbox, buc
     machine.agent("stop --job rebal --grace 2")
 
 
+def test_heartbeat_rewrites_the_status_between_syncs(cloud: Sandbox, bucket: str) -> None:
+    """Teardown's sweep reads the status object's age as the agent's heartbeat: it must not wait for a sync."""
+    machine = launch(cloud)
+    spec = spec_for(bucket, "beat", 1, ["--steps", "10000", "--step-seconds", "0.1"], sync_interval_s=300)
+    machine.start({**spec, "heartbeat_s": 0.3})
+    machine.wait_for_log("beat", "step 2/")
+    key = key_of(ta.status_uri(bucket, "beat", 1))
+    first = s3_json(cloud, bucket, key)
+    assert first is not None and first["status"] == "running"
+
+    def beaten() -> bool:
+        doc = s3_json(cloud, bucket, key)
+        return bool(doc and doc["status"] == "running" and doc["updated_at"] != first["updated_at"])
+
+    assert cloud.wait_for(beaten, timeout=10, interval=0.2)
+    latest = key_of(ta.default_checkpoint_uri(bucket, "beat")) + ta.LATEST_NAME
+    assert s3_json(cloud, bucket, latest) is None  # no sync happened: the status was rewritten on its own
+    machine.agent("stop --job beat --grace 2")
+
+
 # -- the S3 client, IMDS and checkpoints in-process against the sandbox --------------------------------------------
 def client(cloud: Sandbox, **kwargs: Any) -> ta.S3Client:
     creds = ta.CredentialProvider(static=ta.Credentials("sandbox-access-key", "sandbox-secret-key"))
@@ -514,6 +534,7 @@ def test_spec_validation() -> None:
     assert spec.checkpoint_dir == "/var/lib/trainctl/jobs/j/checkpoints"
     assert spec.checkpoint_uri == "s3://b/trainctl/jobs/j/checkpoints/"
     assert (spec.sync_interval_s, spec.imds_poll_s, spec.margin_s, spec.max_runtime_s) == (300, 2, 20, None)
+    assert spec.heartbeat_s == 60
     for bad in (
         {**good, "command": "python3 x.py"},
         {**good, "command": []},
@@ -521,6 +542,7 @@ def test_spec_validation() -> None:
         {**good, "attempt": 0},
         {**good, "checkpoint_uri": "/local/path"},
         {**good, "imds_poll_s": -1},
+        {**good, "heartbeat_s": 0},
         {**good, "surprise": 1},
         {k: v for k, v in good.items() if k != "bucket"},
     ):
