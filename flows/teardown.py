@@ -1,7 +1,8 @@
 """safe-teardown: remove what a job (or a list of IDs, or everything managed) left behind, keep what must survive.
 
-Runbook: inventory → training check over SSM (running managed instances in scope only) → the jobs' S3 state
-(records, checkpoints, staging) → plan (core/teardown.py: every resource gets an action and its reasons) →
+Runbook: inventory → the jobs' S3 state (records, agent heartbeats, checkpoints, staging; for the sweep also
+transfer staging and unfinished multipart uploads) → training check over SSM (running managed instances the plan
+would otherwise terminate) → plan (core/teardown.py: every resource gets an action and its reasons) →
 publish the plan (table + mermaid dependency graph) → stop here on a dry run (the default) → optional approval
 in the UI → execute step by step in DESIGN.md order → report deleted / kept (with reasons) / failed.
 
@@ -42,9 +43,9 @@ from core.teardown import (
     plan_teardown,
 )
 from flows.reporting import artifact_key
-from tasks.checkpoints import list_job_storage
+from tasks.checkpoints import list_bucket_leftovers, list_job_storage
 from tasks.inventory import inventory as inventory_task
-from tasks.teardown import delete_objects, describe_unmanaged, terminate_instance, wait_terminated
+from tasks.teardown import abort_upload, delete_objects, describe_unmanaged, terminate_instance, wait_terminated
 from tasks.training import detect_training, detect_training_fn, flush_checkpoints, stop_jobs, wait_training_done
 from tasks.volumes import delete_snapshot, delete_volume, detach_volume, keep_on_termination
 
@@ -66,8 +67,13 @@ class TeardownRequest(BaseModel):
     min_age_minutes: float | None = None  # overrides of the policy's values
     checkpoint_recency_minutes: float | None = None
     training_wait_timeout_minutes: float | None = None
-    prewarm_max_age_hours: float = 1.0
-    orphan_volume_age_hours: float = 24.0
+    # The sweep's orphan rules (core/teardown.py TeardownPolicy.rule_age): how old an orphan must be.
+    prewarm_max_age_hours: float = Field(default=1.0, ge=0)
+    orphan_volume_age_hours: float = Field(default=24.0, ge=0)
+    orphan_instance_age_minutes: float = Field(default=15.0, ge=0, description="so a launch in progress is safe")
+    heartbeat_timeout_minutes: float = Field(default=15.0, ge=0, description="an agent silent longer is gone")
+    stale_staging_age_hours: float = Field(default=24.0, ge=0)
+    upload_max_age_hours: float = Field(default=24.0, ge=0)
     snapshot_retention: int = Field(default=3, ge=0)
     account: str | None = None
     # For tests and rehearsals: the clock the planner uses (S3 LastModified and EC2 create times cannot be set back
@@ -144,13 +150,22 @@ def _policy(request: TeardownRequest) -> tuple[TeardownPolicy, float]:
             prewarm_max_age=timedelta(hours=request.prewarm_max_age_hours),
             orphan_volume_age=timedelta(hours=request.orphan_volume_age_hours),
             snapshot_retention=request.snapshot_retention,
+            orphan_instance_age=timedelta(minutes=request.orphan_instance_age_minutes),
+            heartbeat_timeout=timedelta(minutes=request.heartbeat_timeout_minutes),
+            stale_staging_age=timedelta(hours=request.stale_staging_age_hours),
+            upload_max_age=timedelta(hours=request.upload_max_age_hours),
         ),
         timeout * 60,
     )
 
 
 def _instances_to_check(
-    inventory: Inventory, request: TeardownRequest, policy: TeardownPolicy, now: datetime, unmanaged: Any
+    inventory: Inventory,
+    request: TeardownRequest,
+    policy: TeardownPolicy,
+    now: datetime,
+    unmanaged: Any,
+    storage: list[JobStorage],
 ) -> list[str]:
     """Running managed instances the plan would terminate but for the training check: ask the planner itself."""
     draft = plan_teardown(
@@ -158,6 +173,7 @@ def _instances_to_check(
         scope=request.scope(),
         now=now,
         policy=policy,
+        storage=storage,
         unmanaged=unmanaged,
         force=request.force,
         sweep=request.sweep,
@@ -280,6 +296,10 @@ def _runner(
                 if out["skipped"]:
                     raise TrainctlError(f"{len(out['skipped'])} object(s) were rewritten since the plan; kept")
                 return "done", f"{len(out['deleted'])} object(s)"
+            case OpKind.ABORT_UPLOAD:
+                assert op.bucket and op.upload_id
+                aborted = abort_upload(op.bucket, op.object_keys[0], op.upload_id, account=account)
+                return ("done", "aborted") if aborted else ("already-done", "completed or aborted since")
         raise AssertionError(f"unknown operation {op.kind}")
 
     return run
@@ -346,15 +366,20 @@ def safe_teardown(request: TeardownRequest) -> TeardownReport:
     missing = [i for i in request.ids if inventory.get(i.strip()) is None]
     unmanaged: dict[str, ManagedResource] = describe_unmanaged(missing, account=request.account) if missing else {}
 
-    # 2. Training over SSM: only the running instances whose fate depends on it.
-    to_check = _instances_to_check(inventory, request, policy, now, unmanaged)
+    # 2. The jobs' S3 state (records, heartbeats, staging, checkpoints) and, for the sweep, the bucket's leftovers.
+    storage = _storage(request, inventory)
+    leftovers = (
+        [list_bucket_leftovers(request.bucket, account=request.account)] if request.sweep and request.bucket else []
+    )
+
+    # 3. Training over SSM: only the running instances whose fate depends on it.
+    to_check = _instances_to_check(inventory, request, policy, now, unmanaged, storage)
     futures = [detect_training.submit(iid, account=request.account) for iid in to_check]
     training = {f.result().instance_id: f.result() for f in futures}
     for state in training.values():
         log.info("training on %s: %s %s", state.instance_id, state.status, ", ".join(state.jobs))
 
-    # 3. The jobs' S3 state, then 4. the plan.
-    storage = _storage(request, inventory)
+    # 4. The plan.
     plan = plan_teardown(
         inventory,
         scope=request.scope(),
@@ -367,6 +392,7 @@ def safe_teardown(request: TeardownRequest) -> TeardownReport:
         wait_for_training=request.wait_for_training,
         force_training=request.force_training,
         sweep=request.sweep,
+        leftovers=leftovers,
     )
     publish_plan(plan, run_id)
     log.info("plan: %d entries, %d operations", len(plan.entries), len(plan.operations))

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 from blocks.aws import load_account
 from core import jobs
 from core.s3uri import parse_s3_uri
-from core.teardown import CheckpointSet, JobStorage, StoredObject
+from core.teardown import BucketLeftovers, CheckpointSet, JobStorage, PendingUpload, StoredObject
 from tasks.aws import aws_task, translate
+from tasks.storage import list_uploads
 
 _CKPT = re.compile(r"^ckpt-(\d+)/")
+_STATUS = re.compile(r"^attempt-(\d+)\.json$")  # core/jobs.py status_uri
 
 
 def _objects(s3: Any, bucket: str, prefix: str) -> list[StoredObject]:
@@ -70,16 +73,35 @@ def list_jobs(bucket: str, *, account: str | None = None) -> list[str]:
     return sorted(n for n in names if jobs.JOB_NAME.match(n))
 
 
+def _heartbeats(s3: Any, bucket: str, job: str) -> dict[int, datetime]:
+    """attempt -> when its agent last wrote its status (every heartbeat rewrites it): one listing per job."""
+    prefix = jobs.job_prefix(bucket, job).join("status").prefix
+    beats: dict[int, datetime] = {}
+    for obj in _objects(s3, bucket, prefix):
+        match = _STATUS.match(obj.key[len(prefix) :])
+        if match:
+            beats[int(match.group(1))] = obj.last_modified
+    return beats
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def job_storage_fn(bucket: str, job: str, *, account: str | None = None) -> JobStorage:
     s3 = load_account(account).client("s3")
     record = _record(s3, bucket, job) or {}
     checkpoint_uri = record.get("checkpoint_uri") or jobs.default_checkpoint_uri(bucket, job)
     ckpt = parse_s3_uri(str(checkpoint_uri), field="checkpoint_uri")
     staging = jobs.job_prefix(bucket, job).join("staging").prefix
+    instance_id = record.get("instance_id")
     return JobStorage(
         job=job,
         bucket=bucket,
         status=record.get("status"),
+        attempt=_int_or_none(record.get("attempt")),
+        instance_id=instance_id if isinstance(instance_id, str) else None,
+        heartbeats=_heartbeats(s3, bucket, job) if record else {},
         staging_prefix=staging,
         staging=_objects(s3, bucket, staging),
         checkpoint_prefix=ckpt.prefix,
@@ -94,3 +116,20 @@ def list_job_storage(
     """The S3 state of the named jobs (None: every job with a folder in the bucket)."""
     names = sorted(set(job_names)) if job_names is not None else list_jobs(bucket, account=account)
     return [job_storage_fn(bucket, name, account=account) for name in names if jobs.JOB_NAME.match(name)]
+
+
+@aws_task(name="list-bucket-leftovers", tags=["aws-s3"])
+def list_bucket_leftovers(bucket: str, *, account: str | None = None) -> BucketLeftovers:
+    """What killed copies leave in the bucket: objects under trainctl/staging/ (transfers without a job) and every
+    unfinished multipart upload under trainctl/. Two paginated listings, whatever their number."""
+    s3 = load_account(account).client("s3")
+    left = BucketLeftovers(bucket=bucket)
+    return left.model_copy(
+        update={
+            "staging": _objects(s3, bucket, left.staging_prefix),
+            "uploads": [
+                PendingUpload(bucket=bucket, key=key, upload_id=upload_id, initiated=initiated)
+                for key, upload_id, initiated in list_uploads(s3, bucket, "trainctl/")
+            ],
+        }
+    )

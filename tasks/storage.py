@@ -107,25 +107,36 @@ def delete_prefix(uri: str, *, account: str | None = None) -> int:
     return deleted
 
 
-def abort_uploads(s3: Any, bucket: str, prefix: str, keys: Collection[str] | None = None) -> int:
-    """Abort the unfinished multipart uploads under `prefix` (only those of `keys` when given); returns how many.
+def list_uploads(s3: Any, bucket: str, prefix: str) -> list[tuple[str, str, datetime]]:
+    """(key, upload id, initiated) of every unfinished multipart upload under `prefix` (paginated)."""
+    try:
+        with translate("s3:ListBucketMultipartUploads"):
+            pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+            return [(u["Key"], u["UploadId"], u["Initiated"]) for page in pages for u in page.get("Uploads", [])]
+    except AwsError as exc:
+        if exc.code != "NoSuchUpload":  # some S3-compatible stores (rclone's) answer this when there are none
+            raise
+        return []
+
+
+def abort_uploads(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    keys: Collection[str] | None = None,
+    upload_ids: Collection[str] | None = None,
+) -> int:
+    """Abort the unfinished multipart uploads under `prefix` (only those of `keys`, and of `upload_ids`, when
+    given); returns how many.
 
     A killed upload leaves its parts stored and billed, invisible to listings, until aborted or a lifecycle rule
     removes them. An unfinished upload is no object yet: aborting it loses no readable data. One finished or
     aborted meanwhile is skipped."""
-    try:
-        with translate("s3:ListBucketMultipartUploads"):
-            pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
-            uploads = [
-                (u["Key"], u["UploadId"])
-                for page in pages
-                for u in page.get("Uploads", [])
-                if keys is None or u["Key"] in keys
-            ]
-    except AwsError as exc:
-        if exc.code != "NoSuchUpload":  # some S3-compatible stores (rclone's) answer this when there are none
-            raise
-        return 0
+    uploads = [
+        (key, upload_id)
+        for key, upload_id, _ in list_uploads(s3, bucket, prefix)
+        if (keys is None or key in keys) and (upload_ids is None or upload_id in upload_ids)
+    ]
     aborted = 0
     for key, upload_id in uploads:
         try:

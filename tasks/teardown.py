@@ -15,7 +15,7 @@ from core.errors import SafetyRefusalError
 from core.ids import kind_of, validate_id
 from core.models import Instance, ManagedResource, Snapshot, Volume
 from tasks.aws import aws_task, translate
-from tasks.storage import delete_keys
+from tasks.storage import abort_uploads, delete_keys
 from tasks.volumes import WAIT, get_instance
 
 GONE_STATES = {"shutting-down", "terminated"}
@@ -90,6 +90,13 @@ def delete_objects(
     deletable = sorted(k for k in wanted if k in current and k not in skipped)
     delete_keys(s3, bucket, deletable)
     return {"deleted": sorted(wanted - set(skipped)), "skipped": skipped}
+
+
+@aws_task(name="abort-upload", tags=["aws-s3"])
+def abort_upload(bucket: str, key: str, upload_id: str, *, account: str | None = None) -> bool:
+    """Abort one unfinished multipart upload (its stored parts go). False when it was completed or aborted since."""
+    s3: Any = load_account(account).client("s3")
+    return abort_uploads(s3, bucket, key, keys={key}, upload_ids={upload_id}) > 0
 
 
 @aws_task(name="describe-unmanaged", tags=["aws-ec2"])
