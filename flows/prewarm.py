@@ -46,6 +46,7 @@ from tasks.volumes import (
     describe_instance,
     describe_volume,
     detach_volume,
+    mark_prewarmed,
 )
 
 STEPS = ["check source", "volume", "instance", "ssm online", "attach", "mount", "sync", "verify", "finish", "detach"]
@@ -126,6 +127,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
             availability_zone=zone,
             instance_type=None if zone else spec.instance_type,
             job=spec.job,
+            extra_tags={t.PREWARM: t.PREWARM_PENDING},  # until verified and detached (the sweep reports it)
             account=account,
         )
     log.info("volume %s in %s", volume.id, volume.availability_zone)
@@ -169,6 +171,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
 
         progress.step("detach")
         volume = detach_volume(volume.id, account=account)
+        mark_prewarmed(volume.id, account=account)
     except BaseException as exc:
         cleaned = _cleanup(spec, volume, instance, launch_key, temporary=given_instance is None)
         markdown_report(

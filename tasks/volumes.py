@@ -173,9 +173,11 @@ def create_volume(
     instance_id: str | None = None,
     instance_type: str | None = None,
     job: str | None = None,
+    extra_tags: dict[str, str] | None = None,
     account: str | None = None,
 ) -> Volume:
-    """Create a volume (encrypted, gp3, persistent by default) and wait until it is `available`.
+    """Create a volume (encrypted, gp3, persistent by default) and wait until it is `available`. `extra_tags`
+    (e.g. a prewarm's progress tag) are set at creation too; they never override the schema's own keys.
 
     Refuses a name that a managed volume already has. The AZ is the one given, the instance's, or the first AZ
     offering `instance_type`. A retried call (Prefect task retry) returns the volume its first attempt made.
@@ -199,6 +201,7 @@ def create_volume(
         persistent=spec.persistent,
         protected=spec.protected,
         client_token=token,
+        extra=extra_tags,
     )
     request: dict[str, Any] = {
         "AvailabilityZone": zone,
@@ -573,3 +576,15 @@ def _tolerate_not_found(call: Callable[[], Any], operation: str) -> None:
     except Exception as exc:
         if _code(exc) not in NOT_FOUND_CODES:
             raise
+
+
+@aws_task(name="mark-prewarmed", tags=["aws-ec2"])
+def mark_prewarmed(volume_id: str, *, account: str | None = None) -> None:
+    """The prewarm of this managed volume finished (data verified, volume detached): its progress tag says so, and
+    the sweep no longer reports it as left by an unfinished prewarm. A volume without the tag is left as it is."""
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    if not volume.managed or volume.tags.get(t.PREWARM) != t.PREWARM_PENDING:
+        return
+    with translate("CreateTags"):
+        ec2.create_tags(Resources=[volume_id], Tags=t.to_aws({t.PREWARM: t.PREWARM_DONE}))

@@ -73,6 +73,7 @@ def test_prewarm_lands_every_byte_and_leaves_no_instance(cloud: Sandbox) -> None
     tags = t.from_aws(volume["Tags"])
     assert volume["State"] == "available" and volume["Attachments"] == []
     assert tags[t.MANAGED] == "true" and tags[t.PERSISTENT] == "true" and tags[t.NAME] == "imagenet"
+    assert tags[t.PREWARM] == t.PREWARM_DONE  # no sweep reports it as left by an unfinished prewarm
     temp = ec2.describe_instances(InstanceIds=[report.instance_id])["Reservations"][0]["Instances"][0]
     assert temp["State"]["Name"] == "terminated"
     assert _managed_instances(cloud) == []
@@ -123,6 +124,7 @@ def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox) -> 
     assert _managed_instances(cloud) == []
     volumes = cloud.client("ec2").describe_volumes(Filters=[{"Name": "tag:Name", "Values": ["broken"]}])["Volumes"]
     assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
+    assert t.from_aws(volumes[0]["Tags"])[t.PREWARM] == t.PREWARM_PENDING  # its data is partial: the sweep says so
 
 
 def test_existing_volume_and_instance_are_reused_kept_and_snapshotted(cloud: Sandbox) -> None:
