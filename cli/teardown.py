@@ -31,7 +31,13 @@ def teardown(
     job: Annotated[str | None, typer.Option("--job", help="Tear down everything of this job.")] = None,
     all_managed: Annotated[bool, typer.Option("--all", help="Everything trainctl manages in the region.")] = False,
     sweep: Annotated[
-        bool, typer.Option("--sweep", help="Also remove orphans: old prewarm instances, unattached volumes, ...")
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Also remove orphans (with --bucket: the job records): leftovers of killed launches and prewarms, "
+            "instances whose agent is gone, stopped instances of ended jobs, unattached volumes, old staging and "
+            "unfinished uploads. Each by a named rule with an age (README); --force lifts the age.",
+        ),
     ] = False,
     bucket: Annotated[
         str | None, typer.Option("--bucket", help="Bucket of the job records, checkpoints and staging objects.")
