@@ -91,6 +91,8 @@ def teardown(
 
         if not json_output:
             info("planning the teardown (starts a Prefect flow run)")
+            if sweep and not bucket:
+                info("without --bucket the sweep reads no job record: training instances, staging and uploads stay")
         with flow_console(state, quiet=False):
             report = safe_teardown(request)
     if json_output:
