@@ -365,6 +365,9 @@ class TransferReport(BaseModel):
     would_delete: list[str] = Field(default_factory=list)
     verified: bool = False
     mismatches: list[str] = Field(default_factory=list)
+    # Of the mismatches, the objects that changed in S3 (other ETag, or gone) after the listing the plan was made
+    # from: the copy may have taken their new bytes, which are not placed under the final name.
+    changed: list[str] = Field(default_factory=list)
     compressed: bool = False
     instance_id: str | None = None
     staging: str | None = None
@@ -385,9 +388,16 @@ class TransferVerifyError(TrainctlError):
 
     def __init__(self, report: TransferReport) -> None:
         self.report = report
-        shown = ", ".join(report.mismatches[:5]) + (" …" if len(report.mismatches) > 5 else "")
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+
+        message = f"verify failed for {len(report.mismatches)} file(s) of {report.src} → {report.dst}"
+        message += f": {listed(report.mismatches)}"
+        if report.changed:
+            message += f" ({len(report.changed)} changed in S3 since the listing: {listed(report.changed)})"
         super().__init__(
-            f"verify failed for {len(report.mismatches)} file(s) of {report.src} → {report.dst}: {shown}",
+            message,
             fix="Run the transfer again (only the failed files move); if it persists, the source changed during "
             "the copy or the storage is corrupting data",
         )
