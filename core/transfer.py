@@ -681,7 +681,9 @@ _PRELUDE = [
 ]
 
 
-def _script(*lines: str) -> list[str]:
+def instance_script(*lines: str) -> list[str]:
+    """`lines` after the prelude every instance script of ours starts with: `set -eu`, the helper as `h VERB ...`,
+    `get`/`put` (s5cmd, else the aws CLI) and a scratch folder `$work` removed at exit."""
     return [*_PRELUDE, *lines]
 
 
@@ -698,7 +700,7 @@ def scan_script(path: str, out_uri: str, *, mode: Literal["src", "dst"], expect_
     else:
         lines += [f'h scan "$root" "$work/scan.json" {quote(mode)}']
     lines += [f'put "$work/scan.json" {quote(out_uri)}']
-    return _script(*lines)
+    return instance_script(*lines)
 
 
 def receive_script(
@@ -735,7 +737,7 @@ def receive_script(
             "fi",
         ]
     lines += ['h apply "$partial" "$root" "$work/manifest.json"']
-    return _script(*lines)
+    return instance_script(*lines)
 
 
 def send_script(
@@ -760,13 +762,13 @@ def send_script(
             '  sh -e "$work/run.sh"',
             "fi",
         ]
-    return _script(*lines)
+    return instance_script(*lines)
 
 
 def check_script(path: str, expect_uri: str) -> list[str]:
     """Compare instance files with expected sizes/checksums (after an upload from the instance)."""
 
-    return _script(
+    return instance_script(
         f"root={on_instance(path)}",
         f'get {quote(expect_uri)} "$work/expect.json"',
         'h check "$root" "$work/expect.json"',
