@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,7 +149,7 @@ def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox, mon
     s3.put_object(Bucket="broken", Key="data/gone.bin", Body=b"deleted after the listing")
     real_put_json = flows.prewarm.put_json
 
-    def put_then_delete(uri: str, payload: object, **kwargs: object) -> str:
+    def put_then_delete(uri: str, payload: object, **kwargs: Any) -> str:
         # Once the list of keys to copy is written, an object on it goes: the copy on the instance fails.
         written = real_put_json(uri, payload, **kwargs)
         s3.delete_object(Bucket="broken", Key="data/gone.bin")
