@@ -472,6 +472,7 @@ def _apply_result(job: Job, stdout: str, plan: SyncPlan, sizes: dict[str, int]) 
 def _local_to_instance(job: Job) -> None:
     source = tx.local_source(job.src)
     root, src = source.root, job.filtered(source.files)
+    check_all_safe(src, what="local file", shown=f"{root}/")  # each becomes a path on the instance
     remote = _remote(job, job.dst, None)
 
     def body() -> None:

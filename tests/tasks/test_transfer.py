@@ -451,6 +451,14 @@ def test_bad_input_is_refused_before_anything_moves(
     with pytest.raises(PathEscapeError, match="etc/passwd"):
         run_transfer(TransferRequest(src=f"s3://{BUCKET}/evil/", dst=str(tmp_path / "d")))
     assert not (tmp_path / "d").exists()
+    # A local name the instance could not take as a path: refused before the instance is even looked up.
+    (tmp_path / "win").mkdir()
+    (tmp_path / "win" / "a\\b.txt").write_bytes(b"x")
+    with pytest.raises(PathEscapeError, match=r"a\\\\b\.txt"):
+        run_transfer(
+            TransferRequest(src=str(tmp_path / "win"), dst="i-0123456789abcdef0:/data", staging=f"s3://{BUCKET}/st")
+        )
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="st/").get("KeyCount", 0) == 0
     monkeypatch.setattr(tx, "free_bytes", lambda path: 10)
     s3.put_object(Bucket=BUCKET, Key="space/a.bin", Body=b"x" * 1000)
     with pytest.raises(TransferError, match="not enough space"):
