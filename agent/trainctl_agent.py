@@ -802,6 +802,44 @@ class IntegrityError(Exception):
     pass
 
 
+def path_problem(rel: str) -> str | None:
+    """Why a name from S3 cannot become a path under a folder, or None: core/paths.py's rule, copied (the agent
+    imports nothing of trainctl's; tests/core/test_paths.py runs both over one table of names)."""
+    if not rel:
+        return "is empty"
+    if rel.startswith("/"):
+        return "is absolute"
+    if "\\" in rel:
+        return "contains a backslash"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in rel):
+        return "contains a control character"
+    try:
+        size = len(rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "has a '..', '.' or empty segment"
+    if any(len(p.encode("utf-8")) > 255 for p in parts):
+        return "has a segment over 255 bytes"
+    if size > 4096:
+        return "is over 4096 bytes"
+    return None
+
+
+def check_paths(rels: list[str]) -> None:
+    """IntegrityError naming the first name that fails `path_problem` or is both a file and a folder."""
+    names = set(rels)
+    for rel in sorted(names):
+        why = path_problem(rel)
+        if why:
+            raise IntegrityError(f"unsafe path in manifest: {rel!r} {why}")
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in names:
+                raise IntegrityError(f"unsafe path in manifest: {'/'.join(parts[:depth])!r} is a file and a folder")
+
+
 class Checkpoints:
     """Restore, snapshot+upload and verify a job's checkpoints (layout in the module docstring)."""
 
@@ -858,11 +896,10 @@ class Checkpoints:
         manifest = self.s3.get_json(self.bucket, folder_key + MANIFEST_NAME)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
             raise IntegrityError(f"{folder_key}{MANIFEST_NAME} is missing or malformed")
+        # Every name is checked before the first download: a refused checkpoint writes nothing.
+        check_paths([str(entry["path"]) for entry in manifest["files"]])
         for entry in manifest["files"]:
             rel = str(entry["path"])
-            parts = rel.split("/")
-            if rel.startswith("/") or ".." in parts or "" in parts:
-                raise IntegrityError(f"unsafe path in manifest: {rel!r}")
             size, sha = self.s3.download_file(self.bucket, folder_key + rel, self.folder / rel)
             if size != int(entry["size"]) or sha != entry["sha256"]:
                 raise IntegrityError(

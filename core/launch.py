@@ -24,6 +24,7 @@ from core.prewarm import mount_point as volume_mount_point
 from core.prewarm import mount_script
 from core.s3uri import parse_s3_uri
 from core.shell import on_instance, quote
+from core.transfer import instance_script
 
 DEFAULT_CODE_LIMIT_MB = 200
 AGENT_SCRIPT = "agent/trainctl_agent.py"
@@ -258,21 +259,23 @@ def data_mount_script(volume_id: str, device: str, filesystem: str, at: str | No
 
 
 def ship_script(job: str, staging: str) -> list[str]:
-    """Download code, agent and agent spec from the staging prefix and unpack them into the job's folder."""
-    return [
-        "set -eu",
+    """Download code, agent and agent spec from the staging prefix and unpack them into the job's folder: only
+    those three objects, and archives whose members are all plain files or folders with names that stay inside
+    (core.paths' rule, the instance helper's `unpack`), checked before anything is extracted."""
+    names = " ".join(f"--include {quote(name)}" for name in (CODE_TARBALL, AGENT_TARBALL, AGENT_SPEC))
+    return instance_script(
         f"job={_job_dir(job)}",
         f"src={quote(staging)}",
         'mkdir -p "$job"',
         'rm -rf "$job/code" "$job/agent"',
         'mkdir -p "$job/code"',
-        # One CLI call for the three objects (each `aws` start costs about a second).
-        'aws s3 cp --only-show-errors --recursive "$src" "$job/"',
-        f'tar -xzf "$job/{CODE_TARBALL}" -C "$job/code"',
-        f'tar -xzf "$job/{AGENT_TARBALL}" -C "$job"',
+        # One CLI call for the three objects (each `aws` start costs about a second); other keys stay in S3.
+        f'aws s3 cp --only-show-errors --recursive "$src" "$job/" --exclude "*" {names}',
+        f'h unpack "$job/{CODE_TARBALL}" "$job/code"',
+        f'h unpack "$job/{AGENT_TARBALL}" "$job"',
         f'test -f "$job/{AGENT_SCRIPT}"',
         'echo "shipped $(find "$job/code" -type f | wc -l) files to $job/code"',
-    ]
+    )
 
 
 def start_agent_script(job: str) -> list[str]:

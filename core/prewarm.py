@@ -18,13 +18,16 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from core.ebs import VolumeSpec, device_by_id_path
 from core.errors import InvalidInputError
 from core.ids import validate_availability_zone, validate_id
+from core.paths import PathEscapeError
 from core.s3uri import parse_s3_uri
 from core.shell import on_instance, quote
+from core.transfer import PARTIAL_PREFIX, check_all_safe, receive_script
 
 MANIFEST_DIR = ".trainctl"
 MANIFEST_NAME = "prewarm-manifest.json"
 # Names at the volume root that are not data (the manifest folder, ext4's lost+found).
 NOT_DATA = (MANIFEST_DIR, "lost+found")
+SYNC_PART_MIB = 50  # s5cmd's default part size
 _RELATIVE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
@@ -117,21 +120,42 @@ def mount_script(volume_id: str, device: str, filesystem: str) -> list[str]:
     ]
 
 
-def sync_script(source: str, volume_id: str, target_dir: str) -> list[str]:
-    """s5cmd when the instance has it (several times faster), else `aws s3 sync`."""
+def check_keys(source: str, objects: Mapping[str, int], target_dir: str) -> None:
+    """Every listed key can become a path under the destination (core.paths' rule, checked before any volume or
+    instance exists), and none lands on the manifest folder or lost+found at the volume root."""
     uri = parse_s3_uri(source, field="source")
-    prefix_uri = f"s3://{uri.bucket}/{uri.prefix}"
+    shown = f"s3://{uri.bucket}/{uri.prefix}"
+    check_all_safe(objects, what="S3 object", shown=shown)
+    if not target_dir:
+        for rel in objects:
+            if rel.split("/")[0] in NOT_DATA:
+                raise PathEscapeError(
+                    f"S3 object {shown + rel!r} would land in the volume's {rel.split('/')[0]}/ (not data)",
+                    fix="Prewarm into a folder of the volume (--target-dir), or rename the object",
+                )
+
+
+def sync_manifest(objects: Mapping[str, int]) -> dict[str, object]:
+    """What the instance copies: exactly these keys (relative to the source prefix), each placed once its size is
+    the listed one (the count, bytes and names are verified afterwards, `verify_script`)."""
+    return {"files": {rel: {"size": size} for rel, size in objects.items()}, "delete": [], "verify": False}
+
+
+def sync_script(source: str, volume_id: str, target_dir: str, manifest_uri: str, run_id: str) -> list[str]:
+    """Copy exactly the keys in the manifest (`sync_manifest`, put at `manifest_uri`): the transfer's receive on
+    the instance — one `cp --raw` per key in an s5cmd run file (the aws CLI file by file without s5cmd), every
+    name checked again there before the first copy, files landing in a partial folder on the volume and moved
+    into place. Never a wildcard: s5cmd would list the prefix again and copy keys nobody checked."""
+    uri = parse_s3_uri(source, field="source")
     dest = mount_point(volume_id) + (f"/{target_dir}" if target_dir else "")
-    return [
-        "set -eu",
-        f"dest={on_instance(dest)}",
-        'mkdir -p "$dest"',
-        "if command -v s5cmd >/dev/null 2>&1; then",
-        f'  echo "sync with s5cmd"; s5cmd --log error sync {quote(prefix_uri + "*")} "$dest/"',
-        "else",
-        f'  echo "sync with aws s3 sync"; aws s3 sync {quote(prefix_uri)} "$dest" --only-show-errors --no-progress',
-        "fi",
-    ]
+    return receive_script(
+        dest,
+        f"{PARTIAL_PREFIX}{run_id}",
+        manifest_uri,
+        files_prefix=f"s3://{uri.bucket}/{uri.prefix}",
+        archive_uri=None,
+        part_mib=SYNC_PART_MIB,
+    )
 
 
 VERIFY_PY = r"""

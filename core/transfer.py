@@ -42,8 +42,10 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
 
+from core import paths
 from core.errors import InvalidInputError, TrainctlError, UsageError
 from core.jobs import job_prefix, validate_job_name
+from core.paths import PathEscapeError as PathEscapeError  # re-exported: its home was here
 from core.s3uri import S3Uri, parse_s3_uri
 from core.shell import on_instance, quote
 
@@ -57,10 +59,6 @@ _JOB = re.compile(r"^job:([^:]*):(.*)$")
 
 class TransferError(UsageError):
     """A transfer was refused before anything moved (bad location, path escaping, no space...)."""
-
-
-class PathEscapeError(TransferError):
-    """A name inside a listing or an archive would land outside the destination."""
 
 
 class Kind(StrEnum):
@@ -138,27 +136,15 @@ class Filters:
 # -- path safety ------------------------------------------------------------------------------------------------
 
 
-def safe_relative(rel: str, *, what: str = "name") -> str:
-    """A relative path that stays inside the folder it is joined to, or PathEscapeError.
-
-    Refused: absolute names, `..` or `.` segments, empty segments (`a//b`), NUL, and our own partial folders.
-    """
-    if not rel or rel.startswith("/") or "\x00" in rel:
-        raise PathEscapeError(f"{what} {rel!r} is absolute or empty", fix="Only relative names can be copied")
-    parts = rel.split("/")
-    if any(p in {"", ".", ".."} for p in parts):
-        raise PathEscapeError(
-            f"{what} {rel!r} would escape the destination or is ambiguous ('..', '.' or an empty segment)",
-            fix="Rename the object/member, or exclude it with --exclude",
-        )
-    if parts[0].startswith(PARTIAL_PREFIX):
-        raise PathEscapeError(f"{what} {rel!r} uses trainctl's reserved prefix {PARTIAL_PREFIX!r}")
-    return rel
+def safe_relative(rel: str, *, what: str = "name", shown: str = "") -> str:
+    """A relative path that stays inside the folder it is joined to (core.paths' rule, and not one of our partial
+    folders), or PathEscapeError naming it."""
+    return paths.safe_relative(rel, what=what, reserved=PARTIAL_PREFIX, shown=shown)
 
 
-def check_all_safe(rels: Iterable[str], *, what: str) -> None:
-    for rel in rels:
-        safe_relative(rel, what=what)
+def check_all_safe(rels: Iterable[str], *, what: str, shown: str = "") -> None:
+    """Every name passes `safe_relative` and none is both a file and a folder; checked before anything moves."""
+    paths.check_all_safe(rels, what=what, reserved=PARTIAL_PREFIX, shown=shown)
 
 
 def check_free_space(needed: int, free: int, where: str) -> None:
@@ -379,6 +365,9 @@ class TransferReport(BaseModel):
     would_delete: list[str] = Field(default_factory=list)
     verified: bool = False
     mismatches: list[str] = Field(default_factory=list)
+    # Of the mismatches, the objects that changed in S3 (other ETag, or gone) after the listing the plan was made
+    # from: the copy may have taken their new bytes, which are not placed under the final name.
+    changed: list[str] = Field(default_factory=list)
     compressed: bool = False
     instance_id: str | None = None
     staging: str | None = None
@@ -399,9 +388,16 @@ class TransferVerifyError(TrainctlError):
 
     def __init__(self, report: TransferReport) -> None:
         self.report = report
-        shown = ", ".join(report.mismatches[:5]) + (" …" if len(report.mismatches) > 5 else "")
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+
+        message = f"verify failed for {len(report.mismatches)} file(s) of {report.src} → {report.dst}"
+        message += f": {listed(report.mismatches)}"
+        if report.changed:
+            message += f" ({len(report.changed)} changed in S3 since the listing: {listed(report.changed)})"
         super().__init__(
-            f"verify failed for {len(report.mismatches)} file(s) of {report.src} → {report.dst}: {shown}",
+            message,
             fix="Run the transfer again (only the failed files move); if it persists, the source changed during "
             "the copy or the storage is corrupting data",
         )
@@ -527,11 +523,48 @@ def walk(root):
             if os.path.isfile(path) and not os.path.islink(path):
                 yield os.path.relpath(path, root).replace(os.sep, "/"), path
 
-def inside(root, rel):
+def problem(rel):
+    # core/paths.py's rule, copied (core is not on the instance); tests/core/test_paths.py compares the two.
+    if not rel:
+        return "is empty"
+    if rel.startswith("/"):
+        return "is absolute"
+    if "\\" in rel:
+        return "contains a backslash"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in rel):
+        return "contains a control character"
+    try:
+        size = len(rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
     parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0].startswith(PARTIAL):
-        raise SystemExit("refused: %r would escape %s" % (rel, root))
-    return os.path.join(root, *parts)
+    if any(p in ("", ".", "..") for p in parts):
+        return "has a '..', '.' or empty segment"
+    if any(len(p.encode("utf-8")) > 255 for p in parts):
+        return "has a segment over 255 bytes"
+    if size > 4096:
+        return "is over 4096 bytes"
+    if rel.startswith(PARTIAL):
+        return "starts with trainctl's reserved prefix"
+    return None
+
+def inside(root, rel):
+    why = problem(rel)
+    if why:
+        raise SystemExit("refused: %r %s (under %s); nothing was copied" % (rel, why, root))
+    return os.path.join(root, *rel.split("/"))
+
+def check_tree(rels):
+    names = set(rels)
+    for rel in sorted(names):
+        inside("", rel)
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in names:
+                raise SystemExit("refused: %r is a file and also a folder of %r" % ("/".join(parts[:depth]), rel))
+
+def problems(names_path):
+    print(json.dumps([[rel, problem(rel)] for rel in load(names_path)]))
 
 def load(path):
     with open(path) as f:
@@ -566,9 +599,11 @@ def unpack(archive, dest):
             inside(dest, m.name)
             if not (m.isfile() or m.isdir()):
                 raise SystemExit("refused: archive member %r is not a plain file" % m.name)
+        check_tree([m.name for m in tar.getmembers() if m.isfile()])
         tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 
 def cmds(tool, src_base, dst_base, select, out, part_mib):
+    check_tree(load(select))  # every name, before the first copy starts
     with open(out, "w") as f:
         for rel in load(select):
             s = src_base + rel if src_base.startswith("s3://") else inside(src_base, rel)
@@ -624,9 +659,9 @@ def check(root, expect_path):
     bad = [rel for rel, want in sorted(load(expect_path).items()) if not same(inside(root, rel), want)]
     print(json.dumps({"mismatches": bad}))
 
-{"scan": scan, "pack": pack, "unpack": unpack, "cmds": cmds, "apply": apply, "check": check, "sweep": sweep}[
-    sys.argv[1]
-](*sys.argv[2:])
+VERBS = {"scan": scan, "pack": pack, "unpack": unpack, "cmds": cmds, "apply": apply, "check": check, "sweep": sweep}
+VERBS["problems"] = problems
+VERBS[sys.argv[1]](*sys.argv[2:])
 """
 
 # Shell functions every instance script starts with: the helper, s5cmd (pointed at AWS_ENDPOINT_URL when set:
@@ -646,7 +681,9 @@ _PRELUDE = [
 ]
 
 
-def _script(*lines: str) -> list[str]:
+def instance_script(*lines: str) -> list[str]:
+    """`lines` after the prelude every instance script of ours starts with: `set -eu`, the helper as `h VERB ...`,
+    `get`/`put` (s5cmd, else the aws CLI) and a scratch folder `$work` removed at exit."""
     return [*_PRELUDE, *lines]
 
 
@@ -663,7 +700,7 @@ def scan_script(path: str, out_uri: str, *, mode: Literal["src", "dst"], expect_
     else:
         lines += [f'h scan "$root" "$work/scan.json" {quote(mode)}']
     lines += [f'put "$work/scan.json" {quote(out_uri)}']
-    return _script(*lines)
+    return instance_script(*lines)
 
 
 def receive_script(
@@ -700,7 +737,7 @@ def receive_script(
             "fi",
         ]
     lines += ['h apply "$partial" "$root" "$work/manifest.json"']
-    return _script(*lines)
+    return instance_script(*lines)
 
 
 def send_script(
@@ -725,13 +762,13 @@ def send_script(
             '  sh -e "$work/run.sh"',
             "fi",
         ]
-    return _script(*lines)
+    return instance_script(*lines)
 
 
 def check_script(path: str, expect_uri: str) -> list[str]:
     """Compare instance files with expected sizes/checksums (after an upload from the instance)."""
 
-    return _script(
+    return instance_script(
         f"root={on_instance(path)}",
         f'get {quote(expect_uri)} "$work/expect.json"',
         'h check "$root" "$work/expect.json"',

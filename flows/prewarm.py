@@ -1,18 +1,22 @@
 """prewarm: put a dataset from S3 onto a persistent EBS volume, verified, and never leak the helper instance.
 
-Runbook: check the source → get the volume (new or existing) → get an instance in the volume's AZ (temporary
-unless one is given) → wait until SSM is Online → attach → mount (mkfs only if blank) → sync (s5cmd, else
-aws s3 sync) → verify against the S3 listing → write the manifest → unmount → detach → optional snapshot.
-The temporary instance is terminated in every case, and a failure names what was cleaned up.
+Runbook: check the source (list it; every key must be able to become a path on the volume) → get the volume
+(new or existing) → get an instance in the volume's AZ (temporary unless one is given) → wait until SSM is
+Online → attach → mount (mkfs only if blank) → sync exactly the listed keys (s5cmd, else the aws CLI, one copy
+per key; the list goes through a staging object) → verify against the S3 listing → write the manifest →
+unmount → detach → optional snapshot. The temporary instance is terminated in every case, and a failure names
+what was cleaned up.
 
 IAM for the temporary instance's profile: `AmazonSSMManagedInstanceCore` plus `s3:ListBucket` on the bucket
-and `s3:GetObject` on the prefix. The caller needs ec2:RunInstances/CreateVolume/AttachVolume/DetachVolume/
-TerminateInstances/CreateTags/Describe*, iam:PassRole for the profile, ssm:SendCommand/GetCommandInvocation/
-DescribeInstanceInformation, ssm:GetParameter (AMI lookup), s3:ListBucket.
+and `s3:GetObject` on the prefix and on `trainctl/staging/prewarm-*` in the source bucket (the list of keys to
+copy). The caller needs ec2:RunInstances/CreateVolume/AttachVolume/DetachVolume/TerminateInstances/CreateTags/
+Describe*, iam:PassRole for the profile, ssm:SendCommand/GetCommandInvocation/DescribeInstanceInformation,
+ssm:GetParameter (AMI lookup), s3:ListBucket, and s3:PutObject/DeleteObject on `trainctl/staging/prewarm-*`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime
@@ -27,18 +31,21 @@ from core.models import Instance, Volume
 from core.prewarm import (
     PrewarmSpec,
     VerifyResult,
+    check_keys,
     compare,
     finish_script,
     listing_digest,
     mount_script,
+    sync_manifest,
     sync_script,
     unmount_script,
     verify_script,
 )
+from core.s3uri import parse_s3_uri
 from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.instances import LaunchRequest, launch_instance, terminate_launched_instance
 from tasks.ssm import run_command, wait_online
-from tasks.storage import PrefixListing, list_prefix
+from tasks.storage import PrefixListing, delete_prefix, list_prefix, put_json, staging_uri
 from tasks.volumes import (
     attach_volume,
     create_snapshot,
@@ -111,6 +118,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     progress.step("check source")
     listing = list_prefix(spec.source, account=account)
     log.info("source %s: %d objects, %d bytes", spec.source, listing.count, listing.total_bytes)
+    check_keys(spec.source, listing.objects, spec.target_dir)
     existing_volume = _existing_volume(spec) if spec.volume_id else None
     zone = existing_volume.availability_zone if existing_volume else spec.availability_zone
     given_instance = _given_instance(spec, zone) if spec.instance_id else None
@@ -153,9 +161,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
         log.info(out.stdout.strip())
 
         progress.step("sync")
-        sync = sync_script(spec.source, volume.id, spec.target_dir)
-        out = run_command(instance.id, sync, timeout_s=spec.sync_timeout_minutes * 60, what="sync", account=account)
-        log.info(out.stdout.strip())
+        _sync(spec, instance.id, volume.id, listing)
 
         progress.step("verify")
         out = run_command(instance.id, verify_script(volume.id, spec.target_dir), what="verify", account=account)
@@ -207,6 +213,34 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     progress.finish(f"{listing.count} files on {volume.id}")
     markdown_report(artifact_key("prewarm", volume.id), f"prewarm of {spec.source}", report.model_dump())
     return report
+
+
+def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixListing) -> None:
+    """Copy exactly the listed (and checked) keys onto the mounted volume; the list travels as a staging object,
+    removed afterwards whatever happened. An object whose size changed since the listing is not placed."""
+    run_id = uuid.uuid4().hex[:12]
+    staging = staging_uri(parse_s3_uri(spec.source).bucket, f"prewarm-{run_id}")
+    manifest_uri = f"{staging}/manifest.json"
+    try:
+        put_json(manifest_uri, sync_manifest(listing.objects), account=spec.account)
+        script = sync_script(spec.source, volume_id, spec.target_dir, manifest_uri, run_id)
+        timeout_s = spec.sync_timeout_minutes * 60
+        out = run_command(instance_id, script, timeout_s=timeout_s, what="sync", account=spec.account)
+    finally:
+        try:
+            delete_prefix(staging + "/", account=spec.account)
+        except Exception as exc:
+            get_run_logger().warning("could not remove the staging objects under %s/: %s", staging, exc)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    bad = result["mismatches"]
+    if bad:
+        shown = ", ".join(repr(rel) for rel in bad[:5]) + (" …" if len(bad) > 5 else "")
+        raise UsageError(
+            f"{len(bad)} object(s) of {spec.source} did not arrive with their listed size (changed in S3 since the "
+            f"listing?): {shown}",
+            fix="Run the prewarm again once the source is stable",
+        )
+    get_run_logger().info("synced %d files onto %s", result["placed"], volume_id)
 
 
 def _temporary_instance(spec: PrewarmSpec, volume: Volume, launch_key: str) -> LaunchRequest:

@@ -173,7 +173,6 @@ class Job:
         *,
         upload: bool,
         landed: Callable[[int], None] | None = None,
-        whole: tuple[str, str] | None = None,
     ) -> None:
         tx.copy_pairs(
             pairs,
@@ -184,12 +183,16 @@ class Job:
             upload=upload,
             progress=self.tracker,
             landed=landed,
-            whole=whole,
         )
 
 
 def _sizes(objects: dict[str, tx.S3Object]) -> dict[str, int]:
     return {rel: o.size for rel, o in objects.items()}
+
+
+def _etags(objects: dict[str, tx.S3Object], rels: list[str]) -> dict[str, str]:
+    """The listed ETags of these objects: a HEAD made later counts only while the object still has it."""
+    return {rel: objects[rel].etag for rel in rels}
 
 
 def _key_uri(prefix: S3Uri, rel: str) -> str:
@@ -206,7 +209,7 @@ def _local_to_s3(job: Job) -> None:
     objects = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
     dst = job.filtered(_sizes(objects))
     candidates = equal_size(src, dst)
-    checksums = _call(tx.kms_checksums, dest, candidates, account=job.account)
+    checksums = _call(tx.kms_checksums, dest, candidates, etags=_etags(objects, candidates), account=job.account)
     same = tx.same_as_s3(root, candidates, objects, job.part, prefix=dest, account=job.account, checksums=checksums)
     plan = plan_sync(src, dst, same, delete=job.request.delete)
     if not job.planned(plan, src):
@@ -222,7 +225,7 @@ def _local_to_s3(job: Job) -> None:
         folder, prefix = str(root), _key_uri(dest, "")  # plain strings: 10,000 Path joins cost 0.3 s
         pairs = [(f"{folder}/{rel}", prefix + rel, src[rel]) for rel in plan.copy]
         with _aborting_unfinished_uploads(job, dest, plan.copy):
-            job.copy(pairs, upload=True, whole=_whole_folder(source, plan, prefix))
+            job.copy(pairs, upload=True)
         expected = {rel: etag for future in etags for rel, etag in future.result().items()}
     job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
     if job.request.verify:
@@ -261,11 +264,6 @@ def _aborting_unfinished_uploads(job: Job, prefix: S3Uri, rels: list[str]) -> It
         raise
 
 
-def _whole_folder(source: tx.LocalSource, plan: SyncPlan, prefix: str) -> tuple[str, str] | None:
-    """(folder, prefix) when the plan copies every file of the folder, so one wildcard copy can do it."""
-    return (str(source.root), prefix) if source.whole and len(plan.copy) == len(source.files) else None
-
-
 def _s3_source(job: Job) -> tuple[S3Uri, dict[str, tx.S3Object], dict[str, int]]:
     """The S3 source listed and filtered: missing bucket/prefix refused, escaping keys refused."""
     source = cast(S3Uri, job.src.s3)
@@ -273,7 +271,7 @@ def _s3_source(job: Job) -> tuple[S3Uri, dict[str, tx.S3Object], dict[str, int]]
     if not objects:
         raise TransferError(f"source {source} has no objects", fix="Check the bucket and prefix (aws s3 ls)")
     src = job.filtered(_sizes(objects))
-    check_all_safe(src, what=f"S3 key under {source}")
+    check_all_safe(src, what="S3 object", shown=_key_uri(source, ""))
     return source, objects, src
 
 
@@ -359,7 +357,7 @@ def _s3_to_local(job: Job) -> None:
     # Under SSE-KMS every file is checked by its object's checksum: fetched here for all of them, 16 at a time,
     # instead of one HeadObject in each file's check.
     checked = list(src) if job.request.verify and not job.request.dry_run else candidates
-    checksums = _call(tx.kms_checksums, source, checked, account=job.account)
+    checksums = _call(tx.kms_checksums, source, checked, etags=_etags(objects, checked), account=job.account)
     same = tx.same_as_s3(root, candidates, objects, job.part, prefix=source, account=job.account, checksums=checksums)
     plan = plan_sync(src, dst, same, delete=job.request.delete)
     check_free_space(plan.copy_bytes, tx.free_bytes(root), str(root))
@@ -368,8 +366,7 @@ def _s3_to_local(job: Job) -> None:
 
     def fetch(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
         pairs = [(_key_uri(source, rel), str(partial / rel), src[rel]) for rel in rels]
-        whole = (_key_uri(source, ""), str(partial)) if set(rels) == set(objects) else None
-        job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]), whole=whole)
+        job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]))
 
     def good(partial: Path, rel: str) -> bool:
         obj, checksum = objects[rel], checksums.get(rel)
@@ -378,8 +375,17 @@ def _s3_to_local(job: Job) -> None:
         )
 
     _download(job, root, plan.copy, src, fetch, good)
+    _name_changed(job, source, objects)
     if plan.delete and not job.report.mismatches:
         job.report.files_deleted = tx.delete_local(root, plan.delete)
+
+
+def _name_changed(job: Job, source: S3Uri, objects: dict[str, tx.S3Object]) -> None:
+    """Of the files that failed verification, those whose object changed in S3 since the listing (the copy took
+    the new bytes, or a new size): said as such, so nobody looks for a broken disk."""
+    if job.report.mismatches:
+        etags = _etags(objects, job.report.mismatches)
+        job.report.changed = _call(tx.changed_since_listing, source, etags, account=job.account)
 
 
 # -- instance legs ----------------------------------------------------------------------------------------------
@@ -466,6 +472,7 @@ def _apply_result(job: Job, stdout: str, plan: SyncPlan, sizes: dict[str, int]) 
 def _local_to_instance(job: Job) -> None:
     source = tx.local_source(job.src)
     root, src = source.root, job.filtered(source.files)
+    check_all_safe(src, what="local file", shown=f"{root}/")  # each becomes a path on the instance
     remote = _remote(job, job.dst, None)
 
     def body() -> None:
@@ -488,7 +495,7 @@ def _local_to_instance(job: Job) -> None:
         else:
             files = remote.uri("files")
             pairs = [(str(root / rel), _key_uri(files, rel), src[rel]) for rel in plan.copy]
-            job.copy(pairs, upload=True, whole=_whole_folder(source, plan, _key_uri(files, "")))
+            job.copy(pairs, upload=True)
             files_prefix = f"s3://{files.bucket}/{files.prefix}"
         manifest = {"files": {r: expect[r] for r in plan.copy}, "delete": plan.delete, "verify": job.request.verify}
         tx.put_json(remote.uri("manifest.json"), manifest, account=job.account)
@@ -538,9 +545,7 @@ def _instance_to_local(job: Job) -> None:
         def fetch(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
             if archive is None:
                 pairs = [(_key_uri(files, rel), str(partial / rel), src[rel]) for rel in rels]
-                # The staging prefix holds exactly the files to fetch, unless a killed run's leftovers were reused.
-                whole = (_key_uri(files, ""), str(partial)) if set(rels) == set(plan.copy) else None
-                job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]), whole=whole)
+                job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]))
                 return
             # One archive holds every file: unpacked whole, then checked (no per-file events).
             bundle = partial / f"{PARTIAL_PREFIX}bundle.tar.gz"  # a name no copied file can have
@@ -593,6 +598,7 @@ def _s3_to_instance(job: Job) -> None:
             part_mib=job.request.part_size_mib,
         )
         _apply_result(job, _ssm(job, remote, script, "receive files"), plan, src)
+        _name_changed(job, source, objects)
 
     _with_staging(job, remote, body)
 
@@ -602,7 +608,7 @@ def _object_expectations(
 ) -> dict[str, dict[str, object]]:
     """What an instance file must be to equal each object: its ETag, or, for KMS-encrypted objects (whose ETags
     are no MD5s), its checksum."""
-    checksums = _call(tx.kms_checksums, prefix, rels, account=job.account)
+    checksums = _call(tx.kms_checksums, prefix, rels, etags=_etags(objects, rels), account=job.account)
     return {
         rel: expectation(objects[rel].size, etag=objects[rel].etag, part_size=job.part, checksum=checksums.get(rel))
         for rel in rels
@@ -728,8 +734,12 @@ def transfer(request: TransferRequest) -> TransferReport:
         len(report.mismatches),
         report.seconds,
     )
-    rows = report.model_dump(exclude={"would_copy", "would_delete", "mismatches"})
-    notes = [f"mismatch: {rel}" for rel in report.mismatches[:50]]
+    rows = report.model_dump(exclude={"would_copy", "would_delete", "mismatches", "changed"})
+    changed = set(report.changed)
+    notes = [
+        f"mismatch: {rel}" + (" (changed in S3 since the listing)" if rel in changed else "")
+        for rel in report.mismatches[:50]
+    ]
     if report.dry_run:
         notes += [f"would copy: {rel}" for rel in report.would_copy[:200]]
         notes += [f"would delete: {rel}" for rel in report.would_delete[:200]]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from blocks.aws import load_account
 from core.errors import InvalidInputError, UsageError
 from core.launch import IgnoreMatcher, gitignore_matcher
+from core.paths import check_all_safe
 from core.s3uri import parse_s3_uri
 from tasks.aws import aws_task, translate
 
@@ -89,17 +90,18 @@ def scan_code_dir(code_dir: str, *, limit_bytes: int) -> CodeListing:
 
 
 def pack(root: str, files: list[str], dest: str) -> CodePackage:
-    """A gzip tarball of `files` (relative to `root`) with stable metadata, so the same code gives one hash."""
+    """A gzip tarball of `files` (relative to `root`) with stable metadata, so the same code gives one hash. Every
+    member is a plain file (a symlinked file is shipped as its content): the instance unpacks nothing else."""
     total = 0
     with tarfile.open(dest, "w:gz", compresslevel=6) as tar:
         for rel in files:
             path = Path(root) / rel
-            info = tar.gettarinfo(str(path), arcname=rel)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = int(path.stat().st_mtime)
-            total += info.size
             with path.open("rb") as fh:
+                info = tar.gettarinfo(arcname=rel, fileobj=fh)  # fstat of the opened file: links followed
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = int(path.stat().st_mtime)
+                total += info.size
                 tar.addfile(info, fh)
     digest = hashlib.sha256(Path(dest).read_bytes()).hexdigest()
     return CodePackage(path=dest, files=len(files), bytes=total, compressed_bytes=os.path.getsize(dest), sha256=digest)
@@ -109,6 +111,8 @@ def package_code(code_dir: str, dest: str, *, limit_bytes: int) -> CodePackage:
     listing = scan_code_dir(code_dir, limit_bytes=limit_bytes)
     if not listing.files:
         raise InvalidInputError("code_dir", code_dir, "a directory with at least one file not ignored by .gitignore")
+    # Each name becomes a path on the instance, where the unpack refuses what the rule refuses: say so here first.
+    check_all_safe(listing.files, what="code file", shown=listing.root.rstrip("/") + "/")
     return pack(listing.root, listing.files, dest)
 
 

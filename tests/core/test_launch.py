@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from core.launch import (
     ship_script,
     start_agent_script,
 )
+from core.paths import PathEscapeError
+from core.transfer import INSTANCE_HELPER
 from tasks.code import package_code, scan_code_dir
 
 TEMPLATE = TemplateSpec(instance_type="t3.micro")
@@ -194,6 +197,54 @@ def test_packager_honours_gitignore_and_counts_the_limit_after_it(tmp_path: Path
     with tarfile.open(package.path) as tar:
         assert sorted(tar.getnames()) == listing.files
     assert package.files == 3 and package.bytes == listing.bytes
+
+
+def _unpack_on_instance(archive: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+    """What ship_script runs on the instance: the transfer helper's `unpack` (python3, standard library)."""
+    cmd = [sys.executable, "-", "unpack", str(archive), str(dest)]
+    return subprocess.run(cmd, input=INSTANCE_HELPER, capture_output=True, text=True)
+
+
+def test_the_code_package_unpacks_on_the_instance_and_an_escaping_archive_writes_nothing(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    code = tmp_path / "code"
+    _tree(code, {"train.py": b"print(1)\n", "pkg/m.py": b"x = 1\n", "ünï code/a b.txt": b"u", "-rf": b"d"})
+    (tmp_path / "outside.py").write_bytes(b"shared = 1\n")
+    (code / "shared.py").symlink_to(tmp_path / "outside.py")  # shipped as its content: members are plain files
+    package = package_code(str(code), str(tmp_path / "code.tar.gz"), limit_bytes=1024 * 1024)
+    run = _unpack_on_instance(Path(package.path), tmp_path / "job" / "code")
+    assert run.returncode == 0, run.stderr
+    unpacked = {p.relative_to(tmp_path / "job" / "code").as_posix(): p for p in (tmp_path / "job").rglob("*")}
+    assert {rel: p.read_bytes() for rel, p in unpacked.items() if p.is_file() or p.is_symlink()} == {
+        "train.py": b"print(1)\n",
+        "pkg/m.py": b"x = 1\n",
+        "ünï code/a b.txt": b"u",
+        "-rf": b"d",
+        "shared.py": b"shared = 1\n",
+    }
+    assert not any(p.is_symlink() for p in unpacked.values())
+
+    # A tarball replaced in S3 by one with an escaping member: refused before any member is extracted.
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        for name in ("ok.py", "../../escape.py"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    run = _unpack_on_instance(evil, tmp_path / "job2" / "code")
+    assert run.returncode != 0 and "'../../escape.py'" in run.stderr
+    assert not (tmp_path / "escape.py").exists() and not (tmp_path / "job2").exists()
+
+
+def test_code_file_names_that_cannot_be_paths_are_refused_before_packing(tmp_path: Path) -> None:
+    for name in ("back\\slash.py", "new\nline.py", "esc\x1b.py"):
+        code = tmp_path / f"code{len(name)}"
+        _tree(code, {"train.py": b"x", name: b"y"})
+        with pytest.raises(PathEscapeError) as err:
+            package_code(str(code), str(tmp_path / "code.tar.gz"), limit_bytes=1024 * 1024)
+        assert repr(str(code.resolve()) + "/" + name) in str(err.value)
 
 
 def test_packager_refuses_missing_dir_and_oversize(tmp_path: Path) -> None:

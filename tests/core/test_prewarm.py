@@ -5,7 +5,9 @@ import pytest
 
 from core.ebs import VolumeSpec
 from core.errors import InvalidInputError
-from core.prewarm import PrewarmSpec, VerifyResult, compare, listing_digest, verify_script
+from core.paths import PathEscapeError
+from core.prewarm import PrewarmSpec, VerifyResult, check_keys, compare, listing_digest, verify_script
+from core.transfer import PARTIAL_PREFIX
 
 
 def _tree(root: Path) -> dict[str, int]:
@@ -74,3 +76,22 @@ def test_bad_specs_name_the_field(kwargs: dict[str, object], field: str) -> None
 def test_new_volume_spec_is_accepted() -> None:
     spec = PrewarmSpec(source="s3://bucket/data/", volume=VolumeSpec(name="imagenet", size_gib=100))
     assert spec.volume is not None and spec.volume.persistent
+
+
+def test_keys_that_cannot_be_paths_on_the_volume_are_refused_naming_the_key() -> None:
+    good = {"a.txt": 1, "train/x y*.jpg": 2, "-rf": 3}
+    check_keys("s3://bucket/data/", good, "")
+    bad = [
+        ("../../../../../tmp/x/ESCAPED.txt", ""),
+        ("a\\b", "sub"),
+        ("ok/\x1b[2J", "sub"),
+        ("a.txt/inner", ""),  # a.txt is a file too
+        (f"{PARTIAL_PREFIX}x/y", "sub"),  # the copy's own partial folder
+        (".trainctl/prewarm-manifest.json", ""),  # would overwrite the manifest at the volume root
+        ("lost+found/x", ""),
+    ]
+    for key, target_dir in bad:
+        with pytest.raises(PathEscapeError) as err:
+            check_keys("s3://bucket/data", {**good, key: 1}, target_dir)
+        assert repr("s3://bucket/data/" + key) in str(err.value)
+    check_keys("s3://bucket/data", {**good, ".trainctl/x": 1}, "sub")  # inside a folder of the volume: data

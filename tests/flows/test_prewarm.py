@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+import flows.prewarm
 from core import tags as t
 from core.ebs import VolumeSpec
 from core.errors import InvalidInputError
+from core.paths import PathEscapeError
 from core.prewarm import PrewarmSpec
 from flows.prewarm import PrewarmFailedError, prewarm
 from sandbox import Sandbox
@@ -111,12 +115,48 @@ def test_missing_prefix_is_refused_before_anything_is_created(cloud: Sandbox) ->
     assert _managed_instances(cloud) == []
 
 
-def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox) -> None:
+def test_a_key_that_would_escape_the_volume_is_refused_before_anything_is_created(cloud: Sandbox) -> None:
+    s3, ec2 = cloud.client("s3"), cloud.client("ec2")
+    s3.create_bucket(Bucket="evil-src")
+    s3.put_object(Bucket="evil-src", Key="evil/ok.txt", Body=b"fine")
+    escaping = "evil/../../../../../tmp/x/ESCAPED.txt"
+    s3.put_object(Bucket="evil-src", Key=escaping, Body=b"as root, anywhere")
+    assert escaping in [o["Key"] for o in s3.list_objects_v2(Bucket="evil-src")["Contents"]]  # S3 keeps it as is
+    # S3 keys may be 1,024 bytes; a file name may not exceed 255: this object cannot land on any filesystem.
+    too_long = "long/" + "x" * 300 + ".bin"
+    s3.put_object(Bucket="evil-src", Key="long/ok.txt", Body=b"fine")
+    s3.put_object(Bucket="evil-src", Key=too_long, Body=b"too long a name")
+    volumes_before = ec2.describe_volumes()["Volumes"]
+
+    for prefix, key in (("evil/", escaping), ("long/", too_long)):
+        with pytest.raises(PathEscapeError) as err:
+            prewarm(PrewarmSpec(source=f"s3://evil-src/{prefix}", volume=VolumeSpec(name="v", size_gib=5)))
+        assert repr(f"s3://evil-src/{key}") in str(err.value) and "\n" not in str(err.value)
+        assert err.value.exit_code == 2
+
+    assert ec2.describe_volumes()["Volumes"] == volumes_before
+    assert ec2.describe_instances()["Reservations"] == []  # not even a pending one
+    # Nothing written: not under the sandbox's state (instances, volumes), not where the key points from there.
+    state = Path(cloud.state_dir)
+    assert list(state.rglob("ESCAPED.txt")) == []
+    for folder in (state, *state.parents):
+        assert not (folder / "tmp" / "x" / "ESCAPED.txt").exists()
+
+
+def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     s3 = cloud.client("s3")
     s3.create_bucket(Bucket="broken")
     s3.put_object(Bucket="broken", Key="data/ok.txt", Body=b"fine")
-    # S3 keys may be 1,024 bytes; a file name may not exceed 255: this object cannot land on any filesystem.
-    s3.put_object(Bucket="broken", Key="data/" + "x" * 300 + ".bin", Body=b"too long a name")
+    s3.put_object(Bucket="broken", Key="data/gone.bin", Body=b"deleted after the listing")
+    real_put_json = flows.prewarm.put_json
+
+    def put_then_delete(uri: str, payload: object, **kwargs: Any) -> str:
+        # Once the list of keys to copy is written, an object on it goes: the copy on the instance fails.
+        written = real_put_json(uri, payload, **kwargs)
+        s3.delete_object(Bucket="broken", Key="data/gone.bin")
+        return str(written)
+
+    monkeypatch.setattr(flows.prewarm, "put_json", put_then_delete)
     with pytest.raises(PrewarmFailedError) as err:
         prewarm(PrewarmSpec(source="s3://broken/data/", volume=VolumeSpec(name="broken", size_gib=10)))
     message = str(err.value)
@@ -125,6 +165,8 @@ def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox) -> 
     volumes = cloud.client("ec2").describe_volumes(Filters=[{"Name": "tag:Name", "Values": ["broken"]}])["Volumes"]
     assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
     assert t.from_aws(volumes[0]["Tags"])[t.PREWARM] == t.PREWARM_PENDING  # its data is partial: the sweep says so
+    staging = s3.list_objects_v2(Bucket="broken", Prefix="trainctl/")
+    assert staging.get("KeyCount", 0) == 0  # the list of keys is removed, failure or not
 
 
 def test_existing_volume_and_instance_are_reused_kept_and_snapshotted(cloud: Sandbox) -> None:

@@ -35,14 +35,14 @@ from core.launch import (
     start_agent_script,
 )
 from core.models import JobStatus
-from core.prewarm import mount_script, sync_script
+from core.prewarm import mount_script, sync_manifest, sync_script
 from core.teardown import Action
 from flows.teardown import TeardownReport, TeardownRequest, safe_teardown
 from sandbox import Sandbox
 from tasks.code import package_agent, package_code, upload_file
 from tasks.instances import LaunchRequest, launch_instance
 from tasks.ssm import run_command, wait_online
-from tasks.storage import put_json
+from tasks.storage import put_json, staging_uri
 from tasks.volumes import attach_volume, create_volume
 from tests.conftest import exported_sandbox
 
@@ -168,7 +168,10 @@ def _prewarm_until(kill: str, cloud: Sandbox) -> dict[str, Any]:
     device = next(a.device for a in attached.attachments if a.instance_id == instance.id)
     run_command.fn(instance.id, mount_script(volume.id, device, "xfs"))
     # The sync is sent and never waited for: the flow dies while it runs.
-    script = ["sleep 2", *sync_script(f"s3://{DATA}/set/", volume.id, "")]
+    manifest_uri = staging_uri(BUCKET, f"prewarm-{kill}", "manifest.json")
+    put_json.fn(manifest_uri, sync_manifest({"f000.bin": 4096, "f001.bin": 4096}))
+    left["staging"] = manifest_uri.rsplit("/", 1)[0] + "/"
+    script = ["sleep 2", *sync_script(f"s3://{DATA}/set/", volume.id, "", manifest_uri, kill)]
     cloud.client("ssm").send_command(
         InstanceIds=[instance.id], DocumentName="AWS-RunShellScript", Parameters={"commands": script}
     )
@@ -280,6 +283,7 @@ def test_one_sweep_after_launches_and_prewarms_killed_at_every_step(cloud: Sandb
         assert jobs.job_record_uri(BUCKET, left["job"]).removeprefix(f"s3://{BUCKET}/") in after["keys"]  # kept
     assert "staging no instance uses" in _rules(plan, copies["staging"])
     assert _prefix_keys(after, copies["staging"]) == set() and _prefix_keys(after, copies["transfer"]) == set()
+    assert _prefix_keys(after, prewarms["sync"]["staging"]) == set()  # the killed prewarm's list of keys
     # Nothing persistent is lost: every data volume, and every persistent volume of a killed prewarm, is there.
     for kill, left in launches.items():
         assert after["volumes"].get(left["data"]) == ("available", True), kill

@@ -36,6 +36,8 @@ from core.transfer import (
 from flows.transfer import raise_on_mismatch, run_transfer
 from sandbox import Sandbox
 from tasks import transfer as tx
+from tasks.instances import LaunchRequest, launch_instance
+from tasks.ssm import wait_online
 from tasks.storage import delete_prefix
 
 pytestmark = pytest.mark.sandbox
@@ -171,26 +173,26 @@ def test_dry_run_lists_and_delete_needs_the_flag(cloud: Sandbox, tmp_path: Path)
 def test_an_upload_moves_exactly_the_planned_files(
     cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A whole clean folder goes up in one s5cmd wildcard copy (glob characters in names stay plain characters);
-    once the folder also holds a symlink, a killed run's partial folder or a filtered-out file, exactly the
-    planned files go up and nothing else."""
+    """Exactly the planned files go up, each under its own name (glob characters stay plain characters): not a
+    file added to the folder after the scan (no engine lists the folder again), a symlink, a killed run's partial
+    folder or a filtered-out file."""
     s3 = cloud.client("s3")
-    wildcards: list[object] = []
-    real_run = tx._run_s5cmd
-
-    def spy(pairs: list[tuple[str, str, int]], **kwargs: Any) -> None:
-        wildcards.append(kwargs.get("whole"))
-        real_run(pairs, **kwargs)
-
-    monkeypatch.setattr(tx, "_run_s5cmd", spy)
     src = tmp_path / "src"
     (src / "a [1]").mkdir(parents=True)
     (src / "a [1]" / "x*?{y}.bin").write_bytes(b"glob")
     (src / ".hidden").write_bytes(b"dot")
+    real_copy = tx.copy_pairs
+
+    def copy_after_a_late_file(pairs: list[tuple[str, str, int]], **kwargs: Any) -> None:
+        (src / "late.bin").write_bytes(b"written after the scan")  # the plan never saw it
+        real_copy(pairs, **kwargs)
+
+    monkeypatch.setattr(tx, "copy_pairs", copy_after_a_late_file)
     whole = run_transfer(TransferRequest(src=str(src), dst=f"s3://{BUCKET}/whole/", engine="s5cmd"))
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="whole/")["Contents"]}
     assert keys == {"whole/a [1]/x*?{y}.bin", "whole/.hidden"} and (whole.files_copied, whole.verified) == (2, True)
-    assert wildcards == [(str(src), f"s3://{BUCKET}/whole/")]
+    monkeypatch.undo()
+    (src / "late.bin").unlink()
 
     (src / "skip.tmp").write_bytes(b"excluded")
     (tmp_path / "outside.txt").write_bytes(b"secret")
@@ -206,7 +208,85 @@ def test_an_upload_moves_exactly_the_planned_files(
         keys = {o["Key"].removeprefix(prefix) for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
         assert keys == {"a [1]/x*?{y}.bin", ".hidden"} | ({"skip.tmp"} if not exclude else set())
         assert report.files_copied == len(keys) and report.verified
-    assert wildcards[1:] == [None, None]  # one cp per file: a wildcard would also take the link and partial folder
+
+
+RACE_LITERAL = "-rf *'q\" ünï.bin"  # unchanged by the race: a name copied literally
+
+
+def race_source(s3: Any, prefix: str) -> None:
+    for rel, data in {"same.bin": b"A" * 1000, "grow.bin": b"B" * 1000, RACE_LITERAL: b"C" * 10}.items():
+        s3.put_object(Bucket=BUCKET, Key=prefix + rel, Body=data)
+
+
+def change_after_listing(s3: Any, prefix: str) -> None:
+    """Keys with '..' appear under the prefix; one object gets other bytes of the same size, one a new size."""
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}../../escape-race", Body=b"escaped")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}../escape-race2", Body=b"escaped")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}same.bin", Body=b"Z" * 1000)
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}grow.bin", Body=b"Y" * 2000)
+
+
+def assert_changed_objects_named(report: Any) -> None:
+    assert report.mismatches == report.changed == ["grow.bin", "same.bin"] and not report.verified
+    with pytest.raises(TransferVerifyError, match=r"2 changed in S3 since the listing: grow\.bin, same\.bin"):
+        raise_on_mismatch(report)
+
+
+@pytest.mark.parametrize("engine", ["s5cmd", "python"])
+def test_a_download_copies_what_it_listed_or_says_the_source_changed(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """S3 changes after the listing, before the copy (`change_after_listing`). Nothing lands outside the
+    destination, the new keys are not copied, and the changed objects fail verification as changed in S3 since
+    the listing: their files are not placed (a file that was there before stays as it was). Names with quotes,
+    '*', spaces and a leading dash are copied literally."""
+    s3 = cloud.client("s3")
+    prefix = f"race-{engine}/"
+    race_source(s3, prefix)
+    dst = tmp_path / "deep" / "er" / "dst"  # a '..' resolved from its partial folder still lands under tmp_path
+    dst.mkdir(parents=True)
+    (dst / "same.bin").write_bytes(b"stale local copy")
+    real_copy = tx.copy_pairs
+
+    def change_s3_then_copy(pairs: list[tuple[str, str, int]], **kwargs: Any) -> None:
+        change_after_listing(s3, prefix)
+        real_copy(pairs, **kwargs)
+
+    monkeypatch.setattr(tx, "copy_pairs", change_s3_then_copy)
+    report = run_transfer(TransferRequest(src=f"s3://{BUCKET}/{prefix}", dst=str(dst), engine=engine))
+
+    assert_changed_objects_named(report)
+    on_disk = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert on_disk == {f"deep/er/dst/{RACE_LITERAL}": b"C" * 10, "deep/er/dst/same.bin": b"stale local copy"}
+
+
+def test_a_download_to_an_instance_places_only_what_it_listed(cloud: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race with an instance as the destination: S3 changes once the manifest (the plan) is written,
+    before the instance copies; the instance places only the listed objects that are still as listed."""
+    s3 = cloud.client("s3")
+    prefix = "race-instance/"
+    race_source(s3, prefix)
+    request = LaunchRequest(name="race", role=t.Role.TRAIN, idempotency_key="tx-race", instance_type="t3.micro")
+    instance = launch_instance.fn(request)
+    wait_online.fn(instance.id)
+    data = Path(cloud.runtime.instance_root(instance.id)) / "data"
+    (data / "race").mkdir(parents=True)
+    (data / "race" / "same.bin").write_bytes(b"stale local copy")
+    real_put = tx.put_json
+
+    def put_then_change(uri: tx.S3Uri, payload: Any, **kwargs: Any) -> None:
+        real_put(uri, payload, **kwargs)
+        if uri.key.endswith("manifest.json"):
+            change_after_listing(s3, prefix)
+
+    monkeypatch.setattr(tx, "put_json", put_then_change)
+    report = run_transfer(TransferRequest(src=f"s3://{BUCKET}/{prefix}", dst=f"{instance.id}:/data/race"))
+
+    assert_changed_objects_named(report)
+    on_disk = {p.relative_to(data).as_posix(): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    assert on_disk == {f"race/{RACE_LITERAL}": b"C" * 10, "race/same.bin": b"stale local copy"}
+    assert list(data.parent.rglob("escape-race*")) == []
+    cloud.client("ec2").terminate_instances(InstanceIds=[instance.id])
 
 
 def test_a_corrupted_object_is_caught_by_verify(
@@ -371,6 +451,14 @@ def test_bad_input_is_refused_before_anything_moves(
     with pytest.raises(PathEscapeError, match="etc/passwd"):
         run_transfer(TransferRequest(src=f"s3://{BUCKET}/evil/", dst=str(tmp_path / "d")))
     assert not (tmp_path / "d").exists()
+    # A local name the instance could not take as a path: refused before the instance is even looked up.
+    (tmp_path / "win").mkdir()
+    (tmp_path / "win" / "a\\b.txt").write_bytes(b"x")
+    with pytest.raises(PathEscapeError, match=r"a\\\\b\.txt"):
+        run_transfer(
+            TransferRequest(src=str(tmp_path / "win"), dst="i-0123456789abcdef0:/data", staging=f"s3://{BUCKET}/st")
+        )
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="st/").get("KeyCount", 0) == 0
     monkeypatch.setattr(tx, "free_bytes", lambda path: 10)
     s3.put_object(Bucket=BUCKET, Key="space/a.bin", Body=b"x" * 1000)
     with pytest.raises(TransferError, match="not enough space"):
@@ -386,7 +474,7 @@ def test_archives_with_escaping_members_or_links_are_refused(tmp_path: Path) -> 
             info.type, info.size = kind, 0 if kind == tarfile.SYMTYPE else 3
             info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
             tar.addfile(info, io.BytesIO(b"bad") if kind == tarfile.REGTYPE else None)
-        with pytest.raises(TransferError):
+        with pytest.raises(UsageError):  # PathEscapeError, or TransferError for the link
             tx.unpack(archive, tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
 
