@@ -77,11 +77,13 @@ def main(argv: list[str]) -> int:
         return 1  # the parent died before we started: start nothing
     watchdog = _Watchdog(parent, argv[2:])
 
-    def forward(signum: int, frame: Any) -> None:  # Prefect's stop(), or Ctrl-C sent to us
+    def forward(signum: int, frame: Any) -> None:  # Prefect's stop()
         watchdog.end(signum)
 
     signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # Ctrl-C reaches the server itself (same process group); passing it on again would make uvicorn force-quit.
+    # Set after the server started, so that it does not inherit the SIG_IGN.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return watchdog.run()
 
 
