@@ -26,6 +26,12 @@ The spec (JSON object, written by the train-launch flow; `AgentSpec` below)
     bucket           str    the job's bucket (logs, status, interruption records)                  required
     command          [str]  argv, run WITHOUT a shell, exactly as given                            required
     env              {str: str}  extra environment for the command                               default {}
+    secret_env       {str: str}  NAME -> `ssm:<parameter name or ARN>` or                        default {}
+                            `secretsmanager:<secret name or ARN>[#json-key]`: read at start (GetParameter with
+                            decryption, GetSecretValue) and put in the command's environment only — never in a
+                            file, a log or S3. One that cannot be read fails the attempt before the command runs
+                            (status `failed`, exit code 126, the reason naming the reference). The instance
+                            profile needs ssm:GetParameter (+ kms:Decrypt) / secretsmanager:GetSecretValue.
     instance_id      str    default: read from IMDS (meta-data/instance-id)
     workdir          str    instance path of the code (cwd of the command)     default <job dir>/code
     checkpoint_dir   str    instance path, TRAINCTL_CHECKPOINT_DIR              default <job dir>/checkpoints
@@ -40,7 +46,7 @@ Instance paths (workdir, checkpoint_dir, the job dir) are AWS paths: the agent p
 (empty on AWS, the instance's folder in the sandbox), unless a path already starts with that root. The --spec
 argument is a real path (the flow's command line expands $TRAINCTL_ROOT itself).
 
-What the command gets: the agent's environment + spec env + TRAINCTL_JOB, TRAINCTL_ATTEMPT,
+What the command gets: the agent's environment + spec env + resolved secret_env + TRAINCTL_JOB, TRAINCTL_ATTEMPT,
 TRAINCTL_CHECKPOINT_DIR, TRAINCTL_RESUME_FROM (the restored checkpoint dir, or "" when there was none). Its
 contract: SIGTERM = save a checkpoint now and exit; exit 0 = done.
 
@@ -57,6 +63,7 @@ are not part of a checkpoint.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -205,6 +212,7 @@ class AgentSpec:
     bucket: str
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict)  # NAME -> reference; values are never kept here
     instance_id: str | None = None
     workdir: str = ""
     checkpoint_dir: str = ""
@@ -241,6 +249,13 @@ class AgentSpec:
         env = data.get("env") or {}
         if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise SpecError("env: an object of string values")
+        secret_env = data.get("secret_env") or {}
+        if not isinstance(secret_env, dict) or not all(isinstance(v, str) for v in secret_env.values()):
+            raise SpecError("secret_env: an object of secret references")
+        for name, ref in secret_env.items():
+            if not isinstance(name, str) or not ENV_NAME.match(name):
+                raise SpecError(f"secret_env: {name!r} is not a variable name (letters, digits, '_')")
+            parse_secret_ref(ref)
         job_dir = instance_job_dir(job)
         spec = cls(
             job=job,
@@ -248,6 +263,7 @@ class AgentSpec:
             bucket=bucket,
             command=list(command),
             env=dict(env),
+            secret_env=dict(secret_env),
             instance_id=data.get("instance_id") or None,
             workdir=data.get("workdir") or f"{job_dir}/{CODE_DIR}",
             checkpoint_dir=data.get("checkpoint_dir") or f"{job_dir}/{CHECKPOINT_DIR}",
@@ -769,6 +785,206 @@ def _error_of(body: bytes, status: int) -> tuple[str, str]:
         return {404: "NotFound", 403: "Forbidden"}.get(status, str(status)), body[:200].decode(errors="replace")
 
 
+# -- secrets by reference: SSM Parameter Store and Secrets Manager (JSON APIs, SigV4 as for S3) ----------------------
+# The grammar is a copy of core/secrets.py (tests/agent/test_layout.py compares). Values go into the trainer's
+# environment only: never into a file, a log line, S3 or an error message (errors name the reference).
+SSM_NAME = re.compile(r"^/?[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*(?::[A-Za-z0-9_.\-]{1,100})?$")
+SSM_ARN = re.compile(r"^arn:aws[a-z\-]*:ssm:[a-z0-9\-]+:\d{12}:parameter/[A-Za-z0-9_.\-/]+(?::[A-Za-z0-9_.\-]+)?$")
+SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@\-]{1,512}$")
+SECRET_ARN = re.compile(r"^arn:aws[a-z\-]*:secretsmanager:[a-z0-9\-]+:\d{12}:secret:[A-Za-z0-9/_+=.@\-]+$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# botocore's per-service endpoint variables, then AWS_ENDPOINT_URL (the sandbox), then AWS itself.
+_ENDPOINT_ENV = {"ssm": "AWS_ENDPOINT_URL_SSM", "secretsmanager": "AWS_ENDPOINT_URL_SECRETS_MANAGER"}
+_TARGET_PREFIX = {"ssm": "AmazonSSM", "secretsmanager": "secretsmanager"}
+_JSON_RETRY_CODES = _RETRY_CODES | {"TooManyRequestsException", "InternalServerError", "InternalFailure"}
+
+
+def parse_secret_ref(ref: str) -> tuple[str, str, str | None]:
+    """`ssm:<name or ARN>` or `secretsmanager:<name or ARN>[#json-key]` -> (service, id, json key)."""
+    kind, sep, rest = ref.partition(":") if isinstance(ref, str) else ("", "", "")
+    if sep and kind == "ssm" and len(rest) <= 2048 and (SSM_NAME.match(rest) or SSM_ARN.match(rest)):
+        return kind, rest, None
+    if sep and kind == "secretsmanager":
+        secret, hash_, key = rest.partition("#")
+        key_ok = not hash_ or (key and key.isprintable())
+        if key_ok and (SECRET_NAME.match(secret) or SECRET_ARN.match(secret)):
+            return kind, secret, key if hash_ else None
+    raise SpecError("a secret reference must be ssm:/path/to/param or secretsmanager:<secret name or ARN>[#json-key]")
+
+
+class AwsApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class AwsJsonClient:
+    """POST to an AWS JSON 1.1 API (`X-Amz-Target: <prefix>.<Action>`), SigV4-signed, retried like S3Client."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        region: str,
+        credentials: CredentialProvider,
+        endpoint_url: str | None = None,
+        attempts: int = 4,
+        backoff: float = 0.25,
+        timeout: float = 15.0,
+    ) -> None:
+        self.service = service
+        self.region = region
+        self.credentials = credentials
+        if endpoint_url is None:
+            endpoint_url = os.environ.get(_ENDPOINT_ENV[service]) or os.environ.get("AWS_ENDPOINT_URL") or ""
+        suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+        self.endpoint = (endpoint_url or f"https://{service}.{region}.{suffix}").rstrip("/")
+        self.attempts = attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self._opener = urllib.request.build_opener(_NoRedirect())
+
+    def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(payload).encode("utf-8")
+        parts = urllib.parse.urlsplit(self.endpoint)
+        path = parts.path or "/"
+        last: AwsApiError | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(min(8.0, self.backoff * 2**attempt) * (0.5 + random.random()))
+            creds = self.credentials.get()
+            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            headers = {
+                "host": parts.netloc,
+                "x-amz-date": amz_date,
+                "x-amz-target": f"{_TARGET_PREFIX[self.service]}.{action}",
+                "content-type": "application/x-amz-json-1.1",
+            }
+            if creds.token:
+                headers["x-amz-security-token"] = creds.token
+            headers["authorization"] = sigv4_authorization(
+                method="POST",
+                canonical_uri=path,
+                query={},
+                headers=dict(headers),
+                payload_sha256=hashlib.sha256(body).hexdigest(),
+                credentials=creds,
+                region=self.region,
+                service=self.service,
+                amz_date=amz_date,
+            )
+            request = urllib.request.Request(  # noqa: S310 (http(s) endpoints only)
+                f"{parts.scheme}://{parts.netloc}{path}", data=body, method="POST", headers=headers
+            )
+            try:
+                with self._opener.open(request, timeout=self.timeout) as answer:
+                    return dict(json.loads(answer.read() or b"{}"))
+            except urllib.error.HTTPError as exc:
+                last = _json_error(exc)
+                if exc.code >= 500 or exc.code == 429 or last.code in _JSON_RETRY_CODES:
+                    continue
+                if last.code in ("ExpiredTokenException", "ExpiredToken") and attempt == 0:
+                    self.credentials.invalidate()
+                    continue
+                raise last from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                last = AwsApiError(0, "RequestFailed", f"{self.endpoint}: {exc!r}")
+        assert last is not None
+        raise last
+
+
+def _json_error(exc: urllib.error.HTTPError) -> AwsApiError:
+    """The error code (`__type`, maybe `prefix#Code`) and message of a JSON 1.1 error answer."""
+    try:
+        data = json.loads(exc.read() or b"{}")
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    code = str(data.get("__type") or exc.headers.get("x-amzn-ErrorType") or exc.code)
+    message = str(data.get("message") or data.get("Message") or "")
+    return AwsApiError(exc.code, code.rsplit("#", 1)[-1].split(":")[0], message)
+
+
+class SecretError(Exception):
+    """Secrets that cannot be resolved; the message names each reference and why, never a value."""
+
+
+def _secret_value(kind: str, ident: str, key: str | None, client: AwsJsonClient) -> str:
+    if kind == "ssm":
+        return str(client.call("GetParameter", {"Name": ident, "WithDecryption": True})["Parameter"]["Value"])
+    answer = client.call("GetSecretValue", {"SecretId": ident})
+    if "SecretString" in answer:
+        text = str(answer["SecretString"])
+    else:
+        try:
+            text = base64.b64decode(answer.get("SecretBinary") or "").decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise SecretError("the secret is binary, not text") from None
+    if key is None:
+        return text
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise SecretError(f"the secret is not a JSON object, so it has no key {key!r}")
+    if key not in document:
+        raise SecretError(f"the secret's JSON object has no key {key!r}")
+    value = document[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SecretError(f"the secret's key {key!r} holds a {type(value).__name__}, not a string or number")
+    return str(value)
+
+
+def _secret_hint(kind: str, error: AwsApiError, region: str) -> str:
+    if error.code.startswith("AccessDenied"):
+        action = "ssm:GetParameter (+ kms:Decrypt)" if kind == "ssm" else "secretsmanager:GetSecretValue"
+        return f"; the instance profile needs {action} on it"
+    if error.code in ("ParameterNotFound", "ResourceNotFoundException", "ParameterVersionNotFound"):
+        return f"; check the name and the region ({region})"
+    return ""
+
+
+def resolve_secrets(
+    secret_env: dict[str, str],
+    *,
+    region: str,
+    credentials: CredentialProvider,
+    endpoint_url: str | None = None,
+) -> dict[str, str]:
+    """{NAME: value} for the trainer's environment. Raises SecretError naming every reference that failed."""
+    values: dict[str, str] = {}
+    failures: list[str] = []
+    clients: dict[tuple[str, str], AwsJsonClient] = {}
+    for name, ref in sorted(secret_env.items()):
+        kind, ident, key = parse_secret_ref(ref)
+        # An ARN names its region; anything else is read in the instance's region.
+        where = ident.split(":")[3] if ident.startswith("arn:") else region
+        client = clients.get((kind, where))
+        if client is None:
+            client = AwsJsonClient(kind, region=where, credentials=credentials, endpoint_url=endpoint_url)
+            clients[(kind, where)] = client
+        try:
+            value = _secret_value(kind, ident, key, client)
+            if "\0" in value:
+                raise SecretError("the value holds a NUL character, which no environment variable can")
+            values[name] = value
+        except AwsApiError as exc:
+            detail = f"{exc.code}: {exc.message.rstrip('.')}" if exc.message else exc.code
+            failures.append(f"{name} ({ref}): {detail}{_secret_hint(kind, exc, where)}")
+        except S3Error as exc:  # no credentials (the provider's error)
+            failures.append(f"{name} ({ref}): {exc.code}: {exc.message}")
+        except (OSError, http.client.HTTPException) as exc:  # the instance profile's credentials from IMDS
+            failures.append(f"{name} ({ref}): no credentials: {exc!r}")
+        except SecretError as exc:
+            failures.append(f"{name} ({ref}): {exc}")
+    if failures:
+        raise SecretError("secret_env: " + "; ".join(failures))
+    return values
+
+
 # -- checkpoints ------------------------------------------------------------------------------------------------
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
@@ -1151,6 +1367,9 @@ class Agent:
             "agent %d for job %s attempt %d on %s", os.getpid(), self.spec.job, self.spec.attempt, self.instance_id
         )
         self.checkpoints = Checkpoints(self.s3, self.spec, self.checkpoint_dir, self.instance_id)
+        secrets = self._resolve_secrets()
+        if secrets is None:
+            return 1
         try:
             resume_from = self.checkpoints.restore()
         except (S3Error, OSError) as exc:
@@ -1160,7 +1379,7 @@ class Agent:
             self.ended_at = now_iso()
             self.publish("failed")
             return 1
-        if not self._start(resume_from):
+        if not self._start(resume_from, secrets):
             return 1
         self.publish("running")
         watcher = threading.Thread(target=self._watch, name="spot-watcher", daemon=True)
@@ -1170,10 +1389,33 @@ class Agent:
         watcher.join(timeout=self.spec.imds_poll_s + 5)
         return code
 
-    def _start(self, resume_from: str) -> bool:
+    def _resolve_secrets(self) -> dict[str, str] | None:
+        """The secret_env values, for the trainer's environment only; None (the attempt failed) when one cannot be
+        read. The failure names the references, never a value."""
+        if not self.spec.secret_env:
+            return {}
+        try:
+            return resolve_secrets(self.spec.secret_env, region=self.s3.region, credentials=self.s3.credentials)
+        except SecretError as exc:
+            self._fail_to_start(f"cannot start the command: {exc}", 126)
+            return None
+
+    def _fail_to_start(self, reason: str, exit_code: int) -> None:
+        """The trainer never ran: say why in its log and the status, and write the exit code a shell would."""
+        with self.path(LOG_FILE).open("ab") as job_log:
+            job_log.write(f"trainctl-agent: {reason}\n".encode())
+        log.error("%s", reason)
+        self.exit_code = exit_code
+        self.reason = reason
+        self.ended_at = now_iso()
+        write_atomic(self.path(EXIT_CODE_FILE), f"{self.exit_code}\n".encode())
+        self.publish("failed")
+
+    def _start(self, resume_from: str, secrets: dict[str, str]) -> bool:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.spec.env)
+        env.update(secrets)
         env.update(
             {
                 "TRAINCTL_JOB": self.spec.job,
@@ -1183,8 +1425,8 @@ class Agent:
             }
         )
         self.started_at = now_iso()
-        with self.path(LOG_FILE).open("ab") as job_log:
-            try:
+        try:
+            with self.path(LOG_FILE).open("ab") as job_log:
                 # No shell: the argv runs exactly as given, whatever characters it holds.
                 self.proc = subprocess.Popen(
                     self.spec.command,
@@ -1196,15 +1438,10 @@ class Agent:
                     start_new_session=True,  # its own process group: SIGTERM reaches the whole tree
                     close_fds=True,
                 )
-            except OSError as exc:
-                job_log.write(f"trainctl-agent: cannot start {self.spec.command!r}: {exc}\n".encode())
-                log.error("cannot start the command: %s", exc)
-                self.exit_code = 127 if isinstance(exc, FileNotFoundError) else 126
-                self.reason = f"cannot start the command: {exc}"
-                self.ended_at = now_iso()
-                write_atomic(self.path(EXIT_CODE_FILE), f"{self.exit_code}\n".encode())
-                self.publish("failed")
-                return False
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            self._fail_to_start(f"cannot start the command {self.spec.command!r}: {exc}", code)
+            return False
         write_atomic(self.path(PID_FILE), f"{self.proc.pid}\n".encode())
         log.info("started pid %d: %s (cwd %s)", self.proc.pid, self.spec.command, self.workdir)
         return True

@@ -17,6 +17,7 @@ import typer
 
 from cli import ebs, resources, sandbox, teardown, train, transfer
 from cli.output import CliState, ErrorHandlingGroup, emit_json, state_of, stdout_console
+from cli.prefect_server import tie_temporary_server
 
 app = typer.Typer(
     name="trainctl",
@@ -91,6 +92,7 @@ def version(
 
 def main() -> None:
     """The console script entry point (`trainctl = "cli.main:main"`)."""
+    tie_temporary_server()  # a killed command must not leave Prefect's temporary server running
     app(prog_name="trainctl")
 
 

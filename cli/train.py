@@ -38,14 +38,29 @@ def _job_spec(fields: dict[str, Any]) -> Any:
         raise as_input_error(exc) from None
 
 
-def _env_pairs(pairs: list[str]) -> dict[str, str]:
+def _env_pairs(pairs: list[str], option: str = "--env") -> dict[str, str]:
     env: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise InvalidInputError("--env", pair, "KEY=VALUE")
+            # --secret-env without '=' may be the secret itself: not echoed.
+            shown = pair if option == "--env" else "<not shown>"
+            raise InvalidInputError(option, shown, "KEY=VALUE" if option == "--env" else "NAME=ssm:/path/to/param")
         env[key] = value
     return env
+
+
+def _warn_secret_like(env: dict[str, str]) -> None:
+    """One line on stderr naming (never showing) plain variables that look like secrets."""
+    from core.secrets import secret_like
+
+    names = secret_like(env)
+    if names:
+        info(
+            f"warning: --env {', '.join(names)} {'looks like a secret' if len(names) == 1 else 'look like secrets'}: "
+            "plain values are stored as given in job.json and agent-spec.json; pass secrets by reference with "
+            "--secret-env NAME=ssm:/path (or secretsmanager:<id>[#key])"
+        )
 
 
 @app.command(
@@ -81,6 +96,15 @@ def launch(
     ] = False,
     checkpoint_uri: Annotated[str | None, typer.Option("--checkpoint-uri", help="s3://… for checkpoints.")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE for the trainer (repeatable).")] = None,
+    secret_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--secret-env",
+            help="NAME=ssm:/path/to/param or NAME=secretsmanager:<id or ARN>[#json-key] (repeatable): resolved "
+            "on the instance into the trainer's environment only; job.json and logs keep the reference. The "
+            "instance profile needs ssm:GetParameter (+ kms:Decrypt) / secretsmanager:GetSecretValue on it.",
+        ),
+    ] = None,
     max_runtime: Annotated[int | None, typer.Option("--max-runtime-minutes", help="Stop the job after.")] = None,
     sync_interval: Annotated[int | None, typer.Option("--sync-interval", help="Checkpoint upload period (s).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Stream the log; exit with the job's exit code.")] = False,
@@ -120,6 +144,9 @@ def launch(
         "sync_interval_s": sync_interval,
         "command": list(command) if command else None,
         "env": {**fields.get("env", {}), **_env_pairs(env or [])} if env else None,
+        "secret_env": (
+            {**fields.get("secret_env", {}), **_env_pairs(secret_env, "--secret-env")} if secret_env else None
+        ),
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     for flag, key, value in ((on_demand, "spot", False), (fallback, "on_demand_fallback", True)):
@@ -137,6 +164,7 @@ def launch(
             raise UsageError(f"a job needs {required}: give {hint} (or put it in --spec)")
     fields["account"] = state.account
     spec = _job_spec(fields)
+    _warn_secret_like(spec.env)
     # The code folder is checked (and measured) here too, so a typo never waits for Prefect to start.
     scan_code_dir(spec.code_dir, limit_bytes=spec.code_limit_bytes)
     with aws_scope(ctx) as account:
@@ -230,6 +258,8 @@ def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: J
         out.print(f"checkpoint {agent['checkpoint_seq']} at {record.checkpoint_uri}", highlight=False)
     if record.message:
         out.print(record.message, highlight=False)
+    if agent and agent.get("status") == "failed" and agent.get("reason"):
+        out.print(f"agent: {agent['reason']}", highlight=False)  # e.g. a secret reference it could not read
 
 
 @app.command("logs")

@@ -23,6 +23,7 @@ from core.models import Job
 from core.prewarm import mount_point as volume_mount_point
 from core.prewarm import mount_script
 from core.s3uri import parse_s3_uri
+from core.secrets import SecretRef, parse_secret_ref
 from core.shell import on_instance, quote
 from core.transfer import instance_script
 
@@ -75,7 +76,14 @@ class JobSpec(BaseModel):
     template: str | TemplateSpec = Field(description="an InstanceTemplate block name, or the fields inline")
     command: list[str] = Field(description="the trainer's argument list; never passed through a shell")
     code_dir: str = "."
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(
+        default_factory=dict, description="plain variables for the trainer (stored as given: no secrets here)"
+    )
+    secret_env: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="variables resolved on the instance by the agent from a reference (ssm:/path, "
+        "secretsmanager:<id>[#json-key]); job.json, agent-spec.json and logs hold the reference, never the value",
+    )
     spot: bool = True
     max_price: str | None = Field(default=None, description="spot max price in USD/hour; default: on-demand price")
     on_demand_fallback: bool = False
@@ -113,16 +121,25 @@ class JobSpec(BaseModel):
             raise InvalidInputError("command", value, "arguments without NUL characters")
         return value
 
-    @field_validator("env")
+    @field_validator("env", "secret_env")
     @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env(cls, value: dict[str, str], info: Any) -> dict[str, str]:
         for key in value:
             if not _ENV_NAME.match(key):
-                raise InvalidInputError("env", key, "variable names of letters, digits and '_'")
+                raise InvalidInputError(info.field_name, key, "variable names of letters, digits and '_'")
             if key in RESERVED_ENV:
                 raise InvalidInputError(
-                    "env", key, f"a name other than {', '.join(sorted(RESERVED_ENV))} (set by the agent)"
+                    info.field_name, key, f"a name other than {', '.join(sorted(RESERVED_ENV))} (set by the agent)"
                 )
+        return value
+
+    @field_validator("secret_env", mode="before")
+    @classmethod
+    def _secret_refs(cls, value: Any) -> Any:
+        # Before SecretRef's own check, so that an error names the variable (secret_env.DB_PASSWORD).
+        if isinstance(value, dict):
+            for key, ref in value.items():
+                parse_secret_ref(ref, field=f"secret_env.{key}")
         return value
 
     @field_validator("checkpoint_uri")
@@ -165,6 +182,9 @@ class JobSpec(BaseModel):
             raise InvalidInputError("mount_point", self.mount_point, "a mount point only together with data_volume_id")
         if not self.spot and (self.max_price or self.on_demand_fallback):
             raise InvalidInputError("spot", False, "spot=True when max_price or on_demand_fallback is given")
+        both = sorted(set(self.env) & set(self.secret_env))
+        if both:
+            raise InvalidInputError("secret_env", both, "names not also given as plain env")
         return self
 
     # -- derived values (the core.jobs layout) ------------------------------------------------------------------
@@ -224,6 +244,7 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
         "bucket": spec.bucket,
         "command": list(spec.command),
         "env": env,
+        "secret_env": dict(spec.secret_env),  # references: the agent resolves them into the trainer's environment
         "workdir": f"{jobs.instance_job_dir(spec.name)}/{jobs.CODE_DIR}",
         "checkpoint_dir": spec.resolved_checkpoint_dir,
         "checkpoint_uri": spec.resolved_checkpoint_uri,

@@ -11,7 +11,9 @@ this run launched is terminated, and the job record says what happened. Once the
 it (and to spot-watch): stopping to wait never stops the job.
 
 IAM for the instance profile: AmazonSSMManagedInstanceCore, s3:GetObject on the staging prefix, s3:PutObject/
-GetObject/ListBucket on the job prefix and the checkpoint URI.
+GetObject/ListBucket on the job prefix and the checkpoint URI; for `secret_env`, ssm:GetParameter (+ kms:Decrypt
+with a customer-managed key) / secretsmanager:GetSecretValue on the referenced parameters and secrets (the agent
+reads them on the instance; the flow only passes the references).
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ class Sandbox:
         from moto.backends import get_backend
 
         # The backends are process-global: leave no instances or buckets behind for the next sandbox.
-        for name in ("ec2", "s3", "ssm", "iam", "sts"):
+        for name in ("ec2", "s3", "ssm", "secretsmanager", "iam", "sts"):
             get_backend(name).reset()
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)

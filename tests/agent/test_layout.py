@@ -46,6 +46,40 @@ def test_keys_match(bucket: str, job: str, attempt: int, instance: str) -> None:
         assert agent.checkpoint_folder(seq) == jobs.checkpoint_folder(seq)
 
 
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "ssm:/db/password",
+        "ssm:db:3",
+        "ssm:arn:aws:ssm:us-west-2:123456789012:parameter/db/pw",
+        "secretsmanager:prod/db#password",
+        "secretsmanager:arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf#k",
+        "secretsmanager:prod/db",
+        "ssm:",
+        "ssm:a b",
+        "secretsmanager:a#",
+        "vault:x",
+        "no-scheme",
+    ],
+)
+def test_secret_reference_grammar_matches(ref: str) -> None:
+    from core import launch
+    from core.errors import InvalidInputError
+    from core.secrets import parse_secret_ref
+
+    try:
+        parsed = parse_secret_ref(ref)
+        ours: tuple[str, str, str | None] | None = (parsed.kind, parsed.id, parsed.json_key)
+    except InvalidInputError:
+        ours = None
+    try:
+        theirs: tuple[str, str, str | None] | None = agent.parse_secret_ref(ref)
+    except agent.SpecError:
+        theirs = None
+    assert ours == theirs
+    assert agent.ENV_NAME.pattern == launch._ENV_NAME.pattern
+
+
 def test_agent_imports_only_the_standard_library() -> None:
     import ast
     import sys

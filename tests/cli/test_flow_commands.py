@@ -40,6 +40,29 @@ def test_train_launch_bad_input(args: tuple[str, ...], named: str) -> None:
     assert named in output and "Traceback" not in output
 
 
+def test_secret_env_is_checked_before_anything_starts_and_never_echoes_a_value() -> None:
+    code, output = invoke("train", "launch", *BASE, "--secret-env", "DB_PASSWORD=hunter2", "--", "python3", "t.py")
+    assert code == 2 and "secret_env.DB_PASSWORD" in output and "ssm:/path/to/param" in output, output
+    assert "hunter2" not in output  # a value given where the reference belongs
+    code, output = invoke("train", "launch", *BASE, "--secret-env", "hunter2", "--", "python3", "t.py")
+    assert code == 2 and "--secret-env" in output and "hunter2" not in output, output
+
+
+def test_plain_env_that_looks_secret_is_warned_about_in_one_line(tmp_path: Path) -> None:
+    """A warning, not a refusal: the command goes on (here to the code dir check, which stops it before Prefect)."""
+    args = ("--env", "DB_PASSWORD=hunter2", "--env", "EPOCHS=3", "--env", "CREDS=AKIAIOSFODNN7EXAMPLE")
+    code, output = invoke("train", "launch", *BASE, *args, "--code-dir", str(tmp_path / "nope"), "--", "python3", "x")
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "DB_PASSWORD, CREDS look like secrets" in warnings[0], output
+    assert "--secret-env NAME=ssm:/path" in warnings[0]
+    assert "hunter2" not in output and "AKIAIOSFODNN7EXAMPLE" not in output and "EPOCHS" not in warnings[0]
+    assert code == 2 and "code_dir" in output  # it went on to the next check
+    code, output = invoke(
+        "train", "launch", *BASE, "--env", "EPOCHS=3", "--code-dir", str(tmp_path / "nope"), "--", "x"
+    )
+    assert code == 2 and "warning:" not in output
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -5,7 +5,9 @@ Few tests, each doing a lot: a flow call costs ~1 s, the rest is the trainer's o
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import shutil
 import time
 from datetime import datetime
@@ -201,3 +203,79 @@ def test_spot_interruption_checkpoints_before_termination(cloud: Sandbox, tmp_pa
     assert cloud.wait_for(lambda: terminated() is not None, 25, 0.5)
     assert time.time() - notice_at >= 14.5
     assert (terminated() or {}).get("StateReason", {}).get("Code") == "Server.SpotInstanceTermination"
+
+
+# The trainer of the secrets test: says whether each variable holds the value whose sha256 it was given (a digest
+# on the command line, never the value) and writes nothing else.
+CHECK_SECRETS = """
+import hashlib, os, sys
+for name, digest in zip(("DB_PASSWORD", "API_TOKEN"), sys.argv[1:]):
+    ok = hashlib.sha256(os.environ.get(name, "").encode()).hexdigest() == digest
+    print(name, "ok" if ok else "MISMATCH", flush=True)
+    if not ok:
+        sys.exit(1)
+"""
+
+
+def _prefect_records(flow_run_id: Any) -> str:
+    """Everything Prefect keeps of a run, as text: its parameters, artifacts and logs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the run's last lines are sent in the background
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    parts = [json.dumps(run.parameters, default=str)]
+    parts += [json.dumps(a.data, default=str) + (a.description or "") for a in artifacts]
+    parts += [log.message for log in logs]
+    return "\n".join(parts)
+
+
+def test_secret_env_reaches_the_trainer_and_nothing_else(cloud: Sandbox, tmp_path: Path) -> None:
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    db_password, api_token = "pw-" + secrets.token_hex(16), "tok-" + secrets.token_hex(16)
+    cloud.client("ssm").put_parameter(Name="/trainctl-test/db-password", Value=db_password, Type="SecureString")
+    cloud.client("secretsmanager").create_secret(
+        Name="trainctl-test/api", SecretString=json.dumps({"token": api_token, "user": "svc"})
+    )
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "check.py").write_text(CHECK_SECRETS)
+    refs = {"DB_PASSWORD": "ssm:/trainctl-test/db-password", "API_TOKEN": "secretsmanager:trainctl-test/api#token"}
+    digests = [hashlib.sha256(v.encode()).hexdigest() for v in (db_password, api_token)]
+    spec = _spec(str(code), name="secrets", command=["python3", "check.py", *digests], secret_env=refs)
+
+    state = train_launch(spec, return_state=True)
+    report = state.result()
+    assert report.status == "succeeded", report
+    log = _get_text(cloud, report.log_uri)
+    assert "DB_PASSWORD ok" in log and "API_TOKEN ok" in log  # the trainer got both values
+
+    values = [db_password.encode(), api_token.encode()]
+    # No object in the bucket holds a value: job record, agent spec, code, logs, status, checkpoints.
+    s3 = cloud.client("s3")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page["Contents"]]
+    staging = jobs.staging_prefix(BUCKET, "secrets", 1).split("/", 3)[3]
+    assert f"{staging}agent-spec.json" in keys and len(keys) >= 5
+    for key in keys:
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert not any(v in body for v in values), key
+    # The references are what the record and the agent spec carry.
+    assert _get_json(cloud, jobs.job_record_uri(BUCKET, "secrets"))["spec"]["secret_env"] == refs
+    assert _get_json(cloud, f"s3://{BUCKET}/{staging}agent-spec.json")["secret_env"] == refs
+    # Nor any file on the instance's disk (agent-spec.json, status.json, agent.log, SSM outputs, ...).
+    root = Path(cloud.runtime.instance_root(report.instance_id))
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "agent.log" for p in files)
+    for path in files:
+        assert not any(v in path.read_bytes() for v in values), path
+    # Nor what the flow returned, nor Prefect's records of the run (parameters, artifacts, logs).
+    assert not any(v.decode() in report.model_dump_json() for v in values)
+    records = _prefect_records(state.state_details.flow_run_id)
+    assert "[job] DB_PASSWORD ok" in records and "ssm:/trainctl-test/db-password" in records
+    assert not any(v.decode() in records for v in values)
