@@ -22,11 +22,13 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from core import tags as t
-from core.errors import NotManagedError, TrainctlError, UsageError
+from core.errors import TrainctlError, UsageError
 from core.models import Instance, Volume
 from core.prewarm import (
     PrewarmSpec,
     VerifyResult,
+    check_existing_volume,
+    check_given_instance,
     compare,
     finish_script,
     listing_digest,
@@ -40,6 +42,7 @@ from tasks.instances import LaunchRequest, launch_instance, terminate_launched_i
 from tasks.ssm import run_command, wait_online
 from tasks.storage import PrefixListing, list_prefix
 from tasks.volumes import (
+    adopt_volume,
     attach_volume,
     create_snapshot,
     create_volume,
@@ -71,31 +74,14 @@ class PrewarmFailedError(TrainctlError):
 def _existing_volume(spec: PrewarmSpec) -> Volume:
     assert spec.volume_id is not None
     volume = describe_volume(spec.volume_id, account=spec.account)
-    if not volume.managed:
-        raise UsageError(
-            f"{volume.id} was not created by trainctl",
-            fix="Adopt it first (trainctl ebs attach --adopt) or prewarm a new volume.",
-        )
-    if volume.attached_instance_id and volume.attached_instance_id != spec.instance_id:
-        raise UsageError(
-            f"{volume.id} is in use by {volume.attached_instance_id}",
-            fix=f"Detach it first (trainctl ebs detach {volume.id}) or pass --instance {volume.attached_instance_id}.",
-        )
+    check_existing_volume(volume, spec)
     return volume
 
 
 def _given_instance(spec: PrewarmSpec, volume_zone: str | None) -> Instance:
     assert spec.instance_id is not None
     instance = describe_instance(spec.instance_id, account=spec.account)
-    if not instance.managed:
-        raise NotManagedError(instance.id)  # commands, mkfs and mounts run there: only on trainctl's instances
-    if instance.state != "running":
-        raise UsageError(f"{instance.id} is {instance.state}; prewarm needs a running instance")
-    if volume_zone and instance.availability_zone != volume_zone:
-        raise UsageError(
-            f"{instance.id} is in {instance.availability_zone} but the volume is in {volume_zone}",
-            fix="Omit the instance (a temporary one is launched in the volume's AZ) or move the volume.",
-        )
+    check_given_instance(instance, volume_zone)
     return instance
 
 
@@ -119,6 +105,8 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     progress.step("volume")
     if existing_volume is not None:
         volume = existing_volume
+        if not volume.managed:  # spec.adopt (checked above): tagged now, after every check passed
+            volume = adopt_volume(volume.id, account=account)
     else:
         assert spec.volume is not None
         volume = create_volume(
@@ -126,6 +114,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
             availability_zone=zone,
             instance_type=None if zone else spec.instance_type,
             job=spec.job,
+            adopt=spec.adopt,
             account=account,
         )
     log.info("volume %s in %s", volume.id, volume.availability_zone)
