@@ -60,7 +60,7 @@ def test_job_names_that_pass(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["Train", "a_b", "x" * 64, "-a", "job\n", "a;b", "a/b", ""])
 def test_job_names_refused(name: str) -> None:
-    with pytest.raises(InvalidInputError, match="^job: "):
+    with pytest.raises(InvalidInputError, match=r"^job: "):
         validate_job_name(name, field="job")
 
 
@@ -69,7 +69,7 @@ def test_block_names(name: str, ok: bool) -> None:
     if ok:
         assert validate_name(NameKind.BLOCK, name, field="template") == name
     else:
-        with pytest.raises(InvalidInputError, match="^template: "):
+        with pytest.raises(InvalidInputError, match=r"^template: "):
             validate_name(NameKind.BLOCK, name, field="template")
 
 
@@ -95,7 +95,7 @@ def test_device_names_ec2_recommends_for_ebs_pass(device: str) -> None:
     ],
 )
 def test_other_device_names_refused_naming_the_field(device: str) -> None:
-    with pytest.raises(InvalidInputError, match="^--device: .*/dev/sd\\[f-p\\]"):
+    with pytest.raises(InvalidInputError, match=r"^--device: .*/dev/sd\[f-p\]"):
         validate_device_name(device, field="--device")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from core import tags as t
 from core.ebs import VolumeSpec
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, NotManagedError
 from core.prewarm import PrewarmSpec
 from flows.prewarm import PrewarmFailedError, prewarm
 from sandbox import Sandbox
@@ -125,7 +125,7 @@ def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox) -> 
     assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
 
 
-def test_existing_volume_and_instance_are_reused_kept_and_snapshotted(cloud: Sandbox) -> None:
+def test_existing_volume_adopted_and_instance_reused_kept_and_snapshotted(cloud: Sandbox) -> None:
     s3 = cloud.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     for i in range(5):
@@ -141,14 +141,22 @@ def test_existing_volume_and_instance_are_reused_kept_and_snapshotted(cloud: San
         )
     )
     s3.put_object(Bucket=BUCKET, Key="small/part-5.txt", Body=b"a new file")
+    ec2 = cloud.client("ec2")
+    # Now someone else's volume (no managed tag): refused before anything is done, prewarmed once adopted.
+    ec2.delete_tags(Resources=[first.volume_id], Tags=[{"Key": t.MANAGED}])
+    reuse = PrewarmSpec(source=f"s3://{BUCKET}/small/", volume_id=first.volume_id, instance_id=worker.id, snapshot=True)
+    with pytest.raises(NotManagedError, match=f"{first.volume_id} was not created by trainctl.*--adopt"):
+        prewarm(reuse)
+    assert ec2.describe_volumes(VolumeIds=[first.volume_id])["Volumes"][0]["Attachments"] == []
+    of_volume = [{"Name": "volume-id", "Values": [first.volume_id]}]
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=of_volume)["Snapshots"] == []
 
-    again = prewarm(
-        PrewarmSpec(source=f"s3://{BUCKET}/small/", volume_id=first.volume_id, instance_id=worker.id, snapshot=True)
-    )
+    again = prewarm(reuse.model_copy(update={"adopt": True}))
 
+    tags = t.from_aws(ec2.describe_volumes(VolumeIds=[first.volume_id])["Volumes"][0]["Tags"])
+    assert tags[t.MANAGED] == "true" and tags[t.NAME] == "small"
     assert again.volume_id == first.volume_id and again.files == 6
     assert not again.temporary_instance_terminated
-    ec2 = cloud.client("ec2")
     state = ec2.describe_instances(InstanceIds=[worker.id])["Reservations"][0]["Instances"][0]["State"]["Name"]
     assert state == "running"  # a given instance is the user's: never terminated
     assert ec2.describe_volumes(VolumeIds=[first.volume_id])["Volumes"][0]["State"] == "available"
