@@ -210,13 +210,13 @@ def aws_scope(ctx: typer.Context) -> Iterator[str | None]:
     endpoint; overriding them per run would need a copy the tasks cannot receive, so that combination is refused.
     """
     state = state_of(ctx)
-    state.aws()  # first: a bad --region/--profile/--endpoint-url is reported naming the option, before any call
     overrides = {env: getattr(state, field) for field, env in _OVERRIDE_ENV.items() if getattr(state, field)}
-    if state.account is not None and overrides:
+    if state.account is not None and overrides:  # before loading the block: that alone starts Prefect's API
         raise UsageError(
             f"--account {state.account} cannot be combined with --region/--profile/--endpoint-url",
             fix="Save those values in the AwsAccount block, or drop --account and pass the options alone",
         )
+    state.aws()  # a bad --region/--profile/--endpoint-url is reported naming the option, before any call
     saved = {key: os.environ.get(key) for key in overrides}
     os.environ.update(overrides)
     try:
