@@ -27,6 +27,7 @@ from cli.output import (
     flow_console,
     format_age,
     info,
+    sigterm_as_error,
     state_of,
     stderr_console,
     stdout_console,
@@ -647,7 +648,7 @@ def prewarm(
 
         if not json_output:
             info(f"prewarm {source} → {volume_id or new_name} (starts a Prefect flow run)")
-        with flow_console(state, quiet=not json_output), _step_progress(enabled=not json_output):
+        with sigterm_as_error(), flow_console(state, quiet=not json_output), _step_progress(enabled=not json_output):
             report = prewarm_flow(spec)
     if json_output:
         emit_json(report.model_dump(mode="json"))

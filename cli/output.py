@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from core.errors import InvalidInputError, TrainctlError, UsageError
+from core.errors import InvalidInputError, TerminatedError, TrainctlError, UsageError
 from core.names import NameKind, validate_name
 
 if TYPE_CHECKING:
@@ -276,3 +277,41 @@ def flow_console(state: CliState, *, quiet: bool) -> Iterator[None]:
             h.setLevel(level)
             h.setFormatter(formatter)
             h.removeFilter(_not_a_run_failure)
+
+
+def _what_was_cleaned(exc: BaseException | None) -> str | None:
+    """The sentence a flow noted on the signal it was stopped by (what it cleaned up), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        notes = getattr(exc, "__notes__", None)
+        if notes:
+            return str(notes[-1])
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def sigterm_as_error() -> Iterator[None]:
+    """SIGTERM while a command runs a flow becomes one error line saying what the flow cleaned up, exit 143.
+
+    Prefect swaps in its own handler for the flow run (the flow sees a TerminationSignal and cleans up), then
+    re-delivers the signal to the handler it found: this one, which raises while Prefect is still handling the
+    signal, so the flow's note on it (what was cleaned up) is at hand.
+    """
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        noted = _what_was_cleaned(sys.exception())
+        if noted:
+            raise TerminatedError(noted)
+        raise TerminatedError("stopped by SIGTERM", fix="Check `trainctl resources list` for anything it left behind")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

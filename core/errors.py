@@ -96,5 +96,14 @@ class AwsError(TrainctlError):
         super().__init__(f"AWS {operation} failed with {code}: {aws_message}", fix=fix)
 
 
+class TerminatedError(TrainctlError):
+    """The command was stopped by a termination signal (SIGTERM); the message says what was cleaned up.
+
+    Exit code 143 (128 + SIGTERM), as a shell reports a process ended by that signal.
+    """
+
+    exit_code = 143
+
+
 class EndpointUnreachableError(TrainctlError):
     """Nothing answered at the AWS endpoint (network, wrong AWS_ENDPOINT_URL, sandbox not running)."""

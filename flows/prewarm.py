@@ -13,16 +13,18 @@ DescribeInstanceInformation, ssm:GetParameter (AMI lookup), s3:ListBucket.
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import ExternalSignal
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from core import tags as t
-from core.errors import TrainctlError, UsageError
+from core.errors import TerminatedError, TrainctlError, UsageError
 from core.models import Instance, Volume
 from core.prewarm import (
     PrewarmSpec,
@@ -69,6 +71,23 @@ class PrewarmReport(BaseModel):
 
 class PrewarmFailedError(TrainctlError):
     """The prewarm failed; the message says at which step, why, and what was cleaned up."""
+
+
+class PrewarmInterruptedError(TerminatedError):
+    """A termination signal stopped the prewarm; the message says at which step and what was cleaned up."""
+
+
+def termination_in(exc: BaseException) -> BaseException | None:
+    """The termination signal (Prefect's TerminationSignal, or SystemExit/KeyboardInterrupt) that `exc` is or
+    was raised while handling, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ExternalSignal | KeyboardInterrupt | SystemExit):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _existing_volume(spec: PrewarmSpec) -> Volume:
@@ -160,18 +179,10 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
         volume = detach_volume(volume.id, account=account)
     except BaseException as exc:
         cleaned = _cleanup(spec, volume, instance, launch_key, temporary=given_instance is None)
-        markdown_report(
-            artifact_key("prewarm-failed", volume.id),
-            f"prewarm of {spec.source} failed",
-            {"step": progress.current, "error": str(exc), "volume": volume.id},
-            notes=cleaned,
-        )
-        if isinstance(exc, Exception):
-            raise PrewarmFailedError(
-                f"prewarm failed at step '{progress.current}': {exc}. "
-                f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
-            ) from exc
-        raise
+        failure = _failure(spec, volume.id, progress.current, cleaned, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     terminated = False
     if given_instance is None:
         terminated = terminate_launched_instance(instance.id, idempotency_key=launch_key, account=account)
@@ -193,6 +204,38 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     progress.finish(f"{listing.count} files on {volume.id}")
     markdown_report(artifact_key("prewarm", volume.id), f"prewarm of {spec.source}", report.model_dump())
     return report
+
+
+def _stopped_by(stopped: BaseException) -> str:
+    if isinstance(stopped, KeyboardInterrupt):
+        return "Ctrl-C"
+    number = getattr(stopped, "signal", None)
+    return signal.Signals(number).name if isinstance(number, int) else "a termination signal"
+
+
+def _failure(
+    spec: PrewarmSpec, volume_id: str, step: str, cleaned: list[str], exc: BaseException
+) -> BaseException | None:
+    """Publish what happened and return the error to raise; None: re-raise `exc` itself (a signal Prefect must
+    see, now carrying the sentence as a note for the CLI)."""
+    stopped = termination_in(exc)
+    what = f"was interrupted by {_stopped_by(stopped)}" if stopped else "failed"
+    markdown_report(
+        artifact_key("prewarm-failed", volume_id),
+        f"prewarm of {spec.source} {what}",
+        {"step": step, "error": str(stopped or exc), "volume": volume_id},
+        notes=cleaned,
+    )
+    message = f"prewarm {what} at step '{step}'"
+    done = f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
+    if stopped is exc:
+        exc.add_note(f"{message}. {done}")
+        return None
+    if stopped is not None:  # it landed inside Prefect's task machinery, which replaced it ("Task run is not set")
+        return PrewarmInterruptedError(f"{message}. {done}")
+    if isinstance(exc, Exception):
+        return PrewarmFailedError(f"{message}: {exc}. {done}")
+    return None
 
 
 def _temporary_instance(spec: PrewarmSpec, volume: Volume, launch_key: str) -> LaunchRequest:

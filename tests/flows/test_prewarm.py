@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 
 import pytest
+from prefect.exceptions import TerminationSignal
 
+from cli.output import sigterm_as_error
 from core import tags as t
 from core.ebs import VolumeSpec
-from core.errors import InvalidInputError, NotManagedError
+from core.errors import InvalidInputError, NotManagedError, TerminatedError
 from core.prewarm import PrewarmSpec
 from flows.prewarm import PrewarmFailedError, prewarm
 from sandbox import Sandbox
@@ -123,6 +126,34 @@ def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox) -> 
     assert _managed_instances(cloud) == []
     volumes = cloud.client("ec2").describe_volumes(Filters=[{"Name": "tag:Name", "Values": ["broken"]}])["Volumes"]
     assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
+
+
+def test_sigterm_mid_flow_cleans_up_and_says_so(cloud: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket="sig")
+    s3.put_object(Bucket="sig", Key="data/a.txt", Body=b"a")
+
+    def sigterm(*args: object, **kwargs: object) -> None:  # what Prefect's handler raises in the flow on SIGTERM
+        raise TerminationSignal(signal.SIGTERM)
+
+    def sigterm_inside_prefect(*args: object, **kwargs: object) -> None:  # the signal hit Prefect's task engine
+        try:
+            sigterm()
+        except TerminationSignal:
+            raise ValueError("Task run is not set") from None
+
+    for name, stand_in in (("first", sigterm), ("second", sigterm_inside_prefect)):
+        monkeypatch.setattr("flows.prewarm.wait_online", stand_in)
+        # The CLI's handler: Prefect hands the signal back to it after the flow's cleanup (else: SIG_DFL, pytest dies).
+        with pytest.raises(TerminatedError) as stopped, sigterm_as_error():
+            prewarm(PrewarmSpec(source="s3://sig/data/", volume=VolumeSpec(name=name, size_gib=10)))
+        message = str(stopped.value)
+        assert "prewarm was interrupted by SIGTERM at step 'ssm online'" in message, message
+        assert "terminated" in message and "Task run is not set" not in message
+        assert stopped.value.exit_code == 143
+        assert _managed_instances(cloud) == []  # the temporary instance is gone
+        volumes = cloud.client("ec2").describe_volumes(Filters=[{"Name": "tag:Name", "Values": [name]}])["Volumes"]
+        assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
 
 
 def test_existing_volume_adopted_and_instance_reused_kept_and_snapshotted(cloud: Sandbox) -> None:
