@@ -25,6 +25,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
 from core.errors import ConfigurationError
+from core.names import NameKind, validate_name
 
 # Environment variables botocore reads on its own; clients built from the environment are cached per value of
 # these (hashed), so a changed environment (a test, a rotated key) never gets a stale client.
@@ -356,6 +357,7 @@ def load_account(name: str | None = None) -> AwsAccount:
 
 def load_block(cls: type[B], name: str) -> B:
     """`cls.load(name)` with a one-line error naming the block and how to create it when it is missing."""
+    validate_name(NameKind.BLOCK, name, field=f"{cls.__name__} block name")
     try:
         # Block.load is sync here (we are not in an event loop); the union with a coroutine is Prefect's typing.
         return cast(B, cls.load(name))

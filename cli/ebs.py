@@ -27,15 +27,17 @@ from cli.output import (
     flow_console,
     format_age,
     info,
+    sigterm_as_error,
     state_of,
     stderr_console,
     stdout_console,
 )
 from cli.resources import marks, resource_json
 from core.ebs import VolumeSpec
-from core.errors import UsageError
-from core.ids import validate_id
+from core.errors import ADOPT_MEANS, UsageError
+from core.ids import validate_availability_zone, validate_id
 from core.models import Snapshot, Volume
+from core.names import NameKind, validate_device_name, validate_name
 
 if TYPE_CHECKING:
     from core.prewarm import PrewarmSpec
@@ -44,9 +46,9 @@ if TYPE_CHECKING:
 app = typer.Typer(help="EBS data volumes and snapshots: create, attach, move, prewarm from S3.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON on stdout).")]
-AdoptOption = Annotated[
-    bool, typer.Option("--adopt", help="Tag an unmanaged resource as trainctl-managed first (else it is refused).")
-]
+# Adopting is what lets trainctl act on (or read from) what it did not create; the help says what that means.
+ADOPT_HELP = f"A resource trainctl did not create is refused unless adopted: --adopt will {ADOPT_MEANS}."
+AdoptOption = Annotated[bool, typer.Option("--adopt", help=ADOPT_HELP)]
 VolumeArg = Annotated[str, typer.Argument(help="Volume ID (vol-…).")]
 
 
@@ -140,6 +142,10 @@ def create(
         raise UsageError("give at most one of --az, --instance and --for-type")
     if instance is not None:
         validate_id("instance", instance, field="--instance")
+    if az is not None:
+        validate_availability_zone(az, field="--az")
+    if job is not None:
+        validate_name(NameKind.JOB, job, field="--job")
     spec = _spec(
         name=name,
         size_gib=size,
@@ -226,6 +232,8 @@ def attach(
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
     validate_id("instance", instance_id)
+    if device is not None:
+        validate_device_name(device, field="--device")
     with aws_scope(ctx) as account:
         from tasks.volumes import attach_volume
 
@@ -438,18 +446,21 @@ def restore(
     name: Annotated[str, typer.Option("--name", help="Name of the new volume.")],
     volume_type: Annotated[VolumeTypeChoice, typer.Option("--type", help="EBS volume type.")] = VolumeTypeChoice.gp3,
     size: Annotated[int | None, typer.Option("--size", help="Size in GiB (default: the snapshot's).")] = None,
+    adopt: AdoptOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Create a new volume from a snapshot, in any AZ."""
+    """Create a new volume from a snapshot, in any AZ (a snapshot trainctl does not own needs --adopt)."""
     state_of(ctx, json_output=json_output)
     validate_id("snapshot", snapshot_id)
+    validate_availability_zone(az, field="--az")
+    validate_name(NameKind.RESOURCE, name, field="--name")
     if size is not None:
         _spec(name=name, size_gib=size, volume_type=volume_type.value)  # the type's limits, before any call
     with aws_scope(ctx) as account:
         from tasks.volumes import restore_snapshot
 
         volume = restore_snapshot.fn(
-            snapshot_id, az, name=name, volume_type=volume_type.value, size_gib=size, account=account
+            snapshot_id, az, name=name, volume_type=volume_type.value, size_gib=size, adopt=adopt, account=account
         )
     if json_output:
         emit_json(resource_json(volume, _now()))
@@ -462,15 +473,17 @@ def move(
     ctx: typer.Context,
     volume_id: VolumeArg,
     az: Annotated[str, typer.Argument(help="The availability zone to move it to.")],
+    adopt: AdoptOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Move a detached volume to another AZ (snapshot + restore); the original is renamed <name>@<old-az> and kept."""
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
+    validate_availability_zone(az, field="az")
     with aws_scope(ctx) as account:
         from tasks.volumes import move_volume
 
-        moved = move_volume.fn(volume_id, az, account=account)
+        moved = move_volume.fn(volume_id, az, adopt=adopt, account=account)
     unchanged = moved.id == volume_id
     if json_output:
         emit_json(
@@ -555,6 +568,25 @@ def _prewarm_spec(**fields: Any) -> PrewarmSpec:
         raise as_input_error(exc) from None
 
 
+def _prewarm_preflight(spec: PrewarmSpec) -> None:
+    """The flow's own read-only checks of an existing volume and a given instance, before Prefect starts (~10 s):
+    someone else's volume is refused at once. The flow checks again (deployments run it without the CLI)."""
+    if spec.volume_id is None and spec.instance_id is None:
+        return
+    from blocks.aws import load_account
+    from core.prewarm import check_existing_volume, check_given_instance
+    from tasks.volumes import get_instance, get_volume
+
+    ec2 = load_account(spec.account).client("ec2")
+    zone = spec.availability_zone
+    if spec.volume_id is not None:
+        volume = get_volume(ec2, spec.volume_id)
+        check_existing_volume(volume, spec)
+        zone = volume.availability_zone
+    if spec.instance_id is not None:
+        check_given_instance(get_instance(ec2, spec.instance_id), zone)
+
+
 @app.command("prewarm")
 def prewarm(
     ctx: typer.Context,
@@ -579,6 +611,7 @@ def prewarm(
     filesystem: Annotated[Filesystem, typer.Option("--filesystem", help="Filesystem if blank.")] = Filesystem.xfs,
     take_snapshot: Annotated[bool, typer.Option("--snapshot", help="Snapshot the volume afterwards.")] = False,
     job: Annotated[str | None, typer.Option("--job", help="The training job it belongs to.")] = None,
+    adopt: AdoptOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Copy s3://bucket/prefix onto a new or existing volume (verified), via a temporary instance in its AZ."""
@@ -605,15 +638,17 @@ def prewarm(
         filesystem=filesystem.value,
         snapshot=take_snapshot,
         job=job,
+        adopt=adopt,
         account=state.account,
     )
     with aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
+        _prewarm_preflight(spec)
         from flows.prewarm import prewarm as prewarm_flow
 
         if not json_output:
             info(f"prewarm {source} → {volume_id or new_name} (starts a Prefect flow run)")
-        with flow_console(state, quiet=not json_output), _step_progress(enabled=not json_output):
+        with sigterm_as_error(), flow_console(state, quiet=not json_output), _step_progress(enabled=not json_output):
             report = prewarm_flow(spec)
     if json_output:
         emit_json(report.model_dump(mode="json"))

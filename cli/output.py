@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from core.errors import InvalidInputError, TrainctlError, UsageError
+from core.errors import InvalidInputError, TerminatedError, TrainctlError, UsageError
+from core.names import NameKind, validate_name
 
 if TYPE_CHECKING:
     from blocks.aws import AwsAccount
@@ -57,6 +59,7 @@ class CliState:
             # The environment, with this run's options taking the place of the variables they override.
             env_names = {"region": "AWS_REGION", "profile": "AWS_PROFILE", "endpoint_url": "AWS_ENDPOINT_URL"}
             return AwsAccount.from_env({**os.environ, **{env_names[k]: v for k, v in overrides.items()}})
+        validate_name(NameKind.BLOCK, self.account, field="--account")  # before Prefect is asked for it
         account = load_account(self.account)
         # A copy, not a mutation: a loaded block may be reused elsewhere in the process. The values were checked
         # above, which model_copy (no validation) would not do.
@@ -153,21 +156,46 @@ def fail(err: BaseException, state: CliState) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
+def _is_usage_error(err: BaseException) -> bool:
+    """click's UsageError (a bad or missing option, an unknown command), from typer's vendored click (≥0.25) or
+    click itself. Not the "no arguments: show the help" signal, which is one too: typer prints the help for it."""
+    if any(c.__name__ == "NoArgsIsHelpError" for c in type(err).__mro__):
+        return False
+    return getattr(err, "exit_code", None) == 2 and hasattr(err, "ctx") and hasattr(err, "format_message")
+
+
+def fail_usage(err: Any, state: CliState) -> NoReturn:
+    """A usage error as the one line every other error is (typer would draw a usage block and a box)."""
+    message = str(err.format_message()).replace("Value error, ", "")
+    where = getattr(err.ctx, "command_path", None) or "trainctl"
+    fail(UsageError(message, fix=f"See `{where} --help`."), state)
+
+
 class ErrorHandlingGroup(TyperGroup):
     """The root command group: every command runs inside its `invoke`, so errors are handled here, once.
 
-    typer's own exceptions (usage errors such as a bad option value → exit 2, typer.Exit, Abort on Ctrl-C) pass
-    through untouched: typer reports those itself.
+    Usage errors (a bad option value, a missing argument, an unknown command) become one line too, exit 2. typer.Exit,
+    Abort on Ctrl-C and the help shown for a bare group pass through untouched: typer handles those itself.
     """
 
     # `Any`: the context class lives in typer's vendored (private) click module since typer 0.25.
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return list(super().parse_args(ctx, args))
+        except Exception as err:  # the root's own options (`trainctl --bogus`), parsed before `invoke`
+            if _is_usage_error(err):
+                fail_usage(err, CliState())
+            raise
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (TyperException, typer.Exit, typer.Abort):
-            raise
         except Exception as err:
             state = ctx.obj if isinstance(ctx.obj, CliState) else CliState()
+            if _is_usage_error(err):
+                fail_usage(err, state)
+            if isinstance(err, TyperException | typer.Exit | typer.Abort):
+                raise
             fail(err, state)
 
 
@@ -183,13 +211,13 @@ def aws_scope(ctx: typer.Context) -> Iterator[str | None]:
     endpoint; overriding them per run would need a copy the tasks cannot receive, so that combination is refused.
     """
     state = state_of(ctx)
-    state.aws()  # first: a bad --region/--profile/--endpoint-url is reported naming the option, before any call
     overrides = {env: getattr(state, field) for field, env in _OVERRIDE_ENV.items() if getattr(state, field)}
-    if state.account is not None and overrides:
+    if state.account is not None and overrides:  # before loading the block: that alone starts Prefect's API
         raise UsageError(
             f"--account {state.account} cannot be combined with --region/--profile/--endpoint-url",
             fix="Save those values in the AwsAccount block, or drop --account and pass the options alone",
         )
+    state.aws()  # a bad --region/--profile/--endpoint-url is reported naming the option, before any call
     saved = {key: os.environ.get(key) for key in overrides}
     os.environ.update(overrides)
     try:
@@ -249,3 +277,41 @@ def flow_console(state: CliState, *, quiet: bool) -> Iterator[None]:
             h.setLevel(level)
             h.setFormatter(formatter)
             h.removeFilter(_not_a_run_failure)
+
+
+def _what_was_cleaned(exc: BaseException | None) -> str | None:
+    """The sentence a flow noted on the signal it was stopped by (what it cleaned up), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        notes = getattr(exc, "__notes__", None)
+        if notes:
+            return str(notes[-1])
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def sigterm_as_error() -> Iterator[None]:
+    """SIGTERM while a command runs a flow becomes one error line saying what the flow cleaned up, exit 143.
+
+    Prefect swaps in its own handler for the flow run (the flow sees a TerminationSignal and cleans up), then
+    re-delivers the signal to the handler it found: this one, which raises while Prefect is still handling the
+    signal, so the flow's note on it (what was cleaned up) is at hand.
+    """
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        noted = _what_was_cleaned(sys.exception())
+        if noted:
+            raise TerminatedError(noted)
+        raise TerminatedError("stopped by SIGTERM", fix="Check `trainctl resources list` for anything it left behind")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,6 +18,7 @@ from cli.output import emit_json, format_age, state_of, stdout_console
 from core import tags as t
 from core.errors import InvalidInputError, UsageError
 from core.ids import kind_of
+from core.jobs import validate_job_name
 from core.models import Instance, Inventory, ManagedResource, Snapshot, Volume
 
 app = typer.Typer(help="What trainctl owns: instances, volumes and snapshots it created.", no_args_is_help=True)
@@ -153,6 +154,8 @@ def list_resources(
 ) -> None:
     """List every instance, volume and snapshot trainctl manages in the region (untagged ones never show)."""
     state_of(ctx, json_output=json_output)
+    if job is not None:
+        validate_job_name(job, field="--job")
     inventory = _filtered(_take_inventory(ctx), job=job, kind=kind)
     if json_output:
         emit_json(inventory_json(inventory, job=job, kind=kind.value if kind else None))

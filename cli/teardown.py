@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from cli.output import aws_scope, emit_json, flow_console, format_age, info, state_of, stdout_console
-from core.errors import InvalidInputError, UsageError
+from core.errors import InvalidInputError, TrainctlError, UsageError
 from core.ids import kind_of
 
 if TYPE_CHECKING:
@@ -83,6 +83,9 @@ def teardown(
             account=state.account,
         )
     except ValidationError as exc:
+        cause = (exc.errors()[0].get("ctx") or {}).get("error")
+        if isinstance(cause, TrainctlError):  # a field our validators refused: its own message names it
+            raise cause from None
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise UsageError(message, fix="e.g. trainctl teardown --job my-job, or trainctl teardown --sweep") from None
     with aws_scope(ctx) as account:
@@ -134,7 +137,9 @@ def _render(report: TeardownReport) -> None:
     console.print(table)
     console.print(f"saves about ${plan.monthly_savings}/month", highlight=False)
     if not report.executed:
-        if report.approved is False:
+        if not plan.operations:
+            console.print("nothing to do: nothing was changed", highlight=False)
+        elif report.approved is False:
             console.print("not approved: nothing was changed", highlight=False)
         else:
             console.print("dry run: nothing was changed (add --yes to act)", highlight=False)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from cli.output import as_input_error, aws_scope, emit_json, flow_console, info, state_of, stdout_console
 from core import jobs
 from core.errors import InvalidInputError, UsageError
+from core.s3uri import validate_bucket
 from tasks.code import scan_code_dir
 
 app = typer.Typer(help="Training jobs: launch on spot, follow the log, stop with a checkpoint.", no_args_is_help=True)
@@ -230,6 +231,7 @@ def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: J
     """The job record, the agent's last status in S3, and the instance's state."""
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
+    bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
         from tasks.code import read_json
 
@@ -274,6 +276,7 @@ def logs(
     """The job's log: live from the instance over SSM while it runs, else the copy the agent put in S3."""
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
+    bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
         from core.launch import JobPoll, poll_script
         from tasks.code import read_text
@@ -340,6 +343,7 @@ def stop(
     The instance keeps running (teardown removes it)."""
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
+    bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
         from core.launch import agent_command_script
         from core.models import JobStatus

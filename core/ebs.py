@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from core.errors import InvalidInputError
+from core.ids import validate_id
+from core.names import NameKind, validate_name
 
 VolumeType = Literal["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"]
 
@@ -55,7 +57,7 @@ class VolumeSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(min_length=1, max_length=255)
+    name: str
     size_gib: int
     volume_type: VolumeType = "gp3"
     iops: int | None = None
@@ -65,6 +67,16 @@ class VolumeSpec(BaseModel):
     persistent: bool = True
     protected: bool = False
     snapshot_id: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(NameKind.RESOURCE, value, field="name")
+
+    @field_validator("snapshot_id")
+    @classmethod
+    def _snapshot_id(cls, value: str | None) -> str | None:
+        return None if value is None else validate_id("snapshot", value, field="snapshot_id")
 
     @model_validator(mode="after")
     def _within_limits(self) -> VolumeSpec:

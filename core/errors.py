@@ -45,21 +45,40 @@ class InvalidInputError(UsageError):
         self.field = field
         self.value = value
         self.expected = expected
-        super().__init__(f"{field}: {value!r} is not valid: expected {expected}", fix=fix)
+        super().__init__(f"{field}: {_shown(value)} is not valid: expected {expected}", fix=fix)
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """The value as typed (repr: control and bidi characters escaped), cut short so the message stays one line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str | list | tuple) else ""
+    return f"{text[: limit - 20]}…{size}"
 
 
 class ConfigurationError(UsageError):
     """trainctl cannot reach AWS as configured: unknown region, no credentials, bad profile."""
 
 
-class NotManagedError(UsageError):
-    """The resource was not created by trainctl; it is never modified unless adopted."""
+# What adopting means, said the same way by every refusal and every --adopt help text.
+ADOPT_MEANS = (
+    "tag it trainctl:managed=true, so trainctl treats it as its own from now on "
+    "(cleanup rules apply to it; --force can then delete it)"
+)
 
-    def __init__(self, resource_id: str) -> None:
+
+class NotManagedError(UsageError):
+    """The resource was not created by trainctl; it is never modified, nor read into a managed one, unless adopted."""
+
+    def __init__(self, resource_id: str, *, action: str | None = None) -> None:
         self.resource_id = resource_id
+        doing = f" will not {action} it" if action else " will not touch it"
         super().__init__(
-            f"{resource_id} was not created by trainctl (no trainctl:managed=true tag), so trainctl will not touch it",
-            fix="Pass adopt=True (CLI: --adopt) to tag it as managed first, or act on it with the AWS console/CLI.",
+            f"{resource_id} was not created by trainctl and is not managed by it (no trainctl:managed=true tag), "
+            f"so trainctl{doing}",
+            fix=f"To let trainctl use it, pass --adopt (adopt=True): that will {ADOPT_MEANS}. "
+            "Otherwise act on it with the AWS console/CLI.",
         )
 
 
@@ -75,6 +94,15 @@ class AwsError(TrainctlError):
         self.code = code
         self.aws_message = aws_message
         super().__init__(f"AWS {operation} failed with {code}: {aws_message}", fix=fix)
+
+
+class TerminatedError(TrainctlError):
+    """The command was stopped by a termination signal (SIGTERM); the message says what was cleaned up.
+
+    Exit code 143 (128 + SIGTERM), as a shell reports a process ended by that signal.
+    """
+
+    exit_code = 143
 
 
 class EndpointUnreachableError(TrainctlError):

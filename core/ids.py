@@ -24,6 +24,7 @@ _EXAMPLES = {
     "security_group": "sg-0123456789abcdef0",
 }
 _AZ = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d[a-z]$")
+_INSTANCE_TYPE = re.compile(r"[a-z0-9-]+\.[a-z0-9-]+")
 
 
 def kind_of(resource_id: str) -> str | None:
@@ -37,7 +38,7 @@ def kind_of(resource_id: str) -> str | None:
 def validate_id(kind: str, value: str, *, field: str | None = None) -> str:
     """Return `value` if it is a well-formed ID of `kind`, else raise naming the field and an example."""
     pattern = _PATTERNS[kind]
-    if not isinstance(value, str) or not pattern.match(value.strip()):
+    if not isinstance(value, str) or not pattern.fullmatch(value.strip()):
         raise InvalidInputError(
             field or f"{kind}_id",
             value,
@@ -49,6 +50,13 @@ def validate_id(kind: str, value: str, *, field: str | None = None) -> str:
 
 def validate_availability_zone(value: str, *, field: str = "availability_zone") -> str:
     """Shape check only (`us-east-1a`); whether the zone exists is asked of AWS in the tasks."""
-    if not _AZ.match(value):
+    if not isinstance(value, str) or not _AZ.fullmatch(value):
         raise InvalidInputError(field, value, "an availability zone such as us-east-1a")
+    return value
+
+
+def validate_instance_type(value: str, *, field: str = "instance_type") -> str:
+    """Shape check only (`g5.xlarge`); whether the type is offered is asked of AWS in the tasks."""
+    if not isinstance(value, str) or not _INSTANCE_TYPE.fullmatch(value):
+        raise InvalidInputError(field, value, "an instance type such as g5.xlarge")
     return value

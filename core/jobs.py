@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import re
 
-from core.errors import InvalidInputError
+from core.names import NameKind, validate_name
 from core.s3uri import S3Uri
 
+# The agent's copy of the rule (it cannot import core; tests/agent compares them). core.names holds the rule itself.
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 JOBS_ROOT = "trainctl/jobs"
@@ -51,9 +52,7 @@ LATEST_NAME = "LATEST.json"
 
 def validate_job_name(name: str, *, field: str = "name") -> str:
     """Job names become tags, S3 prefixes and folder names: lowercase letters, digits and dashes, 1–63."""
-    if not isinstance(name, str) or not JOB_NAME.match(name):
-        raise InvalidInputError(field, name, "1–63 lowercase letters, digits or dashes, starting with a letter/digit")
-    return name
+    return validate_name(NameKind.JOB, name, field=field)
 
 
 def job_prefix(bucket: str, job: str) -> S3Uri:

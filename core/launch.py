@@ -18,11 +18,12 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from core import jobs
 from core.errors import InvalidInputError
-from core.ids import validate_availability_zone, validate_id
+from core.ids import validate_availability_zone, validate_id, validate_instance_type
 from core.models import Job
+from core.names import NameKind, validate_name
 from core.prewarm import mount_point as volume_mount_point
 from core.prewarm import mount_script
-from core.s3uri import parse_s3_uri
+from core.s3uri import parse_s3_uri, validate_bucket
 from core.secrets import SecretRef, parse_secret_ref
 from core.shell import on_instance, quote
 from core.transfer import instance_script
@@ -52,8 +53,7 @@ class TemplateSpec(BaseModel):
 
     @model_validator(mode="after")
     def _ids(self) -> TemplateSpec:
-        if not self.instance_type or not re.match(r"^[a-z0-9-]+\.[a-z0-9-]+$", self.instance_type):
-            raise InvalidInputError("template.instance_type", self.instance_type, "an instance type such as g5.xlarge")
+        validate_instance_type(self.instance_type, field="template.instance_type")
         if self.image_id:
             validate_id("image", self.image_id, field="template.image_id")
         if self.subnet_id:
@@ -107,10 +107,16 @@ class JobSpec(BaseModel):
     def _name(cls, value: str) -> str:
         return jobs.validate_job_name(value)
 
+    @field_validator("template")
+    @classmethod
+    def _template_name(cls, value: str | TemplateSpec) -> str | TemplateSpec:
+        # A saved block's name is checked here, before the flow loads it (Prefect start-up, an API call).
+        return validate_name(NameKind.BLOCK, value, field="template") if isinstance(value, str) else value
+
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
-        return parse_s3_uri(f"s3://{value}", field="bucket").bucket
+        return validate_bucket(value, field="bucket")
 
     @field_validator("command")
     @classmethod
@@ -125,7 +131,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _env(cls, value: dict[str, str], info: Any) -> dict[str, str]:
         for key in value:
-            if not _ENV_NAME.match(key):
+            if not _ENV_NAME.fullmatch(key):
                 raise InvalidInputError(info.field_name, key, "variable names of letters, digits and '_'")
             if key in RESERVED_ENV:
                 raise InvalidInputError(

@@ -16,8 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from core.ebs import VolumeSpec, device_by_id_path
-from core.errors import InvalidInputError
-from core.ids import validate_availability_zone, validate_id
+from core.errors import InvalidInputError, NotManagedError, UsageError
+from core.ids import validate_availability_zone, validate_id, validate_instance_type
+from core.models import Instance, Volume
+from core.names import NameKind, validate_name
 from core.paths import PathEscapeError
 from core.s3uri import parse_s3_uri
 from core.shell import on_instance, quote
@@ -48,6 +50,7 @@ class PrewarmSpec(BaseModel):
     filesystem: Literal["xfs", "ext4"] = "xfs"
     snapshot: bool = False
     job: str | None = None
+    adopt: bool = Field(default=False, description="tag an existing volume trainctl did not create as managed")
     sync_timeout_minutes: int = Field(default=240, ge=1, le=24 * 60)
     online_timeout_s: int = Field(default=600, ge=10)
     account: str | None = None
@@ -62,7 +65,7 @@ class PrewarmSpec(BaseModel):
     @classmethod
     def _target_inside_volume(cls, value: str) -> str:
         value = value.strip("/")
-        if value and (not _RELATIVE.match(value) or ".." in value.split("/")):
+        if value and (not _RELATIVE.fullmatch(value) or ".." in value.split("/")):
             raise InvalidInputError(
                 "target_dir", value, "a relative folder of letters, digits, '.', '_', '-' (no '..')"
             )
@@ -82,7 +85,34 @@ class PrewarmSpec(BaseModel):
             validate_id("instance", self.instance_id)
         if self.availability_zone:
             validate_availability_zone(self.availability_zone)
+        validate_instance_type(self.instance_type)
+        if self.job is not None:
+            validate_name(NameKind.JOB, self.job, field="job")
         return self
+
+
+def check_existing_volume(volume: Volume, spec: PrewarmSpec) -> None:
+    """An existing volume prewarm may fill: trainctl's own (or adopted), and free or on the given instance."""
+    if not volume.managed and not spec.adopt:
+        raise NotManagedError(volume.id, action="prewarm")
+    if volume.attached_instance_id and volume.attached_instance_id != spec.instance_id:
+        raise UsageError(
+            f"{volume.id} is in use by {volume.attached_instance_id}",
+            fix=f"Detach it first (trainctl ebs detach {volume.id}) or pass --instance {volume.attached_instance_id}.",
+        )
+
+
+def check_given_instance(instance: Instance, volume_zone: str | None) -> None:
+    """An instance prewarm may use: trainctl's own (commands, mkfs and mounts run there), running, in the AZ."""
+    if not instance.managed:
+        raise NotManagedError(instance.id, action="run prewarm commands on")
+    if instance.state != "running":
+        raise UsageError(f"{instance.id} is {instance.state}; prewarm needs a running instance")
+    if volume_zone and instance.availability_zone != volume_zone:
+        raise UsageError(
+            f"{instance.id} is in {instance.availability_zone} but the volume is in {volume_zone}",
+            fix="Omit the instance (a temporary one is launched in the volume's AZ) or move the volume.",
+        )
 
 
 def mount_point(volume_id: str) -> str:

@@ -36,10 +36,22 @@ def parse_s3_uri(value: str, *, field: str = "s3_uri") -> S3Uri:
     if not isinstance(value, str) or not value.startswith("s3://"):
         raise InvalidInputError(field, value, "an S3 URI such as s3://my-bucket/datasets/imagenet/")
     bucket, _, key = value[len("s3://") :].partition("/")
-    if not _BUCKET.match(bucket) or _IP.match(bucket) or ".." in bucket:
+    if not _BUCKET.fullmatch(bucket) or _IP.fullmatch(bucket) or ".." in bucket:
         raise InvalidInputError(
             field, value, "a valid bucket name (3–63 lowercase letters, digits, dots or hyphens) after s3://"
         )
     if any(part in {".", ".."} for part in key.split("/")):
         raise InvalidInputError(field, value, "a key without '.' or '..' path segments")
     return S3Uri(bucket, key)
+
+
+def validate_bucket(value: str, *, field: str = "bucket") -> str:
+    """A bucket name; `s3://name` (and `s3://name/`) is accepted as `name`. A refusal shows the value as given."""
+    if not isinstance(value, str):
+        raise InvalidInputError(field, value, "a bucket name such as my-bucket")
+    name = value.removeprefix("s3://").removesuffix("/") if value.startswith("s3://") else value
+    if "/" in name:
+        raise InvalidInputError(field, value, "a bucket name (such as my-bucket), without a key or prefix")
+    if not _BUCKET.fullmatch(name) or _IP.fullmatch(name) or ".." in name:
+        raise InvalidInputError(field, value, "a bucket name: 3–63 lowercase letters, digits, dots or hyphens")
+    return name

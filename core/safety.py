@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from core.errors import SafetyRefusalError
+from core.errors import ADOPT_MEANS, SafetyRefusalError
 from core.models import ManagedResource, Snapshot, Volume
 
 
@@ -81,6 +81,8 @@ class Verdict:
             if all(b.override for b in self.blockers)
             else "Resolve the blockers without an override first (e.g. detach the volume)."
         )
+        if "adopt" in overrides:
+            fix += f" Adopting will {ADOPT_MEANS}."
         raise SafetyRefusalError(f"refusing to {self.action} {self.resource_id}: {reasons}", fix=fix)
 
 

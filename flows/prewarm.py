@@ -17,20 +17,24 @@ ssm:GetParameter (AMI lookup), s3:ListBucket, and s3:PutObject/DeleteObject on `
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import ExternalSignal
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from core import tags as t
-from core.errors import NotManagedError, TrainctlError, UsageError
+from core.errors import TerminatedError, TrainctlError, UsageError
 from core.models import Instance, Volume
 from core.prewarm import (
     PrewarmSpec,
     VerifyResult,
+    check_existing_volume,
+    check_given_instance,
     check_keys,
     compare,
     finish_script,
@@ -47,6 +51,7 @@ from tasks.instances import LaunchRequest, launch_instance, terminate_launched_i
 from tasks.ssm import run_command, wait_online
 from tasks.storage import PrefixListing, delete_prefix, list_prefix, put_json, staging_uri
 from tasks.volumes import (
+    adopt_volume,
     attach_volume,
     create_snapshot,
     create_volume,
@@ -76,34 +81,34 @@ class PrewarmFailedError(TrainctlError):
     """The prewarm failed; the message says at which step, why, and what was cleaned up."""
 
 
+class PrewarmInterruptedError(TerminatedError):
+    """A termination signal stopped the prewarm; the message says at which step and what was cleaned up."""
+
+
+def termination_in(exc: BaseException) -> BaseException | None:
+    """The termination signal (Prefect's TerminationSignal, or SystemExit/KeyboardInterrupt) that `exc` is or
+    was raised while handling, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ExternalSignal | KeyboardInterrupt | SystemExit):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _existing_volume(spec: PrewarmSpec) -> Volume:
     assert spec.volume_id is not None
     volume = describe_volume(spec.volume_id, account=spec.account)
-    if not volume.managed:
-        raise UsageError(
-            f"{volume.id} was not created by trainctl",
-            fix="Adopt it first (trainctl ebs attach --adopt) or prewarm a new volume.",
-        )
-    if volume.attached_instance_id and volume.attached_instance_id != spec.instance_id:
-        raise UsageError(
-            f"{volume.id} is in use by {volume.attached_instance_id}",
-            fix=f"Detach it first (trainctl ebs detach {volume.id}) or pass --instance {volume.attached_instance_id}.",
-        )
+    check_existing_volume(volume, spec)
     return volume
 
 
 def _given_instance(spec: PrewarmSpec, volume_zone: str | None) -> Instance:
     assert spec.instance_id is not None
     instance = describe_instance(spec.instance_id, account=spec.account)
-    if not instance.managed:
-        raise NotManagedError(instance.id)  # commands, mkfs and mounts run there: only on trainctl's instances
-    if instance.state != "running":
-        raise UsageError(f"{instance.id} is {instance.state}; prewarm needs a running instance")
-    if volume_zone and instance.availability_zone != volume_zone:
-        raise UsageError(
-            f"{instance.id} is in {instance.availability_zone} but the volume is in {volume_zone}",
-            fix="Omit the instance (a temporary one is launched in the volume's AZ) or move the volume.",
-        )
+    check_given_instance(instance, volume_zone)
     return instance
 
 
@@ -128,6 +133,8 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     progress.step("volume")
     if existing_volume is not None:
         volume = existing_volume
+        if not volume.managed:  # spec.adopt (checked above): tagged now, after every check passed
+            volume = adopt_volume(volume.id, account=account)
     else:
         assert spec.volume is not None
         volume = create_volume(
@@ -136,6 +143,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
             instance_type=None if zone else spec.instance_type,
             job=spec.job,
             extra_tags={t.PREWARM: t.PREWARM_PENDING},  # until verified and detached (the sweep reports it)
+            adopt=spec.adopt,
             account=account,
         )
     log.info("volume %s in %s", volume.id, volume.availability_zone)
@@ -180,18 +188,10 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
         mark_prewarmed(volume.id, account=account)
     except BaseException as exc:
         cleaned = _cleanup(spec, volume, instance, launch_key, temporary=given_instance is None)
-        markdown_report(
-            artifact_key("prewarm-failed", volume.id),
-            f"prewarm of {spec.source} failed",
-            {"step": progress.current, "error": str(exc), "volume": volume.id},
-            notes=cleaned,
-        )
-        if isinstance(exc, Exception):
-            raise PrewarmFailedError(
-                f"prewarm failed at step '{progress.current}': {exc}. "
-                f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
-            ) from exc
-        raise
+        failure = _failure(spec, volume.id, progress.current, cleaned, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     terminated = False
     if given_instance is None:
         terminated = terminate_launched_instance(instance.id, idempotency_key=launch_key, account=account)
@@ -241,6 +241,38 @@ def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixLi
             fix="Run the prewarm again once the source is stable",
         )
     get_run_logger().info("synced %d files onto %s", result["placed"], volume_id)
+
+
+def _stopped_by(stopped: BaseException) -> str:
+    if isinstance(stopped, KeyboardInterrupt):
+        return "Ctrl-C"
+    number = getattr(stopped, "signal", None)
+    return signal.Signals(number).name if isinstance(number, int) else "a termination signal"
+
+
+def _failure(
+    spec: PrewarmSpec, volume_id: str, step: str, cleaned: list[str], exc: BaseException
+) -> BaseException | None:
+    """Publish what happened and return the error to raise; None: re-raise `exc` itself (a signal Prefect must
+    see, now carrying the sentence as a note for the CLI)."""
+    stopped = termination_in(exc)
+    what = f"was interrupted by {_stopped_by(stopped)}" if stopped else "failed"
+    markdown_report(
+        artifact_key("prewarm-failed", volume_id),
+        f"prewarm of {spec.source} {what}",
+        {"step": step, "error": str(stopped or exc), "volume": volume_id},
+        notes=cleaned,
+    )
+    message = f"prewarm {what} at step '{step}'"
+    done = f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
+    if stopped is exc:
+        exc.add_note(f"{message}. {done}")
+        return None
+    if stopped is not None:  # it landed inside Prefect's task machinery, which replaced it ("Task run is not set")
+        return PrewarmInterruptedError(f"{message}. {done}")
+    if isinstance(exc, Exception):
+        return PrewarmFailedError(f"{message}: {exc}. {done}")
+    return None
 
 
 def _temporary_instance(spec: PrewarmSpec, volume: Volume, launch_key: str) -> LaunchRequest:

@@ -28,6 +28,8 @@ from blocks.policies import SafetyPolicy
 from core.errors import TrainctlError
 from core.jobs import validate_job_name
 from core.models import Inventory, ManagedResource
+from core.names import NameKind, validate_name
+from core.s3uri import validate_bucket
 from core.safety import Reason
 from core.teardown import (
     STEPS,
@@ -88,6 +90,10 @@ class TeardownRequest(BaseModel):
             raise ValueError("name a job, resource IDs, all_managed=True or sweep=True: teardown has no default scope")
         if self.job:
             validate_job_name(self.job, field="job")
+        if self.bucket is not None:
+            self.bucket = validate_bucket(self.bucket, field="bucket")
+        if self.policy is not None:
+            validate_name(NameKind.BLOCK, self.policy, field="policy")
         return self
 
     @property

@@ -1,6 +1,7 @@
 """EC2 the way AWS answers it, where moto 5.2.5 does not: volume rules, state transitions, spot, capacity.
 
 Volume rules (before-hooks, answered before moto sees the call):
+  DescribeVolumes InvalidVolume.NotFound naming the unknown ID (moto puts a Python set in the message).
   AttachVolume   InvalidVolume.ZoneMismatch, VolumeInUse, IncorrectState, IncorrectInstanceState, device clash
                  (InvalidParameterValue); unknown IDs are left to moto's own NotFound errors.
   DetachVolume   IncorrectState for a volume that is not attached.
@@ -442,6 +443,14 @@ class Ec2Rules:
             )
         return None
 
+    def _describe_volumes_before(self, req: AwsRequest) -> Response | None:
+        """AWS names the unknown volume; moto 5.2.5 formats the whole set of IDs (`'{'vol-…'}'`) into it."""
+        backend = self._backend(req)
+        unknown = [v for v in req.param_list("VolumeId") if v not in backend.volumes]
+        if unknown:
+            return ec2_error("InvalidVolume.NotFound", f"The volume '{unknown[0]}' does not exist.")
+        return None
+
     def _attach_after(self, req: AwsRequest, status: int, body: bytes) -> bytes | None:
         if status != 200 or self._delay <= 0:
             return None
@@ -787,6 +796,7 @@ class Ec2Rules:
     # -- registration ----------------------------------------------------------------------------------------
     def register(self) -> None:
         sb = self.sandbox
+        sb.before("ec2", "DescribeVolumes", self._describe_volumes_before)
         sb.before("ec2", "AttachVolume", self._attach_before)
         sb.after("ec2", "AttachVolume", self._attach_after)
         sb.before("ec2", "DetachVolume", self._detach_before)

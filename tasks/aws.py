@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -112,7 +113,9 @@ def _fix_for(code: str, operation: str, status: int | None) -> str:
             "AWS kept throttling or failing after several retries; run again later, or lower concurrency with a "
             "Prefect concurrency limit on the aws-ec2 tag"
         )
-    if code.endswith("NotFound") or code in {"NoSuchKey", "NoSuchBucket", "NoSuchEntity", "ResourceNotFoundException"}:
+    if code == "NoSuchBucket":
+        return "Check the bucket name (`aws s3 ls` lists the buckets this identity sees) and the region"
+    if code.endswith("NotFound") or code in {"NoSuchKey", "NoSuchEntity", "ResourceNotFoundException"}:
         return "Check the ID (`trainctl resources list` shows what exists); the resource may already be deleted"
     if code.endswith(".Malformed") or code.startswith("InvalidID"):
         return "The ID is malformed; copy it from `trainctl resources list` or the AWS console"
@@ -143,11 +146,20 @@ def _fix_for(code: str, operation: str, status: int | None) -> str:
     return "See the AWS message; run with --debug for the full details"
 
 
+def _no_message(code: str) -> str:
+    """A sentence for an error AWS sent without a message (EC2 does for InvalidSnapshot.NotFound)."""
+    if code.endswith(".NotFound"):
+        # InvalidSnapshot.NotFound → "snapshot", InvalidInstanceID.NotFound → "instance ID"
+        noun = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", code.removesuffix(".NotFound").removeprefix("Invalid"))
+        return f"the {noun.lower().replace(' id', ' ID')} does not exist (AWS sent no message)"
+    return "AWS sent no message"
+
+
 def aws_error(operation: str, exc: ClientError) -> AwsError:
     """A botocore ClientError as our AwsError (code, HTTP status and a fix sentence kept)."""
     code, status = _code_and_status(exc)
     code = code or "Unknown"
-    message = exc.response.get("Error", {}).get("Message") or str(exc)
+    message = (exc.response.get("Error", {}).get("Message") or "").strip() or _no_message(code)
     err = AwsError(operation, code, message, fix=_fix_for(code, operation, status))
     err.http_status = status  # type: ignore[attr-defined]  # kept so is_transient can read 5xx after translation
     return err

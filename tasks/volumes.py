@@ -23,6 +23,7 @@ from core.ebs import VolumeSpec
 from core.errors import InvalidInputError, NotManagedError, SafetyRefusalError, UsageError
 from core.ids import validate_availability_zone, validate_id
 from core.models import Instance, Snapshot, Volume
+from core.names import NameKind, validate_device_name, validate_name
 from core.safety import snapshot_delete_verdict, volume_delete_verdict
 from tasks.aws import aws_task, translate
 
@@ -73,6 +74,13 @@ def get_instance(ec2: Any, instance_id: str) -> Instance:
     with translate("DescribeInstances"):
         reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     return Instance.from_aws(reservations[0]["Instances"][0])
+
+
+def get_snapshot(ec2: Any, snapshot_id: str) -> Snapshot:
+    validate_id("snapshot", snapshot_id)
+    with translate("DescribeSnapshots"):
+        found = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    return Snapshot.from_aws(found[0])
 
 
 @aws_task(name="describe-volume", tags=["aws-ec2"])
@@ -152,17 +160,32 @@ def resolve_availability_zone(
     return zones[0]
 
 
+def refuse_unmanaged(resource: Volume | Instance | Snapshot, *, action: str, adopt: bool) -> None:
+    """The read-only half of `_require_managed`: refuse early, before any other call, unless adopting."""
+    if not resource.managed and not adopt:
+        raise NotManagedError(resource.id, action=action)
+
+
 def _require_managed(resource: Volume | Instance | Snapshot, *, action: str, adopt: bool, ec2: Any) -> None:
-    """Unmanaged resources are never modified; with adopt they are tagged managed first (DESIGN.md section 2)."""
+    """Unmanaged resources are never modified, nor read into managed ones; with adopt they are tagged managed
+    first (DESIGN.md section 2). Called last before the mutation, after every other check."""
     if resource.managed:
         return
-    if not adopt:
-        raise NotManagedError(resource.id)
+    refuse_unmanaged(resource, action=action, adopt=adopt)
     with translate("CreateTags"):
         ec2.create_tags(Resources=[resource.id], Tags=t.to_aws({t.MANAGED: "true"}))
 
 
 # -- tasks ----------------------------------------------------------------------------------------------------
+
+
+@aws_task(name="adopt-volume", tags=["aws-ec2"])
+def adopt_volume(volume_id: str, *, account: str | None = None) -> Volume:
+    """What --adopt does: tag a volume trainctl did not create trainctl:managed=true (a no-op for its own)."""
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    _require_managed(volume, action="adopt", adopt=True, ec2=ec2)
+    return volume.model_copy(update={"tags": {**volume.tags, t.MANAGED: "true"}})
 
 
 @aws_task(name="create-volume", tags=["aws-ec2"])
@@ -174,15 +197,20 @@ def create_volume(
     instance_type: str | None = None,
     job: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    adopt: bool = False,
     account: str | None = None,
 ) -> Volume:
     """Create a volume (encrypted, gp3, persistent by default) and wait until it is `available`. `extra_tags`
     (e.g. a prewarm's progress tag) are set at creation too; they never override the schema's own keys.
 
-    Refuses a name that a managed volume already has. The AZ is the one given, the instance's, or the first AZ
-    offering `instance_type`. A retried call (Prefect task retry) returns the volume its first attempt made.
+    Refuses a name that a managed volume already has, and a source snapshot trainctl does not own (unless
+    `adopt`: tagged managed first). The AZ is the one given, the instance's, or the first AZ offering
+    `instance_type`. A retried call (Prefect task retry) returns the volume its first attempt made.
     """
     ec2 = _ec2(account)
+    source = get_snapshot(ec2, spec.snapshot_id) if spec.snapshot_id else None
+    if source is not None:
+        refuse_unmanaged(source, action="restore a volume from", adopt=adopt)
     zone = resolve_availability_zone(
         ec2, availability_zone=availability_zone, instance_id=instance_id, instance_type=instance_type
     )
@@ -217,8 +245,9 @@ def create_volume(
         request["Throughput"] = spec.throughput
     if spec.kms_key_id:
         request["KmsKeyId"] = spec.kms_key_id
-    if spec.snapshot_id:
-        request["SnapshotId"] = validate_id("snapshot", spec.snapshot_id, field="snapshot_id")
+    if source is not None:
+        request["SnapshotId"] = source.id
+        _require_managed(source, action="restore a volume from", adopt=adopt, ec2=ec2)
     with translate("CreateVolume"):
         created = ec2.create_volume(**request)
     return wait_volume(ec2, created["VolumeId"], "volume_available")
@@ -244,14 +273,16 @@ def _wait_attachment(ec2: Any, volume_id: str, instance_id: str) -> Volume:
 
 def free_device(instance: Instance, used: set[str], requested: str | None) -> str:
     """The device name to attach at: the requested one if free, else the first free /dev/sd[f-p]."""
+    # /dev/sdf and /dev/xvdf are one device: either spelling in use makes both taken.
+    taken = {u.replace("/dev/xvd", "/dev/sd") for u in used}
     if requested:
-        if requested in used:
+        if requested.replace("/dev/xvd", "/dev/sd") in taken:
             raise InvalidInputError(
                 "device", requested, f"a device name not in use on {instance.id} (in use: {', '.join(sorted(used))})"
             )
         return requested
     for device in DEVICE_CANDIDATES:
-        if device not in used and device.replace("/dev/sd", "/dev/xvd") not in used:
+        if device not in taken:
             return device
     raise UsageError(f"{instance.id} has no free device name among {DEVICE_CANDIDATES[0]}..{DEVICE_CANDIDATES[-1]}")
 
@@ -266,6 +297,8 @@ def attach_volume(
     account: str | None = None,
 ) -> Volume:
     """Attach and wait until `attached`. A volume in another AZ is refused before any call, naming the fix."""
+    if device is not None:
+        validate_device_name(device)
     ec2 = _ec2(account)
     volume = get_volume(ec2, volume_id)
     instance = get_instance(ec2, instance_id)
@@ -489,13 +522,14 @@ def restore_snapshot(
     iops: int | None = None,
     throughput: int | None = None,
     job: str | None = None,
+    adopt: bool = False,
     account: str | None = None,
 ) -> Volume:
-    """A new volume in any AZ from a snapshot (at least the snapshot's size)."""
+    """A new volume in any AZ from a snapshot (at least the snapshot's size). A snapshot trainctl does not own
+    is refused unless `adopt` (then it is tagged managed, right before the volume is created)."""
     ec2 = _ec2(account)
-    validate_id("snapshot", snapshot_id)
-    with translate("DescribeSnapshots"):
-        snap = Snapshot.from_aws(ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0])
+    snap = get_snapshot(ec2, snapshot_id)
+    refuse_unmanaged(snap, action="restore a volume from", adopt=adopt)
     if snap.state != "completed":
         raise UsageError(f"{snapshot_id} is {snap.state}; wait until it is completed")
     size = size_gib or snap.size_gib
@@ -511,19 +545,22 @@ def restore_snapshot(
         throughput=throughput,
         snapshot_id=snapshot_id,
     )
-    return create_volume.fn(spec, availability_zone=availability_zone, job=job or snap.job, account=account)
+    return create_volume.fn(
+        spec, availability_zone=availability_zone, job=job or snap.job, adopt=adopt, account=account
+    )
 
 
 @aws_task(name="move-volume", tags=["aws-ec2"], retries=0)
-def move_volume(volume_id: str, availability_zone: str, *, account: str | None = None) -> Volume:
+def move_volume(volume_id: str, availability_zone: str, *, adopt: bool = False, account: str | None = None) -> Volume:
     """Move a detached volume to another AZ: snapshot, restore there under the same name, keep the original.
 
     The original is renamed `<name>@<old-az>` (and keeps its data and protection); delete it yourself once the
-    new volume is verified. The snapshot remains as a restore point.
+    new volume is verified. The snapshot remains as a restore point. A volume trainctl does not own is refused
+    unless `adopt` (then it is tagged managed, after every other check).
     """
     ec2 = _ec2(account)
     volume = get_volume(ec2, volume_id)
-    _require_managed(volume, action="move", adopt=False, ec2=ec2)
+    refuse_unmanaged(volume, action="move", adopt=adopt)
     zone = resolve_availability_zone(ec2, availability_zone=availability_zone)
     if zone == volume.availability_zone:
         return volume
@@ -534,6 +571,9 @@ def move_volume(volume_id: str, availability_zone: str, *, account: str | None =
             fix=f"trainctl ebs detach {volume_id}",
         )
     name = volume.name or volume_id
+    # The copy is created under this name: an unusable one is refused now, not after the snapshot was taken.
+    validate_name(NameKind.RESOURCE, name, field=f"the Name tag of {volume_id}")
+    _require_managed(volume, action="move", adopt=adopt, ec2=ec2)
     snapshot = create_snapshot.fn(volume_id, description=f"trainctl move of {name} to {zone}", account=account)
     with translate("CreateTags"):
         ec2.create_tags(Resources=[volume_id], Tags=t.to_aws({t.NAME: f"{name}@{volume.availability_zone}"}))

@@ -94,6 +94,22 @@ def test_teardown_needs_a_scope_and_well_formed_ids() -> None:
     assert code == 2 and "vol-12" in output, output
 
 
+def test_teardown_with_nothing_to_do_says_so_not_add_yes(capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime
+
+    from cli.teardown import _render
+    from core.models import Inventory
+    from core.teardown import Scope, plan_teardown
+    from flows.teardown import TeardownReport
+
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    empty = Inventory.assemble(region="us-east-1", taken_at=now, instances=[], volumes=[], snapshots=[])
+    plan = plan_teardown(empty, scope=Scope(job="llm"), now=now)
+    _render(TeardownReport(plan=plan, executed=False))  # what the flow returns for --yes with no operations
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "add --yes" not in out
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_flow_console_leaves_a_failure_to_the_command_unless_debug(debug: bool) -> None:
     """While a command runs a flow, Prefect's console does not repeat the failure (the command's error line says

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.exceptions import TerminationSignal
 
 import flows.prewarm
+from cli.output import sigterm_as_error
 from core import tags as t
 from core.ebs import VolumeSpec
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, NotManagedError, TerminatedError
 from core.paths import PathEscapeError
 from core.prewarm import PrewarmSpec
 from flows.prewarm import PrewarmFailedError, prewarm
@@ -169,7 +172,35 @@ def test_failed_sync_still_terminates_the_temporary_instance(cloud: Sandbox, mon
     assert staging.get("KeyCount", 0) == 0  # the list of keys is removed, failure or not
 
 
-def test_existing_volume_and_instance_are_reused_kept_and_snapshotted(cloud: Sandbox) -> None:
+def test_sigterm_mid_flow_cleans_up_and_says_so(cloud: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = cloud.client("s3")
+    s3.create_bucket(Bucket="sig")
+    s3.put_object(Bucket="sig", Key="data/a.txt", Body=b"a")
+
+    def sigterm(*args: object, **kwargs: object) -> None:  # what Prefect's handler raises in the flow on SIGTERM
+        raise TerminationSignal(signal.SIGTERM)
+
+    def sigterm_inside_prefect(*args: object, **kwargs: object) -> None:  # the signal hit Prefect's task engine
+        try:
+            sigterm()
+        except TerminationSignal:
+            raise ValueError("Task run is not set") from None
+
+    for name, stand_in in (("first", sigterm), ("second", sigterm_inside_prefect)):
+        monkeypatch.setattr("flows.prewarm.wait_online", stand_in)
+        # The CLI's handler: Prefect hands the signal back to it after the flow's cleanup (else: SIG_DFL, pytest dies).
+        with pytest.raises(TerminatedError) as stopped, sigterm_as_error():
+            prewarm(PrewarmSpec(source="s3://sig/data/", volume=VolumeSpec(name=name, size_gib=10)))
+        message = str(stopped.value)
+        assert "prewarm was interrupted by SIGTERM at step 'ssm online'" in message, message
+        assert "terminated" in message and "Task run is not set" not in message
+        assert stopped.value.exit_code == 143
+        assert _managed_instances(cloud) == []  # the temporary instance is gone
+        volumes = cloud.client("ec2").describe_volumes(Filters=[{"Name": "tag:Name", "Values": [name]}])["Volumes"]
+        assert [v["State"] for v in volumes] == ["available"]  # the data volume is kept, detached
+
+
+def test_existing_volume_adopted_and_instance_reused_kept_and_snapshotted(cloud: Sandbox) -> None:
     s3 = cloud.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     for i in range(5):
@@ -185,14 +216,22 @@ def test_existing_volume_and_instance_are_reused_kept_and_snapshotted(cloud: San
         )
     )
     s3.put_object(Bucket=BUCKET, Key="small/part-5.txt", Body=b"a new file")
+    ec2 = cloud.client("ec2")
+    # Now someone else's volume (no managed tag): refused before anything is done, prewarmed once adopted.
+    ec2.delete_tags(Resources=[first.volume_id], Tags=[{"Key": t.MANAGED}])
+    reuse = PrewarmSpec(source=f"s3://{BUCKET}/small/", volume_id=first.volume_id, instance_id=worker.id, snapshot=True)
+    with pytest.raises(NotManagedError, match=f"{first.volume_id} was not created by trainctl.*--adopt"):
+        prewarm(reuse)
+    assert ec2.describe_volumes(VolumeIds=[first.volume_id])["Volumes"][0]["Attachments"] == []
+    of_volume = [{"Name": "volume-id", "Values": [first.volume_id]}]
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=of_volume)["Snapshots"] == []
 
-    again = prewarm(
-        PrewarmSpec(source=f"s3://{BUCKET}/small/", volume_id=first.volume_id, instance_id=worker.id, snapshot=True)
-    )
+    again = prewarm(reuse.model_copy(update={"adopt": True}))
 
+    tags = t.from_aws(ec2.describe_volumes(VolumeIds=[first.volume_id])["Volumes"][0]["Tags"])
+    assert tags[t.MANAGED] == "true" and tags[t.NAME] == "small"
     assert again.volume_id == first.volume_id and again.files == 6
     assert not again.temporary_instance_terminated
-    ec2 = cloud.client("ec2")
     state = ec2.describe_instances(InstanceIds=[worker.id])["Reservations"][0]["Instances"][0]["State"]["Name"]
     assert state == "running"  # a given instance is the user's: never terminated
     assert ec2.describe_volumes(VolumeIds=[first.volume_id])["Volumes"][0]["State"] == "available"

@@ -97,6 +97,22 @@ def test_fix_sentences_per_family() -> None:
     assert "capacity" in fix("InsufficientInstanceCapacity", 500)
 
 
+@pytest.mark.parametrize(
+    ("code", "sentence"),
+    [
+        ("InvalidSnapshot.NotFound", "the snapshot does not exist (AWS sent no message)"),
+        ("InvalidInstanceID.NotFound", "the instance ID does not exist (AWS sent no message)"),
+        ("SomethingElse", "AWS sent no message"),
+    ],
+)
+def test_an_error_without_a_message_gets_a_sentence_not_none(code: str, sentence: str) -> None:
+    # EC2 sends InvalidSnapshot.NotFound with an empty message; botocore's str() of it ends in ": None".
+    with pytest.raises(AwsError) as info, translate("DescribeSnapshots"):
+        raise client_error(code, 400, "DescribeSnapshots", message="")
+    assert str(info.value).startswith(f"AWS DescribeSnapshots failed with {code}: {sentence}. ")
+    assert "None" not in str(info.value)
+
+
 def test_connection_errors_transient_then_endpoint_unreachable() -> None:
     errors = [
         EndpointConnectionError(endpoint_url="http://127.0.0.1:9/"),

@@ -481,6 +481,42 @@ def test_restore_smaller_than_snapshot_or_duplicate_name_refused(ec2: Any, calls
     assert [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]] == [volume.id]
 
 
+def snapshot_tags(ec2: Any, snapshot_id: str) -> dict[str, str]:
+    return t.from_aws(ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0].get("Tags"))
+
+
+def test_restore_of_an_unmanaged_snapshot_refused_unless_adopted(ec2: Any, calls: list[str]) -> None:
+    theirs = ec2.create_snapshot(VolumeId=raw_volume(ec2, {"Name": "someone-elses"}))["SnapshotId"]
+    before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+    calls.clear()
+    with pytest.raises(UsageError, match=f"{theirs} was not created by trainctl.*--adopt.*trainctl:managed=true"):
+        restore_snapshot.fn(theirs, "us-east-1b", name="stolen")
+    with pytest.raises(UsageError, match="not created by trainctl"):  # nor through a spec naming the snapshot
+        create_volume.fn(new("stolen", snapshot_id=theirs), availability_zone="us-east-1b")
+    assert mutations(calls) == []
+    assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before and not named(ec2, "stolen")
+    assert t.MANAGED not in snapshot_tags(ec2, theirs)
+
+    adopted = restore_snapshot.fn(theirs, "us-east-1b", name="adopted", adopt=True)
+    assert snapshot_tags(ec2, theirs)[t.MANAGED] == "true"  # tagged managed, then read
+    data = describe(ec2, adopted.id)
+    assert data["SnapshotId"] == theirs and data["AvailabilityZone"] == "us-east-1b"
+    assert t.from_aws(data["Tags"])[t.MANAGED] == "true"
+
+
+def test_move_of_an_unmanaged_volume_refused_unless_adopted(ec2: Any, calls: list[str]) -> None:
+    theirs = raw_volume(ec2, {"Name": "theirs"})
+    calls.clear()
+    with pytest.raises(UsageError, match=f"{theirs} was not created by trainctl.*will not move it"):
+        move_volume.fn(theirs, "us-east-1b")
+    assert mutations(calls) == []
+    assert ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"] == [] and len(ec2.describe_volumes()["Volumes"]) == 1
+
+    moved = move_volume.fn(theirs, "us-east-1b", adopt=True)
+    assert tags_of(ec2, theirs)[t.MANAGED] == "true" and tags_of(ec2, theirs)[t.NAME] == "theirs@us-east-1a"
+    assert describe(ec2, moved.id)["AvailabilityZone"] == "us-east-1b" and tags_of(ec2, moved.id)[t.NAME] == "theirs"
+
+
 def test_snapshot_of_unmanaged_volume_refused(ec2: Any) -> None:
     volume = raw_volume(ec2, {})
     with pytest.raises(UsageError, match="not created by trainctl"):
