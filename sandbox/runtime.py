@@ -224,6 +224,9 @@ class InstanceRuntime:
             "AWS_CONFIG_FILE": str(root / "root" / ".aws" / "config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(root / "root" / ".aws" / "credentials"),
         }
+        # With IAM enforced, an instance with a profile runs as its role (on AWS: IMDS credentials of the role).
+        session = self.sandbox.iam.env(instance_id, region) if self.sandbox.iam else None
+        env.update(session or {})
         return env
 
     # -- processes -----------------------------------------------------------------------------------------
