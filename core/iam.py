@@ -110,8 +110,9 @@ def parse_secret(value: str) -> Secret:
     match = _SECRET.match(value.strip()) if isinstance(value, str) else None
     if not match or any(c in match.group(2) for c in "*? "):
         raise InvalidInputError("secret", value, "ssm:/parameter/name or secretsmanager:secret-name (no wildcards)")
-    service = "ssm" if match.group(1) == "ssm" else "secretsmanager"
-    return Secret(service=service, name=match.group(2))
+    if match.group(1) == "ssm":
+        return Secret(service="ssm", name=match.group(2))
+    return Secret(service="secretsmanager", name=match.group(2))
 
 
 @dataclass(frozen=True)
