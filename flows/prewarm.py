@@ -5,10 +5,8 @@ unless one is given) → wait until SSM is Online → attach → mount (mkfs onl
 aws s3 sync) → verify against the S3 listing → write the manifest → unmount → detach → optional snapshot.
 The temporary instance is terminated in every case, and a failure names what was cleaned up.
 
-IAM for the temporary instance's profile: `AmazonSSMManagedInstanceCore` plus `s3:ListBucket` on the bucket
-and `s3:GetObject` on the prefix. The caller needs ec2:RunInstances/CreateVolume/AttachVolume/DetachVolume/
-TerminateInstances/CreateTags/Describe*, iam:PassRole for the profile, ssm:SendCommand/GetCommandInvocation/
-DescribeInstanceInformation, ssm:GetParameter (AMI lookup), s3:ListBucket.
+IAM: `trainctl iam policy --for prewarm --data s3://SOURCE/` (the temporary instance's profile) and `--for caller`
+print what is needed (core/iam.py); tests/flows/test_iam_enforced.py runs this flow with only that.
 """
 
 from __future__ import annotations
