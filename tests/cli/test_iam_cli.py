@@ -29,7 +29,9 @@ def test_json_is_the_policy_with_purposes_and_the_profile_recipe() -> None:
 
 
 def test_text_comments_each_statement_then_prints_valid_json() -> None:
-    result = runner.invoke(app, ["iam", "policy", "--for", "caller", "--bucket", "ml-jobs", "--data", "s3://datasets/x/"])
+    result = runner.invoke(
+        app, ["iam", "policy", "--for", "caller", "--bucket", "ml-jobs", "--data", "s3://datasets/x/"]
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     policy = iam.caller_policy(iam.Scope.of(["ml-jobs"], data=["s3://datasets/x/"]))
