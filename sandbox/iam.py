@@ -13,7 +13,8 @@ What is evaluated (moto's evaluator: Allow, Action and Resource patterns; it eva
 - what AWS checks besides the call's own action: ec2:CreateTags when RunInstances, CreateVolume or CreateSnapshot
   carry TagSpecifications; iam:PassRole, on the role's ARN, when RunInstances names an instance profile.
 - instances launched with an instance profile get an STS session of its role in their environment (instead of
-  the root keys), so what runs there (the agent, s5cmd, the aws CLI) is held to the instance policy.
+  the root keys), so what runs there (the agent, s5cmd, the aws CLI) is held to the instance policy; and an
+  instance comes Online in SSM only when its role allows the SSM agent's calls (no profile: never), as on AWS.
 
 Not evaluated: conditions (tag conditions, ec2:CreateAction, s3:prefix, iam:PassedToService), permission
 boundaries, SCPs, resource policies. Outside S3 a Deny statement applies to every resource of its actions.
@@ -233,6 +234,10 @@ def _account_id() -> str:
     return ACCOUNT_ID
 
 
+# What the SSM agent calls to register and to receive commands (the sandbox's stand-in for the agent's needs).
+SSM_AGENT_ACTIONS = ("ssm:UpdateInstanceInformation", "ec2messages:GetMessages")
+
+
 # -- instance profiles: the role's credentials on the instance -----------------------------------------------------
 
 
@@ -256,19 +261,38 @@ class InstanceCredentials:
                 self._sessions[instance_id] = session
             return dict(self._sessions[instance_id])
 
-    def _assume(self, instance_id: str, region: str) -> dict[str, str] | None:
+    def agent_registers(self, instance_id: str, region: str) -> bool:
+        """Whether the SSM agent can register (the instance comes Online): with enforcement on, only when the
+        instance's role allows the agent's calls, as on AWS, where an instance without them never shows up."""
+        if not enforcing():
+            return True
+        role = self._role(instance_id, region)
+        if role is None:
+            return False
         from moto.backends import get_backend
 
+        iam = get_backend("iam")[_account_id()]["aws"]
+        policies: list[Any] = [iam.get_role_policy(role.name, n)[1] for n in iam.list_role_policies(role.name)]
+        policies += iam.list_attached_role_policies(role.name)[0]
+        return all(_allows(policies, action, None) for action in SSM_AGENT_ACTIONS)
+
+    def _role(self, instance_id: str, region: str) -> Any:
         associations = self.sandbox.ec2_backend(region).iam_instance_profile_associations
         association = associations.get(instance_id)
         roles = association.iam_instance_profile.roles if association else []
-        if not roles:
+        return roles[0] if roles else None
+
+    def _assume(self, instance_id: str, region: str) -> dict[str, str] | None:
+        from moto.backends import get_backend
+
+        role = self._role(instance_id, region)
+        if role is None:
             return None
         sts = get_backend("sts")[_account_id()]["aws"]
         session = sts.assume_role(
             region_name=region,
             role_session_name=instance_id,
-            role_arn=roles[0].arn,
+            role_arn=role.arn,
             policy="",
             duration=3600,
             external_id="",

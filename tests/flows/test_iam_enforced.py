@@ -1,7 +1,8 @@
 """The generated policies, enforced: every flow runs in a sandbox with IAM enforcement on (sandbox/iam.py), as an
 IAM user holding only `trainctl iam policy --for caller`, its instances running as roles holding only the instance
-and prewarm policies. Then each caller statement is shown to be needed: without it, the cheapest call that uses it
-fails with an error naming the IAM action, and nothing changed; with it back, the same call succeeds.
+and prewarm policies. Then each statement of the three policies is shown to be needed: without it, the cheapest
+call that uses it fails with an error naming the IAM action (for the SSM agent's statement: the instance never
+comes Online), and nothing changed; with it back, the same call succeeds.
 
 What the sandbox enforces (sandbox/iam.py): S3 by action and resource (prefix scoping is real); EC2, SSM and IAM
 by action only, plus the implied ec2:CreateTags (tags at creation) and iam:PassRole (instance profiles). It
@@ -72,6 +73,16 @@ def _put_caller_policy(cloud: Sandbox, policy: iam.Policy) -> None:
     _root(cloud, "iam").put_user_policy(
         UserName=USER, PolicyName=policy.name, PolicyDocument=json.dumps(policy.document())
     )
+
+
+def _put_policy(cloud: Sandbox, policy: iam.Policy) -> None:
+    """The caller's policy on the user, an instance policy on its role (effective at once, also for sessions)."""
+    role = iam.profile_role(policy.role, SCOPE)
+    if role is None:
+        _put_caller_policy(cloud, policy)
+        return
+    document = json.dumps(policy.document())
+    _root(cloud, "iam").put_role_policy(RoleName=role, PolicyName=policy.name, PolicyDocument=document)
 
 
 def _make_roles(cloud: Sandbox) -> None:
@@ -226,11 +237,12 @@ def test_every_flow_runs_with_only_the_generated_policies(cloud: Sandbox, tmp_pa
 
 @dataclass
 class Case:
-    """Without `sids`, `probe` fails naming `action` (the cheapest call that needs them)."""
+    """Without `sids` of `policy`, `probe` fails naming `action` (the cheapest call that needs them)."""
 
     sids: tuple[str, ...]
     action: str
     probe: Callable[[dict[str, Any]], object]
+    policy: iam.Policy = CALLER
 
 
 def _state(cloud: Sandbox) -> dict[str, Any]:
@@ -318,20 +330,68 @@ CASES: list[Case] = [
 ]
 
 
+INSTANCE = iam.instance_policy(SCOPE)
+PREWARM = iam.prewarm_policy(SCOPE)
+S5 = 's5() { s5cmd --endpoint-url "$AWS_ENDPOINT_URL" "$@"; }; '
+
+
+def _on(instance: str, script: str) -> Callable[[dict[str, Any]], object]:
+    """A probe that runs `script` on the world's instance (`instance` or `prewarmer`): s5cmd with its role's keys."""
+    return lambda w: run_command.fn(w[instance], [S5 + script], what=script)
+
+
+def _comes_online(instance: str) -> Callable[[dict[str, Any]], object]:
+    return lambda w: wait_online.fn(w[instance], timeout_s=1)
+
+
+INSTANCE_CASES: list[Case] = [
+    Case(("SsmAgent",), "did not come Online", _comes_online("instance"), INSTANCE),
+    Case(("ListJobPrefixes1",), "s3:ListBucket", _on("instance", f"s5 ls s3://{BUCKET}/trainctl/jobs/"), INSTANCE),
+    Case(("ListJobPrefixes2",), "s3:ListBucket", _on("instance", f"s5 ls {DATA}"), INSTANCE),
+    Case(
+        ("ReadWriteJobObjects",),
+        "s3:PutObject",
+        _on("instance", f"echo x > /tmp/x && s5 cp /tmp/x s3://{BUCKET}/trainctl/jobs/probe/x"),
+        INSTANCE,
+    ),
+    Case(("SsmAgent",), "did not come Online", _comes_online("prewarmer"), PREWARM),
+    Case(("ListSource",), "s3:ListBucket", _on("prewarmer", f"s5 ls {DATA}"), PREWARM),
+    # s5cmd reads with a HEAD first, whose 403 has no body to name the action: the aws CLI's GetObject has one.
+    Case(
+        ("ReadSource",),
+        "s3:GetObject",
+        _on("prewarmer", "aws s3api get-object --bucket datasets --key imagenet/probe.bin /tmp/probe.bin"),
+        PREWARM,
+    ),
+]
+
+
 @pytest.fixture(scope="module")
 def world(cloud: Sandbox) -> dict[str, Any]:
     """What the probes act on, made with the full policy: a managed instance, volumes and snapshots."""
-    _put_caller_policy(cloud, CALLER)
-    instance = launch_instance.fn(
-        LaunchRequest(
-            name="w", role=t.Role.TRAIN, idempotency_key="iam-world", instance_type="t3.micro", availability_zone=AZ
+    for policy in (CALLER, INSTANCE, PREWARM):
+        _put_policy(cloud, policy)
+    _root(cloud, "s3").put_object(Bucket="datasets", Key="imagenet/probe.bin", Body=b"probe")
+    instance, prewarmer = (
+        launch_instance.fn(
+            LaunchRequest(
+                name=role,
+                role=t.Role.TRAIN,
+                idempotency_key=f"iam-world-{role}",
+                instance_type="t3.micro",
+                availability_zone=AZ,
+                instance_profile=iam.profile_role(role, SCOPE),
+            )
         )
+        for role in ("instance", "prewarm")
     )
     wait_online.fn(instance.id)
+    wait_online.fn(prewarmer.id)
     volume = create_volume.fn(VolumeSpec(name="kept", size_gib=1), availability_zone=AZ).id
     doomed = create_volume.fn(VolumeSpec(name="doomed", size_gib=1, persistent=False), availability_zone=AZ).id
     return {
         "instance": instance.id,
+        "prewarmer": prewarmer.id,
         "root_volume": instance.volume_ids[0],
         "volume": volume,
         "doomed": doomed,
@@ -339,22 +399,23 @@ def world(cloud: Sandbox) -> dict[str, Any]:
     }
 
 
-def test_cases_cover_every_caller_statement() -> None:
-    covered = [sid for case in CASES for sid in case.sids]
-    assert sorted(covered) == sorted(CALLER.sids())
+@pytest.mark.parametrize("policy", [CALLER, INSTANCE, PREWARM], ids=lambda p: p.role)
+def test_cases_cover_every_statement(policy: iam.Policy) -> None:
+    covered = [sid for case in [*CASES, *INSTANCE_CASES] if case.policy is policy for sid in case.sids]
+    assert sorted(covered) == sorted(policy.sids())
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "+".join(c.sids))
-def test_each_caller_statement_is_needed(cloud: Sandbox, world: dict[str, Any], case: Case) -> None:
+@pytest.mark.parametrize("case", [*CASES, *INSTANCE_CASES], ids=lambda c: f"{c.policy.role}:{'+'.join(c.sids)}")
+def test_each_statement_is_needed(cloud: Sandbox, world: dict[str, Any], case: Case) -> None:
     before = _state(cloud)
-    _put_caller_policy(cloud, CALLER.without(*case.sids))
+    _put_policy(cloud, case.policy.without(*case.sids))
     try:
         with pytest.raises(TrainctlError) as refused:
             case.probe(world)
         assert case.action in str(refused.value)
         assert _state(cloud) == before  # refused before anything changed
     finally:
-        _put_caller_policy(cloud, CALLER)
+        _put_policy(cloud, case.policy)
     case.probe(world)  # the same call, with the statement back: the refusal was the statement's
 
 

@@ -127,6 +127,16 @@ def test_tags_at_creation_and_instance_profiles_need_their_own_grants(cloud: San
     assert _code(lambda: as_role.create_bucket(Bucket="not-allowed"))[0] == "AccessDenied"
     assert "not-allowed" not in {b["Name"] for b in cloud.client("s3").list_buckets()["Buckets"]}
 
+    # It comes Online in SSM only while its role lets the SSM agent register and receive commands.
+    agent = {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation", "ec2messages:GetMessages"], "Resource": "*"}
+    grant = {"Version": "2012-10-17", "Statement": [agent]}
+    iam.put_role_policy(RoleName="worker", PolicyName="agent", PolicyDocument=json.dumps(grant))
+    assert cloud.wait_for(lambda: cloud.runtime.is_online(instance["InstanceId"]), timeout=10)
+    iam.delete_role_policy(RoleName="worker", PolicyName="agent")
+    assert not cloud.runtime.is_online(instance["InstanceId"])
+    listed = cloud.client("ssm").describe_instance_information()["InstanceInformationList"]
+    assert instance["InstanceId"] not in {i["InstanceId"] for i in listed}
+
 
 def _control(cloud: Sandbox, payload: dict[str, Any]) -> Any:
     url = f"{cloud.endpoint_url}/_sandbox/iam"  # always the local sandbox's http endpoint
