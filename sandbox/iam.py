@@ -168,7 +168,7 @@ def enforcing() -> bool:
 _DENIED_CODES = {"ec2": ("UnauthorizedOperation", 403), "iam": ("AccessDenied", 403), "sts": ("AccessDenied", 403)}
 
 
-def _implied(sandbox: Sandbox, req: AwsRequest) -> list[tuple[str, str | None]]:
+def _implied(req: AwsRequest) -> list[tuple[str, str | None]]:
     """Actions AWS authorizes on top of the call's own: tags at creation, the role an instance profile passes."""
     implied: list[tuple[str, str | None]] = []
     if req.service != "ec2":
@@ -187,16 +187,14 @@ def _implied(sandbox: Sandbox, req: AwsRequest) -> list[tuple[str, str | None]]:
 def _profile_roles(profile_name: str) -> list[str]:
     from moto.backends import get_backend
 
-    from sandbox.server import ACCOUNT_ID
-
     try:
-        profile = get_backend("iam")[ACCOUNT_ID]["aws"].get_instance_profile(profile_name)
+        profile = get_backend("iam")[_account_id()]["aws"].get_instance_profile(profile_name)
     except Exception:  # an unknown profile: RunInstances itself answers that
         return []
     return [role.arn for role in profile.roles]
 
 
-def _check(sandbox: Sandbox, req: AwsRequest) -> Response | None:
+def _check(req: AwsRequest) -> Response | None:
     if req.service in (None, "s3") or not _restricted(req.headers.get("authorization", "")):
         return None
     # moto reads headers by their canonical names (`X-Amz-Date`); the parsed request has them lowercased.
@@ -215,7 +213,7 @@ def _check(sandbox: Sandbox, req: AwsRequest) -> Response | None:
         )
         request.check_signature()
         request.check_action_permitted("*")
-        for action, resource in _implied(sandbox, req):
+        for action, resource in _implied(req):
             request.require(action, resource)
     except _Denied as denied:
         code, status = _DENIED_CODES.get(req.service or "", ("AccessDeniedException", 400))
@@ -312,7 +310,7 @@ def install(sandbox: Sandbox, *, enforce: bool) -> InstanceCredentials:
     from sandbox.server import DUMMY_ACCESS_KEY
 
     set_enforcement(enforce, root_key=DUMMY_ACCESS_KEY)
-    sandbox.before("*", "*", lambda req: _check(sandbox, req))
+    sandbox.before("*", "*", _check)
     credentials = InstanceCredentials(sandbox)
     sandbox.on_reset(credentials.reset)
     sandbox.on_stop(lambda: set_enforcement(False, root_key=DUMMY_ACCESS_KEY))  # the next sandbox starts open
