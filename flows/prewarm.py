@@ -7,11 +7,8 @@ per key; the list goes through a staging object) → verify against the S3 listi
 unmount → detach → optional snapshot. The temporary instance is terminated in every case, and a failure names
 what was cleaned up.
 
-IAM for the temporary instance's profile: `AmazonSSMManagedInstanceCore` plus `s3:ListBucket` on the bucket
-and `s3:GetObject` on the prefix and on `trainctl/staging/prewarm-*` in the source bucket (the list of keys to
-copy). The caller needs ec2:RunInstances/CreateVolume/AttachVolume/DetachVolume/TerminateInstances/CreateTags/
-Describe*, iam:PassRole for the profile, ssm:SendCommand/GetCommandInvocation/DescribeInstanceInformation,
-ssm:GetParameter (AMI lookup), s3:ListBucket, and s3:PutObject/DeleteObject on `trainctl/staging/prewarm-*`.
+IAM: `trainctl iam policy --for prewarm --data s3://SOURCE/` (the temporary instance's profile) and `--for caller`
+print what is needed (core/iam.py); tests/flows/test_iam_enforced.py runs this flow with only that.
 """
 
 from __future__ import annotations

@@ -10,10 +10,8 @@ A failure before the agent runs leaves nothing behind: the volume is unmounted a
 this run launched is terminated, and the job record says what happened. Once the agent runs, the job belongs to
 it (and to spot-watch): stopping to wait never stops the job.
 
-IAM for the instance profile: AmazonSSMManagedInstanceCore, s3:GetObject on the staging prefix, s3:PutObject/
-GetObject/ListBucket on the job prefix and the checkpoint URI; for `secret_env`, ssm:GetParameter (+ kms:Decrypt
-with a customer-managed key) / secretsmanager:GetSecretValue on the referenced parameters and secrets (the agent
-reads them on the instance; the flow only passes the references).
+IAM: `trainctl iam policy --for instance --bucket B` (the instance profile) and `--for caller` print what is
+needed (core/iam.py); tests/flows/test_iam_enforced.py runs this flow with only that.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ class AwsRequest:
     headers: dict[str, str]
     body: bytes
     service: str | None = None
+    query: str = ""  # the raw query string (a signature covers it)
     region: str = "us-east-1"
     action: str | None = None
     # Query protocol (EC2, IAM, STS): query string and form body merged, first value of each key.
@@ -64,6 +65,7 @@ def parse_request(environ: dict[str, Any]) -> AwsRequest:
         path=environ.get("PATH_INFO", "/"),
         headers=headers,
         body=body,
+        query=environ.get("QUERY_STRING", ""),
     )
     scope = _SCOPE.search(headers.get("authorization", "")) or _SCOPE.search(
         "Credential=" + query.get("X-Amz-Credential", "")

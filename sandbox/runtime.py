@@ -183,6 +183,8 @@ class InstanceRuntime:
         rec = self.record(instance_id)
         if rec is None or not self.is_running(instance_id):
             return False
+        if self.sandbox.iam and not self.sandbox.iam.agent_registers(instance_id, rec.region):
+            return False  # IAM enforced and the instance's role does not let the SSM agent register
         return time.monotonic() - rec.booted_at >= float(self.sandbox.boot_delay)
 
     def lifecycle(self, instance_id: str) -> str:
@@ -224,6 +226,9 @@ class InstanceRuntime:
             "AWS_CONFIG_FILE": str(root / "root" / ".aws" / "config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(root / "root" / ".aws" / "credentials"),
         }
+        # With IAM enforced, an instance with a profile runs as its role (on AWS: IMDS credentials of the role).
+        session = self.sandbox.iam.env(instance_id, region) if self.sandbox.iam else None
+        env.update(session or {})
         return env
 
     # -- processes -----------------------------------------------------------------------------------------

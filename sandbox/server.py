@@ -149,6 +149,7 @@ class Sandbox:
 
     `boot_delay` is how long a new instance takes to show as SSM Online; `transition_delay` (seconds, 0 = instant,
     as moto) is how long pending/attaching/detaching/snapshot-pending states last so waiters really wait.
+    `iam` turns IAM enforcement on for keys other than the sandbox's own (sandbox/iam.py says what is checked).
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class Sandbox:
         region: str = "us-east-1",
         boot_delay: float = 0.5,
         transition_delay: float = 0.0,
+        iam: bool = False,
         verbose: bool = False,
     ) -> None:
         self.host = host
@@ -168,6 +170,7 @@ class Sandbox:
         self.boot_delay = boot_delay
         self.transition_delay = transition_delay
         self.verbose = verbose
+        self.iam_enforced = iam
         self._own_state_dir = state_dir is None
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="trainctl-sandbox-"))
         self.ec2_lock = threading.RLock()
@@ -184,6 +187,7 @@ class Sandbox:
         self.ec2: Any = None
         self.ssm: Any = None
         self.faults: Any = None
+        self.iam: Any = None
 
     # -- registration (used by the components' install functions) -------------------------------------------
     def before(self, service: str, action: str, hook: BeforeHook) -> None:
@@ -213,13 +217,14 @@ class Sandbox:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> Sandbox:
-        from sandbox import ec2, faults, imds, pricing, runtime, s3, ssm
+        from sandbox import ec2, faults, iam, imds, pricing, runtime, s3, ssm
 
         self._server = _Server(self, self.host, self.requested_port)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.port = port
         self.endpoint_url = f"http://{host}:{port}"
+        self.iam = iam.install(self, enforce=self.iam_enforced)  # first: the caller is checked before anything runs
         self.runtime = runtime.install(self)
         self.ssm = ssm.install(self)
         imds.install(self)

@@ -78,6 +78,7 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 DEFAULT_RETRIES = 4
+_DENIED_ACTION = re.compile(r"not authorized to perform: ([a-z0-9-]+:[A-Za-z0-9*]+)")
 
 
 def _code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
@@ -160,7 +161,10 @@ def aws_error(operation: str, exc: ClientError) -> AwsError:
     code, status = _code_and_status(exc)
     code = code or "Unknown"
     message = (exc.response.get("Error", {}).get("Message") or "").strip() or _no_message(code)
-    err = AwsError(operation, code, message, fix=_fix_for(code, operation, status))
+    # AWS's access-denied messages name the IAM action ("... not authorized to perform: ec2:RunInstances ..."),
+    # the one to grant: it may differ from the call's name (HeadBucket needs s3:ListBucket).
+    action = _DENIED_ACTION.search(message)
+    err = AwsError(operation, code, message, fix=_fix_for(code, action.group(1) if action else operation, status))
     err.http_status = status  # type: ignore[attr-defined]  # kept so is_transient can read 5xx after translation
     return err
 

@@ -130,8 +130,8 @@ def wait_online(instance_id: str, *, timeout_s: float = 600, account: str | None
         if time.monotonic() > deadline:
             raise UsageError(
                 f"{instance_id} did not come Online in SSM within {timeout_s:.0f} s",
-                fix="Check that the instance profile allows SSM (AmazonSSMManagedInstanceCore), that the AMI runs "
-                "the SSM agent, and that the subnet reaches the SSM endpoints (NAT or VPC endpoints).",
+                fix="Check that the instance profile allows the SSM agent (`trainctl iam policy --for instance`), "
+                "that the AMI runs the SSM agent, and that the subnet reaches the SSM endpoints (NAT, VPC endpoints).",
             )
         time.sleep(_poll_delay(attempt))
         attempt += 1

@@ -159,6 +159,25 @@ def test_translate_is_a_decorator_and_passes_our_errors() -> None:
         raise UsageError("mine")
 
 
+@pytest.mark.parametrize(
+    ("operation", "message", "grant"),
+    [
+        # AWS's message names the IAM action: that is what to grant (HeadBucket is authorized as s3:ListBucket).
+        (
+            "HeadBucket",
+            "User: arn:aws:iam::1:user/u is not authorized to perform: s3:ListBucket on resource",
+            "s3:ListBucket",
+        ),
+        ("ec2:RunInstances", "You are not authorized to perform this operation.", "ec2:RunInstances"),
+        ("PutObject", "Access Denied", "the permission for PutObject"),
+    ],
+)
+def test_access_denied_fix_names_the_action_to_grant(operation: str, message: str, grant: str) -> None:
+    with pytest.raises(AwsError) as info, translate(operation):
+        raise client_error("AccessDenied", 403, message=message)
+    assert info.value.fix is not None and info.value.fix.startswith(f"Grant {grant} to the identity in use")
+
+
 @aws_task(name="probe", tags=["aws-ec2"])
 def probe(code: str, status: int) -> None:
     raise client_error(code, status)
