@@ -137,6 +137,7 @@ def test_s3_is_scoped_to_trainctl_and_the_data_prefixes() -> None:
     assert {r for s in prewarm.statements for r in s.resources if r.startswith("arn:aws:s3")} == {
         "arn:aws:s3:::datasets",
         "arn:aws:s3:::datasets/imagenet/*",
+        "arn:aws:s3:::datasets/trainctl/staging/*",  # the prewarm's list of keys to copy
     }
 
 
