@@ -120,8 +120,8 @@ def test_s3_is_scoped_to_trainctl_and_the_data_prefixes() -> None:
     prefixes = {s.resources[0]: s.condition["StringLikeIfExists"]["s3:prefix"] for s in listings}
     assert prefixes["arn:aws:s3:::ml-jobs"] == ["trainctl", "trainctl/*"]
     assert prefixes["arn:aws:s3:::datasets"] == ["imagenet", "imagenet/*", "trainctl/staging", "trainctl/staging/*"]
-    prewarm = next(s for s in iam.prewarm_policy(SCOPE).statements if s.sid == "ReadSource")
-    assert set(prewarm.resources) == {"arn:aws:s3:::datasets/imagenet/*", "arn:aws:s3:::datasets/trainctl/staging/*"}
+    read_source = next(s for s in iam.prewarm_policy(SCOPE).statements if s.sid == "ReadSource")
+    assert set(read_source.resources) == {"arn:aws:s3:::datasets/imagenet/*", "arn:aws:s3:::datasets/trainctl/staging/*"}
 
     instance = iam.instance_policy(SCOPE)
     objects = next(s for s in instance.statements if s.sid == "ReadWriteJobObjects")
