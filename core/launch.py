@@ -35,7 +35,9 @@ AGENT_TARBALL = "agent.tar.gz"
 AGENT_SPEC = "agent-spec.json"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Variables the agent sets for the trainer (DESIGN.md section 5); a user value would silently lose.
-RESERVED_ENV = frozenset({"TRAINCTL_CHECKPOINT_DIR", "TRAINCTL_RESUME_FROM", "TRAINCTL_JOB", "TRAINCTL_ROOT"})
+RESERVED_ENV = frozenset(
+    {"TRAINCTL_CHECKPOINT_DIR", "TRAINCTL_RESUME_FROM", "TRAINCTL_JOB", "TRAINCTL_ATTEMPT", "TRAINCTL_ROOT"}
+)
 
 
 class TemplateSpec(BaseModel):

@@ -121,7 +121,10 @@ def test_s3_is_scoped_to_trainctl_and_the_data_prefixes() -> None:
     assert prefixes["arn:aws:s3:::ml-jobs"] == ["trainctl", "trainctl/*"]
     assert prefixes["arn:aws:s3:::datasets"] == ["imagenet", "imagenet/*", "trainctl/staging", "trainctl/staging/*"]
     read_source = next(s for s in iam.prewarm_policy(SCOPE).statements if s.sid == "ReadSource")
-    assert set(read_source.resources) == {"arn:aws:s3:::datasets/imagenet/*", "arn:aws:s3:::datasets/trainctl/staging/*"}
+    assert set(read_source.resources) == {
+        "arn:aws:s3:::datasets/imagenet/*",
+        "arn:aws:s3:::datasets/trainctl/staging/*",
+    }
 
     instance = iam.instance_policy(SCOPE)
     objects = next(s for s in instance.statements if s.sid == "ReadWriteJobObjects")
