@@ -27,6 +27,7 @@ from cli.output import (
     flow_console,
     format_age,
     info,
+    not_a_run_failure,
     sigterm_as_error,
     state_of,
     stderr_console,
@@ -524,7 +525,9 @@ class _StepHandler(logging.Handler):
             name = message.removeprefix("step: ")
             done = self.steps.index(name) if name in self.steps else None
             self.progress.update(self.task_id, description=name, **({"completed": done} if done is not None else {}))
-        elif record.levelno == logging.INFO and record.name.startswith("prefect.flow_runs"):
+        elif (
+            record.levelno == logging.INFO and record.name.startswith("prefect.flow_runs") and not_a_run_failure(record)
+        ):
             self.progress.console.print(f"  {message}", style="dim", highlight=False)
 
 

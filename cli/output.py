@@ -245,9 +245,15 @@ class _WithoutTraceback(logging.Formatter):
         return self.inner.format(bare)
 
 
-def _not_a_run_failure(record: logging.LogRecord) -> bool:
-    """Prefect's ERROR lines about a failed task or flow run: the command reports that failure itself, once."""
-    return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+def not_a_run_failure(record: logging.LogRecord) -> bool:
+    """False for Prefect's lines about a failed task or flow run (its ERROR lines, and the INFO line "Finished in
+    state Failed(...)" a sync flow ends with): the command reports that failure itself, once."""
+    if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+        return True
+    if record.levelno >= logging.ERROR:
+        return False
+    message = record.msg if isinstance(record.msg, str) else ""
+    return not message.startswith("Finished in state ") or message.startswith("Finished in state Completed")
 
 
 @contextmanager
@@ -269,14 +275,14 @@ def flow_console(state: CliState, *, quiet: bool) -> Iterator[None]:
             h.setLevel(logging.WARNING)
         if not state.debug:
             h.setFormatter(_WithoutTraceback(h.formatter))
-            h.addFilter(_not_a_run_failure)
+            h.addFilter(not_a_run_failure)
     try:
         yield
     finally:
         for h, level, formatter in saved:
             h.setLevel(level)
             h.setFormatter(formatter)
-            h.removeFilter(_not_a_run_failure)
+            h.removeFilter(not_a_run_failure)
 
 
 def _what_was_cleaned(exc: BaseException | None) -> str | None:

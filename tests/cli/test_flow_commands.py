@@ -154,3 +154,19 @@ def test_flow_console_leaves_a_failure_to_the_command_unless_debug(debug: bool) 
     assert ("Traceback (most recent call last)" in shown) == debug
     assert "RuntimeError: no such bucket" in logging.Formatter().format(failed)  # for the API handler
     assert "INFO after the command" in shown  # level, formatter and filter are restored
+
+
+def test_a_sync_flows_info_line_about_its_failure_is_left_to_the_command() -> None:
+    """A sync flow ends with "Finished in state Failed(...)" at INFO (prewarm's progress showed it above the
+    command's own error line: the failure said twice); "Finished in state Completed()" and other lines stay."""
+    from cli.output import not_a_run_failure
+
+    def record(name: str, level: int, message: str) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": name, "levelno": level, "msg": message})
+
+    assert not not_a_run_failure(record("prefect.flow_runs", logging.INFO, "Finished in state Failed('boom')"))
+    assert not not_a_run_failure(record("prefect.flow_runs", logging.INFO, "Finished in state Crashed('kill')"))
+    assert not not_a_run_failure(record("prefect.task_runs", logging.ERROR, "Task run failed"))
+    assert not_a_run_failure(record("prefect.flow_runs", logging.INFO, "Finished in state Completed()"))
+    assert not_a_run_failure(record("prefect.flow_runs", logging.INFO, "source s3://b/p/: 2 objects"))
+    assert not_a_run_failure(record("prefect", logging.ERROR, "a server problem"))
