@@ -468,7 +468,7 @@ def _volume_orphan(vol: Volume, *, now: datetime) -> Orphan | None:
     if vol.tags.get(t.PREWARM) == t.PREWARM_PENDING:
         detail = f"{vol.id} was created by a prewarm that did not finish: its data may be partial"
         if vol.persistent:
-            detail += "; persistent, so kept: prewarm it again (--volume-id) or delete it explicitly"
+            detail += f"; persistent, so kept: prewarm it again (ebs prewarm SOURCE --volume {vol.id}) or delete it"
         return Orphan(Reason.UNFINISHED_PREWARM, detail, age)
     if vol.attached or vol.persistent or vol.state != "available":
         return None
