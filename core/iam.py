@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from core import tags as t
 from core.errors import InvalidInputError
-from core.s3uri import S3Uri, parse_s3_uri
+from core.s3uri import S3Uri, parse_s3_uri, validate_bucket
 
 Role = Literal["caller", "instance", "prewarm"]
 ROLES: tuple[Role, ...] = ("caller", "instance", "prewarm")
@@ -154,15 +154,13 @@ class Scope:
 
 def _bucket_name(value: str) -> str:
     try:
-        if "/" in value:
-            raise InvalidInputError("bucket", value, "")
-        return parse_s3_uri(f"s3://{value}", field="bucket").bucket
+        return validate_bucket(value)  # `s3://jobs` is the bucket `jobs`, as everywhere else
     except InvalidInputError:
         raise InvalidInputError(
             "bucket",
             value,
             "a bucket name (3–63 lowercase letters, digits, dots or hyphens)",
-            fix="Pass the bucket's name alone (no s3://, no prefix); other prefixes go in --data s3://BUCKET/PREFIX/",
+            fix="Pass the bucket's name alone (no prefix); other prefixes go in --data s3://BUCKET/PREFIX/",
         ) from None
 
 

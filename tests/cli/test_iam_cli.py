@@ -53,7 +53,7 @@ def test_instance_roles_get_their_profile_commands_in_text() -> None:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--for", "caller", "--bucket", "s3://ml-jobs"], "bucket"),
+        (["--for", "caller", "--bucket", "s3://ml-jobs/prefix"], "bucket"),
         (["--for", "caller"], "bucket"),
         (["--for", "prewarm"], "data"),
         (["--for", "instance", "--bucket", "ml-jobs", "--secret", "vault:x"], "secret"),

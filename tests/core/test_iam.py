@@ -167,7 +167,7 @@ def test_without_removes_one_statement_and_refuses_unknown_sids() -> None:
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        (lambda: iam.Scope.of(["s3://ml-jobs"]), "bucket"),
+        (lambda: iam.Scope.of(["s3://ml-jobs/prefix"]), "bucket"),
         (lambda: iam.Scope.of(["ml-jobs/prefix"]), "bucket"),
         (lambda: iam.Scope.of(["ml-jobs"], data=["ml-jobs/x"]), "data"),
         (lambda: iam.Scope.of(["ml-jobs"], secrets=["vault:x"]), "secret"),
@@ -190,3 +190,8 @@ def test_profile_setup_commands_name_the_role_and_policy_file() -> None:
     assert "--policy-document file://trainctl-instance.json" in commands[1]
     assert commands[-1].endswith("--instance-profile-name trainctl-instance --role-name trainctl-instance")
     assert iam.EC2_TRUST_POLICY["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def test_a_bucket_given_as_s3_uri_is_that_bucket() -> None:
+    """`--bucket s3://ml-jobs` means the bucket ml-jobs, as in train and teardown."""
+    assert iam.caller_policy(iam.Scope.of(["s3://ml-jobs"])) == iam.caller_policy(iam.Scope.of(["ml-jobs"]))
