@@ -55,34 +55,37 @@ from tasks.volumes import delete_snapshot, delete_volume, detach_volume, keep_on
 class TeardownRequest(BaseModel):
     """What to tear down and how carefully. Scope: `job`, `ids`, `all_managed`, and/or `sweep` (orphans)."""
 
-    job: str | None = None
-    ids: list[str] = Field(default_factory=list)
-    all_managed: bool = False
-    sweep: bool = False
+    job: str | None = Field(default=None, description="Tear down everything of this job (its trainctl:job tag).")
+    ids: list[str] = Field(default_factory=list, description="Instance, volume or snapshot IDs to tear down.")
+    all_managed: bool = Field(default=False, description="Every trainctl-managed resource in the region.")
+    sweep: bool = Field(default=False, description="Also remove orphans: what no job needs, by the named rules.")
     bucket: str | None = Field(default=None, description="Bucket of the job records, checkpoints and staging.")
-    dry_run: bool = True
-    require_approval: bool = False
+    dry_run: bool = Field(default=True, description="Only build and publish the plan; change nothing.")
+    require_approval: bool = Field(default=False, description="Pause for approval in the UI before acting.")
     force: bool = Field(default=False, description="Lifts youth only; never 'not managed' or 'training running'.")
     force_training: bool = Field(default=False, description="Stop running jobs (they save a checkpoint) first.")
     wait_for_training: bool = Field(default=False, description="Wait (policy timeout) for running jobs to end.")
     policy: str | None = Field(default=None, description="SafetyPolicy block name; None = the defaults.")
-    min_age_minutes: float | None = None  # overrides of the policy's values
-    checkpoint_recency_minutes: float | None = None
-    training_wait_timeout_minutes: float | None = None
+    min_age_minutes: float | None = Field(default=None, description="Override the policy's minimum age.")
+    checkpoint_recency_minutes: float | None = Field(
+        default=None, description="Override the policy's age under which checkpoints are kept."
+    )
+    training_wait_timeout_minutes: float | None = Field(
+        default=None, description="Override how long wait_for_training waits."
+    )
     # The sweep's orphan rules (core/teardown.py TeardownPolicy.rule_age): how old an orphan must be.
-    prewarm_max_age_hours: float = Field(default=1.0, ge=0)
-    orphan_volume_age_hours: float = Field(default=24.0, ge=0)
+    prewarm_max_age_hours: float = Field(default=1.0, ge=0, description="A prewarm instance older is an orphan.")
+    orphan_volume_age_hours: float = Field(default=24.0, ge=0, description="An unattached ephemeral volume older.")
     orphan_instance_age_minutes: float = Field(default=15.0, ge=0, description="so a launch in progress is safe")
     heartbeat_timeout_minutes: float = Field(default=15.0, ge=0, description="an agent silent longer is gone")
-    stale_staging_age_hours: float = Field(default=24.0, ge=0)
-    upload_max_age_hours: float = Field(default=24.0, ge=0)
-    snapshot_retention: int = Field(default=3, ge=0)
-    account: str | None = None
-    # For tests and rehearsals: the clock the planner uses (S3 LastModified and EC2 create times cannot be set back
-    # in moto, so "an hour later" is simulated by moving now forward).
-    now: datetime | None = None
-    # Test hook: raise after this step, as if the process had been killed there.
-    stop_after_step: Step | None = None
+    stale_staging_age_hours: float = Field(default=24.0, ge=0, description="A transfer's staging folder older.")
+    upload_max_age_hours: float = Field(default=24.0, ge=0, description="An unfinished multipart upload older.")
+    snapshot_retention: int = Field(default=3, ge=0, description="Snapshots kept per volume by the sweep.")
+    account: str | None = Field(default=None, description="AwsAccount block name; None = the AWS environment.")
+    now: datetime | None = Field(
+        default=None,
+        description="Plan as of this time (a rehearsal: what would the sweep remove in two hours?); None = now.",
+    )
 
     @model_validator(mode="after")
     def _has_scope(self) -> TeardownRequest:
@@ -133,10 +136,6 @@ class TeardownApproval(RunInput):
 
     approve: bool = False
     note: str = ""
-
-
-class TeardownInterruptedError(TrainctlError):
-    """Raised by the `stop_after_step` test hook: the run stops as if killed after that step."""
 
 
 def _policy(request: TeardownRequest) -> tuple[TeardownPolicy, float]:
@@ -329,8 +328,6 @@ def execute_plan(plan: Plan, request: TeardownRequest, policy: TeardownPolicy, t
                 status, detail = ("already-done", "not found") if _not_found(exc) else ("failed", str(exc))
             results[op.id] = OpResult(id=op.id, step=step, status=status, detail=detail)
             log.info("%s: %s %s", op.id, status, detail)
-        if request.stop_after_step is step:
-            raise TeardownInterruptedError(f"stopped after step '{step.value}' (stop_after_step)")
     return list(results.values())
 
 
