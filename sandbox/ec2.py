@@ -22,6 +22,8 @@ on-demand table in `sandbox.pricing` (0.25–0.45 of it, fixed per AZ and type, 
 
 Capacity: `set_capacity(az, type, available=False)` makes RunInstances there fail with
 InsufficientInstanceCapacity.
+
+Client tokens (RunInstances, CreateVolume): see sandbox/idempotency.py, installed here after the rules above.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from moto.ec2.models.elastic_block_store import Snapshot, Volume
 from moto.ec2.models.instances import Instance, InstanceState, StateReason
 from werkzeug.wrappers import Response
 
-from sandbox import pricing
+from sandbox import idempotency, pricing
 from sandbox.protocol import AwsRequest, ec2_error, ec2_response
 
 if TYPE_CHECKING:
@@ -833,4 +835,5 @@ def install(sandbox: Sandbox) -> Ec2Rules:
     _install_model_overrides()
     rules = Ec2Rules(sandbox)
     rules.register()
+    idempotency.install(sandbox)
     return rules

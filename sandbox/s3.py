@@ -10,6 +10,10 @@
 - HeadObject with ChecksumMode says what the checksum covers (x-amz-checksum-type) and gives a COMPOSITE one
   (of the parts' checksums: boto3's multipart uploads) as `value-N`; moto's HEAD gives neither (its GET does),
   so a checksum of parts looked like one of the whole object.
+- Conditional writes are atomic: moto checks PutObject's IfNoneMatch/IfMatch and then writes, unlocked, so two
+  writers could both pass the check; writes to one object (PUT, POST, DELETE) run one at a time here, so of N
+  concurrent IfNoneMatch="*" puts exactly one succeeds, as on S3. CompleteMultipartUpload honours IfMatch (412 when
+  the object's ETag differs, 404 NoSuchKey when there is none); moto checks only its IfNoneMatch.
 
 moto's classes are patched once per process (the backends are process-global anyway); private moto API is
 allowed only inside sandbox/.
@@ -20,8 +24,11 @@ from __future__ import annotations
 import base64
 import hashlib
 from typing import Any
+from urllib.parse import unquote
 
-from moto.s3 import models, responses
+from moto.s3 import exceptions, models, responses
+
+from sandbox.protocol import AwsRequest
 
 _KMS = frozenset({"aws:kms", "aws:kms:dsse"})
 _installed = False
@@ -29,6 +36,8 @@ _installed = False
 
 def install(sandbox: Any = None) -> None:
     global _installed
+    if sandbox is not None:
+        sandbox.serialise("s3", lambda req: object_written(req, sandbox.host))
     if _installed:
         return
     _installed = True
@@ -36,6 +45,38 @@ def install(sandbox: Any = None) -> None:
     _default_checksums()
     _bucket_encryption_for_multipart()
     _head_checksum_type()
+    _complete_if_match()
+
+
+def object_written(req: AwsRequest, endpoint_host: str) -> str | None:
+    """`bucket/key` of the object a request writes (PUT, POST, DELETE on a key), else None."""
+    if req.method not in ("PUT", "POST", "DELETE"):
+        return None
+    host = req.headers.get("host", "").rsplit(":", 1)[0]
+    path = unquote(req.path).lstrip("/")
+    if host.endswith((f".{endpoint_host}", ".localhost")):  # virtual-hosted style: the bucket is in the host
+        bucket, key = host.split(".", 1)[0], path
+    else:
+        bucket, _, key = path.partition("/")
+    return f"{bucket}/{key}" if bucket and key else None
+
+
+def _complete_if_match() -> None:
+    post = responses.S3Response._key_response_post
+
+    def post_if_match(
+        self: Any, request: Any, body: bytes, bucket_name: str, query: dict[str, Any], key_name: str
+    ) -> Any:
+        if_match = self.headers.get("If-Match")
+        if query.get("uploadId") and if_match:
+            current = self.backend.get_object(bucket_name, key_name)
+            if current is None:
+                raise exceptions.MissingKey(key=key_name)
+            if if_match.replace('"', "") != current.etag.replace('"', ""):  # S3 ignores the quotes, as moto's PUT
+                raise exceptions.PreconditionFailed("If-Match")
+        return post(self, request, body, bucket_name, query, key_name)
+
+    responses.S3Response._key_response_post = post_if_match  # type: ignore[method-assign]
 
 
 def kms_etag(content_etag: str) -> str:

@@ -8,7 +8,9 @@ Request flow: every request is parsed once (`protocol.parse_request`). Paths und
 surface, paths under `/_imds/<instance-id>/` are that instance's metadata service. AWS requests go through the
 `before` hooks registered for `(service, action)` — a hook may answer itself (SSM run-command, Pricing, EC2 rules)
 — then to moto, then through the `after` hooks (which see moto's answer: RunInstances starts the instance
-runtime, for example). Components register their hooks in `install(sandbox)`.
+runtime, for example). Components register their hooks in `install(sandbox)`. A component may also name what a
+request must not race with (`serialise`: an idempotency token, an S3 object): requests naming the same key run one
+at a time, from the first hook to the last.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ BeforeHook = Callable[[AwsRequest], Response | None]
 AfterHook = Callable[[AwsRequest, int, bytes], bytes | None]
 ControlRoute = Callable[[dict[str, Any]], Any]
 RawRoute = Callable[[AwsRequest, list[str]], Response]
+SerialKey = Callable[[AwsRequest], str | None]
 
 
 class _Middleware:
@@ -71,7 +75,8 @@ class _Middleware:
             return self.sandbox.raw_routes[parts[0]](req, parts[1:])
         key = (req.service or "", req.action or "")
         lock = self.sandbox.ec2_lock if req.service == "ec2" else _NO_LOCK
-        with lock:
+        # The keyed locks come first: a request waiting for one must not hold the EC2 lock meanwhile.
+        with self.sandbox.keyed_locks.holding(self.sandbox.serial_keys(req)), lock:
             hooks = self.sandbox.before_hooks.get(("*", "*"), []) + self.sandbox.before_hooks.get(key, [])
             body_in = req.body
             for before in hooks:
@@ -121,6 +126,35 @@ class _NoLock:
 
 
 _NO_LOCK = _NoLock()
+
+
+class _KeyedLocks:
+    """One lock per key, created on demand and dropped when no request holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def holding(self, keys: list[str]) -> Iterator[None]:
+        held: list[tuple[str, threading.Lock]] = []
+        try:
+            for key in sorted(set(keys)):  # one order for everyone: two requests never wait for each other
+                with self._guard:
+                    lock, users = self._locks.get(key, (threading.Lock(), 0))
+                    self._locks[key] = (lock, users + 1)
+                lock.acquire()
+                held.append((key, lock))
+            yield
+        finally:
+            for key, lock in reversed(held):
+                lock.release()
+                with self._guard:
+                    users = self._locks[key][1]
+                    if users == 1:
+                        del self._locks[key]
+                    else:
+                        self._locks[key] = (lock, users - 1)
 
 
 class _QuietHandler(MotoRequestHandler):
@@ -174,6 +208,8 @@ class Sandbox:
         self._own_state_dir = state_dir is None
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="trainctl-sandbox-"))
         self.ec2_lock = threading.RLock()
+        self.keyed_locks = _KeyedLocks()
+        self.serial_key_fns: dict[str, list[SerialKey]] = {}
         self.before_hooks: dict[tuple[str, str], list[BeforeHook]] = {}
         self.after_hooks: dict[tuple[str, str], list[AfterHook]] = {}
         self.raw_routes: dict[str, RawRoute] = {"_sandbox": self._control}
@@ -190,11 +226,23 @@ class Sandbox:
         self.iam: Any = None
 
     # -- registration (used by the components' install functions) -------------------------------------------
-    def before(self, service: str, action: str, hook: BeforeHook) -> None:
-        self.before_hooks.setdefault((service, action), []).append(hook)
+    def before(self, service: str, action: str, hook: BeforeHook, *, first: bool = False) -> None:
+        hooks = self.before_hooks.setdefault((service, action), [])
+        if first:  # answers before the hooks registered earlier (a replayed idempotent call, for example)
+            hooks.insert(0, hook)
+        else:
+            hooks.append(hook)
 
     def after(self, service: str, action: str, hook: AfterHook) -> None:
         self.after_hooks.setdefault((service, action), []).append(hook)
+
+    def serialise(self, service: str, key: SerialKey) -> None:
+        """Requests to `service` for which `key` gives the same string run one at a time (None: no constraint)."""
+        self.serial_key_fns.setdefault(service, []).append(key)
+
+    def serial_keys(self, req: AwsRequest) -> list[str]:
+        found = (key(req) for key in self.serial_key_fns.get(req.service or "", []))
+        return [f"{req.service}:{k}" for k in found if k is not None]
 
     def control(self, name: str, route: ControlRoute) -> None:
         self.control_routes[name] = route
