@@ -417,6 +417,7 @@ def test_a_failed_final_checkpoint_upload_keeps_the_instance(cloud: Sandbox, buc
     assert "final checkpoint upload failed" in status["instance_action_reason"]
     job_dir = machine.job_dir("orphan")
     assert cloud.wait_for(lambda: not ta.pid_alive(int((job_dir / ta.AGENT_PID_FILE).read_text())), timeout=10)
+    assert "shutting down" not in (job_dir / ta.AGENT_LOG_FILE).read_text()
     assert instance_state(cloud, machine.instance_id) == "running"
     assert json.loads((job_dir / "checkpoints" / "state.json").read_text())["step"] == 6  # still on its disk
 
