@@ -1362,9 +1362,9 @@ class Agent:
             return False
         return True
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, *, level: int = logging.INFO) -> None:
         """A line of the agent's own in the job log (uploaded with it), and in the agent log."""
-        log.info("%s", text)
+        log.log(level, "%s", text)
         with contextlib.suppress(OSError), self.path(LOG_FILE).open("ab") as job_log:
             job_log.write(f"trainctl-agent: {text}\n".encode())
 
@@ -1484,7 +1484,7 @@ class Agent:
 
     def _fail_to_start(self, reason: str, exit_code: int) -> None:
         """The trainer never ran: say why in its log and the status, and write the exit code a shell would."""
-        self.note(reason)
+        self.note(reason, level=logging.ERROR)
         self.exit_code = exit_code
         self.reason = reason
         self.ended_at = now_iso()
