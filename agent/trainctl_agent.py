@@ -14,10 +14,11 @@ Command line
         Exit 2 on an invalid spec, 1 when an agent of the job is already running. --foreground: no detaching.
     python3 trainctl_agent.py status --job JOB
         Print the job's local state as JSON (status document, pids and whether they live, exit code).
-    python3 trainctl_agent.py stop --job JOB [--grace SECONDS]
+    python3 trainctl_agent.py stop --job JOB [--grace SECONDS] [--keep-instance]
         Ask the agent to stop the job: the trainer's process group gets SIGTERM, SIGKILL after the grace
         (default 30 s), then the checkpoint and log are flushed to S3 and the status becomes `stopped`. When no
         agent is alive, does that itself from the agent's copy of the spec. Prints the final status JSON.
+        --keep-instance: the agent does not shut the instance down after this stop (see "When the job ends").
 
 The spec (JSON object, written by the train-launch flow; `AgentSpec` below)
 --------------------------------------------------------------------------
@@ -41,6 +42,7 @@ The spec (JSON object, written by the train-launch flow; `AgentSpec` below)
     imds_poll_s      number IMDS poll period for spot notices / rebalance                         default 2
     margin_s         number on a notice, SIGKILL the trainer at notice time - margin              default 20
     max_runtime_s    number SIGTERM (then SIGKILL after 30 s) the command after this long   default none
+    keep_instance    bool   leave the instance running when the job ends (see below)           default false
 
 Instance paths (workdir, checkpoint_dir, the job dir) are AWS paths: the agent puts them under $TRAINCTL_ROOT
 (empty on AWS, the instance's folder in the sandbox), unless a path already starts with that root. The --spec
@@ -53,6 +55,16 @@ contract: SIGTERM = save a checkpoint now and exit; exit 0 = done.
 Files the agent writes in the job dir besides the core layout: `agent-spec.json` (its copy of the spec, used by
 `stop` when the agent is gone), `status.json` (the last status document), `stop_request.json` (from `stop`), and
 a hard-link snapshot of the checkpoint dir next to it (`.<name>.trainctl-snapshot`) while uploading.
+
+When the job ends (exit 0, non-zero, stopped, or it could not start), the agent uploads the final checkpoint and
+the log, writes the final status, and then shuts the instance down (`shutdown -h now`, else `poweroff`, else
+`systemctl poweroff`): the flow launches training instances with InstanceInitiatedShutdownBehavior=terminate and
+the data volume with DeleteOnTermination off, so nothing bills after the job and nothing persistent is lost, with
+or without Prefect. The instance is kept (and the status says why in `instance_action_reason`) when the spec or
+the stop request says keep_instance, or when the final checkpoint, the log or the status could not be uploaded:
+the instance's disk then holds the only copy, for the sweep's heartbeat rule or a human. After a spot notice the
+agent never shuts down: AWS ends the instance at the notice time, and a shutdown of our own would replace the
+StateReason (Server.SpotInstanceTermination) that spot-watch reads. The decision is written to the job log.
 
 Checkpoint format in S3: `<checkpoint_uri>/ckpt-<seq:06d>/<relative path>` for each file, then
 `ckpt-<seq>/MANIFEST.json` = {"seq", "job", "attempt", "instance_id", "created_at", "files": [{"path", "size",
@@ -115,6 +127,8 @@ PART_SIZE = 64 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 IMDS_DEFAULT = "http://169.254.169.254"
 DEFAULT_STOP_GRACE = 30.0
+# Tried in order until one succeeds: what a stock AMI has (systemd's shutdown, then its aliases).
+SHUTDOWN_COMMANDS = (("shutdown", "-h", "now"), ("poweroff",), ("systemctl", "poweroff"))
 
 log = logging.getLogger("trainctl-agent")
 
@@ -224,6 +238,7 @@ class AgentSpec:
     imds_poll_s: float = 2.0
     margin_s: float = 20.0
     max_runtime_s: float | None = None
+    keep_instance: bool = False  # True: the instance keeps running after the job ends
 
     @classmethod
     def from_dict(cls, data: Any) -> AgentSpec:
@@ -273,6 +288,10 @@ class AgentSpec:
             if not str(getattr(spec, name)).startswith("/"):
                 raise SpecError(f"{name}: an absolute instance path is required")
         split_s3_uri(spec.checkpoint_uri)
+        keep_instance = data.get("keep_instance", False)
+        if not isinstance(keep_instance, bool):
+            raise SpecError(f"keep_instance: {keep_instance!r} is not true or false")
+        spec.keep_instance = keep_instance
         for name in ("sync_interval_s", "heartbeat_s", "imds_poll_s", "margin_s", "max_runtime_s"):
             if name not in data or data[name] is None:
                 continue
@@ -1236,6 +1255,16 @@ def killpg(pgid: int, sig: int) -> bool:
         return False
 
 
+def keep_instance_reason(*, keep_instance: bool, upload_error: str | None) -> str | None:
+    """Why the instance stays after its job ended, or None: shut it down. A failed final upload keeps it whatever
+    the spec says: the checkpoint or the log then exists only on the instance's disk, which a terminate deletes."""
+    if upload_error:
+        return f"kept: {upload_error}; the instance's disk holds the only copy"
+    if keep_instance:
+        return "kept: keep_instance is set; end it yourself or with teardown"
+    return None
+
+
 # -- the agent ----------------------------------------------------------------------------------------------------
 class Agent:
     """Runs one job attempt: restore, start, sync, watch IMDS, finish (see the module docstring)."""
@@ -1270,6 +1299,10 @@ class Agent:
         self.finished = threading.Event()
         self.stop_grace = DEFAULT_STOP_GRACE
         self.job_bucket = spec.bucket
+        self.keep_instance = spec.keep_instance  # a stop request may set it too
+        self.instance_action: str | None = None  # once the job ended: "shutdown" | "keep"
+        self.instance_action_reason = ""
+        self.shutdown_commands: tuple[tuple[str, ...], ...] = SHUTDOWN_COMMANDS
 
     def _region(self) -> str:
         """AWS_REGION / AWS_DEFAULT_REGION, else the instance's region (an SSM command's environment has none)."""
@@ -1306,10 +1339,13 @@ class Agent:
             "checkpoint_seq": ckpt.last_seq if ckpt else None,
             "checkpoint_uploaded_at": ckpt.last_uploaded_at if ckpt else None,
             "log_uri": log_uri(self.job_bucket, self.spec.job, self.spec.attempt),
+            "instance_action": self.instance_action,
+            "instance_action_reason": self.instance_action_reason,
         }
 
-    def publish(self, status: str) -> None:
-        """Write the status locally and to S3, and upload the log (best effort: S3 errors are logged)."""
+    def publish(self, status: str) -> bool:
+        """Write the status locally and to S3, and upload the log (best effort: S3 errors are logged). True when
+        both reached S3."""
         document = self.status_document(status)
         write_atomic(self.path(STATUS_FILE), json.dumps(document, indent=2).encode())
         try:
@@ -1323,6 +1359,52 @@ class Agent:
             )
         except (S3Error, OSError) as exc:
             log.error("publishing status %s failed: %s", status, exc)
+            return False
+        return True
+
+    def note(self, text: str, *, level: int = logging.INFO) -> None:
+        """A line of the agent's own in the job log (uploaded with it), and in the agent log."""
+        log.log(level, "%s", text)
+        with contextlib.suppress(OSError), self.path(LOG_FILE).open("ab") as job_log:
+            job_log.write(f"trainctl-agent: {text}\n".encode())
+
+    def _decide(self, keep: str | None, status: str) -> None:
+        self.instance_action = "keep" if keep else "shutdown"
+        self.instance_action_reason = keep or f"the job ended ({status}): shutting the instance down"
+        self.note(self.instance_action_reason)
+
+    def finish(self, status: str, *, upload_error: str | None = None) -> None:
+        """The attempt's end: publish the final status (and log), then shut the instance down unless it must stay
+        (module docstring, "When the job ends"). Called once, after the final checkpoint upload."""
+        keep = keep_instance_reason(keep_instance=self.keep_instance, upload_error=upload_error)
+        self._decide(keep, status)
+        published = self.publish(status)
+        if keep is None and not published:
+            self._decide("kept: the final status or log could not be written to S3", status)
+            self.publish(status)  # once more: the reason gets through if S3 is back
+            return
+        if keep is None and not self.shut_down():
+            self.publish(status)
+
+    def shut_down(self) -> bool:
+        """Run the first shutdown command that works (it returns at once; the machine goes down after). When none
+        does, the decision becomes `keep` with the errors as its reason."""
+        failures: list[str] = []
+        for argv in self.shutdown_commands:
+            try:
+                done = subprocess.run(
+                    list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                failures.append(f"{argv[0]}: {exc}")
+                continue
+            if done.returncode == 0:
+                log.info("%s: the instance is shutting down", " ".join(argv))
+                return True
+            detail = done.stderr.decode(errors="replace").strip()[:200]
+            failures.append(f"{' '.join(argv)}: exit code {done.returncode} {detail}".strip())
+        self._decide(f"kept: the shutdown failed ({'; '.join(failures)})", "")
+        return False
 
     def heartbeat(self) -> None:
         """Rewrite the running status in S3 (the document only, not the log): its LastModified tells teardown the
@@ -1377,7 +1459,7 @@ class Agent:
             self.reason = f"restore failed: {exc}"
             self.exit_code = None
             self.ended_at = now_iso()
-            self.publish("failed")
+            self.finish("failed")
             return 1
         if not self._start(resume_from, secrets):
             return 1
@@ -1402,14 +1484,12 @@ class Agent:
 
     def _fail_to_start(self, reason: str, exit_code: int) -> None:
         """The trainer never ran: say why in its log and the status, and write the exit code a shell would."""
-        with self.path(LOG_FILE).open("ab") as job_log:
-            job_log.write(f"trainctl-agent: {reason}\n".encode())
-        log.error("%s", reason)
+        self.note(reason, level=logging.ERROR)
         self.exit_code = exit_code
         self.reason = reason
         self.ended_at = now_iso()
         write_atomic(self.path(EXIT_CODE_FILE), f"{self.exit_code}\n".encode())
-        self.publish("failed")
+        self.finish("failed")
 
     def _start(self, resume_from: str, secrets: dict[str, str]) -> bool:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -1499,18 +1579,21 @@ class Agent:
             status = "failed"
             self.reason = self.reason or f"exit code {self.exit_code}"
         with self.sync_lock:
+            upload_error: str | None = None
             try:
                 assert self.checkpoints is not None
                 self.checkpoints.upload()
             except (S3Error, OSError) as exc:
                 log.error("final checkpoint upload failed: %s", exc)
-            self.publish(status)
+                upload_error = f"the final checkpoint upload failed ({exc})"
+            self.finish(status, upload_error=upload_error)
         return 0
 
     def _load_stop_request(self) -> None:
         with contextlib.suppress(OSError, ValueError, TypeError):
             request = json.loads(self.path(STOP_REQUEST_FILE).read_text())
             self.stop_grace = float(request.get("grace", self.stop_grace))
+            self.keep_instance = self.keep_instance or request.get("keep_instance") is True
 
     def _terminate(self, deadline: float) -> tuple[int | None, str | None]:
         """SIGTERM the group now; SIGKILL it at the deadline if it has not exited. Returns (returncode,
@@ -1605,6 +1688,9 @@ class Agent:
                 "recorded_at": now_iso(),
             }
             log.info("interruption: checkpoint %s verified=%s (%s)", record["checkpoint_seq"], verified, detail)
+            # No shutdown: AWS ends the instance at the notice time, and a shutdown of our own would replace the
+            # StateReason (Server.SpotInstanceTermination) that spot-watch reads.
+            self._decide(f"kept: the spot interruption ends the instance at {notice.get('time')}", "interrupted")
             self.publish("interrupted")
             try:
                 self.s3.put_json(
@@ -1756,7 +1842,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     job_dir = on_instance(instance_job_dir(args.job))
     agent_pid = read_int(job_dir / AGENT_PID_FILE)
     if agent_pid and pid_alive(agent_pid):
-        write_atomic(job_dir / STOP_REQUEST_FILE, json.dumps({"grace": args.grace, "requested_at": now_iso()}).encode())
+        request = {"grace": args.grace, "keep_instance": args.keep_instance, "requested_at": now_iso()}
+        write_atomic(job_dir / STOP_REQUEST_FILE, json.dumps(request).encode())
         os.kill(agent_pid, signal.SIGTERM)
         deadline = time.monotonic() + args.grace + args.upload_timeout
         while pid_alive(agent_pid) and time.monotonic() < deadline:
@@ -1811,6 +1898,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = sub.add_parser("stop", help="stop the job: SIGTERM, grace, SIGKILL, flush the checkpoint")
     stop.add_argument("--job", required=True)
     stop.add_argument("--grace", type=float, default=DEFAULT_STOP_GRACE)
+    stop.add_argument("--keep-instance", action="store_true", help="do not shut the instance down after the stop")
     stop.add_argument("--upload-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "status": cmd_status, "stop": cmd_stop}

@@ -109,6 +109,14 @@ def launch(
     max_runtime: Annotated[int | None, typer.Option("--max-runtime-minutes", help="Stop the job after.")] = None,
     sync_interval: Annotated[int | None, typer.Option("--sync-interval", help="Checkpoint upload period (s).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Stream the log; exit with the job's exit code.")] = False,
+    keep_instance: Annotated[
+        bool,
+        typer.Option(
+            "--keep-instance",
+            help="Keep the instance running after the job ends (to inspect it); end it yourself or with teardown. "
+            "By default it shuts down (terminates) once its checkpoint, log and status are in S3.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Launch a training job: `trainctl train launch --name llm --bucket b --instance-type g5.xlarge -- python t.py`."""
@@ -157,6 +165,8 @@ def launch(
         fields["move_volume_if_needed"] = True
     if wait:
         fields["wait"] = True
+    if keep_instance:
+        fields["keep_instance"] = True
     for required in ("name", "bucket", "template", "command"):
         if not fields.get(required):
             hint = "--template or --instance-type" if required == "template" else f"--{required}"
@@ -355,7 +365,8 @@ def stop(
         if _instance_state(record.instance_id, account) != "running":
             raise UsageError(f"job {job} has no running instance (record: {record.status.value})")
         script = agent_command_script(job, "stop")
-        script[-1] += f" --grace {quote(grace)}"
+        # This command's own answer must get back over SSM: the instance stays (as documented above).
+        script[-1] += f" --grace {quote(grace)} --keep-instance"
         result = run_script(record.instance_id, script, timeout_s=int(grace) + 660, account=account)
         if not result.ok:
             raise CommandFailedError(result, "agent stop")

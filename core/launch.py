@@ -101,6 +101,12 @@ class JobSpec(BaseModel):
     wait: bool = False
     wait_timeout_minutes: int = Field(default=24 * 60, ge=1)
     terminate_when_done: bool = Field(default=True, description="with wait: terminate the instance at the end")
+    keep_instance: bool = Field(
+        default=False,
+        description="keep the instance running after the job ends, e.g. to inspect it; you then end it yourself "
+        "or with teardown (by default the agent shuts it down, which terminates it, once the final checkpoint, log "
+        "and status are in S3)",
+    )
     online_timeout_s: int = Field(default=600, ge=10)
     account: str | None = None
 
@@ -260,6 +266,7 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
         "imds_poll_s": 2,  # SIGTERM within 6 s of a notice needs margin beyond the poll period
         "margin_s": 10,
         "max_runtime_s": spec.max_runtime_minutes * 60 if spec.max_runtime_minutes else None,
+        "keep_instance": spec.keep_instance,
     }
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from blocks.templates import load_template
 from core import jobs
 from core import tags as t
-from core.errors import InvalidInputError, TrainctlError, UsageError
+from core.errors import AwsError, InvalidInputError, TrainctlError, UsageError
 from core.launch import (
     AGENT_SPEC,
     AGENT_TARBALL,
@@ -65,7 +65,14 @@ from tasks.instances import (
 from tasks.instances import terminate_launched_instance as terminate
 from tasks.ssm import run_command, run_script, wait_online
 from tasks.storage import put_json
-from tasks.volumes import attach_volume, describe_instance, describe_volume, detach_volume, move_volume
+from tasks.volumes import (
+    attach_volume,
+    describe_instance,
+    describe_volume,
+    detach_volume,
+    keep_on_termination,
+    move_volume,
+)
 
 STEPS = ["validate", "record", "launch", "ssm online", "attach", "mount", "ship", "start", "wait", "finish"]
 # After the trainer's exit code appears, how long the agent may take for its final checkpoint upload.
@@ -197,6 +204,8 @@ def _plan(spec: JobSpec) -> _Plan:
         max_price=spec.max_price,
         on_demand_fallback=spec.on_demand_fallback,
         extra_tags=template.extra_tags,
+        # The agent shuts the instance down when the job ends: that must end its billing (DESIGN.md section 5).
+        shutdown_behavior="terminate",
     )
     validate_request(request, account=spec.account)
     return _Plan(template=template, zone=zone, volume=volume, move_to=move_to, previous=previous, request=request)
@@ -290,6 +299,8 @@ def _launch(
         if volume is not None:
             progress.step("attach")
             volume = attach_volume(volume.id, instance.id, account=account)
+            # The agent's shutdown terminates the instance: the data volume must survive it (detached, kept).
+            keep_on_termination(instance.id, volume.id, account=account)
             device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
             progress.step("mount")
             script = data_mount_script(volume.id, device, spec.filesystem, spec.resolved_mount_point)
@@ -369,7 +380,7 @@ def _launch(
         progress.step("wait")
         report = _wait(spec, record, report)
         progress.step("finish")
-        if spec.terminate_when_done:
+        if spec.terminate_when_done and not spec.keep_instance:
             report.instance_terminated = _finish(spec, volume, instance, key)
     report.seconds = round(time.monotonic() - started, 1)
     progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
@@ -440,8 +451,13 @@ def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchRepor
     deadline = time.monotonic() + spec.wait_timeout_minutes * 60
     delay = 0.5
     while True:
-        result = run_script(instance_id, poll_script(spec.name, offset), timeout_s=60, account=spec.account)
-        poll = JobPoll.model_validate_json(result.stdout.strip().splitlines()[-1]) if result.ok else None
+        try:
+            result = run_script(instance_id, poll_script(spec.name, offset), timeout_s=60, account=spec.account)
+        except AwsError as exc:
+            if exc.code != "InvalidInstanceId":
+                raise
+            result = None  # the instance is going (the agent shuts it down when the job ends): read S3 below
+        poll = JobPoll.model_validate_json(result.stdout.strip().splitlines()[-1]) if result and result.ok else None
         if poll is not None:
             if poll.chunk:
                 stream.feed(poll.chunk)
@@ -470,9 +486,14 @@ def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchRepor
                 if tail and tail[0]:
                     stream.feed(tail[0])
                     stream.flush()
-                status = _status_word(_agent_status(spec, record.attempt)) or "interrupted"
-                return _record_end(spec, record, report, exit_code=None, agent_status=status)
-            log.warning("poll failed (%s); trying again", result.describe_failure())
+                # The agent shuts the instance down once its final status is in S3: the exit code is there too.
+                agent = _agent_status(spec, record.attempt) or {}
+                status = _status_word(agent) or "interrupted"
+                code = agent.get("exit_code")
+                return _record_end(
+                    spec, record, report, exit_code=code if isinstance(code, int) else None, agent_status=status
+                )
+            log.warning("poll failed (%s); trying again", result.describe_failure() if result else "not running")
         if time.monotonic() > deadline:
             raise JobFailedError(
                 f"job {spec.name} still running after {spec.wait_timeout_minutes} minutes of waiting",
@@ -543,9 +564,11 @@ def _cleanup(spec: JobSpec, volume: Volume | None, instance: Instance | None, ke
 
 
 def _finish(spec: JobSpec, volume: Volume | None, instance: Instance, key: str) -> bool:
-    """After the job ended (waited for): release the volume and terminate the instance (its work is in S3)."""
+    """After the job ended (waited for): release the volume and terminate the instance (its work is in S3). The
+    agent may have shut it down already: terminate then only waits until it is `terminated`."""
     done: list[str] = []
     _release_volume(spec, volume, instance, done)
     for line in done:
         get_run_logger().info(line)
-    return bool(terminate(instance.id, idempotency_key=key, account=spec.account))
+    terminate(instance.id, idempotency_key=key, account=spec.account)
+    return True

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 SPOT_TERMINATION_CODE = "Server.SpotInstanceTermination"
 SPOT_TERMINATION_MESSAGE = "Server.SpotInstanceTermination: Spot instance termination"
+INITIATED_SHUTDOWN_CODE = "Client.InstanceInitiatedShutdown"
+INITIATED_SHUTDOWN_MESSAGE = "Client.InstanceInitiatedShutdown: Instance initiated shutdown"
 PRICE_STEP = timedelta(hours=6)  # how often the sandbox's spot prices drift
 PRICE_HISTORY_POINTS = 28  # one week of history at that step
 PRODUCT_DESCRIPTIONS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)", "Windows")
@@ -696,6 +698,33 @@ class Ec2Rules:
         runtime = self.sandbox.runtime
         if runtime is not None and hasattr(runtime, "terminate"):
             runtime.terminate(request.instance_id)
+
+    def instance_initiated_shutdown(self, instance_id: str, region: str) -> str | None:
+        """The instance ran `shutdown`/`poweroff`: stop or terminate it in moto as its
+        InstanceInitiatedShutdownBehavior says (AWS's default: stop), with AWS's StateReason and the usual
+        transition. Returns what happened ("stop" | "terminate"), None when it was not running. The caller ends the
+        processes (the runtime)."""
+        with self.sandbox.ec2_lock:
+            instance = self.sandbox.ec2_backend(region).get_instance_by_id(instance_id)
+            if instance is None or instance.state != "running":
+                return None
+            behavior = str(getattr(instance, "instance_initiated_shutdown_behavior", None) or "stop")
+            # The model's own stop/terminate: DisableApiStop/Termination guard the API, not a shutdown from inside.
+            if behavior == "terminate":
+                instance.terminate()  # deletes DeleteOnTermination volumes, detaches the others
+                request = self._request_for(instance_id)
+                if request is not None and request.state != "closed":
+                    request.set_status("instance-terminated-by-user", "closed")
+            else:
+                instance.stop()
+            instance.state_reason = StateReason(INITIATED_SHUTDOWN_MESSAGE, INITIATED_SHUTDOWN_CODE)
+            instance._reason = f"User initiated ({_now().strftime('%Y-%m-%d %H:%M:%S GMT')})"
+            if self._delay > 0 and behavior == "terminate":
+                self._shut_down_later(instance)
+            elif self._delay > 0:
+                self._set_state(instance, "stopping")
+                self._schedule(self._delay, functools.partial(self._advance, instance, "stopping", "stopped"))
+        return "terminate" if behavior == "terminate" else "stop"
 
     # -- hooks: spot requests --------------------------------------------------------------------------------
     @_answer_method

@@ -70,6 +70,9 @@ _GPU_FAMILIES: dict[str, tuple[str, int]] = {
 }
 _GPU_COUNTS: dict[str, int] = {"8xlarge": 4, "12xlarge": 4, "16xlarge": 8, "24xlarge": 4, "48xlarge": 8}
 
+# `shutdown -h now` answers at once and the machine goes down a moment later (systemd): the shim gets its answer.
+SHUTDOWN_DELAY_S = 0.3
+
 _ID_IN_XML = re.compile(r"<instanceId>(i-[0-9a-f]+)</instanceId>")
 
 
@@ -416,6 +419,28 @@ class InstanceRuntime:
         for attachment in [a for a in list(self.attachments.values()) if a.instance_id == instance_id]:
             self.detach(attachment.volume_id)
 
+    def initiated_shutdown(self, instance_id: str) -> dict[str, Any]:
+        """`shutdown -h now` / `poweroff` run on the instance (the shims call this through the control surface):
+        it goes down SHUTDOWN_DELAY_S later, stopped or terminated as its InstanceInitiatedShutdownBehavior says."""
+        rec = self._require(instance_id)
+        if rec.state != "running":
+            raise ValueError(f"{instance_id} is {rec.state}")
+        timer = threading.Timer(SHUTDOWN_DELAY_S, self._go_down, args=(rec,))
+        timer.daemon = True
+        timer.start()
+        return {"instance_id": instance_id, "in_seconds": SHUTDOWN_DELAY_S}
+
+    def _go_down(self, rec: InstanceRecord) -> None:
+        try:
+            done = self.sandbox.ec2.instance_initiated_shutdown(rec.id, rec.region)
+        except Exception as exc:  # a timer thread: log, never raise into the void
+            self.sandbox.log(f"runtime: shutdown of {rec.id} failed: {exc!r}")
+            return
+        if done == "terminate":
+            self.terminate(rec.id)
+        elif done == "stop":
+            self.stop(rec.id)
+
     # -- spot, rebalance, GPU ------------------------------------------------------------------------------
     def set_spot_action(self, instance_id: str, action: dict[str, Any] | None) -> None:
         """What IMDS `spot/instance-action` answers (None: 404, no notice)."""
@@ -748,6 +773,7 @@ def install(sandbox: Sandbox) -> InstanceRuntime:
         return {"instance_id": payload["instance_id"], "utilization": float(payload["utilization"])}
 
     sandbox.control("rebalance", rebalance)
+    sandbox.control("instance-shutdown", lambda payload: runtime.initiated_shutdown(str(payload["instance_id"])))
     sandbox.control("gpu", gpu)
     return runtime
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -44,6 +44,8 @@ class LaunchRequest(BaseModel):
     # Spot refused for capacity or price → launch on-demand instead (the obtained type is Instance.lifecycle).
     on_demand_fallback: bool = False
     extra_tags: dict[str, str] = Field(default_factory=dict)
+    # What `shutdown` on the instance does (InstanceInitiatedShutdownBehavior); None: AWS's default, stop.
+    shutdown_behavior: Literal["stop", "terminate"] | None = None
 
     @property
     def client_token(self) -> str:
@@ -253,6 +255,8 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
     if request.instance_profile:
         key = "Arn" if request.instance_profile.startswith("arn:") else "Name"
         params["IamInstanceProfile"] = {key: request.instance_profile}
+    if request.shutdown_behavior:
+        params["InstanceInitiatedShutdownBehavior"] = request.shutdown_behavior
     if request.user_data:
         params["UserData"] = base64.b64encode(request.user_data.encode()).decode()
     if request.spot:

@@ -1,8 +1,8 @@
 """Block devices and a GPU for sandbox instances, where a volume is a folder (standard library only).
 
 The executables next to this file (`mount`, `umount`, `mkfs.xfs`, `mkfs.ext4`, `blkid`, `lsblk`, `mountpoint`,
-`nvidia-smi`) call `main(<name>, argv)`. They run on a sandbox instance, whose root folder is `$TRAINCTL_ROOT`:
-a path written for AWS (`/dev/sdf`, `/mnt/data`) is mapped under it, so scripts run unchanged.
+`nvidia-smi`, `shutdown`, `poweroff`) call `main(<name>, argv)`. They run on a sandbox instance, whose root folder
+is `$TRAINCTL_ROOT`: a path written for AWS (`/dev/sdf`, `/mnt/data`) is mapped under it, so scripts run unchanged.
 
 A volume folder holds `volume.json` (id, size), `fstype` and `uuid` (written by mkfs) and the data folder `fs/`.
 Attach links `$TRAINCTL_ROOT/dev/nvmeNn1` to the volume folder (plus `/dev/disk/by-id/...` and `/dev/sdX`);
@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -642,7 +643,37 @@ TOOLS: dict[str, Callable[[list[str]], int]] = {
     "mkfs.xfs": lambda argv: mkfs("xfs", argv),
     "mkfs.ext4": lambda argv: mkfs("ext4", argv),
     "nvidia-smi": nvidia_smi,
+    "shutdown": lambda argv: power_off("shutdown", argv),
+    "poweroff": lambda argv: power_off("poweroff", argv),
 }
+
+
+# -- power ---------------------------------------------------------------------------------------------------
+def power_off(tool: str, argv: list[str]) -> int:
+    """`shutdown [-h|-P|-H] now|+0 [message]` and `poweroff [-f]`: ask the sandbox to take this instance down; it
+    stops or terminates as its InstanceInitiatedShutdownBehavior says, a moment after this returns (as systemd)."""
+    options = [a for a in argv if a.startswith("-")]
+    when = [a for a in argv if not a.startswith("-")][:1]
+    allowed = {"-h", "-P", "-H", "--poweroff", "--halt", "--no-wall"} if tool == "shutdown" else {"-f", "--force"}
+    unsupported = [o for o in options if o not in allowed]
+    if unsupported:
+        return err(tool, f"sandbox: {' '.join(unsupported)} is not supported (only powering off)", 1)
+    if tool == "shutdown" and when and when[0] not in ("now", "+0"):
+        return err(tool, f"sandbox: only an immediate shutdown (now) is supported, not {when[0]}", 1)
+    instance_id = _instance_info().get("instance_id")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/")
+    if not instance_id or not endpoint:
+        return err(tool, "sandbox: not on a sandbox instance (no instance id or endpoint)", 1)
+    body = json.dumps({"instance_id": instance_id}).encode()
+    request = urllib.request.Request(  # noqa: S310 (the sandbox's own http endpoint)
+        f"{endpoint}/_sandbox/instance-shutdown", data=body, method="POST", headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            answer.read()
+    except (OSError, ValueError) as exc:
+        return err(tool, f"sandbox: the shutdown request failed: {exc}", 1)
+    return 0
 
 
 def main(tool: str, argv: list[str]) -> int:

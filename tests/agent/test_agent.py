@@ -106,7 +106,7 @@ class Machine:
         )
 
 
-def launch(cloud: Sandbox) -> Machine:
+def launch(cloud: Sandbox, **kwargs: Any) -> Machine:
     ec2 = cloud.client("ec2")
     reply = ec2.run_instances(
         ImageId=AMI,
@@ -114,6 +114,7 @@ def launch(cloud: Sandbox) -> Machine:
         MaxCount=1,
         InstanceType="g5.xlarge",
         InstanceMarketOptions={"MarketType": "spot"},
+        **kwargs,
     )
     instance_id = reply["Instances"][0]["InstanceId"]
     assert cloud.wait_for(lambda: cloud.runtime.is_online(instance_id), timeout=5)
@@ -129,6 +130,8 @@ def spec_for(bucket: str, job: str, attempt: int, args: list[str], **extra: Any)
         "env": {"PYTHONUNBUFFERED": "1"},
         "sync_interval_s": 1,
         "imds_poll_s": 1,
+        # These tests look at the machine after the job; the shutdown at the end has tests of its own.
+        "keep_instance": True,
     }
     spec.update(extra)
     return spec
@@ -354,6 +357,88 @@ def test_heartbeat_rewrites_the_status_between_syncs(cloud: Sandbox, bucket: str
     machine.agent("stop --job beat --grace 2")
 
 
+def instance_state(cloud: Sandbox, instance_id: str) -> str:
+    data = cloud.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return str(data["State"]["Name"])
+
+
+def test_a_job_that_ends_shuts_its_instance_down_after_its_checkpoint_log_and_status(
+    cloud: Sandbox, bucket: str
+) -> None:
+    machine = launch(cloud, InstanceInitiatedShutdownBehavior="terminate")
+    machine.start(spec_for(bucket, "ends", 1, ["--steps", "3", "--step-seconds", "0.1"], keep_instance=False))
+    status = wait_status(cloud, bucket, "ends", 1)
+    assert (status["status"], status["exit_code"], status["instance_action"]) == ("succeeded", 0, "shutdown")
+    assert cloud.wait_for(lambda: instance_state(cloud, machine.instance_id) == "terminated", timeout=15)
+    _, _, state = latest_checkpoint(cloud, bucket, "ends")
+    assert state["step"] == 3  # the final checkpoint got out first
+    log = cloud.client("s3").get_object(Bucket=bucket, Key=key_of(ta.log_uri(bucket, "ends", 1)))["Body"].read()
+    assert b"step 3/3" in log and b"the job ended (succeeded): shutting the instance down" in log
+
+
+def test_a_stopped_job_ends_its_instance_unless_the_stop_keeps_it(cloud: Sandbox, bucket: str) -> None:
+    kept = launch(cloud, InstanceInitiatedShutdownBehavior="terminate")
+    ended = launch(cloud, InstanceInitiatedShutdownBehavior="terminate")
+    args = ["--steps", "10000", "--step-seconds", "0.1"]
+    for machine, job in ((kept, "stop-kept"), (ended, "stop-ended")):
+        machine.start(spec_for(bucket, job, 1, args, keep_instance=False))
+        machine.wait_for_log(job, "step 2/")
+    result, code, out, err = kept.agent("stop --job stop-kept --grace 2 --keep-instance")
+    assert (result, code, json.loads(out)["status"]) == ("Success", 0, "stopped"), err
+    ended.agent("stop --job stop-ended --grace 2")  # its answer may be lost: the instance goes down under it
+    status = wait_status(cloud, bucket, "stop-ended", 1)
+    assert (status["status"], status["instance_action"]) == ("stopped", "shutdown")
+    assert cloud.wait_for(lambda: instance_state(cloud, ended.instance_id) == "terminated", timeout=15)
+    _, _, state = latest_checkpoint(cloud, bucket, "stop-ended")
+    assert state["sigterm_received_at"] is not None  # the stop's checkpoint got out before the shutdown
+    status = wait_status(cloud, bucket, "stop-kept", 1)
+    assert (status["status"], status["instance_action"]) == ("stopped", "keep")
+    assert instance_state(cloud, kept.instance_id) == "running"
+
+
+def test_a_failed_final_checkpoint_upload_keeps_the_instance(cloud: Sandbox, bucket: str) -> None:
+    """The checkpoint then exists only on the instance's disk: a shutdown (terminate) would lose it."""
+    cloud.client("s3").create_bucket(Bucket="agent-ckpt-gone")
+    machine = launch(cloud, InstanceInitiatedShutdownBehavior="terminate")
+    spec = spec_for(
+        bucket,
+        "orphan",
+        1,
+        ["--steps", "6", "--step-seconds", "0.3"],
+        keep_instance=False,
+        sync_interval_s=300,  # no upload before the final one
+        checkpoint_uri="s3://agent-ckpt-gone/orphan/",
+    )
+    machine.start(spec)
+    machine.wait_for_log("orphan", "step 1/")
+    cloud.client("s3").delete_bucket(Bucket="agent-ckpt-gone")  # empty: nothing uploaded yet
+    status = wait_status(cloud, bucket, "orphan", 1)
+    assert (status["status"], status["instance_action"]) == ("succeeded", "keep")
+    assert "final checkpoint upload failed" in status["instance_action_reason"]
+    job_dir = machine.job_dir("orphan")
+    assert cloud.wait_for(lambda: not ta.pid_alive(int((job_dir / ta.AGENT_PID_FILE).read_text())), timeout=10)
+    assert "shutting down" not in (job_dir / ta.AGENT_LOG_FILE).read_text()
+    assert instance_state(cloud, machine.instance_id) == "running"
+    assert json.loads((job_dir / "checkpoints" / "state.json").read_text())["step"] == 6  # still on its disk
+
+
+def test_the_shutdown_decision(tmp_path: Path) -> None:
+    assert ta.keep_instance_reason(keep_instance=False, upload_error=None) is None
+    assert "keep_instance" in (ta.keep_instance_reason(keep_instance=True, upload_error=None) or "")
+    for keep in (False, True):
+        reason = ta.keep_instance_reason(keep_instance=keep, upload_error="the final checkpoint upload failed (x)")
+        assert reason is not None and "only copy" in reason
+    # Every shutdown command failing keeps the instance, and the status says why.
+    spec = ta.AgentSpec.from_dict({"job": "j", "attempt": 1, "bucket": "b", "command": ["true"]})
+    agent = ta.Agent(spec, s3=ta.S3Client(endpoint_url="http://127.0.0.1:9", attempts=1), job_dir=tmp_path)
+    agent.shutdown_commands = (("false",), ("no-such-shutdown-command-here",))
+    assert agent.shut_down() is False
+    assert agent.instance_action == "keep" and "false: exit code 1" in agent.instance_action_reason
+    assert "no-such-shutdown-command-here" in agent.instance_action_reason
+    # The decision is in the job log.
+    assert "kept: the shutdown failed" in (tmp_path / ta.LOG_FILE).read_text()
+
+
 # -- the S3 client, IMDS and checkpoints in-process against the sandbox --------------------------------------------
 def client(cloud: Sandbox, **kwargs: Any) -> ta.S3Client:
     creds = ta.CredentialProvider(static=ta.Credentials("sandbox-access-key", "sandbox-secret-key"))
@@ -534,7 +619,8 @@ def test_spec_validation() -> None:
     assert spec.checkpoint_dir == "/var/lib/trainctl/jobs/j/checkpoints"
     assert spec.checkpoint_uri == "s3://b/trainctl/jobs/j/checkpoints/"
     assert (spec.sync_interval_s, spec.imds_poll_s, spec.margin_s, spec.max_runtime_s) == (300, 2, 20, None)
-    assert spec.heartbeat_s == 60
+    assert spec.heartbeat_s == 60 and spec.keep_instance is False
+    assert ta.AgentSpec.from_dict({**good, "keep_instance": True}).keep_instance is True
     assert ta.AgentSpec.from_dict({**good, "secret_env": {"DB": "ssm:/db"}}).secret_env == {"DB": "ssm:/db"}
     for bad in (
         {**good, "command": "python3 x.py"},
@@ -548,6 +634,7 @@ def test_spec_validation() -> None:
         {**good, "secret_env": {"DB": "vault:db"}},
         {**good, "secret_env": {"1DB": "ssm:/db"}},
         {**good, "secret_env": ["ssm:/db"]},
+        {**good, "keep_instance": "yes"},
         {k: v for k, v in good.items() if k != "bucket"},
     ):
         with pytest.raises(ta.SpecError):

@@ -81,6 +81,16 @@ def test_defaults_follow_the_job_layout() -> None:
     assert JobSpec.model_validate_json(s.model_dump_json()) == s
 
 
+def test_keep_instance_reaches_the_agent_spec_the_agent_accepts() -> None:
+    from agent.trainctl_agent import AgentSpec
+
+    for keep in (False, True):
+        s = spec(keep_instance=True) if keep else spec()
+        assert s.keep_instance is keep
+        doc = json.loads(json.dumps(agent_spec(s, attempt=1, instance_id="i-0123456789abcdef0")))
+        assert doc["keep_instance"] is keep and AgentSpec.from_dict(doc).keep_instance is keep
+
+
 def test_attempts_and_launch_keys() -> None:
     assert next_attempt(None) == 1
     record = JobRecord.model_validate(

@@ -88,6 +88,9 @@ def _launch_until(kill: str, workdir: Path) -> dict[str, Any]:
         code_dir=str(code_dir),
         command=["python3", "train.py"],
         data_volume_id=data.id,
+        # Kept after its job, so that the sweep's heartbeat rule is what ends it (without keep_instance the agent
+        # shuts it down itself: tests/flows/test_train_launch.py).
+        keep_instance=True,
     )
     staging = jobs.staging_prefix(BUCKET, job, 1)
     record = JobRecord(

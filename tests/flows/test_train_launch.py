@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.trainctl_agent import pid_alive
 from core import jobs
 from core import tags as t
 from core.ebs import VolumeSpec
@@ -159,6 +160,46 @@ def test_failure_half_way_leaves_no_instance(cloud: Sandbox, tmp_path: Path, mon
     assert data["State"] == "available"  # the data volume is kept
     record = _get_json(cloud, jobs.job_record_uri(BUCKET, "half"))
     assert record["status"] == "failed" and "ship" in record["message"]
+
+
+def test_a_job_launched_without_wait_ends_its_instance_when_it_ends(cloud: Sandbox, tmp_path: Path) -> None:
+    """Issue #14: nobody waits (no --wait, Prefect may be gone): the agent itself ends the instance."""
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    volume = create_volume.fn(VolumeSpec(name="ends-data", size_gib=10), availability_zone="us-east-1a")
+    code = _code_dir(tmp_path)
+    done = train_launch(_spec(code, name="ends", steps=3, wait=False, data_volume_id=volume.id))
+    failing = _spec(code, name="ends-bad", wait=False, spot=False)
+    failing.command += ["--fail-with", "3", "--fail-at", "2"]
+    bad = train_launch(failing)
+    kept = train_launch(_spec(code, name="ends-kept", steps=2, wait=False, keep_instance=True))
+    assert done.status == bad.status == kept.status == "running"
+    ec2 = cloud.client("ec2")
+
+    def state(instance_id: str) -> str:
+        return str(
+            ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+        )
+
+    assert cloud.wait_for(lambda: state(done.instance_id) == state(bad.instance_id) == "terminated", 30, 0.5)
+    # The persistent data volume survived the terminate, detached; the work is in S3.
+    data = ec2.describe_volumes(VolumeIds=[volume.id])["Volumes"][0]
+    assert data["State"] == "available" and data["Attachments"] == []
+    assert _final_state(cloud, "ends")["step"] == 3
+    assert "done: 3 steps" in _get_text(cloud, done.log_uri)
+    status = _get_json(cloud, jobs.status_uri(BUCKET, "ends", 1))
+    assert (status["status"], status["exit_code"], status["instance_action"]) == ("succeeded", 0, "shutdown")
+    status = _get_json(cloud, jobs.status_uri(BUCKET, "ends-bad", 1))
+    assert (status["status"], status["exit_code"], status["instance_action"]) == ("failed", 3, "shutdown")
+    assert "failing with exit code 3" in _get_text(cloud, bad.log_uri)
+    # keep_instance: the job ended, the agent exited without a shutdown, and the instance still runs.
+    job_dir = Path(cloud.runtime.instance_root(kept.instance_id)) / jobs.instance_job_dir("ends-kept").lstrip("/")
+    agent_pid = job_dir / jobs.AGENT_PID_FILE
+
+    assert cloud.wait_for(lambda: agent_pid.exists() and not pid_alive(int(agent_pid.read_text())), 30, 0.5)
+    status = _get_json(cloud, jobs.status_uri(BUCKET, "ends-kept", 1))
+    assert (status["status"], status["instance_action"]) == ("succeeded", "keep")
+    assert "shutting down" not in (job_dir / jobs.AGENT_LOG_FILE).read_text()
+    assert state(kept.instance_id) == "running"
 
 
 def test_spot_interruption_checkpoints_before_termination(cloud: Sandbox, tmp_path: Path) -> None:

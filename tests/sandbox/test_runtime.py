@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -130,6 +131,47 @@ def test_file_on_a_mounted_volume_survives_the_instance_and_moves_to_another(clo
     root = cloud.runtime.instance_root(second)
     assert (root / "mnt/data").is_dir() and not (root / "mnt/data").is_symlink()
     assert not (root / "dev/xvdg").exists()
+
+
+def test_shutdown_on_the_instance_stops_or_terminates_it_as_its_shutdown_behaviour_says(cloud: Sandbox) -> None:
+    ec2 = cloud.client("ec2")
+    placement = {"AvailabilityZone": "us-east-1a"}
+    stopper = launch(cloud, Placement=placement)  # no InstanceInitiatedShutdownBehavior: AWS's default, stop
+    ender = launch(cloud, Placement=placement, InstanceInitiatedShutdownBehavior="terminate")
+    data = ec2.create_volume(AvailabilityZone="us-east-1a", Size=10, VolumeType="gp3")["VolumeId"]
+    ec2.attach_volume(VolumeId=data, InstanceId=ender, Device="/dev/sdf")  # DeleteOnTermination false, as AWS
+    described = ec2.describe_instances(InstanceIds=[ender])["Reservations"][0]["Instances"][0]
+    root_volume = next(
+        b["Ebs"]["VolumeId"] for b in described["BlockDeviceMappings"] if b["DeviceName"] == described["RootDeviceName"]
+    )
+    marker = f"TRAINCTL_ROOT={cloud.runtime.instance_root(ender)}"
+    run(cloud, ender, "nohup setsid sleep 300 >/dev/null 2>&1 &")
+    assert carrying(marker)
+    # An unsupported form is refused and changes nothing.
+    refused = cloud.runtime.spawn(stopper, ["shutdown", "-r", "now"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert refused.wait(timeout=10) == 1 and b"not supported" in refused.communicate()[1]
+    for instance_id, argv in ((stopper, ["shutdown", "-h", "now"]), (ender, ["poweroff"])):
+        proc = cloud.runtime.spawn(instance_id, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err  # it answers at once; the machine goes down a moment later
+
+    def described_state(instance_id: str) -> tuple[str, str]:
+        data = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        return data["State"]["Name"], data.get("StateReason", {}).get("Code", "")
+
+    assert cloud.wait_for(lambda: described_state(stopper)[0] == "stopped", timeout=10)
+    assert cloud.wait_for(lambda: described_state(ender)[0] == "terminated", timeout=10)
+    for instance_id in (stopper, ender):
+        assert described_state(instance_id)[1] == "Client.InstanceInitiatedShutdown"
+    assert cloud.wait_for(lambda: carrying(marker) == [], timeout=10)  # its processes ended, detached ones too
+    assert not online(cloud, stopper)
+    # Terminate deleted the root volume (DeleteOnTermination true) and detached, kept, the data volume.
+    volumes = {v["VolumeId"]: v["State"] for v in ec2.describe_volumes()["Volumes"]}
+    assert root_volume not in volumes and volumes[data] == "available"
+    assert not (cloud.runtime.instance_root(ender) / "dev/nvme1n1").exists()
+    # A stopped instance starts again, as on AWS.
+    ec2.start_instances(InstanceIds=[stopper])
+    assert cloud.wait_for(lambda: online(cloud, stopper), timeout=10)
 
 
 def test_snapshot_restores_into_a_new_volume(cloud: Sandbox) -> None:
