@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -80,3 +80,28 @@ def exported_sandbox(*, boot_delay: float = 0.2) -> Iterator[Sandbox]:
                 else:
                     os.environ[key] = value
             clear_client_cache()
+
+
+def raw_volume(ec2: Any, tags: dict[str, str], zone: str = "us-east-1a") -> str:
+    """A 10 GiB volume made directly with EC2 (not through trainctl), carrying exactly `tags`: a scene's own
+    resources (trainctl's tags) or other people's (none, or everything but the managed tag)."""
+    from core import tags as t
+
+    specs = t.tag_specifications("volume", tags) if tags else []
+    return str(ec2.create_volume(AvailabilityZone=zone, Size=10, TagSpecifications=specs)["VolumeId"])
+
+
+def raw_instance(ec2: Any, tags: dict[str, str], zone: str = "us-east-1a") -> str:
+    """A t3.micro made directly with EC2 (not through trainctl), carrying exactly `tags`."""
+    from core import tags as t
+
+    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    made = ec2.run_instances(
+        ImageId=image_id,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        Placement={"AvailabilityZone": zone},
+        TagSpecifications=t.tag_specifications("instance", tags),
+    )
+    return str(made["Instances"][0]["InstanceId"])

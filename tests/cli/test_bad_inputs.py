@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from core import tags as t
 from sandbox import Sandbox
+from tests.conftest import raw_instance, raw_volume
 
 BUCKET = "bad-inputs-bucket"
 ZONE = "us-east-1a"
@@ -341,22 +342,12 @@ def scene(cloud: Sandbox) -> dict[str, str]:
     """trainctl's: a protected data volume with a snapshot, a volume in another zone, a running instance with a
     volume attached. Other people's: a volume, a snapshot, and a running instance with their volume attached."""
     ec2 = cloud.client("ec2")
-    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
 
     def volume(tags: dict[str, str], zone: str = ZONE) -> str:
-        specs = t.tag_specifications("volume", tags) if tags else []
-        return str(ec2.create_volume(AvailabilityZone=zone, Size=10, TagSpecifications=specs)["VolumeId"])
+        return raw_volume(ec2, tags, zone)
 
     def instance(tags: dict[str, str]) -> str:
-        made = ec2.run_instances(
-            ImageId=image_id,
-            InstanceType="t3.micro",
-            MinCount=1,
-            MaxCount=1,
-            Placement={"AvailabilityZone": ZONE},
-            TagSpecifications=t.tag_specifications("instance", tags),
-        )
-        return str(made["Instances"][0]["InstanceId"])
+        return raw_instance(ec2, tags, ZONE)
 
     ours = t.managed_tags(job="bad-inputs", role=t.Role.DATA, name="ours-data", persistent=True, protected=True)
     ids = {

@@ -26,6 +26,7 @@ from cli.main import app
 from cli.output import format_age
 from core import tags as t
 from sandbox import Sandbox
+from tests.conftest import raw_instance, raw_volume
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "bert-pretrain"
@@ -42,22 +43,12 @@ def scene(cloud: Sandbox) -> dict[str, str]:
     """Managed: a persistent data volume + snapshot, a training instance with a scratch volume attached, a legacy
     runctl volume. Not managed: an instance and a volume that carry everything but the ownership tag."""
     ec2 = cloud.client("ec2")
-    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
 
     def volume(tags: dict[str, str], zone: str = "us-east-1a") -> str:
-        specs = t.tag_specifications("volume", tags) if tags else []
-        return str(ec2.create_volume(AvailabilityZone=zone, Size=10, TagSpecifications=specs)["VolumeId"])
+        return raw_volume(ec2, tags, zone)
 
     def instance(tags: dict[str, str]) -> str:
-        made = ec2.run_instances(
-            ImageId=image_id,
-            InstanceType="t3.micro",
-            MinCount=1,
-            MaxCount=1,
-            Placement={"AvailabilityZone": "us-east-1a"},
-            TagSpecifications=t.tag_specifications("instance", tags),
-        )
-        return str(made["Instances"][0]["InstanceId"])
+        return raw_instance(ec2, tags, "us-east-1a")
 
     ids = {
         "data": volume(t.managed_tags(job=JOB, role=t.Role.DATA, name="bert-data", persistent=True)),
