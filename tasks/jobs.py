@@ -29,11 +29,11 @@ _LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 class JobChangedError(UsageError):
     """The record changed between this command's read and its write: nothing was written."""
 
-    def __init__(self, job: str) -> None:
+    def __init__(self, job: str, bucket: str) -> None:
         self.job = job
         super().__init__(
             f"job {job} was changed by another command at the same time (another launch?)",
-            fix=f"run `trainctl train status {job}` and retry",
+            fix=f"Run `trainctl train status {job} --bucket {bucket}` and retry",
         )
 
 
@@ -83,7 +83,7 @@ def write_record(record: JobRecord, *, expected_etag: str | None, account: str |
     except Exception as exc:
         code = getattr(exc, "code", "")
         if code in _LOST_RACE or (expected_etag is not None and code in {"NoSuchKey", "404"}):
-            raise JobChangedError(record.name) from exc
+            raise JobChangedError(record.name, record.bucket) from exc
         raise
     return str(put["ETag"])
 

@@ -245,7 +245,7 @@ def test_two_launches_of_one_name_at_once_launch_one_instance(
     [winner] = [r for r in results if not isinstance(r, Exception)]
     [lost] = [r for r in results if isinstance(r, Exception)]
     assert isinstance(lost, JobChangedError) and "changed by another command at the same time" in str(lost)
-    assert "trainctl train status race" in str(lost)
+    assert f"trainctl train status race --bucket {BUCKET}` and retry" in str(lost)
     found = cloud.client("ec2").describe_instances(Filters=[{"Name": f"tag:{t.JOB}", "Values": ["race"]}])
     assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [winner.instance_id]
     record = _get_json(cloud, jobs.job_record_uri(BUCKET, "race"))
