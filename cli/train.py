@@ -213,14 +213,14 @@ def launch(
 # -- status / logs / stop -------------------------------------------------------------------------------------
 
 
-def _record(bucket: str, job: str, account: str | None) -> Any:
-    from core.launch import JobRecord
-    from tasks.code import read_json
+def _record(bucket: str, job: str, account: str | None, *, save: bool = False) -> tuple[Any, dict[str, Any] | None]:
+    """The record following the agent's final status (tasks.jobs.current_record) and the agent's status."""
+    from tasks.jobs import current_record
 
-    data = read_json(jobs.job_record_uri(bucket, job), account=account)
-    if data is None:
+    record, _, agent = current_record(bucket, job, save=save, account=account)
+    if record is None:
         raise UsageError(f"no job {job!r} in s3://{bucket}/{jobs.JOBS_ROOT}/", fix="Check --bucket and the job name.")
-    return JobRecord.model_validate(data)
+    return record, agent
 
 
 def _instance_state(instance_id: str | None, account: str | None) -> str | None:
@@ -243,10 +243,7 @@ def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: J
     jobs.validate_job_name(job, field="job")
     bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
-        from tasks.code import read_json
-
-        record = _record(bucket, job, account)
-        agent = read_json(jobs.status_uri(bucket, job, record.attempt), account=account)
+        record, agent = _record(bucket, job, account, save=True)
         instance_state = _instance_state(record.instance_id, account)
     result = {
         "job": record.model_dump(mode="json", exclude={"spec"}),
@@ -292,7 +289,7 @@ def logs(
         from tasks.code import read_text
         from tasks.ssm import run_script
 
-        record = _record(bucket, job, account)
+        record, _ = _record(bucket, job, account)
         n = attempt or record.attempt
         live = n == record.attempt and _instance_state(record.instance_id, account) == "running"
         collected: list[str] = []
@@ -328,9 +325,9 @@ def logs(
                     offset = got[1]
                 if not follow:
                     break
-                from tasks.code import read_json
+                from tasks.jobs import read_agent_status
 
-                agent = read_json(jobs.status_uri(bucket, job, n), account=account) or {}
+                agent = read_agent_status.fn(bucket, job, n, account=account) or {}
                 if agent.get("status") not in (None, "running"):
                     tail = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
                     if tail:
@@ -358,10 +355,10 @@ def stop(
         from core.launch import agent_command_script
         from core.models import JobStatus
         from core.shell import quote
+        from tasks.jobs import update_attempt
         from tasks.ssm import CommandFailedError, run_script
-        from tasks.storage import put_json
 
-        record = _record(bucket, job, account)
+        record, _ = _record(bucket, job, account)
         if _instance_state(record.instance_id, account) != "running":
             raise UsageError(f"job {job} has no running instance (record: {record.status.value})")
         script = agent_command_script(job, "stop")
@@ -371,9 +368,11 @@ def stop(
         if not result.ok:
             raise CommandFailedError(result, "agent stop")
         final = json.loads(result.stdout[result.stdout.index("{") :]) if "{" in result.stdout else {}
-        record.status = JobStatus.STOPPED
-        record.exit_code = final.get("exit_code")
-        put_json.fn(jobs.job_record_uri(bucket, job), record.model_dump(mode="json"), account=account)
+        record.status, record.exit_code = JobStatus.STOPPED, final.get("exit_code")
+        # The record as stored now (the stop took a while; a `train status` may have written it meanwhile).
+        update_attempt(
+            bucket, job, record.attempt, {"status": record.status, "exit_code": record.exit_code}, account=account
+        )
     if json_output:
         emit_json(final)
         return

@@ -30,9 +30,16 @@ The agent (agent/, standard library only) cannot import this module; tests/agent
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+from core.models import JobStatus
 from core.names import NameKind, validate_name
 from core.s3uri import S3Uri
+
+if TYPE_CHECKING:  # core.launch imports this module: the model is only named here
+    from core.launch import JobRecord
 
 # The agent's copy of the rule (it cannot import core; tests/agent compares them). core.names holds the rule itself.
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -90,3 +97,39 @@ def checkpoint_folder(seq: int) -> str:
 def instance_job_dir(job: str) -> str:
     """The job's folder on the instance, before the $TRAINCTL_ROOT prefix (see core.shell.on_instance)."""
     return f"{INSTANCE_JOBS_DIR}/{validate_job_name(job)}"
+
+
+# What the agent writes as its status (agent STATUSES) once the attempt is over; "running" is its only other word.
+FINAL_AGENT_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "interrupted"})
+
+
+def _agent_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def reconcile(record: JobRecord, agent_status: Mapping[str, Any] | None) -> JobRecord | None:
+    """The record once it follows the agent's final status for its attempt; None when nothing changes.
+
+    The agent writes its status (status_uri) and may shut the instance down with Prefect gone: when it said the
+    attempt ended, the record must not keep saying `running`. A status of another attempt, or a non-final one,
+    changes nothing; neither does a record that already ended (its end was recorded by whoever saw it first).
+    """
+    if not agent_status or record.status not in {JobStatus.PENDING, JobStatus.RUNNING}:
+        return None
+    word = agent_status.get("status")
+    if word not in FINAL_AGENT_STATUSES or agent_status.get("attempt", record.attempt) != record.attempt:
+        return None
+    code = agent_status.get("exit_code")
+    exit_code = code if isinstance(code, int) and not isinstance(code, bool) else record.exit_code
+    return record.model_copy(
+        update={
+            "status": JobStatus(word),
+            "exit_code": exit_code,
+            "finished_at": _agent_time(agent_status.get("ended_at")) or record.finished_at,
+        }
+    )

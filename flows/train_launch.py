@@ -28,7 +28,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 from prefect.runtime import flow_run
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from blocks.templates import load_template
 from core import jobs
@@ -53,7 +53,7 @@ from core.launch import (
 from core.models import Instance, JobStatus, Volume
 from core.prewarm import unmount_script
 from flows.reporting import StepProgress, artifact_key, markdown_report
-from tasks.code import CodePackage, check_bucket, package_agent, package_code, read_json, read_text, upload_file
+from tasks.code import CodePackage, check_bucket, package_agent, package_code, read_text, upload_file
 from tasks.instances import (
     DEFAULT_AMI_PARAMETER,
     LaunchRequest,
@@ -63,8 +63,8 @@ from tasks.instances import (
     validate_request,
 )
 from tasks.instances import terminate_launched_instance as terminate
+from tasks.jobs import JobChangedError, read_agent_status, read_record, update_attempt, write_record
 from tasks.ssm import run_command, run_script, wait_online
-from tasks.storage import put_json
 from tasks.volumes import (
     attach_volume,
     describe_instance,
@@ -119,6 +119,7 @@ class _Plan(BaseModel):
     volume: Volume | None
     move_to: str | None
     previous: JobRecord | None
+    etag: str | None  # of the record read: the new attempt is written only if it is still the one read
     request: LaunchRequest
 
 
@@ -126,14 +127,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _previous_record(spec: JobSpec) -> JobRecord | None:
-    data = read_json(jobs.job_record_uri(spec.bucket, spec.name), account=spec.account)
-    if data is None:
-        return None
-    try:
-        return JobRecord.model_validate(data)
-    except ValidationError:
-        return None  # a record from another tool's version: start over at attempt 1 rather than fail
+def _previous_record(spec: JobSpec) -> tuple[JobRecord | None, str | None]:
+    """The record and its ETag, following the agent's final status (an ended job is not `running`). A record
+    from another tool's version reads as None: the job starts over at attempt 1 rather than fail."""
+    previous, etag = read_record(spec.bucket, spec.name, account=spec.account)
+    if previous is not None and previous.status in {JobStatus.PENDING, JobStatus.RUNNING}:
+        agent = read_agent_status(spec.bucket, spec.name, previous.attempt, account=spec.account)
+        previous = jobs.reconcile(previous, agent) or previous
+    return previous, etag
 
 
 def _refuse_if_running(spec: JobSpec, previous: JobRecord | None) -> None:
@@ -156,7 +157,7 @@ def _plan(spec: JobSpec) -> _Plan:
     """Every check that needs no mutation. Raises on the first problem, naming the field and the fix."""
     template = load_template(spec.template)
     check_bucket(spec.bucket, account=spec.account)
-    previous = _previous_record(spec)
+    previous, etag = _previous_record(spec)
     _refuse_if_running(spec, previous)
     template_zone = subnet_zone(template.subnet_id, account=spec.account) if template.subnet_id else None
     template_zone = template_zone or template.availability_zone
@@ -208,13 +209,16 @@ def _plan(spec: JobSpec) -> _Plan:
         shutdown_behavior="terminate",
     )
     validate_request(request, account=spec.account)
-    return _Plan(template=template, zone=zone, volume=volume, move_to=move_to, previous=previous, request=request)
+    return _Plan(
+        template=template, zone=zone, volume=volume, move_to=move_to, previous=previous, etag=etag, request=request
+    )
 
 
-def _save(spec: JobSpec, record: JobRecord) -> JobRecord:
+def _save(spec: JobSpec, record: JobRecord, etag: str | None) -> str:
+    """Write the record if it is still as this run last read or wrote it (`etag`; None: a new job). Returns the new
+    ETag. Another writer's change in between raises JobChangedError (the first write claims the attempt)."""
     record.updated_at = _now()
-    put_json(jobs.job_record_uri(spec.bucket, spec.name), record.model_dump(mode="json"), account=spec.account)
-    return record
+    return write_record(record, expected_etag=etag, account=spec.account)
 
 
 @flow(name="train-launch", flow_run_name="train-{spec.name}", log_prints=True)
@@ -252,21 +256,21 @@ def _launch(
     attempt = next_attempt(plan.previous)
     key = launch_key(spec.name, attempt)
     staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
-    record = _save(
-        spec,
-        JobRecord(
-            name=spec.name,
-            bucket=spec.bucket,
-            attempt=attempt,
-            status=JobStatus.PENDING,
-            volume_id=spec.data_volume_id,
-            checkpoint_uri=spec.resolved_checkpoint_uri,
-            mount_point=spec.resolved_mount_point,
-            instance_type=plan.template.instance_type,
-            created_at=plan.previous.created_at if plan.previous else _now(),
-            spec=spec.model_dump(mode="json"),
-        ),
+    record = JobRecord(
+        name=spec.name,
+        bucket=spec.bucket,
+        attempt=attempt,
+        status=JobStatus.PENDING,
+        volume_id=spec.data_volume_id,
+        checkpoint_uri=spec.resolved_checkpoint_uri,
+        mount_point=spec.resolved_mount_point,
+        instance_type=plan.template.instance_type,
+        created_at=plan.previous.created_at if plan.previous else _now(),
+        spec=spec.model_dump(mode="json"),
     )
+    # The claim: of two launches of this name that read the same record, only one gets past this write, before
+    # anything is launched; the other fails with JobChangedError.
+    etag = _save(spec, record, plan.etag)
     log.info("job %s attempt %d recorded at %s", spec.name, attempt, jobs.job_record_uri(spec.bucket, spec.name))
 
     volume = plan.volume
@@ -284,7 +288,7 @@ def _launch(
         instance = launch_instance(request, account=account)
         record.instance_id, record.capacity_type = instance.id, instance.lifecycle
         record.availability_zone, record.launched_at = instance.availability_zone, _now()
-        _save(spec, record)
+        etag = _save(spec, record, etag)
         log.info(
             "%s %s instance %s in %s",
             instance.lifecycle,
@@ -327,7 +331,7 @@ def _launch(
             _now(),
         )
         try:
-            _save(spec, record)
+            _save(spec, record, etag)
         except Exception as save_exc:
             cleaned.append(f"job record NOT updated ({save_exc})")
         markdown_report(
@@ -344,7 +348,7 @@ def _launch(
         raise
 
     record.status = JobStatus.RUNNING
-    _save(spec, record)
+    etag = _save(spec, record, etag)
     emit_event(
         event="trainctl.job.launched",
         resource={"prefect.resource.id": f"trainctl.job.{spec.name}", "prefect.resource.name": spec.name},
@@ -378,7 +382,7 @@ def _launch(
     )
     if spec.wait:
         progress.step("wait")
-        report = _wait(spec, record, report)
+        report = _wait(spec, record, etag, report)
         progress.step("finish")
         if spec.terminate_when_done and not spec.keep_instance:
             report.instance_terminated = _finish(spec, volume, instance, key)
@@ -428,8 +432,8 @@ class _LogStream:
 
 
 def _agent_status(spec: JobSpec, attempt: int) -> dict[str, Any] | None:
-    data = read_json(jobs.status_uri(spec.bucket, spec.name, attempt), account=spec.account)
-    return data if isinstance(data, dict) else None
+    # A plain call, not a task run: the wait loop polls it every few seconds.
+    return read_agent_status.fn(spec.bucket, spec.name, attempt, account=spec.account)
 
 
 def _status_word(status: dict[str, Any] | None) -> str | None:
@@ -439,7 +443,7 @@ def _status_word(status: dict[str, Any] | None) -> str | None:
     return str(value) if value else None
 
 
-def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchReport:
+def _wait(spec: JobSpec, record: JobRecord, etag: str, report: LaunchReport) -> LaunchReport:
     """Poll the instance over SSM (exit code, liveness, new log bytes); if the instance goes away, read what the
     agent left in S3. Ends when the trainer has exited and the agent finished its final checkpoint upload."""
     log = get_run_logger()
@@ -470,10 +474,10 @@ def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchRepor
                     poll.offset >= poll.size
                 ):
                     stream.flush()
-                    return _record_end(spec, record, report, exit_code=poll.exit_code, agent_status=status)
+                    return _record_end(spec, record, etag, report, exit_code=poll.exit_code, agent_status=status)
             elif poll.started and not poll.job_alive and not poll.agent_alive:
                 stream.flush()
-                return _record_end(spec, record, report, exit_code=None, agent_status=None, lost=True)
+                return _record_end(spec, record, etag, report, exit_code=None, agent_status=None, lost=True)
             delay = 0.5 if poll.chunk else min(delay * 1.5, 5.0)
         else:
             state = describe_instance(instance_id, account=spec.account).state
@@ -491,7 +495,7 @@ def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchRepor
                 status = _status_word(agent) or "interrupted"
                 code = agent.get("exit_code")
                 return _record_end(
-                    spec, record, report, exit_code=code if isinstance(code, int) else None, agent_status=status
+                    spec, record, etag, report, exit_code=code if isinstance(code, int) else None, agent_status=status
                 )
             log.warning("poll failed (%s); trying again", result.describe_failure() if result else "not running")
         if time.monotonic() > deadline:
@@ -506,6 +510,7 @@ def _wait(spec: JobSpec, record: JobRecord, report: LaunchReport) -> LaunchRepor
 def _record_end(
     spec: JobSpec,
     record: JobRecord,
+    etag: str,
     report: LaunchReport,
     *,
     exit_code: int | None,
@@ -524,7 +529,13 @@ def _record_end(
     record.status, record.exit_code, record.finished_at = status, exit_code, _now()
     if lost:
         record.message = "the trainer and the agent ended without an exit code (killed?)"
-    _save(spec, record)
+    try:
+        _save(spec, record, etag)
+    except JobChangedError:
+        # `train status` or `train stop` recorded this attempt's end meanwhile: ours (seen to the end) replaces it,
+        # unless a later attempt has claimed the name.
+        ended = record.model_dump(include={"status", "exit_code", "finished_at", "message"})
+        update_attempt(spec.bucket, spec.name, record.attempt, ended, account=spec.account)
     get_run_logger().info("job %s attempt %d: %s (exit code %s)", spec.name, record.attempt, status.value, exit_code)
     return report.model_copy(update={"status": status.value, "exit_code": exit_code})
 

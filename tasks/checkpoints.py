@@ -4,7 +4,6 @@ objects, read from the layout in core/jobs.py. Listing only: deletions go throug
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Any
@@ -14,6 +13,7 @@ from core import jobs
 from core.s3uri import parse_s3_uri
 from core.teardown import BucketLeftovers, CheckpointSet, JobStorage, PendingUpload, StoredObject
 from tasks.aws import aws_task, translate
+from tasks.jobs import current_record
 from tasks.storage import list_uploads
 
 _CKPT = re.compile(r"^ckpt-(\d+)/")
@@ -27,18 +27,6 @@ def _objects(s3: Any, bucket: str, prefix: str) -> list[StoredObject]:
             for obj in page.get("Contents", []):
                 found.append(StoredObject(key=obj["Key"], size=int(obj["Size"]), last_modified=obj["LastModified"]))
     return found
-
-
-def _record(s3: Any, bucket: str, job: str) -> dict[str, Any] | None:
-    key = parse_s3_uri(jobs.job_record_uri(bucket, job)).key
-    try:
-        with translate("s3:GetObject"):
-            data = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except Exception as exc:
-        if getattr(exc, "code", "") in {"NoSuchKey", "404"}:
-            return None
-        raise
-    return data if isinstance(data, dict) else None
 
 
 def group_checkpoints(bucket: str, prefix: str, objects: list[StoredObject]) -> list[CheckpointSet]:
@@ -84,23 +72,19 @@ def _heartbeats(s3: Any, bucket: str, job: str) -> dict[int, datetime]:
     return beats
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def job_storage_fn(bucket: str, job: str, *, account: str | None = None) -> JobStorage:
     s3 = load_account(account).client("s3")
-    record = _record(s3, bucket, job) or {}
-    checkpoint_uri = record.get("checkpoint_uri") or jobs.default_checkpoint_uri(bucket, job)
+    # The record as the agent left it: a job whose agent said it ended is not `running` to teardown.
+    record, _, _ = current_record(bucket, job, account=account)
+    checkpoint_uri = (record.checkpoint_uri if record else None) or jobs.default_checkpoint_uri(bucket, job)
     ckpt = parse_s3_uri(str(checkpoint_uri), field="checkpoint_uri")
     staging = jobs.job_prefix(bucket, job).join("staging").prefix
-    instance_id = record.get("instance_id")
     return JobStorage(
         job=job,
         bucket=bucket,
-        status=record.get("status"),
-        attempt=_int_or_none(record.get("attempt")),
-        instance_id=instance_id if isinstance(instance_id, str) else None,
+        status=record.status.value if record else None,
+        attempt=record.attempt if record else None,
+        instance_id=record.instance_id if record else None,
         heartbeats=_heartbeats(s3, bucket, job) if record else {},
         staging_prefix=staging,
         staging=_objects(s3, bucket, staging),

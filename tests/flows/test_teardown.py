@@ -76,7 +76,7 @@ def _stop_training(instance_id: str, job: str) -> None:
 
 
 def _job_record(cloud: Sandbox, job: str, status: str) -> None:
-    record = {"name": job, "status": status, "created_at": datetime.now(UTC).isoformat()}
+    record = {"name": job, "bucket": BUCKET, "status": status, "created_at": datetime.now(UTC).isoformat()}
     cloud.client("s3").put_object(Bucket=BUCKET, Key=f"{jobs.JOBS_ROOT}/{job}/job.json", Body=json.dumps(record))
 
 

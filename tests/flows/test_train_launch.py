@@ -9,14 +9,17 @@ import hashlib
 import json
 import secrets
 import shutil
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from agent.trainctl_agent import pid_alive
+from cli.main import app
 from core import jobs
 from core import tags as t
 from core.ebs import VolumeSpec
@@ -24,6 +27,7 @@ from core.errors import InvalidInputError
 from core.launch import JobSpec, TemplateSpec
 from flows.train_launch import JobFailedError, LaunchFailedError, train_launch
 from sandbox import Sandbox
+from tasks.jobs import JobChangedError, read_record
 from tasks.volumes import create_volume
 
 pytestmark = pytest.mark.sandbox
@@ -200,6 +204,52 @@ def test_a_job_launched_without_wait_ends_its_instance_when_it_ends(cloud: Sandb
     assert (status["status"], status["instance_action"]) == ("succeeded", "keep")
     assert "shutting down" not in (job_dir / jobs.AGENT_LOG_FILE).read_text()
     assert state(kept.instance_id) == "running"
+    # Issue #14: the record follows the agent's final status: `train status` shows it and writes it back.
+    for name, word, exit_code in (("ends", "succeeded", 0), ("ends-bad", "failed", 3)):
+        assert _get_json(cloud, jobs.job_record_uri(BUCKET, name))["status"] == "running"  # nobody waited
+        shown = CliRunner().invoke(app, ["train", "status", name, "--bucket", BUCKET])
+        assert shown.exit_code == 0, shown.output
+        assert f"{name} attempt 1: {word} (agent: {word})" in shown.stdout and f"exit code: {exit_code}" in shown.stdout
+        record = _get_json(cloud, jobs.job_record_uri(BUCKET, name))
+        assert (record["status"], record["exit_code"], record["attempt"]) == (word, exit_code, 1)
+        assert record["finished_at"] and record["instance_id"] in {done.instance_id, bad.instance_id}
+
+
+def test_two_launches_of_one_name_at_once_launch_one_instance(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #14: both read the (absent) record before either writes; the claim lets exactly one through."""
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    code = _code_dir(tmp_path)
+    both_read = threading.Barrier(2, timeout=60)
+
+    def read_then_wait(bucket: str, job: str, *, account: str | None = None) -> Any:
+        got = read_record.fn(bucket, job, account=account)
+        both_read.wait()
+        return got
+
+    monkeypatch.setattr("flows.train_launch.read_record", read_then_wait)
+    results: list[Any] = []
+
+    def launch() -> None:
+        try:
+            results.append(train_launch(_spec(code, name="race", steps=2, wait=False)))
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=launch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    [winner] = [r for r in results if not isinstance(r, Exception)]
+    [lost] = [r for r in results if isinstance(r, Exception)]
+    assert isinstance(lost, JobChangedError) and "changed by another command at the same time" in str(lost)
+    assert f"trainctl train status race --bucket {BUCKET}` and retry" in str(lost)
+    found = cloud.client("ec2").describe_instances(Filters=[{"Name": f"tag:{t.JOB}", "Values": ["race"]}])
+    assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [winner.instance_id]
+    record = _get_json(cloud, jobs.job_record_uri(BUCKET, "race"))
+    assert (record["attempt"], record["instance_id"]) == (1, winner.instance_id)
 
 
 def test_spot_interruption_checkpoints_before_termination(cloud: Sandbox, tmp_path: Path) -> None:

@@ -1,0 +1,139 @@
+"""The one job store: the job record (`job.json`) read with its ETag and written conditionally, and the agent's status.
+
+Every write is an S3 conditional write (DESIGN.md section 5): `IfNoneMatch="*"` claims a new job name,
+`IfMatch=<etag read>` updates a record nobody changed since it was read. Of two writers, one wins; the other gets
+`JobChangedError` and writes nothing. Layout: core/jobs.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from blocks.aws import load_account
+from core import jobs
+from core.errors import UsageError
+from core.launch import JobRecord
+from core.s3uri import parse_s3_uri
+from tasks.aws import aws_task, translate
+
+# S3's answers to a conditional write that lost: 412 (the ETag or existence check failed) and 409 (another
+# conditional write to the key was in flight). With IfMatch, a key deleted meanwhile answers NoSuchKey.
+_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
+class JobChangedError(UsageError):
+    """The record changed between this command's read and its write: nothing was written."""
+
+    def __init__(self, job: str, bucket: str) -> None:
+        self.job = job
+        super().__init__(
+            f"job {job} was changed by another command at the same time (another launch?)",
+            fix=f"Run `trainctl train status {job} --bucket {bucket}` and retry",
+        )
+
+
+def _location(bucket: str, job: str) -> tuple[str, str]:
+    parsed = parse_s3_uri(jobs.job_record_uri(bucket, job))
+    return parsed.bucket, parsed.key
+
+
+@aws_task(name="read-job-record", tags=["aws-s3"])
+def read_record(bucket: str, job: str, *, account: str | None = None) -> tuple[JobRecord | None, str | None]:
+    """The record and its ETag; (None, None) when there is none. A record this version cannot parse (another
+    tool's) reads as no record but keeps its ETag, so replacing it is still a conditional write."""
+    s3_bucket, key = _location(bucket, job)
+    try:
+        with translate("s3:GetObject"):
+            got = load_account(account).client("s3").get_object(Bucket=s3_bucket, Key=key)
+            body, etag = got["Body"].read(), str(got["ETag"])
+    except Exception as exc:
+        if getattr(exc, "code", "") in {"NoSuchKey", "404", "NotFound"}:
+            return None, None
+        raise
+    try:
+        return JobRecord.model_validate(json.loads(body)), etag
+    except (ValidationError, ValueError):
+        return None, etag
+
+
+@aws_task(name="write-job-record", tags=["aws-s3"])
+def write_record(record: JobRecord, *, expected_etag: str | None, account: str | None = None) -> str:
+    """Write the record if it is still as read (`expected_etag`; None: only if there is no record yet). Returns
+    the new ETag, the one the next write of this writer expects. Raises JobChangedError when another won."""
+    s3_bucket, key = _location(record.bucket, record.name)
+    condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
+    try:
+        with translate("s3:PutObject"):
+            put = (
+                load_account(account)
+                .client("s3")
+                .put_object(
+                    Bucket=s3_bucket,
+                    Key=key,
+                    Body=json.dumps(record.model_dump(mode="json"), indent=2).encode(),
+                    ContentType="application/json",
+                    **condition,
+                )
+            )
+    except Exception as exc:
+        code = getattr(exc, "code", "")
+        if code in _LOST_RACE or (expected_etag is not None and code in {"NoSuchKey", "404"}):
+            raise JobChangedError(record.name, record.bucket) from exc
+        raise
+    return str(put["ETag"])
+
+
+@aws_task(name="read-agent-status", tags=["aws-s3"])
+def read_agent_status(bucket: str, job: str, attempt: int, *, account: str | None = None) -> dict[str, Any] | None:
+    """The agent's status document of one attempt (core/jobs.py status_uri), or None before it wrote one."""
+    parsed = parse_s3_uri(jobs.status_uri(bucket, job, attempt))
+    try:
+        with translate("s3:GetObject"):
+            body = load_account(account).client("s3").get_object(Bucket=parsed.bucket, Key=parsed.key)["Body"].read()
+    except Exception as exc:
+        if getattr(exc, "code", "") in {"NoSuchKey", "404", "NotFound"}:
+            return None
+        raise
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None  # a half-written or foreign document: no status yet
+    return data if isinstance(data, dict) else None
+
+
+def current_record(
+    bucket: str, job: str, *, save: bool = False, account: str | None = None
+) -> tuple[JobRecord | None, str | None, dict[str, Any] | None]:
+    """The record as it stands once it follows the agent's final status (core.jobs.reconcile), its ETag, and the
+    agent's status. With `save`, a record that changed is written back if nobody changed it since it was read (a
+    lost race means another command updated it: this view is just not saved)."""
+    record, etag = read_record.fn(bucket, job, account=account)
+    if record is None:
+        return None, etag, None
+    agent = read_agent_status.fn(bucket, job, record.attempt, account=account)
+    reconciled = jobs.reconcile(record, agent)
+    if reconciled is None:
+        return record, etag, agent
+    if save and etag is not None:
+        reconciled.updated_at = datetime.now(UTC)
+        with contextlib.suppress(JobChangedError):
+            etag = write_record.fn(reconciled, expected_etag=etag, account=account)
+    return reconciled, etag, agent
+
+
+def update_attempt(
+    bucket: str, job: str, attempt: int, changes: dict[str, Any], *, account: str | None = None
+) -> JobRecord | None:
+    """Apply `changes` to the stored record if it is still the one of `attempt` (else a later launch owns the name:
+    None, nothing written). One conditional write: JobChangedError if another command wrote in between."""
+    stored, etag = read_record.fn(bucket, job, account=account)
+    if stored is None or etag is None or stored.attempt != attempt:
+        return None
+    updated = stored.model_copy(update={**changes, "updated_at": datetime.now(UTC)})
+    write_record.fn(updated, expected_etag=etag, account=account)
+    return updated

@@ -1,0 +1,81 @@
+"""tasks/jobs.py, the one job store, against the sandbox's S3 (which honours conditional writes as S3 does): what
+job.json holds after each write, a stale writer refused, and the record following the agent's final status."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from core import jobs
+from core.launch import JobRecord
+from core.models import JobStatus
+from sandbox import Sandbox
+from tasks.jobs import JobChangedError, current_record, read_record, update_attempt, write_record
+from tests.conftest import exported_sandbox
+
+pytestmark = pytest.mark.sandbox
+BUCKET = "store-jobs"
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Sandbox]:
+    with exported_sandbox() as sandbox:
+        sandbox.client("s3").create_bucket(Bucket=BUCKET)
+        yield sandbox
+
+
+def _stored(cloud: Sandbox, job: str) -> dict[str, Any]:
+    key = jobs.job_record_uri(BUCKET, job).removeprefix(f"s3://{BUCKET}/")
+    return dict(json.loads(cloud.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+
+
+def _record(job: str, attempt: int = 1, status: JobStatus = JobStatus.RUNNING) -> JobRecord:
+    return JobRecord(name=job, bucket=BUCKET, attempt=attempt, status=status, created_at=datetime.now(UTC))
+
+
+def test_writes_are_conditional_on_what_was_read(cloud: Sandbox) -> None:
+    assert read_record.fn(BUCKET, "cond") == (None, None)
+    first = write_record.fn(_record("cond"), expected_etag=None)  # claims the name
+    with pytest.raises(JobChangedError, match="changed by another command at the same time"):
+        write_record.fn(_record("cond", attempt=9), expected_etag=None)  # a second claim of the name
+    record, etag = read_record.fn(BUCKET, "cond")
+    assert record is not None and record.attempt == 1 and etag == first
+    second = write_record.fn(_record("cond", attempt=2), expected_etag=etag)
+    with pytest.raises(JobChangedError, match=f"trainctl train status cond --bucket {BUCKET}"):
+        write_record.fn(_record("cond", attempt=3), expected_etag=first)  # stale: read before attempt 2
+    assert _stored(cloud, "cond")["attempt"] == 2 and read_record.fn(BUCKET, "cond")[1] == second
+
+
+def test_a_record_it_cannot_parse_is_replaced_only_conditionally(cloud: Sandbox) -> None:
+    key = jobs.job_record_uri(BUCKET, "foreign").removeprefix(f"s3://{BUCKET}/")
+    cloud.client("s3").put_object(Bucket=BUCKET, Key=key, Body=b'{"made_by": "another tool"}')
+    record, etag = read_record.fn(BUCKET, "foreign")
+    assert record is None and etag is not None
+    with pytest.raises(JobChangedError):
+        write_record.fn(_record("foreign"), expected_etag=None)
+    write_record.fn(_record("foreign"), expected_etag=etag)
+    assert _stored(cloud, "foreign")["name"] == "foreign"
+
+
+def test_the_record_follows_the_agents_final_status_when_saved(cloud: Sandbox) -> None:
+    write_record.fn(_record("ended", attempt=2), expected_etag=None)
+    status_key = jobs.status_uri(BUCKET, "ended", 2).removeprefix(f"s3://{BUCKET}/")
+    agent = {"attempt": 2, "status": "failed", "exit_code": 3, "ended_at": "2026-01-01T00:00:00.000+00:00"}
+    cloud.client("s3").put_object(Bucket=BUCKET, Key=status_key, Body=json.dumps(agent).encode())
+
+    record, _, seen = current_record(BUCKET, "ended")  # a read: nothing written
+    assert record is not None and record.status == JobStatus.FAILED and seen == agent
+    assert _stored(cloud, "ended")["status"] == "running"
+    current_record(BUCKET, "ended", save=True)
+    stored = _stored(cloud, "ended")
+    assert (stored["status"], stored["exit_code"], stored["finished_at"]) == ("failed", 3, "2026-01-01T00:00:00Z")
+
+    # update_attempt touches only the attempt it names: a later attempt owns the name.
+    assert update_attempt(BUCKET, "ended", 1, {"status": JobStatus.STOPPED}) is None
+    assert _stored(cloud, "ended")["status"] == "failed"
+    update_attempt(BUCKET, "ended", 2, {"status": JobStatus.STOPPED, "exit_code": 143})
+    assert (_stored(cloud, "ended")["status"], _stored(cloud, "ended")["exit_code"]) == ("stopped", 143)
