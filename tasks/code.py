@@ -184,11 +184,3 @@ def read_text(uri: str, *, offset: int = 0, account: str | None = None) -> tuple
             return "", offset
         raise
     return body.decode("utf-8", errors="replace"), offset + len(body)
-
-
-def read_json(uri: str, *, account: str | None = None) -> Any | None:
-    """A small JSON object, or None when it does not exist (a job record before the first launch)."""
-    import json
-
-    got = read_text(uri, account=account)
-    return None if got is None else json.loads(got[0])
