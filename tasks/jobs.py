@@ -67,25 +67,34 @@ def write_record(record: JobRecord, *, expected_etag: str | None, account: str |
     the new ETag, the one the next write of this writer expects. Raises JobChangedError when another won."""
     s3_bucket, key = _location(record.bucket, record.name)
     condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
+    body = json.dumps(record.model_dump(mode="json"), indent=2).encode()
+    s3 = load_account(account).client("s3")
     try:
         with translate("s3:PutObject"):
-            put = (
-                load_account(account)
-                .client("s3")
-                .put_object(
-                    Bucket=s3_bucket,
-                    Key=key,
-                    Body=json.dumps(record.model_dump(mode="json"), indent=2).encode(),
-                    ContentType="application/json",
-                    **condition,
-                )
-            )
+            put = s3.put_object(Bucket=s3_bucket, Key=key, Body=body, ContentType="application/json", **condition)
     except Exception as exc:
         code = getattr(exc, "code", "")
         if code in _LOST_RACE or (expected_etag is not None and code in {"NoSuchKey", "404"}):
+            mine = _already_written(s3, s3_bucket, key, body)
+            if mine is not None:
+                return mine
             raise JobChangedError(record.name, record.bucket) from exc
         raise
     return str(put["ETag"])
+
+
+def _already_written(s3: Any, bucket: str, key: str, body: bytes) -> str | None:
+    """The ETag of the stored record when it is byte for byte `body`: a retried write whose first try landed but
+    whose answer was lost (the retry then fails its own condition) is no conflict. Records carry their creation
+    and write times, so another writer's does not match (and one that did would change nothing)."""
+    try:
+        with translate("s3:GetObject"):
+            got = s3.get_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if getattr(exc, "code", "") in {"NoSuchKey", "404", "NotFound"}:
+            return None
+        raise
+    return str(got["ETag"]) if got["Body"].read() == body else None
 
 
 @aws_task(name="read-agent-status", tags=["aws-s3"])

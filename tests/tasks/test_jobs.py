@@ -79,3 +79,18 @@ def test_the_record_follows_the_agents_final_status_when_saved(cloud: Sandbox) -
     assert _stored(cloud, "ended")["status"] == "failed"
     update_attempt(BUCKET, "ended", 2, {"status": JobStatus.STOPPED, "exit_code": 143})
     assert (_stored(cloud, "ended")["status"], _stored(cloud, "ended")["exit_code"]) == ("stopped", 143)
+
+
+def test_a_retried_write_whose_first_try_landed_is_no_conflict(cloud: Sandbox) -> None:
+    """The answer to a conditional PUT is lost and the task retries it: the retry fails its own condition, but the
+    stored record is byte for byte the one it writes, so the write succeeded; another writer's record still
+    conflicts."""
+    record = _record("lost-answer")
+    first = write_record.fn(record, expected_etag=None)
+    assert write_record.fn(record, expected_etag=None) == first  # the retry of a claim
+    moved = record.model_copy(update={"attempt": 2})
+    second = write_record.fn(moved, expected_etag=first)
+    assert write_record.fn(moved, expected_etag=first) == second  # the retry of an update
+    with pytest.raises(JobChangedError):
+        write_record.fn(_record("lost-answer", attempt=3), expected_etag=first)  # someone else's: still refused
+    assert _stored(cloud, "lost-answer")["attempt"] == 2
