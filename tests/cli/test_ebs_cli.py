@@ -18,6 +18,7 @@ from cli.main import app
 from core import tags as t
 from core.ebs import LIMITS
 from sandbox import Sandbox
+from tests.conftest import raw_instance
 
 JOB = "bert-pretrain"
 
@@ -52,16 +53,7 @@ def run_json(run: Any, *args: str) -> Any:
 
 
 def launch(cloud: Sandbox, ec2: Any, zone: str) -> str:
-    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    made = ec2.run_instances(
-        ImageId=image_id,
-        InstanceType="t3.micro",
-        MinCount=1,
-        MaxCount=1,
-        Placement={"AvailabilityZone": zone},
-        TagSpecifications=t.tag_specifications("instance", t.managed_tags(job=JOB, role=t.Role.TRAIN)),
-    )
-    instance = str(made["Instances"][0]["InstanceId"])
+    instance = raw_instance(ec2, t.managed_tags(job=JOB, role=t.Role.TRAIN), zone)
 
     def running() -> bool:
         data = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
