@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from core import tags as t
+from core.jobs import TrainingState
 from core.models import Instance, Inventory, Snapshot, Volume, VolumeAttachment
-from core.teardown import Scope, TrainingState, plan_teardown
+from core.teardown import Scope, plan_teardown
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from blocks.aws import load_block
-from core.launch import TemplateSpec
+from core.jobs import TemplateSpec
 
 
 class InstanceTemplate(Block):

@@ -31,7 +31,7 @@ BucketOption = Annotated[str, typer.Option("--bucket", help="The job's bucket (h
 
 def _job_spec(fields: dict[str, Any]) -> Any:
     """A JobSpec with pydantic's own errors as one-line usage errors naming the field."""
-    from core.launch import JobSpec
+    from core.jobs import JobSpec
 
     try:
         return JobSpec(**fields)
@@ -109,6 +109,17 @@ def launch(
     max_runtime: Annotated[int | None, typer.Option("--max-runtime-minutes", help="Stop the job after.")] = None,
     sync_interval: Annotated[int | None, typer.Option("--sync-interval", help="Checkpoint upload period (s).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Stream the log; exit with the job's exit code.")] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="After a spot interruption, spot-watch resumes the job: same-az (default), same-az-then-move, "
+            "same-az-then-on-demand, or none.",
+        ),
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option("--max-attempts", help="Attempts in all (resumes included) before giving up.")
+    ] = None,
     keep_instance: Annotated[
         bool,
         typer.Option(
@@ -158,13 +169,21 @@ def launch(
         ),
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    for flag, key, value in ((on_demand, "spot", False), (fallback, "on_demand_fallback", True)):
-        if flag:
-            fields[key] = value
+    if on_demand:
+        fields["spot"] = False
+    policy = {
+        k: v
+        for k, v in {
+            "strategy": resume,
+            "max_attempts": max_attempts,
+            "on_demand_fallback": True if fallback else None,
+        }.items()
+        if v is not None
+    }
+    if policy:
+        fields["resume"] = {**fields.get("resume", {}), **policy}
     if move_volume:
         fields["move_volume_if_needed"] = True
-    if wait:
-        fields["wait"] = True
     if keep_instance:
         fields["keep_instance"] = True
     for required in ("name", "bucket", "template", "command"):
@@ -180,13 +199,14 @@ def launch(
     scan_code_dir(spec.code_dir, limit_bytes=spec.code_limit_bytes)
     with aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
+        from core.launch import LaunchOptions
         from flows.train_launch import JobFailedError, train_launch
 
         if not json_output:
             info(f"launching job {spec.name} (starts a Prefect flow run)")
         try:
             with flow_console(state, quiet=False):
-                report = train_launch(spec)
+                report = train_launch(spec, LaunchOptions(wait=wait))
         except JobFailedError as err:
             # The job's own exit code is the command's (a CI step fails the way the script did).
             code = err.job_exit_code if err.job_exit_code and 0 < err.job_exit_code < 256 else 1
@@ -352,8 +372,8 @@ def stop(
     jobs.validate_job_name(job, field="job")
     bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
+        from core.jobs import JobStatus
         from core.launch import agent_command_script
-        from core.models import JobStatus
         from core.shell import quote
         from tasks.jobs import update_attempt
         from tasks.ssm import CommandFailedError, run_script
@@ -368,16 +388,14 @@ def stop(
         if not result.ok:
             raise CommandFailedError(result, "agent stop")
         final = json.loads(result.stdout[result.stdout.index("{") :]) if "{" in result.stdout else {}
-        record.status, record.exit_code = JobStatus.STOPPED, final.get("exit_code")
+        exit_code = final.get("exit_code")
         # The record as stored now (the stop took a while; a `train status` may have written it meanwhile).
-        update_attempt(
-            bucket, job, record.attempt, {"status": record.status, "exit_code": record.exit_code}, account=account
-        )
+        stopped = {"status": JobStatus.STOPPED, "exit_code": exit_code}
+        update_attempt(bucket, job, record.attempt, stopped, account=account)
     if json_output:
         emit_json(final)
         return
     stdout_console().print(
-        f"stopped {job} attempt {record.attempt} (exit code {record.exit_code}); "
-        f"checkpoint seq {final.get('checkpoint_seq')}",
+        f"stopped {job} attempt {record.attempt} (exit code {exit_code}); checkpoint seq {final.get('checkpoint_seq')}",
         highlight=False,
     )

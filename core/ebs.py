@@ -136,3 +136,8 @@ def nvme_serial(volume_id: str) -> str:
 def device_by_id_path(volume_id: str) -> str:
     """The stable device path of an attached EBS volume on a Nitro instance (before the $TRAINCTL_ROOT prefix)."""
     return f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{nvme_serial(volume_id)}"
+
+
+def mount_point(volume_id: str) -> str:
+    """Where trainctl mounts a data volume on an instance."""
+    return f"/mnt/trainctl/{volume_id}"

@@ -1,4 +1,4 @@
-"""Launching a training job: the spec, the job record, .gitignore rules for the code package, and the scripts
+"""Launching a training job: the launch's own options, .gitignore rules for the code package, and the scripts
 the flow sends to the instance (built with core.shell: every value quoted).
 
 The command never passes through a shell: it travels as a JSON argument list inside the agent spec (S3 → the
@@ -11,229 +11,33 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field
 
 from core import jobs
-from core.errors import InvalidInputError
-from core.ids import validate_availability_zone, validate_id, validate_instance_type
-from core.models import Job
-from core.names import NameKind, validate_name
-from core.prewarm import mount_point as volume_mount_point
+from core.ebs import mount_point as volume_mount_point
+from core.jobs import JobRecord, JobSpec
 from core.prewarm import mount_script
-from core.s3uri import parse_s3_uri, validate_bucket
-from core.secrets import SecretRef, parse_secret_ref
 from core.shell import on_instance, quote
 from core.transfer import instance_script
 
-DEFAULT_CODE_LIMIT_MB = 200
 AGENT_SCRIPT = "agent/trainctl_agent.py"
 CODE_TARBALL = "code.tar.gz"
 AGENT_TARBALL = "agent.tar.gz"
 AGENT_SPEC = "agent-spec.json"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Variables the agent sets for the trainer (DESIGN.md section 5); a user value would silently lose.
-RESERVED_ENV = frozenset(
-    {"TRAINCTL_CHECKPOINT_DIR", "TRAINCTL_RESUME_FROM", "TRAINCTL_JOB", "TRAINCTL_ATTEMPT", "TRAINCTL_ROOT"}
-)
 
 
-class TemplateSpec(BaseModel):
-    """What the instance is: the fields of the InstanceTemplate block, usable inline in a JobSpec."""
+class LaunchOptions(BaseModel):
+    """How this launch is run, as opposed to what the job is (JobSpec): whether the flow waits for the end."""
 
-    instance_type: str
-    image_id: str | None = None
-    image_parameter: str | None = Field(default=None, description="SSM public parameter naming the AMI")
-    subnet_id: str | None = None
-    availability_zone: str | None = None
-    security_group_ids: list[str] = Field(default_factory=list)
-    instance_profile: str | None = None
-    root_volume_gib: int | None = Field(default=None, ge=8, le=16384)
-    extra_tags: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _ids(self) -> TemplateSpec:
-        validate_instance_type(self.instance_type, field="template.instance_type")
-        if self.image_id:
-            validate_id("image", self.image_id, field="template.image_id")
-        if self.subnet_id:
-            validate_id("subnet", self.subnet_id, field="template.subnet_id")
-        if self.availability_zone:
-            validate_availability_zone(self.availability_zone, field="template.availability_zone")
-        for group in self.security_group_ids:
-            validate_id("security_group", group, field="template.security_group_ids")
-        bad = [k for k in self.extra_tags if k.lower().startswith(("trainctl:", "runctl:", "aws:"))]
-        if bad:
-            raise InvalidInputError("template.extra_tags", bad, "tags outside the trainctl:/runctl:/aws: prefixes")
-        return self
-
-
-class JobSpec(BaseModel):
-    """One training job. Everything here is checked before any AWS mutation (the code dir by the flow)."""
-
-    name: str
-    bucket: str = Field(description="bucket holding the job record, staging, logs (and default checkpoints)")
-    template: str | TemplateSpec = Field(description="an InstanceTemplate block name, or the fields inline")
-    command: list[str] = Field(description="the trainer's argument list; never passed through a shell")
-    code_dir: str = "."
-    env: dict[str, str] = Field(
-        default_factory=dict, description="plain variables for the trainer (stored as given: no secrets here)"
+    wait: bool = Field(default=False, description="follow the job to its end, streaming its log into the flow's")
+    wait_timeout_minutes: int = Field(
+        default=24 * 60, ge=1, description="with wait: stop waiting (the job keeps running) after this long"
     )
-    secret_env: dict[str, SecretRef] = Field(
-        default_factory=dict,
-        description="variables resolved on the instance by the agent from a reference (ssm:/path, "
-        "secretsmanager:<id>[#json-key]); job.json, agent-spec.json and logs hold the reference, never the value",
+    terminate_when_done: bool = Field(
+        default=True, description="with wait: terminate the instance at the end (unless the spec keeps it)"
     )
-    spot: bool = True
-    max_price: str | None = Field(default=None, description="spot max price in USD/hour; default: on-demand price")
-    on_demand_fallback: bool = False
-    data_volume_id: str | None = None
-    mount_point: str | None = Field(default=None, description="where the volume appears; default /mnt/trainctl/<vol>")
-    filesystem: Literal["xfs", "ext4"] = "xfs"
-    move_volume_if_needed: bool = Field(default=False, description="snapshot+restore the volume into the AZ")
-    checkpoint_dir: str | None = Field(default=None, description="on the instance; default the job's folder")
-    checkpoint_uri: str | None = Field(default=None, description="s3://…; default the job's checkpoints prefix")
-    max_runtime_minutes: int | None = Field(default=None, ge=1)
-    sync_interval_s: int = Field(default=300, ge=1)
-    code_limit_mb: int = Field(default=DEFAULT_CODE_LIMIT_MB, ge=1)
-    wait: bool = False
-    wait_timeout_minutes: int = Field(default=24 * 60, ge=1)
-    terminate_when_done: bool = Field(default=True, description="with wait: terminate the instance at the end")
-    keep_instance: bool = Field(
-        default=False,
-        description="keep the instance running after the job ends, e.g. to inspect it; you then end it yourself "
-        "or with teardown (by default the agent shuts it down, which terminates it, once the final checkpoint, log "
-        "and status are in S3)",
-    )
-    online_timeout_s: int = Field(default=600, ge=10)
-    account: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return jobs.validate_job_name(value)
-
-    @field_validator("template")
-    @classmethod
-    def _template_name(cls, value: str | TemplateSpec) -> str | TemplateSpec:
-        # A saved block's name is checked here, before the flow loads it (Prefect start-up, an API call).
-        return validate_name(NameKind.BLOCK, value, field="template") if isinstance(value, str) else value
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, value: str) -> str:
-        return validate_bucket(value, field="bucket")
-
-    @field_validator("command")
-    @classmethod
-    def _command(cls, value: list[str]) -> list[str]:
-        if not value or not value[0].strip():
-            raise InvalidInputError("command", value, "a non-empty argument list such as ['python', 'train.py']")
-        if any("\0" in arg for arg in value):
-            raise InvalidInputError("command", value, "arguments without NUL characters")
-        return value
-
-    @field_validator("env", "secret_env")
-    @classmethod
-    def _env(cls, value: dict[str, str], info: Any) -> dict[str, str]:
-        for key in value:
-            if not _ENV_NAME.fullmatch(key):
-                raise InvalidInputError(info.field_name, key, "variable names of letters, digits and '_'")
-            if key in RESERVED_ENV:
-                raise InvalidInputError(
-                    info.field_name, key, f"a name other than {', '.join(sorted(RESERVED_ENV))} (set by the agent)"
-                )
-        return value
-
-    @field_validator("secret_env", mode="before")
-    @classmethod
-    def _secret_refs(cls, value: Any) -> Any:
-        # Before SecretRef's own check, so that an error names the variable (secret_env.DB_PASSWORD).
-        if isinstance(value, dict):
-            for key, ref in value.items():
-                parse_secret_ref(ref, field=f"secret_env.{key}")
-        return value
-
-    @field_validator("checkpoint_uri")
-    @classmethod
-    def _checkpoint_uri(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parsed = parse_s3_uri(value, field="checkpoint_uri")
-        if not parsed.key:
-            raise InvalidInputError("checkpoint_uri", value, "a prefix inside the bucket, e.g. s3://b/ckpt/my-job/")
-        return value if value.endswith("/") else value + "/"
-
-    @field_validator("checkpoint_dir", "mount_point")
-    @classmethod
-    def _instance_path(cls, value: str | None, info: Any) -> str | None:
-        if value is None:
-            return None
-        if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
-            raise InvalidInputError(info.field_name, value, "an absolute path on the instance without '..'")
-        return value.rstrip("/") or "/"
-
-    @field_validator("max_price")
-    @classmethod
-    def _price(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            ok = float(value) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise InvalidInputError("max_price", value, "a positive price in USD per hour, e.g. '0.50'")
-        return value
-
-    @model_validator(mode="after")
-    def _volume(self) -> JobSpec:
-        if self.data_volume_id:
-            validate_id("volume", self.data_volume_id, field="data_volume_id")
-        elif self.mount_point:
-            raise InvalidInputError("mount_point", self.mount_point, "a mount point only together with data_volume_id")
-        if not self.spot and (self.max_price or self.on_demand_fallback):
-            raise InvalidInputError("spot", False, "spot=True when max_price or on_demand_fallback is given")
-        both = sorted(set(self.env) & set(self.secret_env))
-        if both:
-            raise InvalidInputError("secret_env", both, "names not also given as plain env")
-        return self
-
-    # -- derived values (the core.jobs layout) ------------------------------------------------------------------
-
-    @property
-    def resolved_checkpoint_uri(self) -> str:
-        return self.checkpoint_uri or jobs.default_checkpoint_uri(self.bucket, self.name)
-
-    @property
-    def resolved_checkpoint_dir(self) -> str:
-        return self.checkpoint_dir or f"{jobs.instance_job_dir(self.name)}/{jobs.CHECKPOINT_DIR}"
-
-    @property
-    def resolved_mount_point(self) -> str | None:
-        if not self.data_volume_id:
-            return None
-        return self.mount_point or volume_mount_point(self.data_volume_id)
-
-    @property
-    def code_limit_bytes(self) -> int:
-        return self.code_limit_mb * 1024 * 1024
-
-
-class JobRecord(Job):
-    """`job.json`: core.models.Job plus what a resume needs (where it ran, on what capacity, with what spec)."""
-
-    bucket: str
-    capacity_type: str | None = None  # "spot" | "on-demand": what RunInstances gave, not what was asked
-    instance_type: str | None = None
-    availability_zone: str | None = None
-    mount_point: str | None = None
-    launched_at: datetime | None = None
-    finished_at: datetime | None = None
-    message: str | None = None
-    spec: dict[str, Any] = Field(default_factory=dict)
 
 
 def launch_key(job: str, attempt: int) -> str:

@@ -181,6 +181,16 @@ class Snapshot(ManagedResource):
         )
 
 
+class StoredObject(BaseModel):
+    """One S3 object as a listing gives it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
 class StagingObject(BaseModel):
     """An S3 object trainctl put in a job's staging prefix (code tarballs, transfer legs)."""
 
@@ -198,29 +208,6 @@ class StagingObject(BaseModel):
 
     def age(self, now: datetime) -> timedelta:
         return max(timedelta(0), _aware(now) - _aware(self.last_modified))
-
-
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    INTERRUPTED = "interrupted"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-class Job(BaseModel):
-    """The job record (`s3://<bucket>/trainctl/jobs/<job>/job.json`): the source of truth that survives instances."""
-
-    name: str
-    status: JobStatus = JobStatus.PENDING
-    attempt: int = 1
-    instance_id: str | None = None
-    volume_id: str | None = None
-    checkpoint_uri: str | None = None
-    created_at: datetime
-    updated_at: datetime | None = None
-    exit_code: int | None = None
 
 
 class Inventory(BaseModel):

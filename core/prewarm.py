@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from core.ebs import VolumeSpec, device_by_id_path
+from core.ebs import VolumeSpec, device_by_id_path, mount_point
 from core.errors import InvalidInputError, NotManagedError, UsageError
 from core.ids import validate_availability_zone, validate_id, validate_instance_type
 from core.models import Instance, Volume
@@ -113,10 +113,6 @@ def check_given_instance(instance: Instance, volume_zone: str | None) -> None:
             f"{instance.id} is in {instance.availability_zone} but the volume is in {volume_zone}",
             fix="Omit the instance (a temporary one is launched in the volume's AZ) or move the volume.",
         )
-
-
-def mount_point(volume_id: str) -> str:
-    return f"/mnt/trainctl/{volume_id}"
 
 
 def listing_digest(objects: Mapping[str, int]) -> str:

@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core import tags as t
 from core.ids import kind_of
-from core.models import Instance, Inventory, JobStatus, ManagedResource, Snapshot, Volume
+from core.jobs import JobStorage, TrainingState
+from core.models import Instance, Inventory, ManagedResource, Snapshot, StoredObject, Volume
 from core.safety import Blocker, Reason, checkpoint_blockers, cleanup_blockers, training_blockers
 
 GONE_STATES = frozenset({"shutting-down", "terminated"})
@@ -88,76 +89,6 @@ def _s3_monthly(size_bytes: int) -> float:
 
 
 # -- inputs --------------------------------------------------------------------------------------------------------
-
-
-class TrainingState(BaseModel):
-    """What the training check over SSM found on one instance (tasks/training.py)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    instance_id: str
-    status: Literal["running", "idle", "unknown"]
-    jobs: list[str] = Field(default_factory=list)  # jobs whose pid file names a live process
-    processes: list[str] = Field(default_factory=list)  # training-like command lines (python.*train, main.py)
-    detail: str = ""
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-
-class StoredObject(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    key: str
-    size: int
-    last_modified: datetime
-
-
-class CheckpointSet(BaseModel):
-    """One checkpoint: the objects under `<checkpoint prefix>ckpt-<seq>/`. Complete iff MANIFEST.json is there."""
-
-    model_config = ConfigDict(frozen=True)
-
-    bucket: str
-    prefix: str  # full key prefix, ending with "/"
-    seq: int
-    objects: list[StoredObject]
-    complete: bool
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
-    def newest_age(self, now: datetime) -> timedelta:
-        newest = max((o.last_modified for o in self.objects), default=None)
-        return timedelta(0) if newest is None else max(timedelta(0), _aware(now) - _aware(newest))
-
-
-class JobStorage(BaseModel):
-    """A job's S3 state: its record's status, its staging objects and its checkpoints (tasks/checkpoints.py)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    job: str
-    bucket: str
-    status: str | None = None  # the job record's status; None = no record
-    attempt: int | None = None  # the attempt the record names (None: no record, or one without attempts)
-    instance_id: str | None = None  # the instance the record names for that attempt (None: not launched yet)
-    # attempt -> when its agent last wrote its status (the heartbeat, core/jobs.py status_uri's LastModified)
-    heartbeats: dict[int, datetime] = Field(default_factory=dict)
-    staging_prefix: str = ""  # key prefix of the job's staging objects
-    staging: list[StoredObject] = Field(default_factory=list)
-    checkpoint_prefix: str = ""
-    checkpoints: list[CheckpointSet] = Field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-
-    @property
-    def latest_complete(self) -> int | None:
-        return max((c.seq for c in self.checkpoints if c.complete), default=None)
 
 
 class PendingUpload(BaseModel):

@@ -34,14 +34,13 @@ from blocks.templates import load_template
 from core import jobs
 from core import tags as t
 from core.errors import AwsError, InvalidInputError, TrainctlError, UsageError
+from core.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus, TemplateSpec
 from core.launch import (
     AGENT_SPEC,
     AGENT_TARBALL,
     CODE_TARBALL,
     JobPoll,
-    JobRecord,
-    JobSpec,
-    TemplateSpec,
+    LaunchOptions,
     agent_spec,
     data_mount_script,
     launch_key,
@@ -50,7 +49,7 @@ from core.launch import (
     ship_script,
     start_agent_script,
 )
-from core.models import Instance, JobStatus, Volume
+from core.models import Instance, Volume
 from core.prewarm import unmount_script
 from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.code import CodePackage, check_bucket, package_agent, package_code, read_text, upload_file
@@ -203,7 +202,7 @@ def _plan(spec: JobSpec) -> _Plan:
         root_volume_gib=template.root_volume_gib,
         spot=spec.spot,
         max_price=spec.max_price,
-        on_demand_fallback=spec.on_demand_fallback,
+        on_demand_fallback=spec.resume.on_demand_fallback,
         extra_tags=template.extra_tags,
         # The agent shuts the instance down when the job ends: that must end its billing (DESIGN.md section 5).
         shutdown_behavior="terminate",
@@ -214,6 +213,30 @@ def _plan(spec: JobSpec) -> _Plan:
     )
 
 
+def _claimed_record(spec: JobSpec, plan: _Plan, attempt: int) -> JobRecord:
+    """The record with this launch's attempt added (`pending`). An earlier attempt the record still calls active
+    never got an instance (`_refuse_if_running` let it through): it is recorded as failed first."""
+    now = _now()
+    new = AttemptRecord(
+        number=attempt, volume_id=spec.data_volume_id, instance_type=plan.template.instance_type, created_at=now
+    )
+    previous = plan.previous
+    if previous is None:
+        return JobRecord.first(spec, now=now).with_attempt(instance_type=plan.template.instance_type)
+    if previous.active:
+        previous = previous.with_status(
+            JobStatus.FAILED, message="its launch never started an instance", finished_at=now
+        )
+    updated = previous.model_copy(
+        update={
+            "spec": spec,
+            "checkpoint_uri": spec.resolved_checkpoint_uri,
+            "mount_point": spec.resolved_mount_point,
+        }
+    )
+    return updated.with_new_attempt(new)
+
+
 def _save(spec: JobSpec, record: JobRecord, etag: str | None) -> str:
     """Write the record if it is still as this run last read or wrote it (`etag`; None: a new job). Returns the new
     ETag. Another writer's change in between raises JobChangedError (the first write claims the attempt)."""
@@ -222,8 +245,10 @@ def _save(spec: JobSpec, record: JobRecord, etag: str | None) -> str:
 
 
 @flow(name="train-launch", flow_run_name="train-{spec.name}", log_prints=True)
-def train_launch(spec: JobSpec) -> LaunchReport:
+def train_launch(spec: JobSpec, options: LaunchOptions | None = None) -> LaunchReport:
+    """Launch `spec` as the job's next attempt; with `options.wait`, follow it to its end."""
     log = get_run_logger()
+    options = options or LaunchOptions()
     started = time.monotonic()
     progress = StepProgress(artifact_key("train-launch", spec.name, str(flow_run.id or uuid.uuid4())), STEPS)
 
@@ -235,13 +260,14 @@ def train_launch(spec: JobSpec) -> LaunchReport:
         agent = package_agent(str(workdir / AGENT_TARBALL))
         log.info("code: %d files, %d bytes (%d compressed)", code.files, code.bytes, code.compressed_bytes)
         plan = _plan(spec)
-        return _launch(spec, plan, code, agent, workdir, started, progress)
+        return _launch(spec, options, plan, code, agent, workdir, started, progress)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _launch(
     spec: JobSpec,
+    options: LaunchOptions,
     plan: _Plan,
     code: CodePackage,
     agent: CodePackage,
@@ -256,18 +282,7 @@ def _launch(
     attempt = next_attempt(plan.previous)
     key = launch_key(spec.name, attempt)
     staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
-    record = JobRecord(
-        name=spec.name,
-        bucket=spec.bucket,
-        attempt=attempt,
-        status=JobStatus.PENDING,
-        volume_id=spec.data_volume_id,
-        checkpoint_uri=spec.resolved_checkpoint_uri,
-        mount_point=spec.resolved_mount_point,
-        instance_type=plan.template.instance_type,
-        created_at=plan.previous.created_at if plan.previous else _now(),
-        spec=spec.model_dump(mode="json"),
-    )
+    record = _claimed_record(spec, plan, attempt)
     # The claim: of two launches of this name that read the same record, only one gets past this write, before
     # anything is launched; the other fails with JobChangedError.
     etag = _save(spec, record, plan.etag)
@@ -281,13 +296,17 @@ def _launch(
         if volume is not None and plan.move_to:
             log.info("moving %s from %s to %s (snapshot + restore)", volume.id, volume.availability_zone, plan.move_to)
             volume = move_volume(volume.id, plan.move_to, account=account)
-            record.volume_id = volume.id
+            record = record.with_attempt(volume_id=volume.id)
         upload_file(code.path, staging + CODE_TARBALL, account=account)
         upload_file(agent.path, staging + AGENT_TARBALL, account=account)
         request = plan.request.model_copy(update={"idempotency_key": key, "attempt": attempt})
         instance = launch_instance(request, account=account)
-        record.instance_id, record.capacity_type = instance.id, instance.lifecycle
-        record.availability_zone, record.launched_at = instance.availability_zone, _now()
+        record = record.with_attempt(
+            instance_id=instance.id,
+            capacity_type=instance.lifecycle,
+            availability_zone=instance.availability_zone,
+            launched_at=_now(),
+        )
         etag = _save(spec, record, etag)
         log.info(
             "%s %s instance %s in %s",
@@ -325,10 +344,8 @@ def _launch(
         log.info(out.stdout.strip() or "agent started")
     except BaseException as exc:
         cleaned = _cleanup(spec, volume, instance, key)
-        record.status, record.message, record.finished_at = (
-            JobStatus.FAILED,
-            f"launch failed at {progress.current}: {exc}",
-            _now(),
+        record = record.with_status(
+            JobStatus.FAILED, message=f"launch failed at {progress.current}: {exc}", finished_at=_now()
         )
         try:
             _save(spec, record, etag)
@@ -347,7 +364,7 @@ def _launch(
             ) from exc
         raise
 
-    record.status = JobStatus.RUNNING
+    record = record.with_status(JobStatus.RUNNING)
     etag = _save(spec, record, etag)
     emit_event(
         event="trainctl.job.launched",
@@ -380,11 +397,11 @@ def _launch(
         status="running",
         seconds=0.0,
     )
-    if spec.wait:
+    if options.wait:
         progress.step("wait")
-        report = _wait(spec, record, etag, report)
+        report = _wait(spec, options, record, etag, report)
         progress.step("finish")
-        if spec.terminate_when_done and not spec.keep_instance:
+        if options.terminate_when_done and not spec.keep_instance:
             report.instance_terminated = _finish(spec, volume, instance, key)
     report.seconds = round(time.monotonic() - started, 1)
     progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
@@ -443,7 +460,7 @@ def _status_word(status: dict[str, Any] | None) -> str | None:
     return str(value) if value else None
 
 
-def _wait(spec: JobSpec, record: JobRecord, etag: str, report: LaunchReport) -> LaunchReport:
+def _wait(spec: JobSpec, options: LaunchOptions, record: JobRecord, etag: str, report: LaunchReport) -> LaunchReport:
     """Poll the instance over SSM (exit code, liveness, new log bytes); if the instance goes away, read what the
     agent left in S3. Ends when the trainer has exited and the agent finished its final checkpoint upload."""
     log = get_run_logger()
@@ -452,7 +469,7 @@ def _wait(spec: JobSpec, record: JobRecord, etag: str, report: LaunchReport) -> 
     stream = _LogStream()
     offset = 0
     exit_seen: float | None = None
-    deadline = time.monotonic() + spec.wait_timeout_minutes * 60
+    deadline = time.monotonic() + options.wait_timeout_minutes * 60
     delay = 0.5
     while True:
         try:
@@ -500,7 +517,7 @@ def _wait(spec: JobSpec, record: JobRecord, etag: str, report: LaunchReport) -> 
             log.warning("poll failed (%s); trying again", result.describe_failure() if result else "not running")
         if time.monotonic() > deadline:
             raise JobFailedError(
-                f"job {spec.name} still running after {spec.wait_timeout_minutes} minutes of waiting",
+                f"job {spec.name} still running after {options.wait_timeout_minutes} minutes of waiting",
                 exit_code=None,
                 fix="It keeps running; follow it with trainctl train logs -f, or stop it with trainctl train stop.",
             )
@@ -526,15 +543,14 @@ def _record_end(
         status = JobStatus.SUCCEEDED
     else:
         status = JobStatus.FAILED
-    record.status, record.exit_code, record.finished_at = status, exit_code, _now()
-    if lost:
-        record.message = "the trainer and the agent ended without an exit code (killed?)"
+    lost_message = "the trainer and the agent ended without an exit code (killed?)" if lost else None
+    record = record.with_status(status, message=lost_message, exit_code=exit_code, finished_at=_now())
     try:
         _save(spec, record, etag)
     except JobChangedError:
         # `train status` or `train stop` recorded this attempt's end meanwhile: ours (seen to the end) replaces it,
         # unless a later attempt has claimed the name.
-        ended = record.model_dump(include={"status", "exit_code", "finished_at", "message"})
+        ended = record.current.model_dump(include={"status", "exit_code", "finished_at", "message"})
         update_attempt(spec.bucket, spec.name, record.attempt, ended, account=spec.account)
     get_run_logger().info("job %s attempt %d: %s (exit code %s)", spec.name, record.attempt, status.value, exit_code)
     return report.model_copy(update={"status": status.value, "exit_code": exit_code})

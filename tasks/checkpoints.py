@@ -10,8 +10,10 @@ from typing import Any
 
 from blocks.aws import load_account
 from core import jobs
+from core.jobs import CheckpointSet, JobStorage
+from core.models import StoredObject
 from core.s3uri import parse_s3_uri
-from core.teardown import BucketLeftovers, CheckpointSet, JobStorage, PendingUpload, StoredObject
+from core.teardown import BucketLeftovers, PendingUpload
 from tasks.aws import aws_task, translate
 from tasks.jobs import current_record
 from tasks.storage import list_uploads

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from blocks.aws import load_account
 from core import jobs
 from core.errors import UsageError
-from core.launch import JobRecord
+from core.jobs import JobRecord
 from core.s3uri import parse_s3_uri
 from tasks.aws import aws_task, translate
 
@@ -138,11 +138,24 @@ def current_record(
 def update_attempt(
     bucket: str, job: str, attempt: int, changes: dict[str, Any], *, account: str | None = None
 ) -> JobRecord | None:
-    """Apply `changes` to the stored record if it is still the one of `attempt` (else a later launch owns the name:
-    None, nothing written). One conditional write: JobChangedError if another command wrote in between."""
+    """Apply `changes` (fields of the attempt; `status` and `message` also move the job, as the state machine
+    allows) to the stored record if it is still the one of `attempt` (else a later launch owns the name: None,
+    nothing written). An end already recorded is corrected by one seen first-hand (the flow that waited, the stop).
+    One conditional write: JobChangedError if another command wrote in between."""
     stored, etag = read_record.fn(bucket, job, account=account)
     if stored is None or etag is None or stored.attempt != attempt:
         return None
-    updated = stored.model_copy(update={**changes, "updated_at": datetime.now(UTC)})
+    fields = dict(changes)
+    status = fields.pop("status", None)
+    message = fields.pop("message", None)
+    if message is not None:
+        fields["message"] = message
+    if status is None:
+        updated = stored.with_attempt(**fields)
+    elif stored.finished and jobs.JobStatus(status) in jobs.FINAL_STATUSES:
+        updated = stored.model_copy(update={"status": status}).with_attempt(status=status, **fields)
+    else:
+        updated = stored.with_status(jobs.JobStatus(status), **fields)
+    updated.updated_at = datetime.now(UTC)
     write_record.fn(updated, expected_etag=etag, account=account)
     return updated

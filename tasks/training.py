@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 
 from core import jobs
+from core.jobs import TrainingState
 from core.shell import on_instance, quote
-from core.teardown import TrainingState
 from tasks.aws import aws_task
 from tasks.ssm import run_script
 

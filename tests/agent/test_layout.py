@@ -63,7 +63,6 @@ def test_keys_match(bucket: str, job: str, attempt: int, instance: str) -> None:
     ],
 )
 def test_secret_reference_grammar_matches(ref: str) -> None:
-    from core import launch
     from core.errors import InvalidInputError
     from core.secrets import parse_secret_ref
 
@@ -77,7 +76,7 @@ def test_secret_reference_grammar_matches(ref: str) -> None:
     except agent.SpecError:
         theirs = None
     assert ours == theirs
-    assert agent.ENV_NAME.pattern == launch._ENV_NAME.pattern
+    assert agent.ENV_NAME.pattern == jobs._ENV_NAME.pattern
 
 
 def test_agent_imports_only_the_standard_library() -> None:

@@ -7,9 +7,7 @@ from typing import Any
 
 import pytest
 
-from core.jobs import reconcile
-from core.launch import JobRecord
-from core.models import JobStatus
+from core.jobs import JobRecord, JobStatus, reconcile
 
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
 

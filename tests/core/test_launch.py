@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from core import jobs
 from core.errors import InvalidInputError
+from core.jobs import JobRecord, JobSpec, TemplateSpec
 from core.launch import (
-    JobRecord,
-    JobSpec,
-    TemplateSpec,
     agent_spec,
     data_mount_script,
     gitignore_matcher,
@@ -39,6 +38,13 @@ def spec(**fields: Any) -> JobSpec:
     return JobSpec(**{**base, **fields})
 
 
+def test_an_unknown_or_moved_field_is_refused_not_ignored() -> None:
+    # on_demand_fallback moved into `resume`; wait into LaunchOptions: an old spec file must not silently lose them.
+    for fields in ({"on_demand_fallback": True}, {"wait": True}, {"resume": {"strategy": "sometimes"}}):
+        with pytest.raises(ValidationError):
+            spec(**fields)
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -57,7 +63,8 @@ def spec(**fields: Any) -> JobSpec:
         ({"data_volume_id": "vol-nope"}, "data_volume_id"),
         ({"mount_point": "/data"}, "mount_point"),
         ({"max_price": "cheap"}, "max_price"),
-        ({"spot": False, "on_demand_fallback": True}, "spot"),
+        ({"spot": False, "max_price": "0.5"}, "spot"),
+        ({"spot": False, "resume": {"on_demand_fallback": True}}, "resume.on_demand_fallback"),
         ({"template": {"instance_type": "t3.micro", "image_id": "ami-x"}}, "template.image_id"),
         ({"template": {"instance_type": "not a type"}}, "template.instance_type"),
         ({"template": {"instance_type": "t3.micro", "extra_tags": {"trainctl:managed": "no"}}}, "template.extra_tags"),

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from core.errors import InvalidInputError
-from core.launch import JobSpec, TemplateSpec, agent_spec
+from core.jobs import JobSpec, TemplateSpec
+from core.launch import agent_spec
 from core.secrets import NOT_SHOWN, ParsedRef, looks_secret, parse_secret_ref, secret_like
 
 SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf"

@@ -11,21 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import tags as t
-from core.models import Instance, Inventory, Snapshot, Volume, VolumeAttachment
+from core.jobs import CheckpointSet, JobStorage, TrainingState
+from core.models import Instance, Inventory, Snapshot, StoredObject, Volume, VolumeAttachment
 from core.teardown import (
     STEPS,
     Action,
     BucketLeftovers,
-    CheckpointSet,
-    JobStorage,
     OpKind,
     PendingUpload,
     Plan,
     Scope,
     Step,
-    StoredObject,
     TeardownPolicy,
-    TrainingState,
     plan_teardown,
 )
 

@@ -28,7 +28,8 @@ from core import iam, jobs
 from core import tags as t
 from core.ebs import VolumeSpec
 from core.errors import TrainctlError
-from core.launch import JobSpec, TemplateSpec
+from core.jobs import JobSpec, TemplateSpec
+from core.launch import LaunchOptions
 from core.prewarm import PrewarmSpec
 from core.transfer import TransferRequest
 from flows.prewarm import prewarm
@@ -184,8 +185,8 @@ def test_every_flow_runs_with_only_the_generated_policies(cloud: Sandbox, tmp_pa
             data_volume_id=warmed.volume_id,
             mount_point="/data",
             sync_interval_s=1,
-            wait=True,
-        )
+        ),
+        LaunchOptions(wait=True),
     )
     assert report.status == "succeeded" and report.exit_code == 0 and report.instance_terminated
     keys = _keys(cloud, BUCKET, f"{jobs.JOBS_ROOT}/demo/")

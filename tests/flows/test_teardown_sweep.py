@@ -21,20 +21,17 @@ import pytest
 from core import jobs
 from core import tags as t
 from core.ebs import VolumeSpec
+from core.jobs import AttemptRecord, JobRecord, JobSpec, TemplateSpec
 from core.launch import (
     AGENT_SPEC,
     AGENT_TARBALL,
     CODE_TARBALL,
-    JobRecord,
-    JobSpec,
-    TemplateSpec,
     agent_spec,
     data_mount_script,
     launch_key,
     ship_script,
     start_agent_script,
 )
-from core.models import JobStatus
 from core.prewarm import mount_script, sync_manifest, sync_script
 from core.teardown import Action
 from flows.teardown import TeardownReport, TeardownRequest, safe_teardown
@@ -96,15 +93,7 @@ def _launch_until(kill: str, workdir: Path) -> dict[str, Any]:
         keep_instance=True,
     )
     staging = jobs.staging_prefix(BUCKET, job, 1)
-    record = JobRecord(
-        name=job,
-        bucket=BUCKET,
-        attempt=1,
-        status=JobStatus.PENDING,
-        volume_id=data.id,
-        checkpoint_uri=spec.resolved_checkpoint_uri,
-        created_at=datetime.now(UTC),
-    )
+    record = JobRecord.first(spec, now=datetime.now(UTC))
     put_json.fn(jobs.job_record_uri(BUCKET, job), record.model_dump(mode="json"))
     code = package_code(spec.code_dir, str(workdir / f"{job}-{CODE_TARBALL}"), limit_bytes=spec.code_limit_bytes)
     agent = package_agent(str(workdir / f"{job}-{AGENT_TARBALL}"))
@@ -123,7 +112,7 @@ def _launch_until(kill: str, workdir: Path) -> dict[str, Any]:
     left = {"job": job, "instance": instance.id, "data": data.id, "staging": _staging_root(job)}
     if kill == "run-instances":
         return left
-    record.instance_id = instance.id
+    record = record.with_attempt(instance_id=instance.id)
     put_json.fn(jobs.job_record_uri(BUCKET, job), record.model_dump(mode="json"))
     if kill == "record":
         return left
@@ -190,7 +179,12 @@ def _killed_copies(cloud: Sandbox) -> dict[str, Any]:
     s3 = cloud.client("s3")
     put_json.fn(
         jobs.job_record_uri(BUCKET, "k-upload"),
-        JobRecord(name="k-upload", bucket=BUCKET, attempt=1, created_at=datetime.now(UTC)).model_dump(mode="json"),
+        JobRecord(
+            name="k-upload",
+            bucket=BUCKET,
+            attempts=[AttemptRecord(number=1, created_at=datetime.now(UTC))],
+            created_at=datetime.now(UTC),
+        ).model_dump(mode="json"),
     )
     staging = jobs.staging_prefix(BUCKET, "k-upload", 1)
     key = staging.removeprefix(f"s3://{BUCKET}/") + CODE_TARBALL

@@ -24,7 +24,8 @@ from core import jobs
 from core import tags as t
 from core.ebs import VolumeSpec
 from core.errors import InvalidInputError
-from core.launch import JobSpec, TemplateSpec
+from core.jobs import JobRecord, JobSpec, TemplateSpec
+from core.launch import LaunchOptions
 from flows.train_launch import JobFailedError, LaunchFailedError, train_launch
 from sandbox import Sandbox
 from tasks.jobs import JobChangedError, read_record
@@ -53,7 +54,6 @@ def _spec(code_dir: str, name: str = "demo", steps: int = 4, **fields: Any) -> J
         "code_dir": code_dir,
         "command": ["python3", "train.py", "--steps", str(steps), "--step-seconds", "0.2"],
         "sync_interval_s": 1,
-        "wait": True,
     }
     return JobSpec(**{**base, **fields})
 
@@ -61,6 +61,10 @@ def _spec(code_dir: str, name: str = "demo", steps: int = 4, **fields: Any) -> J
 def _get_json(cloud: Sandbox, uri: str) -> Any:
     bucket, _, key = uri[len("s3://") :].partition("/")
     return json.loads(cloud.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _job_record(cloud: Sandbox, name: str) -> JobRecord:
+    return JobRecord.model_validate(_job_record(cloud, name))
 
 
 def _get_text(cloud: Sandbox, uri: str) -> str:
@@ -93,7 +97,7 @@ def test_runs_to_completion_then_resumes_on_relaunch(cloud: Sandbox, tmp_path: P
     volume = create_volume.fn(VolumeSpec(name="demo-data", size_gib=10), availability_zone="us-east-1b")
     code = _code_dir(tmp_path)
 
-    first = train_launch(_spec(code, data_volume_id=volume.id, mount_point="/data"))
+    first = train_launch(_spec(code, data_volume_id=volume.id, mount_point="/data"), LaunchOptions(wait=True))
     assert first.status == "succeeded" and first.exit_code == 0 and first.attempt == 1
     assert first.availability_zone == "us-east-1b"  # the instance followed the data volume
     assert first.capacity_type == "spot" and first.instance_terminated
@@ -101,19 +105,19 @@ def test_runs_to_completion_then_resumes_on_relaunch(cloud: Sandbox, tmp_path: P
     log = _get_text(cloud, first.log_uri)
     assert "starting from scratch" in log and "done: 4 steps" in log
     assert _final_state(cloud, "demo")["step"] == 4
-    record = _get_json(cloud, jobs.job_record_uri(BUCKET, "demo"))
-    assert record["status"] == "succeeded" and record["capacity_type"] == "spot" and record["exit_code"] == 0
+    record = _job_record(cloud, "demo")
+    assert record.status == "succeeded" and record.capacity_type == "spot" and record.exit_code == 0
     data = cloud.client("ec2").describe_volumes(VolumeIds=[volume.id])["Volumes"][0]
     assert data["State"] == "available" and t.from_aws(data["Tags"])[t.PERSISTENT] == "true"  # kept, detached
 
     # The same job again, with more steps: attempt 2 resumes from step 4.
-    second = train_launch(_spec(code, steps=6, data_volume_id=volume.id, mount_point="/data"))
+    second = train_launch(_spec(code, steps=6, data_volume_id=volume.id, mount_point="/data"), LaunchOptions(wait=True))
     assert second.status == "succeeded" and second.attempt == 2
     log = _get_text(cloud, second.log_uri)
     assert "resuming from step 4" in log and "step 5/6" in log and "step 1/" not in log
     state = _final_state(cloud, "demo")
     assert state["step"] == 6 and state["resumed_from_step"] == 4
-    assert _get_json(cloud, jobs.job_record_uri(BUCKET, "demo"))["attempt"] == 2
+    assert _job_record(cloud, "demo").attempt == 2
     assert _live_instances(cloud) == []
 
 
@@ -122,10 +126,10 @@ def test_failing_script_fails_the_flow_with_its_exit_code(cloud: Sandbox, tmp_pa
     spec = _spec(_code_dir(tmp_path), name="fails", spot=False)
     spec.command += ["--fail-with", "3", "--fail-at", "2"]
     with pytest.raises(JobFailedError, match="exit code 3") as err:
-        train_launch(spec)
+        train_launch(spec, LaunchOptions(wait=True))
     assert err.value.job_exit_code == 3
-    record = _get_json(cloud, jobs.job_record_uri(BUCKET, "fails"))
-    assert record["status"] == "failed" and record["exit_code"] == 3
+    record = _job_record(cloud, "fails")
+    assert record.status == "failed" and record.exit_code == 3
     assert _live_instances(cloud) == []
 
 
@@ -155,15 +159,15 @@ def test_failure_half_way_leaves_no_instance(cloud: Sandbox, tmp_path: Path, mon
     # The ship step fails on the instance (after launch, attach and mount succeeded).
     monkeypatch.setattr("flows.train_launch.ship_script", lambda job, staging: ["echo 'no space left' >&2", "exit 7"])
     with pytest.raises(LaunchFailedError) as err:
-        train_launch(_spec(_code_dir(tmp_path), name="half", data_volume_id=volume.id))
+        train_launch(_spec(_code_dir(tmp_path), name="half", data_volume_id=volume.id), LaunchOptions(wait=True))
     message = str(err.value)
     assert "step 'ship'" in message and "no space left" in message
     assert "terminated" in message and f"volume {volume.id} detached" in message
     assert _live_instances(cloud) == []
     data = cloud.client("ec2").describe_volumes(VolumeIds=[volume.id])["Volumes"][0]
     assert data["State"] == "available"  # the data volume is kept
-    record = _get_json(cloud, jobs.job_record_uri(BUCKET, "half"))
-    assert record["status"] == "failed" and "ship" in record["message"]
+    record = _job_record(cloud, "half")
+    assert record.status == "failed" and "ship" in (record.message or "")
 
 
 def test_a_job_launched_without_wait_ends_its_instance_when_it_ends(cloud: Sandbox, tmp_path: Path) -> None:
@@ -171,11 +175,11 @@ def test_a_job_launched_without_wait_ends_its_instance_when_it_ends(cloud: Sandb
     cloud.client("s3").create_bucket(Bucket=BUCKET)
     volume = create_volume.fn(VolumeSpec(name="ends-data", size_gib=10), availability_zone="us-east-1a")
     code = _code_dir(tmp_path)
-    done = train_launch(_spec(code, name="ends", steps=3, wait=False, data_volume_id=volume.id))
-    failing = _spec(code, name="ends-bad", wait=False, spot=False)
+    done = train_launch(_spec(code, name="ends", steps=3, data_volume_id=volume.id))
+    failing = _spec(code, name="ends-bad", spot=False)
     failing.command += ["--fail-with", "3", "--fail-at", "2"]
     bad = train_launch(failing)
-    kept = train_launch(_spec(code, name="ends-kept", steps=2, wait=False, keep_instance=True))
+    kept = train_launch(_spec(code, name="ends-kept", steps=2, keep_instance=True))
     assert done.status == bad.status == kept.status == "running"
     ec2 = cloud.client("ec2")
 
@@ -206,13 +210,13 @@ def test_a_job_launched_without_wait_ends_its_instance_when_it_ends(cloud: Sandb
     assert state(kept.instance_id) == "running"
     # Issue #14: the record follows the agent's final status: `train status` shows it and writes it back.
     for name, word, exit_code in (("ends", "succeeded", 0), ("ends-bad", "failed", 3)):
-        assert _get_json(cloud, jobs.job_record_uri(BUCKET, name))["status"] == "running"  # nobody waited
+        assert _job_record(cloud, name).status == "running"  # nobody waited
         shown = CliRunner().invoke(app, ["train", "status", name, "--bucket", BUCKET])
         assert shown.exit_code == 0, shown.output
         assert f"{name} attempt 1: {word} (agent: {word})" in shown.stdout and f"exit code: {exit_code}" in shown.stdout
-        record = _get_json(cloud, jobs.job_record_uri(BUCKET, name))
-        assert (record["status"], record["exit_code"], record["attempt"]) == (word, exit_code, 1)
-        assert record["finished_at"] and record["instance_id"] in {done.instance_id, bad.instance_id}
+        record = _job_record(cloud, name)
+        assert (record.status, record.exit_code, record.attempt) == (word, exit_code, 1)
+        assert record.finished_at and record.instance_id in {done.instance_id, bad.instance_id}
 
 
 def test_two_launches_of_one_name_at_once_launch_one_instance(
@@ -233,7 +237,7 @@ def test_two_launches_of_one_name_at_once_launch_one_instance(
 
     def launch() -> None:
         try:
-            results.append(train_launch(_spec(code, name="race", steps=2, wait=False)))
+            results.append(train_launch(_spec(code, name="race", steps=2)))
         except Exception as exc:
             results.append(exc)
 
@@ -248,13 +252,13 @@ def test_two_launches_of_one_name_at_once_launch_one_instance(
     assert f"trainctl train status race --bucket {BUCKET}` and retry" in str(lost)
     found = cloud.client("ec2").describe_instances(Filters=[{"Name": f"tag:{t.JOB}", "Values": ["race"]}])
     assert [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]] == [winner.instance_id]
-    record = _get_json(cloud, jobs.job_record_uri(BUCKET, "race"))
-    assert (record["attempt"], record["instance_id"]) == (1, winner.instance_id)
+    record = _job_record(cloud, "race")
+    assert (record.attempt, record.instance_id) == (1, winner.instance_id)
 
 
 def test_spot_interruption_checkpoints_before_termination(cloud: Sandbox, tmp_path: Path) -> None:
     cloud.client("s3").create_bucket(Bucket=BUCKET)
-    report = train_launch(_spec(_code_dir(tmp_path), name="spotty", steps=200, wait=False, sync_interval_s=30))
+    report = train_launch(_spec(_code_dir(tmp_path), name="spotty", steps=200, sync_interval_s=30))
     assert report.status == "running" and report.capacity_type == "spot"
     root = Path(cloud.runtime.instance_root(report.instance_id))
     state_file = root / "var/lib/trainctl/jobs/spotty/checkpoints/state.json"
@@ -341,7 +345,7 @@ def test_secret_env_reaches_the_trainer_and_nothing_else(cloud: Sandbox, tmp_pat
     digests = [hashlib.sha256(v.encode()).hexdigest() for v in (db_password, api_token)]
     spec = _spec(str(code), name="secrets", command=["python3", "check.py", *digests], secret_env=refs)
 
-    state = train_launch(spec, return_state=True)
+    state = train_launch(spec, LaunchOptions(wait=True), return_state=True)
     report = state.result()
     assert report.status == "succeeded", report
     log = _get_text(cloud, report.log_uri)

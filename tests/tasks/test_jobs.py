@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from core import jobs
-from core.launch import JobRecord
-from core.models import JobStatus
+from core.jobs import AttemptRecord, JobRecord, JobStatus
 from sandbox import Sandbox
 from tasks.jobs import JobChangedError, current_record, read_record, update_attempt, write_record
 from tests.conftest import exported_sandbox
@@ -34,7 +33,10 @@ def _stored(cloud: Sandbox, job: str) -> dict[str, Any]:
 
 
 def _record(job: str, attempt: int = 1, status: JobStatus = JobStatus.RUNNING) -> JobRecord:
-    return JobRecord(name=job, bucket=BUCKET, attempt=attempt, status=status, created_at=datetime.now(UTC))
+    now = datetime.now(UTC)
+    tried = [AttemptRecord(number=n, status=JobStatus.FAILED, created_at=now) for n in range(1, attempt)]
+    current = AttemptRecord(number=attempt, status=status, created_at=now)
+    return JobRecord(name=job, bucket=BUCKET, status=status, attempts=[*tried, current], created_at=now)
 
 
 def test_writes_are_conditional_on_what_was_read(cloud: Sandbox) -> None:
@@ -47,7 +49,7 @@ def test_writes_are_conditional_on_what_was_read(cloud: Sandbox) -> None:
     second = write_record.fn(_record("cond", attempt=2), expected_etag=etag)
     with pytest.raises(JobChangedError, match=f"trainctl train status cond --bucket {BUCKET}"):
         write_record.fn(_record("cond", attempt=3), expected_etag=first)  # stale: read before attempt 2
-    assert _stored(cloud, "cond")["attempt"] == 2 and read_record.fn(BUCKET, "cond")[1] == second
+    assert _stored(cloud, "cond")["attempts"][-1]["number"] == 2 and read_record.fn(BUCKET, "cond")[1] == second
 
 
 def test_a_record_it_cannot_parse_is_replaced_only_conditionally(cloud: Sandbox) -> None:
@@ -72,13 +74,15 @@ def test_the_record_follows_the_agents_final_status_when_saved(cloud: Sandbox) -
     assert _stored(cloud, "ended")["status"] == "running"
     current_record(BUCKET, "ended", save=True)
     stored = _stored(cloud, "ended")
-    assert (stored["status"], stored["exit_code"], stored["finished_at"]) == ("failed", 3, "2026-01-01T00:00:00Z")
+    current = stored["attempts"][-1]
+    assert (stored["status"], current["exit_code"], current["finished_at"]) == ("failed", 3, "2026-01-01T00:00:00Z")
 
     # update_attempt touches only the attempt it names: a later attempt owns the name.
     assert update_attempt(BUCKET, "ended", 1, {"status": JobStatus.STOPPED}) is None
     assert _stored(cloud, "ended")["status"] == "failed"
     update_attempt(BUCKET, "ended", 2, {"status": JobStatus.STOPPED, "exit_code": 143})
-    assert (_stored(cloud, "ended")["status"], _stored(cloud, "ended")["exit_code"]) == ("stopped", 143)
+    stored = _stored(cloud, "ended")
+    assert (stored["status"], stored["attempts"][-1]["exit_code"]) == ("stopped", 143)
 
 
 def test_a_retried_write_whose_first_try_landed_is_no_conflict(cloud: Sandbox) -> None:
@@ -88,9 +92,9 @@ def test_a_retried_write_whose_first_try_landed_is_no_conflict(cloud: Sandbox) -
     record = _record("lost-answer")
     first = write_record.fn(record, expected_etag=None)
     assert write_record.fn(record, expected_etag=None) == first  # the retry of a claim
-    moved = record.model_copy(update={"attempt": 2})
+    moved = _record("lost-answer", attempt=2)
     second = write_record.fn(moved, expected_etag=first)
     assert write_record.fn(moved, expected_etag=first) == second  # the retry of an update
     with pytest.raises(JobChangedError):
         write_record.fn(_record("lost-answer", attempt=3), expected_etag=first)  # someone else's: still refused
-    assert _stored(cloud, "lost-answer")["attempt"] == 2
+    assert _stored(cloud, "lost-answer")["attempts"][-1]["number"] == 2
