@@ -16,6 +16,7 @@ from core.errors import InvalidInputError, SafetyRefusalError
 from core.ids import validate_id
 from core.models import Instance
 from tasks.aws import aws_task, translate
+from tasks.capacity import offered_zones
 from tasks.volumes import WAIT, get_instance, get_volume, keep_on_termination
 
 DEFAULT_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -116,23 +117,13 @@ def check_instance_type(
             raise
     if not found:
         raise InvalidInputError("instance_type", instance_type, "an EC2 instance type offered in this region")
-    if availability_zone:
-        with translate("DescribeInstanceTypeOfferings"):
-            pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
-                LocationType="availability-zone",
-                Filters=[
-                    {"Name": "instance-type", "Values": [instance_type]},
-                    {"Name": "location", "Values": [availability_zone]},
-                ],
-            )
-            offered = [o for page in pages for o in page["InstanceTypeOfferings"]]
-        if not offered:
-            raise InvalidInputError(
-                "instance_type",
-                instance_type,
-                f"a type offered in {availability_zone}",
-                fix="Pick another type, or move the data volume to a zone that offers it (trainctl ebs move).",
-            )
+    if availability_zone and not offered_zones(ec2, instance_type, availability_zone=availability_zone):
+        raise InvalidInputError(
+            "instance_type",
+            instance_type,
+            f"a type offered in {availability_zone}",
+            fix="Pick another type, or move the data volume to a zone that offers it (trainctl ebs move).",
+        )
 
 
 def subnet_zone(subnet_id: str, *, account: str | None = None) -> str:
@@ -349,3 +340,4 @@ def terminate_launched_instance(
 def _wait_terminated(ec2: Any, instance_id: str) -> None:
     with translate("wait instance_terminated"):
         ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
+
