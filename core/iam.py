@@ -229,9 +229,15 @@ def _ec2_statements() -> list[Statement]:
     return [
         Statement(
             "DescribeEc2",
-            (*(f"ec2:Describe{d}" for d in describe), "ec2:DescribeAvailabilityZones"),
+            (
+                *(f"ec2:Describe{d}" for d in describe),
+                "ec2:DescribeAvailabilityZones",
+                "ec2:DescribeSpotInstanceRequests",
+                "ec2:GetSpotPlacementScores",
+            ),
             ("*",),
-            "inventory, validation before any launch, waiters (Describe* has no resource-level permissions)",
+            "inventory, validation before any launch, waiters; spot-watch: spot request status, where capacity is "
+            "(Describe* and GetSpotPlacementScores have no resource-level permissions)",
         ),
         Statement(
             "LaunchTaggedInstances",

@@ -83,6 +83,8 @@ class Instance(ManagedResource):
     lifecycle: str = "on-demand"  # "spot" or "on-demand": the capacity type obtained
     spot_request_id: str | None = None
     state_reason_code: str | None = None
+    # The spot request's Status.Code (DescribeSpotInstanceRequests), filled by observe_training_instances.
+    spot_request_status: str | None = None
     private_ip: str | None = None
     # Filled by the inventory from the volumes' attachments; no extra call per instance.
     volume_ids: list[str] = Field(default_factory=list)

@@ -16,12 +16,17 @@ AWS, a volume being attached is already `in-use` (the attachment says `attaching
 Spot: RunInstances with `InstanceMarketOptions.MarketType=spot` is refused with SpotMaxPriceTooLow when the max
 price is under the current spot price; otherwise a spot request record (`sir-…`, active/fulfilled) is kept here,
 shown on the instance (InstanceLifecycle, SpotInstanceRequestId) and answered by DescribeSpotInstanceRequests /
-CancelSpotInstanceRequests. `interrupt_spot` posts the IMDS notice, marks the request and terminates the instance
-after the delay with StateReason Server.SpotInstanceTermination. DescribeSpotPriceHistory is answered from the
+CancelSpotInstanceRequests. `interrupt_spot` posts the IMDS notice, sets the request's status and terminates the
+instance after the delay with StateReason Server.SpotInstanceTermination. The status follows the EC2 User Guide
+("Spot request status"): for a price interruption `marked-for-termination` (request active) during the notice, then
+`instance-terminated-by-price` (closed); for a capacity interruption `instance-terminated-no-capacity` (closed) at
+once, while the instance stays running until the delay is over. DescribeSpotPriceHistory is answered from the
 on-demand table in `sandbox.pricing` (0.25–0.45 of it, fixed per AZ and type, a small drift every 6 hours).
 
 Capacity: `set_capacity(az, type, available=False)` makes RunInstances there fail with
-InsufficientInstanceCapacity.
+InsufficientInstanceCapacity, and GetSpotPlacementScores (moto lacks it) score that AZ 1 for the type, every other
+AZ 9 (a region: 9 if any of its AZs has capacity). AWS's own scores for one or two instance types are "always low"
+(its API reference recommends at least three types); the sandbox scores any number of types by its capacity rules.
 
 Client tokens (RunInstances, CreateVolume): see sandbox/idempotency.py, installed here after the rules above.
 """
@@ -60,6 +65,10 @@ PRICE_STEP = timedelta(hours=6)  # how often the sandbox's spot prices drift
 PRICE_HISTORY_POINTS = 28  # one week of history at that step
 PRODUCT_DESCRIPTIONS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)", "Windows")
 UNKNOWN_TYPE_PRICE = 0.1  # on-demand $/hour assumed for a type outside the pricing table
+
+INTERRUPTION_REASONS = ("price", "capacity")
+PLACEMENT_SCORE_HIGH = 9
+PLACEMENT_SCORE_LOW = 1
 
 # What AWS writes in a spot request's status (code → message).
 SPOT_STATUS_MESSAGES = {
@@ -279,10 +288,15 @@ class Ec2Rules:
                 for r in self._spot.values()
             ]
 
-    def interrupt_spot(self, instance_id: str, *, delay_seconds: float = 120.0) -> dict[str, Any]:
-        """The IMDS notice now, termination with StateReason Server.SpotInstanceTermination after the delay."""
+    def interrupt_spot(
+        self, instance_id: str, *, delay_seconds: float = 120.0, reason: str = "price"
+    ) -> dict[str, Any]:
+        """The IMDS notice now, termination with StateReason Server.SpotInstanceTermination after the delay.
+        `reason` ("price" or "capacity") picks the request status codes AWS shows (module docstring)."""
         if delay_seconds < 0:
             raise ValueError(f"delay_seconds must be >= 0, got {delay_seconds}")
+        if reason not in INTERRUPTION_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(INTERRUPTION_REASONS)}, got {reason!r}")
         with self.sandbox.ec2_lock:
             request = self._request_for(instance_id)
             if request is None:
@@ -294,7 +308,10 @@ class Ec2Rules:
                 raise ValueError(f"spot instance {instance_id} is {instance.state}, not running")
             when = _now() + timedelta(seconds=delay_seconds)
             notice = {"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
-            request.set_status("marked-for-termination")
+            if reason == "capacity":
+                request.set_status("instance-terminated-no-capacity", "closed")
+            else:
+                request.set_status("marked-for-termination")
         runtime = self.sandbox.runtime
         if runtime is not None and hasattr(runtime, "set_spot_action"):
             runtime.set_spot_action(instance_id, notice)
@@ -305,6 +322,7 @@ class Ec2Rules:
             "action": "terminate",
             "time": notice["time"],
             "delay_seconds": delay_seconds,
+            "reason": reason,
         }
 
     def reset(self) -> None:
@@ -694,7 +712,8 @@ class Ec2Rules:
             instance._reason = f"Service initiated ({_now().strftime('%Y-%m-%d %H:%M:%S GMT')})"
             if self._delay > 0:
                 self._shut_down_later(instance)
-            request.set_status("instance-terminated-by-price", "closed")
+            if request.status_code != "instance-terminated-no-capacity":  # a capacity notice already has its code
+                request.set_status("instance-terminated-by-price", "closed")
         runtime = self.sandbox.runtime
         if runtime is not None and hasattr(runtime, "terminate"):
             runtime.terminate(request.instance_id)
@@ -824,6 +843,55 @@ class Ec2Rules:
             inner += f"<nextToken>{token}</nextToken>"
         return ec2_response("DescribeSpotPriceHistory", inner)
 
+    # -- hooks: spot placement scores ------------------------------------------------------------------------
+    @_answer_method
+    def _spot_placement_scores(self, req: AwsRequest) -> Response | None:
+        """GetSpotPlacementScores (moto lacks it): per AZ (SingleAvailabilityZone, by AZ ID) or per region, 1 where
+        no requested type has capacity (`set_capacity`), 9 elsewhere; highest first, paged by MaxResults."""
+        types = req.param_list("InstanceType")
+        with_requirements = any(k.startswith("InstanceRequirementsWithMetadata.") for k in req.params)
+        if types and with_requirements:
+            raise _Refusal(
+                "InvalidParameterCombination", "InstanceTypes and InstanceRequirementsWithMetadata cannot be combined."
+            )
+        if not types and not with_requirements:
+            raise _Refusal("MissingParameter", "Either InstanceTypes or InstanceRequirementsWithMetadata is required.")
+        capacity = req.params.get("TargetCapacity", "")
+        if not capacity.isdigit() or not 1 <= int(capacity) <= 2_000_000_000:
+            raise _Refusal("InvalidParameterValue", f"Invalid value '{capacity}' for TargetCapacity.")
+        max_results = req.params.get("MaxResults")
+        if max_results is not None and (not max_results.isdigit() or not 10 <= int(max_results) <= 1000):
+            raise _Refusal("InvalidParameterValue", f"Invalid value '{max_results}' for MaxResults (10 to 1000).")
+        backend = self._backend(req)
+        regions = req.param_list("RegionName") or sorted(str(r.name) for r in backend.describe_regions())
+        single_zone = req.params.get("SingleAvailabilityZone", "false").lower() == "true"
+        scored: list[tuple[int, str, str | None]] = []
+        for region in regions:
+            zones = [(str(z.name), str(z.zone_id)) for z in backend.zones.get(region, [])]
+            # With requirements instead of types the sandbox knows no type, so no capacity rule applies.
+            per_zone = {
+                zone_id: PLACEMENT_SCORE_LOW
+                if types and all((name, t) in self._no_capacity for t in types)
+                else PLACEMENT_SCORE_HIGH
+                for name, zone_id in zones
+            }
+            if single_zone:
+                scored.extend((score, region, zone_id) for zone_id, score in per_zone.items())
+            elif per_zone:
+                scored.append((max(per_zone.values()), region, None))
+        scored.sort(key=lambda s: (-s[0], s[1], s[2] or ""))
+        items = [
+            f"<item><region>{region}</region>"
+            + (f"<availabilityZoneId>{zone_id}</availabilityZoneId>" if zone_id else "")
+            + f"<score>{score}</score></item>"
+            for score, region, zone_id in scored
+        ]
+        page, token = _paginate(items, req, 1000)
+        inner = f"<spotPlacementScoreSet>{''.join(page)}</spotPlacementScoreSet>"
+        if token:
+            inner += f"<nextToken>{token}</nextToken>"
+        return ec2_response("GetSpotPlacementScores", inner)
+
     # -- registration ----------------------------------------------------------------------------------------
     def register(self) -> None:
         sb = self.sandbox
@@ -842,6 +910,7 @@ class Ec2Rules:
         sb.before("ec2", "DescribeSpotInstanceRequests", self._describe_spot_requests)
         sb.before("ec2", "CancelSpotInstanceRequests", self._cancel_spot_requests)
         sb.before("ec2", "DescribeSpotPriceHistory", self._spot_price_history)
+        sb.before("ec2", "GetSpotPlacementScores", self._spot_placement_scores)
         sb.on_reset(self.reset)
         sb.on_stop(self.stop)
         sb.control("capacity", self._control_capacity)
@@ -856,7 +925,9 @@ class Ec2Rules:
 
     def _control_interrupt(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self.interrupt_spot(
-            str(payload["instance_id"]), delay_seconds=float(payload.get("delay_seconds", 120.0))
+            str(payload["instance_id"]),
+            delay_seconds=float(payload.get("delay_seconds", 120.0)),
+            reason=str(payload.get("reason", "price")),
         )
 
 

@@ -348,9 +348,12 @@ class Sandbox:
         return "reset"
 
     # -- control surface -----------------------------------------------------------------------------------
-    def interrupt_spot(self, instance_id: str, *, delay_seconds: float = 120.0) -> dict[str, Any]:
-        """A spot interruption: the IMDS notice now, termination (Server.SpotInstanceTermination) after the delay."""
-        result: dict[str, Any] = self.ec2.interrupt_spot(instance_id, delay_seconds=delay_seconds)
+    def interrupt_spot(
+        self, instance_id: str, *, delay_seconds: float = 120.0, reason: str = "price"
+    ) -> dict[str, Any]:
+        """A spot interruption: the IMDS notice now, termination (Server.SpotInstanceTermination) after the delay;
+        `reason` ("price" | "capacity") sets the spot request status codes AWS would show (sandbox/ec2.py)."""
+        result: dict[str, Any] = self.ec2.interrupt_spot(instance_id, delay_seconds=delay_seconds, reason=reason)
         return result
 
     def recommend_rebalance(self, instance_id: str) -> dict[str, Any]:
@@ -359,7 +362,8 @@ class Sandbox:
         return result
 
     def set_capacity(self, availability_zone: str, instance_type: str, *, available: bool) -> None:
-        """Make RunInstances of `instance_type` in `availability_zone` fail with InsufficientInstanceCapacity."""
+        """Make RunInstances of `instance_type` in `availability_zone` fail with InsufficientInstanceCapacity (and
+        GetSpotPlacementScores score that AZ low for the type)."""
         self.ec2.set_capacity(availability_zone, instance_type, available=available)
 
     def throttle(self, fraction: float, services: Iterable[str] | None = None) -> None:

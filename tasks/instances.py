@@ -16,6 +16,7 @@ from core.errors import InvalidInputError, SafetyRefusalError
 from core.ids import validate_id
 from core.models import Instance
 from tasks.aws import aws_task, translate
+from tasks.capacity import offered_zones
 from tasks.volumes import WAIT, get_instance, get_volume, keep_on_termination
 
 DEFAULT_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -116,23 +117,13 @@ def check_instance_type(
             raise
     if not found:
         raise InvalidInputError("instance_type", instance_type, "an EC2 instance type offered in this region")
-    if availability_zone:
-        with translate("DescribeInstanceTypeOfferings"):
-            pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
-                LocationType="availability-zone",
-                Filters=[
-                    {"Name": "instance-type", "Values": [instance_type]},
-                    {"Name": "location", "Values": [availability_zone]},
-                ],
-            )
-            offered = [o for page in pages for o in page["InstanceTypeOfferings"]]
-        if not offered:
-            raise InvalidInputError(
-                "instance_type",
-                instance_type,
-                f"a type offered in {availability_zone}",
-                fix="Pick another type, or move the data volume to a zone that offers it (trainctl ebs move).",
-            )
+    if availability_zone and not offered_zones(ec2, instance_type, availability_zone=availability_zone):
+        raise InvalidInputError(
+            "instance_type",
+            instance_type,
+            f"a type offered in {availability_zone}",
+            fix="Pick another type, or move the data volume to a zone that offers it (trainctl ebs move).",
+        )
 
 
 def subnet_zone(subnet_id: str, *, account: str | None = None) -> str:
@@ -349,3 +340,58 @@ def terminate_launched_instance(
 def _wait_terminated(ec2: Any, instance_id: str) -> None:
     with translate("wait instance_terminated"):
         ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
+
+
+# Every state an observed training instance can be in; terminated ones stay listed by EC2 for about an hour, long
+# enough for a pass to see how an attempt ended.
+TRAINING_INSTANCE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped", "terminated"]
+# EC2 accepts at most 200 values in one filter: more spot requests than that take one call per 200.
+_FILTER_VALUES_MAX = 200
+
+
+@aws_task(name="observe-training-instances", tags=["aws-ec2"])
+def observe_training_instances(*, account: str | None = None) -> list[Instance]:
+    """Every managed training instance (role `train`, terminated ones included) with its spot request's status
+    code, in one paginated DescribeInstances and one DescribeSpotInstanceRequests (per 200 requests).
+
+    An error raises (after the task's retries for transient ones): the caller must never read "could not look"
+    as "gone". `core.spot.spot_interruption` classifies the result.
+    """
+    ec2 = _ec2(account)
+    instances: dict[str, Instance] = {}
+    with translate("DescribeInstances"):
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{t.ROLE}", "Values": [t.Role.TRAIN.value]},
+                {"Name": "instance-state-name", "Values": TRAINING_INSTANCE_STATES},
+            ],
+            PaginationConfig={"PageSize": 1000},
+        )
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for data in reservation["Instances"]:
+                    if t.is_managed(t.from_aws(data.get("Tags"))):
+                        instances.setdefault(data["InstanceId"], Instance.from_aws(data))
+    statuses = _spot_request_statuses(ec2, sorted({i.spot_request_id for i in instances.values() if i.spot_request_id}))
+    return [
+        i.model_copy(update={"spot_request_status": statuses.get(i.spot_request_id or "")})
+        for i in sorted(instances.values(), key=lambda i: i.id)
+    ]
+
+
+def _spot_request_statuses(ec2: Any, request_ids: list[str]) -> dict[str, str]:
+    """Request ID → Status.Code. A filter rather than SpotInstanceRequestIds: an expired request is then simply
+    absent instead of failing the whole call with InvalidSpotInstanceRequestID.NotFound."""
+    statuses: dict[str, str] = {}
+    for start in range(0, len(request_ids), _FILTER_VALUES_MAX):
+        chunk = request_ids[start : start + _FILTER_VALUES_MAX]
+        with translate("DescribeSpotInstanceRequests"):
+            pages = ec2.get_paginator("describe_spot_instance_requests").paginate(
+                Filters=[{"Name": "spot-instance-request-id", "Values": chunk}]
+            )
+            for page in pages:
+                for request in page["SpotInstanceRequests"]:
+                    code = (request.get("Status") or {}).get("Code")
+                    if code:
+                        statuses[request["SpotInstanceRequestId"]] = str(code)
+    return statuses

@@ -250,3 +250,91 @@ def test_spot_price_history_filters_and_pages(cloud: Sandbox) -> None:
         InstanceTypes=["m5.large"], ProductDescriptions=["Windows"], StartTime=datetime.now(UTC)
     )["SpotPriceHistory"]
     assert windows and all(h["ProductDescription"] == "Windows" for h in windows)
+
+
+def test_capacity_interruption_closes_the_request_at_the_notice(cloud: Sandbox) -> None:
+    """AWS (User Guide, "Spot request status"): taking capacity back sets instance-terminated-no-capacity at once,
+    not marked-for-termination, while the instance runs out its notice."""
+    ec2 = cloud.client("ec2")
+    instance_id = _spot(ec2)
+    status, answer = _control(
+        cloud, "spot-interruption", {"instance_id": instance_id, "delay_seconds": 1.0, "reason": "capacity"}
+    )
+    assert status == 200 and answer["result"]["reason"] == "capacity"
+    request = _request(ec2, instance_id)
+    assert (request["State"], request["Status"]["Code"]) == ("closed", "instance-terminated-no-capacity")
+    assert _instance(ec2, instance_id)["State"]["Name"] == "running"
+    record = cloud.runtime.record(instance_id)
+    assert record is not None and record.spot_action is not None  # the instance sees the notice all the same
+
+    assert cloud.wait_for(lambda: _instance(ec2, instance_id)["State"]["Name"] == "terminated", timeout=5)
+    assert _instance(ec2, instance_id)["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    request = _request(ec2, instance_id)
+    assert (request["State"], request["Status"]["Code"]) == ("closed", "instance-terminated-no-capacity")
+    other = _spot(ec2)
+    status, answer = _control(cloud, "spot-interruption", {"instance_id": other, "reason": "whim"})
+    assert status == 400 and "reason" in answer["error"]
+    assert _request(ec2, other)["Status"]["Code"] == "fulfilled"
+
+
+# -- placement scores ------------------------------------------------------------------------------------------
+def _scores(ec2: Any, instance_types: list[str], **params: Any) -> list[dict[str, Any]]:
+    pages = ec2.get_paginator("get_spot_placement_scores").paginate(
+        InstanceTypes=instance_types, TargetCapacity=1, **params
+    )
+    return [s for page in pages for s in page["SpotPlacementScores"]]
+
+
+def test_placement_scores_follow_the_capacity_rules(cloud: Sandbox) -> None:
+    ec2 = cloud.client("ec2")
+    zone_ids = {z["ZoneName"]: z["ZoneId"] for z in ec2.describe_availability_zones()["AvailabilityZones"]}
+    single = {"SingleAvailabilityZone": True, "RegionNames": ["us-east-1"]}
+    scores = _scores(ec2, ["g5.xlarge"], **single)
+    assert sorted(s["AvailabilityZoneId"] for s in scores) == sorted(zone_ids.values())
+    assert {(s["Region"], s["Score"]) for s in scores} == {("us-east-1", 9)}
+
+    cloud.set_capacity("us-east-1b", "g5.xlarge", available=False)
+    scores = _scores(ec2, ["g5.xlarge"], **single)
+    by_zone = {s["AvailabilityZoneId"]: s["Score"] for s in scores}
+    assert by_zone[zone_ids["us-east-1b"]] == 1
+    assert all(score == 9 for zone_id, score in by_zone.items() if zone_id != zone_ids["us-east-1b"])
+    assert [s["Score"] for s in scores] == sorted((s["Score"] for s in scores), reverse=True)  # best first
+    # Another type in that AZ, or the type with another that has capacity there, still scores high.
+    assert {s["Score"] for s in _scores(ec2, ["m5.large"], **single)} == {9}
+    assert {s["Score"] for s in _scores(ec2, ["g5.xlarge", "g6.xlarge"], **single)} == {9}
+    # The region keeps capacity in its other AZs: as a region it scores high (no AZ IDs in that answer).
+    (region,) = _scores(ec2, ["g5.xlarge"], RegionNames=["us-east-1"])
+    assert region == {"Region": "us-east-1", "Score": 9}
+
+    cloud.set_capacity("us-east-1b", "g5.xlarge", available=True)
+    assert {s["Score"] for s in _scores(ec2, ["g5.xlarge"], **single)} == {9}
+
+
+def test_placement_scores_page_and_refuse_bad_requests(cloud: Sandbox) -> None:
+    ec2 = cloud.client("ec2")
+    pages = list(
+        ec2.get_paginator("get_spot_placement_scores").paginate(
+            InstanceTypes=["g5.xlarge"],
+            TargetCapacity=1,
+            SingleAvailabilityZone=True,
+            PaginationConfig={"PageSize": 10},
+        )
+    )
+    entries = [s for page in pages for s in page["SpotPlacementScores"]]
+    assert len(pages) > 1 and all(len(p["SpotPlacementScores"]) <= 10 for p in pages)
+    assert {"us-east-1", "eu-west-1"} <= {s["Region"] for s in entries}  # every region when none is named
+    assert len({(s["Region"], s["AvailabilityZoneId"]) for s in entries}) == len(entries)
+    for params, code in (
+        ({"TargetCapacity": 1}, "MissingParameter"),
+        (
+            {
+                "TargetCapacity": 1,
+                "InstanceTypes": ["g5.xlarge"],
+                "InstanceRequirementsWithMetadata": {"ArchitectureTypes": ["x86_64"]},
+            },
+            "InvalidParameterCombination",
+        ),
+    ):
+        with pytest.raises(ClientError) as exc:
+            ec2.get_spot_placement_scores(**params)
+        assert exc.value.response["Error"]["Code"] == code, params
