@@ -441,6 +441,11 @@ class AttemptRecord(BaseModel):
     time_lost_s: float | None = Field(
         default=None, description="from the previous attempt's end (interruption) until this one's trainer started"
     )
+    capacity_refused_at: datetime | None = Field(
+        default=None, description="when EC2 first refused this attempt's capacity (spot-watch retries, then moves on)"
+    )
+    tries: int = Field(default=0, ge=0, description="launches tried for this attempt (capacity refusals retried)")
+    last_try_at: datetime | None = None
 
 
 def _legacy_record(data: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def _get_json(cloud: Sandbox, uri: str) -> Any:
 
 
 def _job_record(cloud: Sandbox, name: str) -> JobRecord:
-    return JobRecord.model_validate(_job_record(cloud, name))
+    return JobRecord.model_validate(_get_json(cloud, jobs.job_record_uri(BUCKET, name)))
 
 
 def _get_text(cloud: Sandbox, uri: str) -> str:
