@@ -133,3 +133,41 @@ def reconcile(record: JobRecord, agent_status: Mapping[str, Any] | None) -> JobR
             "finished_at": _agent_time(agent_status.get("ended_at")) or record.finished_at,
         }
     )
+
+
+# -- the agent's answer on the instance (appended here; its import belongs at the top once the module settles) ----
+from pydantic import BaseModel  # noqa: E402
+
+
+class AgentPoll(BaseModel):
+    """One answer of the job's agent on the instance (agent `poll`/`stop`: its local state and a log chunk), or
+    `installed=False` when the agent was never shipped there (a launch killed before its ship step)."""
+
+    job: str
+    installed: bool = True
+    status: str | None = None  # the agent's word: running | succeeded | failed | interrupted | stopped | unknown
+    attempt: int | None = None
+    exit_code: int | None = None
+    pid: int | None = None  # the trainer's; None before the agent started it
+    trainer_alive: bool = False
+    agent_alive: bool = False
+    checkpoint_seq: int | None = None
+    instance_action: str | None = None  # once the attempt ended: "shutdown" | "keep"
+    instance_action_reason: str | None = None
+    offset: int = 0  # where the next log chunk starts
+    size: int = 0  # of the log on the instance
+    chunk: str = ""
+
+    @property
+    def alive(self) -> bool:
+        """The attempt is not over on the instance: its trainer runs, or its agent is still finishing it."""
+        return self.trainer_alive or self.agent_alive
+
+    @property
+    def trainer_ended(self) -> bool:
+        return self.exit_code is not None or (self.pid is not None and not self.trainer_alive)
+
+    @property
+    def final(self) -> bool:
+        """The agent has written the attempt's final status (checkpoint and log are out)."""
+        return self.status in FINAL_AGENT_STATUSES and not self.agent_alive
