@@ -14,9 +14,9 @@ import pytest
 from core import jobs
 from core.errors import InvalidInputError
 from core.launch import (
+    AGENT_SCRIPT,
     JobRecord,
     JobSpec,
-    AGENT_SCRIPT,
     TemplateSpec,
     agent_command_script,
     agent_spec,
