@@ -316,8 +316,7 @@ def logs(
                 offset = poll.offset
                 if poll.chunk and poll.offset < poll.size:
                     continue
-                ended = poll.exit_code is not None or (poll.pid is not None and not poll.trainer_alive)
-                if not follow or ended:
+                if not follow or poll.trainer_ended:
                     break
             else:
                 got = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)

@@ -165,9 +165,5 @@ class AgentPoll(BaseModel):
 
     @property
     def trainer_ended(self) -> bool:
+        """The trainer was started and is no longer running (its exit code may be missing if it was killed)."""
         return self.exit_code is not None or (self.pid is not None and not self.trainer_alive)
-
-    @property
-    def final(self) -> bool:
-        """The agent has written the attempt's final status (checkpoint and log are out)."""
-        return self.status in FINAL_AGENT_STATUSES and not self.agent_alive

@@ -55,6 +55,12 @@ def test_train_stop_checkpoints_records_stopped_and_ends_the_instance(cloud: San
     ended = _launch_long(cloud, code, "stop-me", data_volume_id=volume.id)
     kept = _launch_long(cloud, code, "stop-kept")
 
+    # While it runs, `train logs` reads the log from the instance through the agent's poll.
+    shown = CliRunner().invoke(app, ["train", "logs", "stop-kept", "--bucket", BUCKET, "--json"])
+    assert shown.exit_code == 0, shown.output
+    live = json.loads(shown.stdout)
+    assert live["live"] is True and "step 2/10000" in live["log"]
+
     assert "stopped stop-me attempt 1" in _stop("stop-me")
     assert "stopped stop-kept attempt 1" in _stop("stop-kept", "--keep-instance")
 
