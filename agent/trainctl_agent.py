@@ -14,11 +14,16 @@ Command line
         Exit 2 on an invalid spec, 1 when an agent of the job is already running. --foreground: no detaching.
     python3 trainctl_agent.py status --job JOB
         Print the job's local state as JSON (status document, pids and whether they live, exit code).
+    python3 trainctl_agent.py poll --job JOB [--offset N] [--limit L]
+        One JSON line: the local state (as `status`, plus "installed": true) and the job log from byte `offset`
+        (at most `limit` bytes, default 12000): "chunk", "offset" (where the next poll starts), "size". The one
+        reader of the job's on-instance state for the flows, `train logs` and teardown's training check.
     python3 trainctl_agent.py stop --job JOB [--grace SECONDS] [--keep-instance]
         Ask the agent to stop the job: the trainer's process group gets SIGTERM, SIGKILL after the grace
         (default 30 s), then the checkpoint and log are flushed to S3 and the status becomes `stopped`. When no
-        agent is alive, does that itself from the agent's copy of the spec. Prints the final status JSON.
-        --keep-instance: the agent does not shut the instance down after this stop (see "When the job ends").
+        agent is alive, does that itself from the agent's copy of the spec. Prints the final state as `poll` does
+        (one JSON line, no log). --keep-instance: the instance is not shut down after this stop (see "When the job
+        ends"); without it, the answer may be lost as the instance goes down (the status in S3 says what happened).
 
 The spec (JSON object, written by the train-launch flow; `AgentSpec` below)
 --------------------------------------------------------------------------
@@ -1822,6 +1827,31 @@ def local_status(job: str) -> dict[str, Any]:
     }
 
 
+def log_chunk(job: str, offset: int, limit: int) -> dict[str, Any]:
+    """The job log from byte `offset` (at most `limit` bytes): the chunk, where the next read starts, the size."""
+    chunk, size = b"", 0
+    with contextlib.suppress(OSError), (on_instance(instance_job_dir(job)) / LOG_FILE).open("rb") as log_file:
+        size = log_file.seek(0, os.SEEK_END)
+        log_file.seek(min(max(offset, 0), size))
+        chunk = log_file.read(max(limit, 0))
+    return {"offset": max(offset, 0) + len(chunk), "size": size, "chunk": chunk.decode("utf-8", "replace")}
+
+
+def poll_document(job: str, offset: int = 0, limit: int = 0) -> dict[str, Any]:
+    """What `poll` prints: the local state, that the agent is installed, and a chunk of the log."""
+    return {**local_status(job), "installed": True, **log_chunk(job, offset, limit)}
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    try:
+        validate_job_name(args.job)
+    except SpecError as exc:
+        print(json.dumps({"error": str(exc)}), file=sys.stderr)
+        return 2
+    print(json.dumps(poll_document(args.job, args.offset, args.limit)))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         validate_job_name(args.job)
@@ -1849,13 +1879,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
         while pid_alive(agent_pid) and time.monotonic() < deadline:
             time.sleep(0.2)
     else:
-        _stop_without_agent(job_dir, args.grace)
-    print(json.dumps(local_status(args.job), indent=2))
+        _stop_without_agent(job_dir, args.grace, keep_instance=args.keep_instance)
+    print(json.dumps(poll_document(args.job)))
     return 0
 
 
-def _stop_without_agent(job_dir: Path, grace: float) -> None:
-    """The agent is gone (crashed, killed): stop the trainer and flush its checkpoint from the spec copy."""
+def _stop_without_agent(job_dir: Path, grace: float, *, keep_instance: bool) -> None:
+    """The agent is gone (crashed, killed): stop the trainer and flush its checkpoint from the spec copy, then end
+    the attempt as the agent would have (final status, and the shutdown unless the instance is kept)."""
     pid = read_int(job_dir / PID_FILE)
     if pid and pid_alive(pid):
         killpg(pid, signal.SIGTERM)
@@ -1880,11 +1911,14 @@ def _stop_without_agent(job_dir: Path, grace: float) -> None:
     agent.exit_code = read_int(job_dir / EXIT_CODE_FILE)
     agent.ended_at = now_iso()
     agent.reason = "stopped without an agent"
+    agent.keep_instance = agent.keep_instance or keep_instance
+    upload_error: str | None = None
     try:
         agent.checkpoints.upload(force=True)
     except (S3Error, OSError) as exc:
         log.error("checkpoint flush failed: %s", exc)
-    agent.publish("stopped")
+        upload_error = f"the final checkpoint upload failed ({exc})"
+    agent.finish("stopped", upload_error=upload_error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1895,13 +1929,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--foreground", action="store_true", help="do not detach (debugging)")
     status = sub.add_parser("status", help="print the job's local state as JSON")
     status.add_argument("--job", required=True)
+    poll = sub.add_parser("poll", help="print the job's local state and a chunk of its log as one JSON line")
+    poll.add_argument("--job", required=True)
+    poll.add_argument("--offset", type=int, default=0)
+    poll.add_argument("--limit", type=int, default=12_000)
     stop = sub.add_parser("stop", help="stop the job: SIGTERM, grace, SIGKILL, flush the checkpoint")
     stop.add_argument("--job", required=True)
     stop.add_argument("--grace", type=float, default=DEFAULT_STOP_GRACE)
     stop.add_argument("--keep-instance", action="store_true", help="do not shut the instance down after the stop")
     stop.add_argument("--upload-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "status": cmd_status, "stop": cmd_stop}
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "poll": cmd_poll,
+        "stop": cmd_stop,
+    }
     return handlers[args.cmd](args)
 
 

@@ -305,9 +305,9 @@ def logs(
     jobs.validate_job_name(job, field="job")
     bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
-        from core.launch import JobPoll, poll_script
         from tasks.code import read_text
-        from tasks.ssm import run_script
+        from tasks.jobs import poll_agent
+        from tasks.ssm import CommandFailedError
 
         record, _ = _record(bucket, job, account)
         n = attempt or record.attempt
@@ -324,20 +324,20 @@ def logs(
         offset = 0
         while True:
             if live:
-                result = run_script(record.instance_id, poll_script(job, offset), timeout_s=60, account=account)
-                if result.ok:
-                    poll = JobPoll.model_validate_json(result.stdout.strip().splitlines()[-1])
-                    emit(poll.chunk)
-                    offset = poll.offset
-                    more = bool(poll.chunk) and poll.offset < poll.size
-                    ended = poll.exit_code is not None or (poll.started and not poll.job_alive)
-                    if more:
-                        continue
-                    if not follow or ended:
-                        break
-                else:
+                try:
+                    poll = poll_agent.fn(record.instance_id, job, offset, account=account)
+                except CommandFailedError:
                     live = False  # the instance went away: the rest is in S3
                     continue
+                if not poll.installed:
+                    live = False  # no agent there yet (a launch in progress): nothing on the instance to read
+                    continue
+                emit(poll.chunk)
+                offset = poll.offset
+                if poll.chunk and poll.offset < poll.size:
+                    continue
+                if not follow or poll.trainer_ended:
+                    break
             else:
                 got = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
                 if got is not None:
@@ -364,38 +364,31 @@ def stop(
     job: JobArg,
     bucket: BucketOption,
     grace: Annotated[float, typer.Option("--grace", help="Seconds between SIGTERM and SIGKILL.")] = 30.0,
+    keep_instance: Annotated[
+        bool, typer.Option("--keep-instance", help="Keep the instance running after the stop (end it yourself).")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Stop the job: SIGTERM (the trainer saves), SIGKILL after the grace, checkpoint and log flushed to S3.
-    The instance keeps running (teardown removes it)."""
+    """Stop the job through its agent: SIGTERM (the trainer saves), SIGKILL after the grace, checkpoint, log and
+    status flushed to S3, the attempt recorded `stopped`; then the instance ends (terminates) unless
+    --keep-instance. Works in any state: a launch not yet started ends its instance; an ended job is left as is."""
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
     bucket = validate_bucket(bucket, field="--bucket")
+    if grace < 0:
+        raise InvalidInputError("--grace", grace, "seconds >= 0")
     with aws_scope(ctx) as account:
-        from core.jobs import JobStatus
-        from core.launch import agent_command_script
-        from core.shell import quote
-        from tasks.jobs import update_attempt
-        from tasks.ssm import CommandFailedError, run_script
+        from tasks.jobs import stop_job
 
-        record, _ = _record(bucket, job, account)
-        if _instance_state(record.instance_id, account) != "running":
-            raise UsageError(f"job {job} has no running instance (record: {record.status.value})")
-        script = agent_command_script(job, "stop")
-        # This command's own answer must get back over SSM: the instance stays (as documented above).
-        script[-1] += f" --grace {quote(grace)} --keep-instance"
-        result = run_script(record.instance_id, script, timeout_s=int(grace) + 660, account=account)
-        if not result.ok:
-            raise CommandFailedError(result, "agent stop")
-        final = json.loads(result.stdout[result.stdout.index("{") :]) if "{" in result.stdout else {}
-        exit_code = final.get("exit_code")
-        # The record as stored now (the stop took a while; a `train status` may have written it meanwhile).
-        stopped = {"status": JobStatus.STOPPED, "exit_code": exit_code}
-        update_attempt(bucket, job, record.attempt, stopped, account=account)
+        report = stop_job.fn(bucket, job, grace_s=grace, keep_instance=keep_instance, account=account)
     if json_output:
-        emit_json(final)
+        emit_json(report.model_dump(mode="json"))
+        return
+    if report.outcome == "already-ended":
+        stdout_console().print(f"{job}: {report.detail}", highlight=False)
         return
     stdout_console().print(
-        f"stopped {job} attempt {record.attempt} (exit code {exit_code}); checkpoint seq {final.get('checkpoint_seq')}",
+        f"stopped {job} attempt {report.attempt} (exit code {report.exit_code}; checkpoint seq "
+        f"{report.checkpoint_seq}); {report.instance}",
         highlight=False,
     )

@@ -757,3 +757,36 @@ class JobStorage(BaseModel):
     @property
     def latest_complete(self) -> int | None:
         return max((c.seq for c in self.checkpoints if c.complete), default=None)
+
+
+# -- the agent's answer on the instance -------------------------------------------------------------------
+
+
+class AgentPoll(BaseModel):
+    """One answer of the job's agent on the instance (agent `poll`/`stop`: its local state and a log chunk), or
+    `installed=False` when the agent was never shipped there (a launch killed before its ship step)."""
+
+    job: str
+    installed: bool = True
+    status: str | None = None  # the agent's word: running | succeeded | failed | interrupted | stopped | unknown
+    attempt: int | None = None
+    exit_code: int | None = None
+    pid: int | None = None  # the trainer's; None before the agent started it
+    trainer_alive: bool = False
+    agent_alive: bool = False
+    checkpoint_seq: int | None = None
+    instance_action: str | None = None  # once the attempt ended: "shutdown" | "keep"
+    instance_action_reason: str | None = None
+    offset: int = 0  # where the next log chunk starts
+    size: int = 0  # of the log on the instance
+    chunk: str = ""
+
+    @property
+    def alive(self) -> bool:
+        """The attempt is not over on the instance: its trainer runs, or its agent is still finishing it."""
+        return self.trainer_alive or self.agent_alive
+
+    @property
+    def trainer_ended(self) -> bool:
+        """The trainer was started and is no longer running (its exit code may be missing if it was killed)."""
+        return self.exit_code is not None or (self.pid is not None and not self.trainer_alive)

@@ -8,6 +8,7 @@ instance) and the agent execs it as is, so `; rm -rf /` or `$(...)` in an argume
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from core import jobs
 from core.ebs import mount_point as volume_mount_point
 from core.jobs import JobRecord, JobSpec
 from core.prewarm import mount_script
-from core.shell import on_instance, quote
+from core.shell import argv, on_instance, quote
 from core.transfer import instance_script
 
 AGENT_SCRIPT = "agent/trainctl_agent.py"
@@ -127,64 +128,36 @@ def start_agent_script(job: str) -> list[str]:
     ]
 
 
-def agent_command_script(job: str, verb: Literal["status", "stop"]) -> list[str]:
-    return ["set -eu", f"job={_job_dir(job)}", f'python3 "$job/{AGENT_SCRIPT}" {verb} --job {quote(job)}']
+def _agent_line(job_dir: str, job: str, verb: str, options: tuple[object, ...]) -> str:
+    """The agent's command line; `job_dir` and `job` are shell words (a quoted value or a quoted expansion)."""
+    return f"python3 {job_dir}/{AGENT_SCRIPT} {verb} --job {job} {argv(options)}".rstrip()
 
 
-POLL_PY = r"""
-import json, os, sys
-d, offset, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def read(name):
-    try:
-        with open(os.path.join(d, name)) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-def alive(name):
-    pid = read(name)
-    if not pid or not pid.lstrip("-").isdigit():
-        return False
-    try:
-        os.kill(abs(int(pid)), 0)
-        return True
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-code = read("exit_code")
-chunk, size = b"", 0
-try:
-    with open(os.path.join(d, "job.log"), "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(min(offset, size))
-        chunk = f.read(limit)
-except OSError:
-    pass
-print(json.dumps({"exit_code": int(code) if code and code.lstrip("-").isdigit() else None,
-                  "job_alive": alive("pid"), "agent_alive": alive("agent.pid"),
-                  "offset": offset + len(chunk), "size": size, "started": read("pid") is not None,
-                  "chunk": chunk.decode("utf-8", "replace")}))
-"""
-
-
-def poll_script(job: str, offset: int, limit: int = 12_000) -> list[str]:
-    """One JSON line: exit code (if written), whether the trainer and the agent live, and new log bytes."""
+def agent_command_script(job: str, verb: Literal["poll", "stop"], *options: object) -> list[str]:
+    """Run the job's agent on the instance: `trainctl_agent.py <verb> --job <job> <options>`, every value quoted.
+    Its answer is one JSON line (the agent's `poll` document). When the agent was never shipped (a launch killed
+    before its ship step), the line is {"job": <job>, "installed": false} instead of an error."""
+    missing = json.dumps({"job": job, "installed": False})
     return [
-        f"python3 - {_job_dir(job)} {int(offset)} {int(limit)} <<'TRAINCTL_POLL'",
-        *POLL_PY.strip().splitlines(),
-        "TRAINCTL_POLL",
+        "set -eu",
+        f"job={_job_dir(job)}",
+        f'if [ ! -f "$job/{AGENT_SCRIPT}" ]; then echo {quote(missing)}; exit 0; fi',
+        "exec " + _agent_line('"$job"', quote(job), verb, options),
     ]
 
 
-class JobPoll(BaseModel):
-    exit_code: int | None = None
-    job_alive: bool = False
-    agent_alive: bool = False
-    started: bool = False
-    offset: int = 0
-    size: int = 0
-    chunk: str = ""
+def every_agent_poll_script() -> list[str]:
+    """Each job's agent on the instance asked for its state (no log): a line `agent <job> <poll JSON>` per job
+    folder holding an agent (one without never ran a trainer of ours); nothing after the name if the agent failed."""
+    poll = _agent_line('"$d"', '"$j"', "poll", ("--limit", 0))
+    return [
+        f"jobs_dir={on_instance(jobs.INSTANCE_JOBS_DIR)}",
+        'for d in "$jobs_dir"/*; do',
+        f'  [ -f "$d/{AGENT_SCRIPT}" ] || continue',
+        '  j=$(basename "$d")',
+        f'  echo "agent $j $({poll} 2>/dev/null || true)"',
+        "done",
+    ]
 
 
 # -- .gitignore -------------------------------------------------------------------------------------------------

@@ -47,8 +47,9 @@ from core.teardown import (
 from flows.reporting import artifact_key
 from tasks.checkpoints import list_bucket_leftovers, list_job_storage
 from tasks.inventory import inventory as inventory_task
+from tasks.jobs import stop_instance_jobs
 from tasks.teardown import abort_upload, delete_objects, describe_unmanaged, terminate_instance, wait_terminated
-from tasks.training import detect_training, detect_training_fn, flush_checkpoints, stop_jobs, wait_training_done
+from tasks.training import detect_training, detect_training_fn, wait_training_done
 from tasks.volumes import delete_snapshot, delete_volume, detach_volume, keep_on_termination
 
 
@@ -250,10 +251,21 @@ def _runner(
                 return "done", "training ended"
             case OpKind.STOP_JOB:
                 assert op.instance_id
-                return "done", stop_jobs(op.instance_id, account=account).strip()
+                # Through each job's agent (tasks/jobs.py): the trainer saves, the status says `stopped`.
+                found = detect_training_fn(op.instance_id, account=account)
+                if found.status == "unknown":
+                    raise TrainctlError(f"could not ask the agents on {op.instance_id}: {found.detail}")
+                lines = stop_instance_jobs(op.instance_id, found.jobs, bucket=request.bucket, account=account)
+                return "done", "; ".join(lines) or "no job of ours was running"
             case OpKind.FLUSH:
                 assert op.instance_id
-                return "done", flush_checkpoints(op.instance_id, account=account).strip()
+                # The agent's stop ends with the checkpoint, log and final status in S3: an agent still alive has
+                # not finished that, and the terminate must wait for it.
+                after = detect_training_fn(op.instance_id, account=account)
+                if after.status == "unknown" or after.jobs:
+                    still = ", ".join(after.jobs) or after.detail
+                    raise TrainctlError(f"not every job on {op.instance_id} has ended after the stop ({still})")
+                return "done", "every job's agent ended: checkpoints, logs and statuses are in S3"
             case OpKind.KEEP_ON_TERMINATION:
                 assert op.instance_id
                 keep_on_termination(op.instance_id, op.target, account=account)

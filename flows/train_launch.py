@@ -34,18 +34,16 @@ from blocks.templates import load_template
 from core import jobs
 from core import tags as t
 from core.errors import AwsError, InvalidInputError, TrainctlError, UsageError
-from core.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus, TemplateSpec
+from core.jobs import AgentPoll, AttemptRecord, JobRecord, JobSpec, JobStatus, TemplateSpec
 from core.launch import (
     AGENT_SPEC,
     AGENT_TARBALL,
     CODE_TARBALL,
-    JobPoll,
     LaunchOptions,
     agent_spec,
     data_mount_script,
     launch_key,
     next_attempt,
-    poll_script,
     ship_script,
     start_agent_script,
 )
@@ -62,8 +60,15 @@ from tasks.instances import (
     validate_request,
 )
 from tasks.instances import terminate_launched_instance as terminate
-from tasks.jobs import JobChangedError, read_agent_status, read_record, update_attempt, write_record
-from tasks.ssm import run_command, run_script, wait_online
+from tasks.jobs import (
+    JobChangedError,
+    poll_agent,
+    read_agent_status,
+    read_record,
+    update_attempt,
+    write_record,
+)
+from tasks.ssm import CommandFailedError, run_command, wait_online
 from tasks.volumes import (
     attach_volume,
     describe_instance,
@@ -453,17 +458,9 @@ def _agent_status(spec: JobSpec, attempt: int) -> dict[str, Any] | None:
     return read_agent_status.fn(spec.bucket, spec.name, attempt, account=spec.account)
 
 
-def _status_word(status: dict[str, Any] | None) -> str | None:
-    if not status:
-        return None
-    value = status.get("state") or status.get("status")
-    return str(value) if value else None
-
-
 def _wait(spec: JobSpec, options: LaunchOptions, record: JobRecord, etag: str, report: LaunchReport) -> LaunchReport:
-    """Poll the instance over SSM (exit code, liveness, new log bytes); if the instance goes away, read what the
-    agent left in S3. Ends when the trainer has exited and the agent finished its final checkpoint upload."""
-    log = get_run_logger()
+    """Poll the job's agent on the instance (exit code, liveness, new log bytes); if the instance goes away, read
+    what the agent left in S3. Ends when the trainer has exited and the agent finished its final upload."""
     assert record.instance_id is not None
     instance_id = record.instance_id
     stream = _LogStream()
@@ -473,48 +470,35 @@ def _wait(spec: JobSpec, options: LaunchOptions, record: JobRecord, etag: str, r
     delay = 0.5
     while True:
         try:
-            result = run_script(instance_id, poll_script(spec.name, offset), timeout_s=60, account=spec.account)
+            poll: AgentPoll | None = poll_agent.fn(instance_id, spec.name, offset, account=spec.account)
+        except CommandFailedError as exc:
+            poll, failure = None, str(exc)
         except AwsError as exc:
             if exc.code != "InvalidInstanceId":
                 raise
-            result = None  # the instance is going (the agent shuts it down when the job ends): read S3 below
-        poll = JobPoll.model_validate_json(result.stdout.strip().splitlines()[-1]) if result and result.ok else None
+            poll, failure = None, "not running"  # the agent shuts the instance down when the job ends
         if poll is not None:
             if poll.chunk:
                 stream.feed(poll.chunk)
                 offset = poll.offset
             if poll.exit_code is not None:
                 exit_seen = exit_seen or time.monotonic()
-                status = _status_word(_agent_status(spec, record.attempt))
-                final = status in {"succeeded", "failed", "interrupted", "stopped"}
-                if (final or not poll.agent_alive or time.monotonic() - exit_seen > FINAL_SYNC_GRACE_S) and (
-                    poll.offset >= poll.size
-                ):
+                # The agent exits once the final checkpoint, log and status are out (or it gave up on them).
+                done = not poll.agent_alive or time.monotonic() - exit_seen > FINAL_SYNC_GRACE_S
+                if done and poll.offset >= poll.size:
                     stream.flush()
-                    return _record_end(spec, record, etag, report, exit_code=poll.exit_code, agent_status=status)
-            elif poll.started and not poll.job_alive and not poll.agent_alive:
+                    word = poll.status if poll.status in jobs.FINAL_AGENT_STATUSES else None
+                    return _record_end(spec, record, etag, report, exit_code=poll.exit_code, agent_status=word)
+            elif poll.pid is not None and not poll.alive:
                 stream.flush()
                 return _record_end(spec, record, etag, report, exit_code=None, agent_status=None, lost=True)
             delay = 0.5 if poll.chunk else min(delay * 1.5, 5.0)
         else:
-            state = describe_instance(instance_id, account=spec.account).state
-            if state not in {"pending", "running"}:
-                stream.flush()
-                log.warning("instance %s is %s", instance_id, state)
-                tail = read_text(
-                    jobs.log_uri(spec.bucket, spec.name, record.attempt), offset=offset, account=spec.account
-                )
-                if tail and tail[0]:
-                    stream.feed(tail[0])
-                    stream.flush()
-                # The agent shuts the instance down once its final status is in S3: the exit code is there too.
-                agent = _agent_status(spec, record.attempt) or {}
-                status = _status_word(agent) or "interrupted"
-                code = agent.get("exit_code")
-                return _record_end(
-                    spec, record, etag, report, exit_code=code if isinstance(code, int) else None, agent_status=status
-                )
-            log.warning("poll failed (%s); trying again", result.describe_failure() if result else "not running")
+            ended = _ended_with_instance(spec, record, offset, stream)
+            if ended is not None:
+                agent, code = ended
+                return _record_end(spec, record, etag, report, exit_code=code, agent_status=agent)
+            get_run_logger().warning("poll failed (%s); trying again", failure)
         if time.monotonic() > deadline:
             raise JobFailedError(
                 f"job {spec.name} still running after {options.wait_timeout_minutes} minutes of waiting",
@@ -522,6 +506,26 @@ def _wait(spec: JobSpec, options: LaunchOptions, record: JobRecord, etag: str, r
                 fix="It keeps running; follow it with trainctl train logs -f, or stop it with trainctl train stop.",
             )
         time.sleep(delay)
+
+
+def _ended_with_instance(
+    spec: JobSpec, record: JobRecord, offset: int, stream: _LogStream
+) -> tuple[str, int | None] | None:
+    """When the instance is gone: the agent's final word and exit code from S3 (it shuts the instance down once its
+    final status is there), after the rest of the log; None while the instance still runs."""
+    assert record.instance_id is not None
+    state = describe_instance(record.instance_id, account=spec.account).state
+    if state in {"pending", "running"}:
+        return None
+    stream.flush()
+    get_run_logger().warning("instance %s is %s", record.instance_id, state)
+    tail = read_text(jobs.log_uri(spec.bucket, spec.name, record.attempt), offset=offset, account=spec.account)
+    if tail and tail[0]:
+        stream.feed(tail[0])
+        stream.flush()
+    agent = _agent_status(spec, record.attempt) or {}
+    code = agent.get("exit_code")
+    return str(agent.get("status") or "interrupted"), code if isinstance(code, int) else None
 
 
 def _record_end(

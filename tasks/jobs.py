@@ -1,4 +1,5 @@
-"""The one job store: the job record (`job.json`) read with its ETag and written conditionally, and the agent's status.
+"""The one job store: the job record (`job.json`) read with its ETag and written conditionally, the agent's status,
+one poll of the agent on the instance, and one stop of a job (always through its agent, so it checkpoints).
 
 Every write is an S3 conditional write (DESIGN.md section 5): `IfNoneMatch="*"` claims a new job name,
 `IfMatch=<etag read>` updates a record nobody changed since it was read. Of two writers, one wins; the other gets
@@ -10,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from blocks.aws import load_account
 from core import jobs
-from core.errors import UsageError
-from core.jobs import JobRecord
+from core.errors import AwsError, UsageError
+from core.jobs import AgentPoll, JobRecord, JobStatus
+from core.launch import agent_command_script, launch_key
 from core.s3uri import parse_s3_uri
 from tasks.aws import aws_task, translate
+from tasks.instances import find_launched, terminate_launched_instance
+from tasks.ssm import CommandFailedError, CommandResult, run_script
 
 # S3's answers to a conditional write that lost: 412 (the ETag or existence check failed) and 409 (another
 # conditional write to the key was in flight). With IfMatch, a key deleted meanwhile answers NoSuchKey.
@@ -159,3 +163,209 @@ def update_attempt(
     updated.updated_at = datetime.now(UTC)
     write_record.fn(updated, expected_etag=etag, account=account)
     return updated
+
+
+# -- the agent on the instance: one poll, one stop ----------------------------------------------------------------
+
+POLL_LIMIT = 12_000  # log bytes per poll: SSM returns 24,000 characters of output inline
+
+
+def _agent_answer(result: CommandResult, what: str) -> AgentPoll:
+    """The agent's JSON line (its last line that parses); CommandFailedError when the command failed or printed
+    nothing the agent says."""
+    if result.ok:
+        for line in reversed(result.stdout.strip().splitlines()):
+            with contextlib.suppress(ValidationError, ValueError):
+                return AgentPoll.model_validate_json(line)
+    raise CommandFailedError(result, what)
+
+
+@aws_task(name="poll-agent", tags=["aws-ssm"])
+def poll_agent(
+    instance_id: str,
+    job: str,
+    offset: int = 0,
+    *,
+    limit: int = POLL_LIMIT,
+    timeout_s: int = 60,
+    account: str | None = None,
+) -> AgentPoll:
+    """The job's state on the instance and its log from byte `offset`, as its agent reports them (one SSM
+    command; `installed=False` when no agent was shipped there yet). Read-only, so retrying it is safe."""
+    script = agent_command_script(job, "poll", "--offset", int(offset), "--limit", int(limit))
+    result = run_script(instance_id, script, timeout_s=timeout_s, comment="trainctl: agent poll", account=account)
+    return _agent_answer(result, f"polling the agent of job {job}")
+
+
+def stop_agent(
+    instance_id: str, job: str, *, grace_s: float, keep_instance: bool, account: str | None = None
+) -> AgentPoll:
+    """Stop the job through its agent: SIGTERM to the trainer (it saves), SIGKILL after `grace_s`, then the
+    checkpoint, log and final status `stopped` go to S3. Without `keep_instance` the agent then shuts the
+    instance down, and this answer may be lost with it (CommandFailedError; S3 has the status)."""
+    options: list[object] = ["--grace", float(grace_s)] + (["--keep-instance"] if keep_instance else [])
+    script = agent_command_script(job, "stop", *options)
+    result = run_script(
+        instance_id, script, timeout_s=int(grace_s) + 660, comment="trainctl: agent stop", account=account
+    )
+    return _agent_answer(result, f"stopping job {job} through its agent")
+
+
+class JobStopReport(BaseModel):
+    """What `stop_job` did. `outcome`: the attempt was stopped now, or it had ended before."""
+
+    job: str
+    attempt: int
+    outcome: Literal["stopped", "already-ended"]
+    status: str  # the record's status afterwards
+    instance_id: str | None = None
+    instance: str = ""  # what became of the instance, in words
+    exit_code: int | None = None
+    checkpoint_seq: int | None = None
+    detail: str = ""
+
+
+@aws_task(name="stop-job", tags=["aws-ssm"], retries=0)
+def stop_job(
+    bucket: str, job: str, *, grace_s: float = 30.0, keep_instance: bool = False, account: str | None = None
+) -> JobStopReport:
+    """Stop the job's current attempt, whatever its state, and record it `stopped` (a conditional write).
+
+    Its instance is the one launched with the attempt's key. Agent installed: the agent stops it (module
+    `stop_agent`; an agent that is gone is replaced by the trainer's own stop from the agent's spec copy). No
+    agent yet (a launch killed before its ship step), or still booting: it never ran a trainer, so it is
+    terminated. No instance: only the record changes. An attempt that already ended is left as it is."""
+    record, _, _ = current_record(bucket, job, save=True, account=account)
+    if record is None:
+        raise UsageError(f"no job {job!r} in s3://{bucket}/{jobs.JOBS_ROOT}/", fix="Check --bucket and the job name.")
+    report = JobStopReport(
+        job=job,
+        attempt=record.attempt,
+        outcome="already-ended",
+        status=record.status.value,
+        instance_id=record.instance_id,
+        exit_code=record.exit_code,
+    )
+    if record.finished:
+        report.detail = f"attempt {record.attempt} already ended ({record.status.value}): nothing to stop"
+        return report
+    key = launch_key(job, record.attempt)
+    instance = find_launched(key, account=account)
+    if instance is None:
+        report.instance = "no instance of this attempt is running"
+    elif instance.state == "running":
+        report.instance_id = instance.id
+        _stop_on_instance(report, bucket, key, grace_s=grace_s, keep_instance=keep_instance, account=account)
+    else:
+        report.instance_id = instance.id
+        report.instance = _end_unstarted(instance.id, key, keep_instance=keep_instance, account=account)
+    report.outcome, report.status = "stopped", JobStatus.STOPPED.value
+    report.detail = report.detail or f"stopped: {report.instance}"
+    if not record_stopped(
+        bucket, job, record.attempt, exit_code=report.exit_code, message=report.detail, account=account
+    ):
+        report.detail += f"; the record was not changed: a later attempt of {job} owns it now"
+    return report
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _instance_words(action: Any, reason: Any) -> str:
+    if action == "shutdown":
+        return "the agent shut the instance down (it terminates)"
+    if action == "keep":
+        return f"the instance keeps running ({reason or 'kept'})"
+    return "the instance keeps running"
+
+
+def _end_unstarted(instance_id: str, key: str, *, keep_instance: bool, account: str | None) -> str:
+    """An instance of the attempt on which no agent ever started a trainer: terminated, unless kept."""
+    if keep_instance:
+        return f"{instance_id} kept (keep_instance); no trainer ever ran on it: end it yourself or with teardown"
+    gone = terminate_launched_instance.fn(instance_id, idempotency_key=key, account=account)
+    return f"{instance_id} terminated (no trainer ever ran on it)" if gone else f"{instance_id} was already gone"
+
+
+def _stop_on_instance(
+    report: JobStopReport, bucket: str, key: str, *, grace_s: float, keep_instance: bool, account: str | None
+) -> None:
+    """The stop of a running instance's attempt, through its agent; fills in `report`."""
+    assert report.instance_id is not None
+    try:
+        answer: AgentPoll | None = stop_agent(
+            report.instance_id, report.job, grace_s=grace_s, keep_instance=keep_instance, account=account
+        )
+        failure: Exception | None = None
+    except (CommandFailedError, AwsError) as exc:
+        answer, failure = None, exc
+    if answer is not None and not answer.installed:
+        report.instance = _end_unstarted(report.instance_id, key, keep_instance=keep_instance, account=account)
+        return
+    if answer is not None:
+        if answer.alive:
+            raise UsageError(
+                f"job {report.job} still runs on {report.instance_id} after its agent's stop",
+                fix=f"Try again with a longer --grace, or end the instance with trainctl teardown --job {report.job}",
+            )
+        report.exit_code, report.checkpoint_seq = answer.exit_code, answer.checkpoint_seq
+        report.instance = _instance_words(answer.instance_action, answer.instance_action_reason)
+        return
+    # No answer: the instance went down under the stop (the agent writes `stopped` to S3 before it shuts down),
+    # or SSM cannot reach it yet (still booting: then no agent ever wrote a status).
+    status = read_agent_status.fn(bucket, report.job, report.attempt, account=account) or {}
+    if status.get("status") == "stopped":
+        report.exit_code, report.checkpoint_seq = _int_or_none(status.get("exit_code")), status.get("checkpoint_seq")
+        report.instance = _instance_words(status.get("instance_action"), status.get("instance_action_reason"))
+    elif not status:
+        report.instance = _end_unstarted(report.instance_id, key, keep_instance=keep_instance, account=account)
+    else:
+        assert failure is not None
+        raise failure
+
+
+def record_stopped(
+    bucket: str, job: str, attempt: int, *, exit_code: int | None, message: str, account: str | None
+) -> bool:
+    """Record the attempt `stopped` (conditional write; once more if another command wrote in between). False
+    when a later attempt owns the job name (nothing written)."""
+    changes = {
+        "status": JobStatus.STOPPED,
+        "exit_code": exit_code,
+        "finished_at": datetime.now(UTC),
+        "message": message,
+    }
+    try:
+        updated = update_attempt(bucket, job, attempt, changes, account=account)
+    except JobChangedError:  # `train status`, a launch step: apply the stop to the record as it is now
+        updated = update_attempt(bucket, job, attempt, changes, account=account)
+    return updated is not None
+
+
+@aws_task(name="stop-instance-jobs", tags=["aws-ssm"], retries=0)
+def stop_instance_jobs(
+    instance_id: str,
+    job_names: list[str],
+    *,
+    bucket: str | None = None,
+    grace_s: float = 120.0,
+    account: str | None = None,
+) -> list[str]:
+    """Teardown's stop: each job on the instance through its agent (it checkpoints; its status is `stopped`), the
+    instance kept (teardown detaches the persistent volumes and terminates it itself). With the jobs' `bucket`,
+    each job's record says `stopped` too. Returns a line per job."""
+    lines: list[str] = []
+    for job in job_names:
+        answer = stop_agent(instance_id, job, grace_s=grace_s, keep_instance=True, account=account)
+        if answer.alive:
+            raise UsageError(f"job {job} still runs on {instance_id} after its agent's stop")
+        line = f"{job}: {answer.status} (exit code {answer.exit_code}, checkpoint {answer.checkpoint_seq})"
+        if bucket and answer.attempt is not None and answer.status == JobStatus.STOPPED.value:
+            message = f"stopped by teardown of {instance_id}"
+            recorded = record_stopped(
+                bucket, job, answer.attempt, exit_code=answer.exit_code, message=message, account=account
+            )
+            line += "; record updated" if recorded else "; no record of this attempt in the bucket"
+        lines.append(line)
+    return lines

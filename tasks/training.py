@@ -1,22 +1,20 @@
 """Is training running on an instance? One SSM command per instance (DESIGN.md section 3, rule 2).
 
-The check reads every job's pid file under the jobs folder (core/jobs.py) and asks `kill -0`, and looks for
-training-like processes the seeds name (`python.*train`, `python.*training`, `python.*main.py`) that a user may
-have started by hand. The exit_code file is deliberately not consulted: a live pid is the only proof that matters
-(an exit_code written by a previous attempt says nothing about the process running now).
-
-Also the two actions on a running job that teardown needs: stop it (SIGTERM to its process group: the trainer's
-contract is "save now and exit") and flush its checkpoint (SIGTERM to the agent, which uploads the last
-checkpoint, manifest last, before it exits; DESIGN.md section 5).
+Each job's liveness comes from its agent (the one reader of a job's on-instance state: core.launch
+every_agent_poll_script, the agent's `poll`); besides, the check looks for training-like processes the seeds name
+(`python.*train`, `python.*training`, `python.*main.py`) that a user may have started by hand. Stopping a job is
+tasks/jobs.py's (always through its agent, so it checkpoints).
 """
 
 from __future__ import annotations
 
 import time
 
-from core import jobs
-from core.jobs import TrainingState
-from core.shell import on_instance, quote
+from pydantic import ValidationError
+
+from core.jobs import AgentPoll, TrainingState
+from core.launch import every_agent_poll_script
+from core.shell import quote
 from tasks.aws import aws_task
 from tasks.ssm import run_script
 
@@ -29,17 +27,9 @@ TRAINING_PROCESS = r"[p]ython[^ ]*( .*)?(train(ing)?([^a-z]|$)|main\.py)"
 
 
 def check_script() -> list[str]:
-    jobs_dir = on_instance(jobs.INSTANCE_JOBS_DIR)
     return [
-        f"jobs_dir={jobs_dir}",
+        *every_agent_poll_script(),
         'root="${TRAINCTL_ROOT:-}"',
-        'for f in "$jobs_dir"/*/' + jobs.PID_FILE + "; do",
-        '  [ -f "$f" ] || continue',
-        '  job=$(basename "$(dirname "$f")")',
-        "  pid=$(tr -cd '0-9' < \"$f\")",
-        '  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "pid $job $pid alive"; '
-        'else echo "pid $job ${pid:-none} dead"; fi',
-        "done",
         # One `ps` for the whole table (a fork per process would cost seconds on a busy host).
         f"ps -eo pid=,args= 2>/dev/null | grep -E {quote(TRAINING_PROCESS)} | while read -r pid cmd; do",
         '  [ "$pid" = "$$" ] && continue',
@@ -53,16 +43,28 @@ def check_script() -> list[str]:
 
 
 def parse_check(instance_id: str, stdout: str) -> TrainingState:
-    """The check's output as a TrainingState; without the final `checked` line the result is unknown."""
+    """The check's output as a TrainingState; without the final `checked` line, or with an agent that did not
+    answer, the result is unknown (possibly running)."""
     lines = stdout.splitlines()
     if "checked" not in lines:
         return TrainingState(instance_id=instance_id, status="unknown", detail="the check did not finish")
-    alive = sorted({line.split()[1] for line in lines if line.startswith("pid ") and line.endswith(" alive")})
+    alive: set[str] = set()
+    mute: list[str] = []
+    for line in lines:
+        if not line.startswith("agent "):
+            continue
+        _, job, answer = [*line.split(" ", 2), ""][:3]
+        try:
+            if AgentPoll.model_validate_json(answer).alive:
+                alive.add(job)
+        except (ValidationError, ValueError):
+            mute.append(job)
     procs = [
         line.split(" ", 2)[2].strip() for line in lines if line.startswith("proc ") and len(line.split(" ", 2)) > 2
     ]
-    status = "running" if alive or procs else "idle"
-    return TrainingState(instance_id=instance_id, status=status, jobs=alive, processes=procs)
+    status = "running" if alive or procs else "unknown" if mute else "idle"
+    detail = f"the agent of {', '.join(mute)} did not answer" if mute else ""
+    return TrainingState(instance_id=instance_id, status=status, jobs=sorted(alive), processes=procs, detail=detail)
 
 
 def detect_training_fn(instance_id: str, *, timeout_s: int = 60, account: str | None = None) -> TrainingState:
@@ -80,7 +82,7 @@ def detect_training_fn(instance_id: str, *, timeout_s: int = 60, account: str | 
 
 @aws_task(name="detect-training", tags=["aws-ssm"], retries=0)
 def detect_training(instance_id: str, *, timeout_s: int = 60, account: str | None = None) -> TrainingState:
-    """Training state of one instance (one SSM command): running jobs (live pid) and training-like processes."""
+    """Training state of one instance (one SSM command): jobs their agents report alive, training-like processes."""
     return detect_training_fn(instance_id, timeout_s=timeout_s, account=account)
 
 
@@ -95,72 +97,3 @@ def wait_training_done(
         if state.status == "idle" or time.monotonic() > deadline:
             return state
         time.sleep(poll_s)
-
-
-def _signal_script(pid_file: str, grace_s: int) -> list[str]:
-    """SIGTERM the process group a pid file names, wait up to `grace_s` for it to exit, then SIGKILL."""
-    return [
-        f"f={pid_file}",
-        '[ -f "$f" ] || { echo "no pid file"; exit 0; }',
-        "pid=$(tr -cd '0-9' < \"$f\")",
-        '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || { echo "not running"; exit 0; }',
-        'kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true',
-        f'for i in $(seq 1 {int(grace_s) * 5}); do kill -0 "$pid" 2>/dev/null || {{ echo stopped; exit 0; }}; '
-        "sleep 0.2; done",
-        'kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true',
-        'echo "killed after the grace period"',
-    ]
-
-
-def _job_pid_files(file_name: str) -> str:
-    return on_instance(jobs.INSTANCE_JOBS_DIR) + "/*/" + file_name
-
-
-def stop_jobs_script(grace_s: int) -> list[str]:
-    """Every job on the instance (each pid file), stopped the trainer's way: SIGTERM = save now and exit."""
-    return [
-        f"for f in {_job_pid_files(jobs.PID_FILE)}; do",
-        '  [ -f "$f" ] || continue',
-        '  echo "job $(basename "$(dirname "$f")")"',
-        "  (",
-        *[f"    {line}" for line in _signal_script('"$f"', grace_s)],
-        "  )",
-        "done",
-        "echo done",
-    ]
-
-
-def flush_script(grace_s: int) -> list[str]:
-    """Ask each job's agent to upload the last checkpoint and exit (SIGTERM), and wait for it."""
-    return [
-        f"for f in {_job_pid_files(jobs.AGENT_PID_FILE)}; do",
-        '  [ -f "$f" ] || continue',
-        '  echo "agent $(basename "$(dirname "$f")")"',
-        "  (",
-        *[f"    {line}" for line in _signal_script('"$f"', grace_s)],
-        "  )",
-        "done",
-        "echo done",
-    ]
-
-
-@aws_task(name="stop-jobs", tags=["aws-ssm"], retries=0)
-def stop_jobs(instance_id: str, *, grace_s: int = 120, account: str | None = None) -> str:
-    """Stop every job on the instance (idempotent: a stopped job is "not running"). Returns the script's log."""
-    from tasks.ssm import CommandFailedError
-
-    result = run_script(instance_id, stop_jobs_script(grace_s), timeout_s=grace_s + 60, account=account)
-    if not result.ok:
-        raise CommandFailedError(result, "stopping the training jobs")
-    return result.stdout
-
-
-@aws_task(name="flush-checkpoints", tags=["aws-ssm"], retries=0)
-def flush_checkpoints(instance_id: str, *, grace_s: int = 300, account: str | None = None) -> str:
-    """Let each job's agent upload its last checkpoint and exit (idempotent: no agent = nothing to flush)."""
-    from tasks.ssm import CommandFailedError
-
-    result = run_script(instance_id, flush_script(grace_s), timeout_s=grace_s + 60, account=account)
-    if not result.ok:
-        raise CommandFailedError(result, "flushing the checkpoints")
-    return result.stdout

@@ -16,13 +16,14 @@ from core import jobs
 from core.errors import InvalidInputError
 from core.jobs import JobRecord, JobSpec, TemplateSpec
 from core.launch import (
+    AGENT_SCRIPT,
+    agent_command_script,
     agent_spec,
     data_mount_script,
     gitignore_matcher,
     launch_key,
     next_attempt,
     parse_gitignore,
-    poll_script,
     ship_script,
     start_agent_script,
 )
@@ -119,7 +120,11 @@ def test_command_with_metacharacters_is_a_literal_argument_list(tmp_path: Path) 
     assert doc["job"] == "llm" and doc["attempt"] == 2 and doc["checkpoint_uri"].startswith("s3://ml-jobs/")
     assert doc["workdir"] == f"{jobs.instance_job_dir('llm')}/code"
     # No script sent over SSM contains the command; every interpolated value in them is quoted.
-    for script in (ship_script("llm", "s3://ml-jobs/x/"), start_agent_script("llm"), poll_script("llm", 0)):
+    for script in (
+        ship_script("llm", "s3://ml-jobs/x/"),
+        start_agent_script("llm"),
+        agent_command_script("llm", "poll"),
+    ):
         text = "\n".join(script)
         assert "rm -rf /" not in text and "pwned" not in text and "reboot" not in text
     # The agent execs the list without a shell: simulate with subprocess (argv in, argv out).
@@ -145,20 +150,34 @@ def test_scripts_quote_paths_and_run_under_the_instance_root(tmp_path: Path) -> 
     )
 
 
-def test_poll_script_reports_log_and_exit_code(tmp_path: Path) -> None:
+AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agent" / "trainctl_agent.py"
+
+
+def _run_on_instance(script: list[str], root: Path) -> Any:
+    run = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"TRAINCTL_ROOT": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_the_poll_runs_the_agent_and_says_when_it_is_not_installed(tmp_path: Path) -> None:
     job_dir = tmp_path / "var/lib/trainctl/jobs/llm"
     job_dir.mkdir(parents=True)
     (job_dir / "job.log").write_text("step 1\nstep 2\n")
     (job_dir / "exit_code").write_text("3\n")
-    run = subprocess.run(
-        ["bash", "-c", "\n".join(poll_script("llm", 7))],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"TRAINCTL_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"},
-    )
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got["exit_code"] == 3 and got["chunk"] == "step 2\n" and got["offset"] == 14 and not got["job_alive"]
+    # A launch killed before its ship step: no agent on the instance, and the answer says so instead of failing.
+    assert _run_on_instance(agent_command_script("llm", "poll"), tmp_path) == {"job": "llm", "installed": False}
+    (job_dir / AGENT_SCRIPT).parent.mkdir(parents=True)
+    (job_dir / AGENT_SCRIPT).write_bytes(AGENT_SOURCE.read_bytes())
+    got = _run_on_instance(agent_command_script("llm", "poll", "--offset", 7, "--limit", 100), tmp_path)
+    assert got["installed"] is True and got["exit_code"] == 3 and got["status"] == "failed"
+    assert (got["chunk"], got["offset"], got["size"]) == ("step 2\n", 14, 14)
+    assert not got["trainer_alive"] and not got["agent_alive"]
+    assert _run_on_instance(agent_command_script("llm", "poll", "--offset", 14), tmp_path)["chunk"] == ""
 
 
 # -- .gitignore -------------------------------------------------------------------------------------------------

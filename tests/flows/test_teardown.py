@@ -28,9 +28,11 @@ from sandbox import Sandbox
 from tasks.instances import LaunchRequest, launch_instance
 from tasks.ssm import run_command, wait_online
 from tasks.volumes import attach_volume, create_snapshot, create_volume
+from tests.conftest import start_agent_job
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "trainctl-jobs"
+AGENT_BUCKET = "trainctl-agents"
 POLICY_S = 15
 
 
@@ -60,17 +62,17 @@ def _volume(
     return vol.id
 
 
-def _start_training(instance_id: str, job: str) -> None:
-    """A long-running "trainer" whose pid is written where the agent writes it (core/jobs.py)."""
+def _start_training(cloud: Sandbox, instance_id: str, job: str) -> None:
+    """A long-running "trainer" run by the real agent (teardown asks it whether the job runs, and stops it)."""
     wait_online.fn(instance_id)
-    job_dir = f'"${{TRAINCTL_ROOT:-}}"{jobs.instance_job_dir(job)}'
-    run_command.fn(
-        instance_id,
-        [f"mkdir -p {job_dir}", f"nohup setsid sleep 600 >/dev/null 2>&1 & echo $! > {job_dir}/{jobs.PID_FILE}"],
-    )
+    s3 = cloud.client("s3")
+    if AGENT_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=AGENT_BUCKET)  # the agent's status and logs stay out of the scene's bucket
+    start_agent_job(cloud.runtime.instance_root(instance_id), instance_id, job, AGENT_BUCKET, ["sleep", "600"])
 
 
 def _stop_training(instance_id: str, job: str) -> None:
+    """The trainer ends on its own (its agent then records the end and exits)."""
     job_dir = f'"${{TRAINCTL_ROOT:-}}"{jobs.instance_job_dir(job)}'
     run_command.fn(instance_id, [f"kill $(cat {job_dir}/{jobs.PID_FILE})"])
 
@@ -129,7 +131,7 @@ def test_teardown_keeps_what_must_survive_and_converges(cloud: Sandbox) -> None:
     scratch = _volume("scratch-a", "run-a", on=running)
     protected = _volume("keep-me", None, protected=True)
     snapshot = create_snapshot.fn(protected).id
-    _start_training(running, "run-a")
+    _start_training(cloud, running, "run-a")
     decoy_instance = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="t3.micro", MinCount=1, MaxCount=1)[
         "Instances"
     ][0]["InstanceId"]
@@ -235,7 +237,7 @@ def _kill_scenario(cloud: Sandbox) -> dict[str, str]:
     data = _volume("data-c", "kill-c", persistent=True, on=instance)
     scratch = _volume("scratch-c", "kill-c", on=instance)
     snapshot = create_snapshot.fn(data).id
-    _start_training(instance, "kill-c")
+    _start_training(cloud, instance, "kill-c")
     return {"instance": instance, "data": data, "scratch": scratch, "snapshot": snapshot, "staging": staging}
 
 
@@ -295,7 +297,7 @@ def test_training_started_after_the_plan_blocks_the_terminate(cloud: Sandbox) ->
     plan = plan_teardown(inventory, scope=Scope(job="late-job"), now=datetime.now(UTC), policy=policy, training=idle)
     assert any(e.id == instance and e.action is Action.TERMINATE for e in plan.entries)
 
-    _start_training(instance, "late-job")  # between the plan and the act
+    _start_training(cloud, instance, "late-job")  # between the plan and the act
 
     @flow
     def act() -> list[Any]:
