@@ -125,6 +125,8 @@ class _Plan(BaseModel):
     previous: JobRecord | None
     etag: str | None  # of the record read: the new attempt is written only if it is still the one read
     request: LaunchRequest
+    # The previous attempt's instance, up, on which no trainer ever started (its launch was killed): ended first.
+    unfinished: Instance | None = None
 
 
 def _now() -> datetime:
@@ -141,20 +143,46 @@ def _previous_record(spec: JobSpec) -> tuple[JobRecord | None, str | None]:
     return previous, etag
 
 
-def _refuse_if_running(spec: JobSpec, previous: JobRecord | None) -> None:
-    if previous is None or previous.status not in {JobStatus.PENDING, JobStatus.RUNNING} or not previous.instance_id:
-        return
+def _attempt_instance(spec: JobSpec, previous: JobRecord) -> Instance | None:
+    """The previous attempt's instance while it is up: the one its record names, else the one its launch key
+    finds (a launch killed between RunInstances and its record write)."""
+    instance: Instance | None = None
+    if previous.instance_id:
+        try:
+            instance = describe_instance(previous.instance_id, account=spec.account)
+        except Exception as exc:
+            if getattr(exc, "code", "") != "InvalidInstanceID.NotFound":
+                raise
+    else:
+        instance = find_launched(launch_key(spec.name, previous.attempt), account=spec.account)
+    return instance if instance is not None and instance.state in {"pending", "running"} else None
+
+
+def _trainer_started(spec: JobSpec, previous: JobRecord, instance: Instance) -> bool:
+    """Did the previous attempt's agent start (its status is in S3, or it answers on the instance)?"""
+    if read_agent_status(spec.bucket, spec.name, previous.attempt, account=spec.account) is not None:
+        return True
     try:
-        instance = describe_instance(previous.instance_id, account=spec.account)
-    except Exception as exc:
-        if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
-            return
-        raise
-    if instance.state in {"pending", "running"}:
+        poll = poll_agent.fn(instance.id, spec.name, account=spec.account)
+    except (AwsError, CommandFailedError):
+        return False  # SSM cannot reach it (still booting): nothing was started on it
+    return poll.installed and poll.alive
+
+
+def _unfinished_attempt(spec: JobSpec, previous: JobRecord | None) -> Instance | None:
+    """The previous attempt's instance if its launch stopped before the trainer started (killed, crashed): this
+    launch ends it before claiming the next attempt. An attempt whose trainer runs is refused instead."""
+    if previous is None or not previous.active:
+        return None
+    instance = _attempt_instance(spec, previous)
+    if instance is None:
+        return None
+    if _trainer_started(spec, previous, instance):
         raise UsageError(
-            f"job {spec.name} attempt {previous.attempt} is still {previous.status} on {instance.id}",
+            f"job {spec.name} attempt {previous.attempt} is still {previous.status.value} on {instance.id}",
             fix=f"Stop it first (trainctl train stop {spec.name} --bucket {spec.bucket}) or pick another job name.",
         )
+    return instance
 
 
 def _plan(spec: JobSpec) -> _Plan:
@@ -162,7 +190,7 @@ def _plan(spec: JobSpec) -> _Plan:
     template = load_template(spec.template)
     check_bucket(spec.bucket, account=spec.account)
     previous, etag = _previous_record(spec)
-    _refuse_if_running(spec, previous)
+    unfinished = _unfinished_attempt(spec, previous)
     template_zone = subnet_zone(template.subnet_id, account=spec.account) if template.subnet_id else None
     template_zone = template_zone or template.availability_zone
     volume: Volume | None = None
@@ -174,7 +202,7 @@ def _plan(spec: JobSpec) -> _Plan:
             raise UsageError(
                 f"{volume.id} was not created by trainctl", fix="Adopt it first: trainctl ebs attach --adopt …"
             )
-        if volume.attached_instance_id:
+        if volume.attached_instance_id and not (unfinished and volume.attached_instance_id == unfinished.id):
             raise UsageError(
                 f"{volume.id} is in use by {volume.attached_instance_id}",
                 fix=f"Detach it first: trainctl ebs detach {volume.id}",
@@ -214,7 +242,14 @@ def _plan(spec: JobSpec) -> _Plan:
     )
     validate_request(request, account=spec.account)
     return _Plan(
-        template=template, zone=zone, volume=volume, move_to=move_to, previous=previous, etag=etag, request=request
+        template=template,
+        zone=zone,
+        volume=volume,
+        move_to=move_to,
+        previous=previous,
+        etag=etag,
+        request=request,
+        unfinished=unfinished,
     )
 
 
@@ -229,9 +264,12 @@ def _claimed_record(spec: JobSpec, plan: _Plan, attempt: int) -> JobRecord:
     if previous is None:
         return JobRecord.first(spec, now=now).with_attempt(instance_type=plan.template.instance_type)
     if previous.active:
-        previous = previous.with_status(
-            JobStatus.FAILED, message="its launch never started an instance", finished_at=now
+        message = (
+            "its launch stopped before the trainer started (ended by the next launch)"
+            if previous.status == JobStatus.PENDING
+            else "its instance is gone without the agent's final status"
         )
+        previous = previous.with_status(JobStatus.FAILED, message=message, finished_at=now)
     updated = previous.model_copy(
         update={
             "spec": spec,
@@ -240,6 +278,20 @@ def _claimed_record(spec: JobSpec, plan: _Plan, attempt: int) -> JobRecord:
         }
     )
     return updated.with_new_attempt(new)
+
+
+def _end_unfinished(spec: JobSpec, previous: JobRecord, instance: Instance, volume: Volume | None) -> None:
+    """End the instance of an attempt whose launch stopped before its trainer started: the data volume released
+    first (detached and kept, whatever its DeleteOnTermination), then the instance terminated by its launch key."""
+    done: list[str] = []
+    if volume is not None and volume.attached_instance_id == instance.id:
+        _release_volume(spec, volume, instance, done)
+    terminate(instance.id, idempotency_key=launch_key(spec.name, previous.attempt), account=spec.account)
+    done.append(
+        f"{instance.id} of attempt {previous.attempt} terminated (its launch stopped before the trainer started)"
+    )
+    for line in done:
+        get_run_logger().info(line)
 
 
 def _save(spec: JobSpec, record: JobRecord, etag: str | None) -> str:
@@ -284,6 +336,8 @@ def _launch(
     account = spec.account
 
     progress.step("record")
+    if plan.unfinished is not None and plan.previous is not None:
+        _end_unfinished(spec, plan.previous, plan.unfinished, plan.volume)
     attempt = next_attempt(plan.previous)
     key = launch_key(spec.name, attempt)
     staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
