@@ -140,6 +140,10 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+# The statuses that claim a new attempt (JobRecord.with_new_attempt): a user's launch, or spot-watch's resume.
+_CLAIMS = frozenset({JobStatus.PENDING, JobStatus.RESUMING})
+
+
 class JobStateError(TrainctlError):
     """A change the state machine does not allow (a bug, or a record changed behind the caller's back)."""
 
@@ -557,7 +561,10 @@ class JobRecord(BaseModel):
 
     def with_status(self, status: JobStatus, *, message: str | None = None, **attempt: Any) -> JobRecord:
         """The job (and its current attempt) in `status`, as the state machine allows. A job-only status
-        (resuming, gave-up) leaves the attempt's own status as it was."""
+        (resuming, gave-up) leaves the attempt's own status as it was. Entering pending or resuming claims a new
+        attempt: that is with_new_attempt's."""
+        if status in _CLAIMS and status != self.status:
+            raise JobStateError(f"job {self.name}: {status.value} starts a new attempt (with_new_attempt)")
         check_transition(self.name, self.status, status)
         if status not in {JobStatus.RESUMING, JobStatus.GAVE_UP}:
             attempt["status"] = status
@@ -570,7 +577,11 @@ class JobRecord(BaseModel):
         """The next attempt claimed: `pending` (a user's launch) or `resuming` (spot-watch)."""
         if attempt.number != self.attempt + 1:
             raise JobStateError(f"job {self.name}: attempt {attempt.number} cannot follow attempt {self.attempt}")
-        check_transition(self.name, self.status, status)
+        # Strictly a transition: a second claim while one is pending or resuming would run two attempts at once.
+        if status not in _CLAIMS or status not in TRANSITIONS[self.status]:
+            raise JobStateError(
+                f"job {self.name} cannot start attempt {attempt.number} as {status.value} from {self.status.value}"
+            )
         return self.model_copy(update={"status": status, "attempts": [*self.attempts, attempt], "message": None})
 
     @classmethod
@@ -679,7 +690,7 @@ def reconcile(record: JobRecord, agent_status: Mapping[str, Any] | AgentStatus |
     changes nothing; neither does a record that already ended (its end was recorded by whoever saw it first).
     """
     agent = AgentStatus.parse(agent_status)
-    if agent is None or record.status not in {JobStatus.PENDING, JobStatus.RUNNING} or not agent.final:
+    if agent is None or record.status not in ACTIVE_STATUSES or not agent.final:
         return None
     if agent.attempt != record.attempt:
         return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,7 @@ from core.models import Instance
 from core.spot import SpotInterruption, spot_interruption
 
 Capacity = Literal["spot", "on-demand"]
+_Doc = TypeVar("_Doc", AgentStatus, InterruptionRecord)
 
 # A launch that has not moved for this long past its instance's online timeout was abandoned (its flow killed):
 # the next pass takes it over (the launch key makes that safe) or ends it.
@@ -132,16 +133,30 @@ def decide(observation: Observation, capacity: CapacityView, now: datetime) -> D
     record = observation.record
     if record.spec is None:
         return Decision(act=Act.NOTHING, reason="the record has no spec this version can read: left alone")
+    # Only the current attempt's agent and notice speak for the job: another attempt's word changes nothing.
+    observation = observation.model_copy(
+        update={
+            "agent": _current(observation.agent, record),
+            "interruption": _current(observation.interruption, record),
+        }
+    )
     if _agent_ended(observation):
         reason = f"the agent says attempt {record.attempt} {_agent_end(observation)}"
         return Decision(act=Act.RECORD_END, reason=reason)
     if record.finished:
         return _finished(observation, now)
+    if not observation.looked:
+        # Resuming needs the old instance's state (gone, or serving its notice?): never act on a guess.
+        return Decision(act=Act.NOTHING, reason="EC2 could not be read this pass: left as it was")
     if record.status == JobStatus.INTERRUPTED:
         return _after_interruption(observation, capacity, now)
     if record.status == JobStatus.RESUMING:
         return _resuming(observation, capacity, now)
     return _live(observation, capacity, now)
+
+
+def _current(document: _Doc | None, record: JobRecord) -> _Doc | None:
+    return document if document is not None and document.attempt == record.attempt else None
 
 
 def _agent_ended(observation: Observation) -> bool:
@@ -170,7 +185,8 @@ def _finished(observation: Observation, now: datetime) -> Decision:
     up = instance is not None and instance.state in {"pending", "running"}
     if not observation.looked or not up or record.spec.keep_instance:
         return Decision(act=Act.NOTHING, reason=f"{record.status.value}; nothing runs for it")
-    ended = record.finished_at or (observation.agent.ended_at if observation.agent else None)
+    # Without any end time the record's own last write stands in: the grace is never skipped for lack of one.
+    ended = record.finished_at or (observation.agent.ended_at if observation.agent else None) or record.updated_at
     if ended is not None and now - ended < INSTANCE_END_GRACE:
         return Decision(act=Act.NOTHING, reason="ended just now; the agent is shutting its instance down")
     return Decision(
@@ -185,10 +201,14 @@ def _live(observation: Observation, capacity: CapacityView, now: datetime) -> De
         return Decision(act=Act.NOTHING, reason="EC2 could not be read this pass: left as it was")
     if record.instance_id is None or (record.status == JobStatus.PENDING and observation.agent is None):
         return _launching(observation, now)
+    # The agent's word, or its notice record for an instance now gone, counts even once EC2 no longer lists it.
+    told = observation.agent is not None and observation.agent.status == "interrupted"
+    if told or (instance is None and observation.interruption is not None):
+        return Decision(act=Act.RECORD_INTERRUPTION, reason=f"spot took {record.instance_id}")
     if instance is None:
         return Decision(act=Act.RECORD_LOST, reason=f"{record.instance_id} is gone and its agent never said it ended")
     seen = spot_interruption(instance)
-    if seen == SpotInterruption.INTERRUPTED or (observation.agent and observation.agent.status == "interrupted"):
+    if seen == SpotInterruption.INTERRUPTED:
         return Decision(act=Act.RECORD_INTERRUPTION, reason=f"spot took {instance.id}")
     if seen == SpotInterruption.BEING_INTERRUPTED or observation.interruption is not None:
         assert record.spec is not None
@@ -282,12 +302,9 @@ def _capacity_exhausted(observation: Observation, capacity: CapacityView, zone: 
     assert record.spec is not None
     policy = record.spec.resume
     waited = f"no spot capacity in {zone} for {policy.capacity_wait_minutes} min"
-    if policy.strategy == RecoveryStrategy.SAME_AZ_THEN_ON_DEMAND or policy.on_demand_fallback:
-        return base.model_copy(update={"reason": f"{waited}: on-demand", "capacity": "on-demand", "zone": zone})
-    if policy.strategy == RecoveryStrategy.SAME_AZ_THEN_MOVE:
-        target = best_other_zone(capacity, zone)
-        if target is None:
-            return Decision(act=Act.GIVE_UP, reason=f"{waited}, and no other AZ offers {record.instance_type}")
+    # The named strategy comes first; the launch's on-demand fallback is the last resort of any strategy.
+    target = best_other_zone(capacity, zone) if policy.strategy == RecoveryStrategy.SAME_AZ_THEN_MOVE else None
+    if target is not None:
         return base.model_copy(
             update={
                 "reason": f"{waited}: moving the volume to {target}",
@@ -296,4 +313,8 @@ def _capacity_exhausted(observation: Observation, capacity: CapacityView, zone: 
                 "move_volume": record.volume_id is not None,
             }
         )
+    if policy.strategy == RecoveryStrategy.SAME_AZ_THEN_ON_DEMAND or policy.on_demand_fallback:
+        return base.model_copy(update={"reason": f"{waited}: on-demand", "capacity": "on-demand", "zone": zone})
+    if policy.strategy == RecoveryStrategy.SAME_AZ_THEN_MOVE:
+        return Decision(act=Act.GIVE_UP, reason=f"{waited}, and no other AZ offers {record.instance_type}")
     return Decision(act=Act.GIVE_UP, reason=f"{waited} (strategy {policy.strategy.value})")
