@@ -152,7 +152,8 @@ def test_a_capacity_refusal_is_recorded_then_train_launch_falls_back_to_on_deman
     record = _job_record(cloud, "nocap")
     assert record.status == JobStatus.PENDING and record.instance_id is None
     assert record.current.capacity_refused_at is not None and record.current.tries == 1
-    assert record.current.last_try_at is not None and _job_instances(cloud, "nocap") == []
+    assert record.current.last_try_at is not None and record.availability_zone == "us-east-1a"
+    assert _job_instances(cloud, "nocap") == []
 
     # Spot refused for its price; the policy allows on-demand: train-launch asks core.recovery and launches that.
     (tmp_path / "b").mkdir()
