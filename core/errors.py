@@ -96,6 +96,25 @@ class AwsError(TrainctlError):
         super().__init__(f"AWS {operation} failed with {code}: {aws_message}", fix=fix)
 
 
+class CapacityRefusedError(AwsError):
+    """EC2 refused the capacity asked for (spot: none now, or the max price is too low) in an AZ. Not retried by
+    the task: what comes next (on-demand, another AZ, later) is the caller's decision (core/recovery.py)."""
+
+    def __init__(
+        self,
+        operation: str,
+        code: str,
+        aws_message: str,
+        *,
+        capacity: str,
+        availability_zone: str | None,
+        fix: str | None = None,
+    ) -> None:
+        self.capacity = capacity
+        self.availability_zone = availability_zone
+        super().__init__(operation, code, aws_message, fix=fix)
+
+
 class TerminatedError(TrainctlError):
     """The command was stopped by a termination signal (SIGTERM); the message says what was cleaned up.
 

@@ -17,6 +17,8 @@ MANAGED = "trainctl:managed"
 JOB = "trainctl:job"
 ROLE = "trainctl:role"
 ATTEMPT = "trainctl:attempt"
+# The bucket holding the job's record: spot-watch finds the record of any training instance from its tags.
+BUCKET = "trainctl:bucket"
 PERSISTENT = "trainctl:persistent"
 PROTECTED = "trainctl:protected"
 IMPORTANT = "trainctl:important"
@@ -82,6 +84,7 @@ def managed_tags(
     job: str | None = None,
     role: Role | None = None,
     attempt: int | None = None,
+    bucket: str | None = None,
     name: str | None = None,
     persistent: bool = False,
     protected: bool = False,
@@ -97,6 +100,8 @@ def managed_tags(
         tags[ROLE] = role.value
     if attempt is not None:
         tags[ATTEMPT] = str(attempt)
+    if bucket is not None:
+        tags[BUCKET] = bucket
     if name is not None:
         tags[NAME] = name
     if persistent:

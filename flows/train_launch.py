@@ -16,7 +16,6 @@ needed (core/iam.py); tests/flows/test_iam_enforced.py runs this flow with only 
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -32,48 +31,40 @@ from pydantic import BaseModel
 
 from blocks.templates import load_template
 from core import jobs
-from core import tags as t
-from core.errors import AwsError, InvalidInputError, TrainctlError, UsageError
+from core.errors import AwsError, CapacityRefusedError, InvalidInputError, TrainctlError, UsageError
 from core.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus, TemplateSpec
 from core.launch import (
-    AGENT_SPEC,
     AGENT_TARBALL,
     CODE_TARBALL,
     JobPoll,
     LaunchOptions,
-    agent_spec,
-    data_mount_script,
     launch_key,
     next_attempt,
     poll_script,
-    ship_script,
-    start_agent_script,
 )
-from core.models import Instance, Volume
-from core.prewarm import unmount_script
+from core.models import Volume
+from core.recovery import launch_capacity
+from flows.launch_attempt import (
+    AttemptReport,
+    AttemptRequest,
+    LaunchFailedError,
+    fail_attempt,
+    launch_attempt,
+    launch_request,
+    release_volume,
+)
 from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.code import CodePackage, check_bucket, package_agent, package_code, read_text, upload_file
-from tasks.instances import (
-    DEFAULT_AMI_PARAMETER,
-    LaunchRequest,
-    find_launched,
-    launch_instance,
-    subnet_zone,
-    validate_request,
-)
+from tasks.instances import LaunchRequest, subnet_zone, validate_request
 from tasks.instances import terminate_launched_instance as terminate
 from tasks.jobs import JobChangedError, read_agent_status, read_record, update_attempt, write_record
-from tasks.ssm import run_command, run_script, wait_online
-from tasks.volumes import (
-    attach_volume,
-    describe_instance,
-    describe_volume,
-    detach_volume,
-    keep_on_termination,
-    move_volume,
-)
+from tasks.ssm import run_script
+from tasks.volumes import describe_instance, describe_volume
 
-STEPS = ["validate", "record", "launch", "ssm online", "attach", "mount", "ship", "start", "wait", "finish"]
+__all__ = ["JobFailedError", "LaunchFailedError", "LaunchReport", "train_launch"]
+
+# "launch" is the launch-attempt subflow (its own steps: flows/launch_attempt.py).
+STEPS = ["validate", "record", "launch", "start", "wait", "finish"]
 # After the trainer's exit code appears, how long the agent may take for its final checkpoint upload.
 FINAL_SYNC_GRACE_S = 120
 
@@ -96,10 +87,6 @@ class LaunchReport(BaseModel):
     exit_code: int | None = None
     instance_terminated: bool = False
     seconds: float
-
-
-class LaunchFailedError(TrainctlError):
-    """The launch failed before the job started; the message says at which step and what was cleaned up."""
 
 
 class JobFailedError(TrainctlError):
@@ -187,26 +174,8 @@ def _plan(spec: JobSpec) -> _Plan:
             move_to = template_zone
         else:
             zone = volume.availability_zone  # the instance follows the data
-    request = LaunchRequest(
-        name=f"trainctl-{spec.name}",
-        role=t.Role.TRAIN,
-        idempotency_key="",  # set once the attempt is known
-        instance_type=template.instance_type,
-        image_id=template.image_id,
-        image_parameter=template.image_parameter or DEFAULT_AMI_PARAMETER,
-        job=spec.name,
-        availability_zone=zone,
-        subnet_id=template.subnet_id,
-        security_group_ids=template.security_group_ids,
-        instance_profile=template.instance_profile,
-        root_volume_gib=template.root_volume_gib,
-        spot=spec.spot,
-        max_price=spec.max_price,
-        on_demand_fallback=spec.resume.on_demand_fallback,
-        extra_tags=template.extra_tags,
-        # The agent shuts the instance down when the job ends: that must end its billing (DESIGN.md section 5).
-        shutdown_behavior="terminate",
-    )
+    capacity = launch_capacity(spec.spot, spec.resume, spot_refused=False) or "spot"
+    request = launch_request(spec, template, zone=zone, capacity=capacity)
     validate_request(request, account=spec.account)
     return _Plan(
         template=template, zone=zone, volume=volume, move_to=move_to, previous=previous, etag=etag, request=request
@@ -260,7 +229,7 @@ def train_launch(spec: JobSpec, options: LaunchOptions | None = None) -> LaunchR
         agent = package_agent(str(workdir / AGENT_TARBALL))
         log.info("code: %d files, %d bytes (%d compressed)", code.files, code.bytes, code.compressed_bytes)
         plan = _plan(spec)
-        return _launch(spec, options, plan, code, agent, workdir, started, progress)
+        return _launch(spec, options, plan, code, agent, started, progress)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -271,111 +240,45 @@ def _launch(
     plan: _Plan,
     code: CodePackage,
     agent: CodePackage,
-    workdir: Path,
     started: float,
     progress: StepProgress,
 ) -> LaunchReport:
     log = get_run_logger()
-    account = spec.account
 
     progress.step("record")
     attempt = next_attempt(plan.previous)
-    key = launch_key(spec.name, attempt)
     staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
     record = _claimed_record(spec, plan, attempt)
     # The claim: of two launches of this name that read the same record, only one gets past this write, before
     # anything is launched; the other fails with JobChangedError.
-    etag = _save(spec, record, plan.etag)
+    _save(spec, record, plan.etag)
     log.info("job %s attempt %d recorded at %s", spec.name, attempt, jobs.job_record_uri(spec.bucket, spec.name))
 
-    volume = plan.volume
-    instance: Instance | None = None
-
-    try:
-        progress.step("launch")
-        if volume is not None and plan.move_to:
-            log.info("moving %s from %s to %s (snapshot + restore)", volume.id, volume.availability_zone, plan.move_to)
-            volume = move_volume(volume.id, plan.move_to, account=account)
-            record = record.with_attempt(volume_id=volume.id)
-        upload_file(code.path, staging + CODE_TARBALL, account=account)
-        upload_file(agent.path, staging + AGENT_TARBALL, account=account)
-        request = plan.request.model_copy(update={"idempotency_key": key, "attempt": attempt})
-        instance = launch_instance(request, account=account)
-        record = record.with_attempt(
-            instance_id=instance.id,
-            capacity_type=instance.lifecycle,
-            availability_zone=instance.availability_zone,
-            launched_at=_now(),
-        )
-        etag = _save(spec, record, etag)
-        log.info(
-            "%s %s instance %s in %s",
-            instance.lifecycle,
-            instance.instance_type,
-            instance.id,
-            instance.availability_zone,
-        )
-
-        progress.step("ssm online")
-        wait_online(instance.id, timeout_s=spec.online_timeout_s, account=account)
-
-        if volume is not None:
-            progress.step("attach")
-            volume = attach_volume(volume.id, instance.id, account=account)
-            # The agent's shutdown terminates the instance: the data volume must survive it (detached, kept).
-            keep_on_termination(instance.id, volume.id, account=account)
-            device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
-            progress.step("mount")
-            script = data_mount_script(volume.id, device, spec.filesystem, spec.resolved_mount_point)
-            log.info(run_command(instance.id, script, what="mount", account=account).stdout.strip())
-
-        progress.step("ship")
-        spec_path = workdir / AGENT_SPEC
-        spec_path.write_text(json.dumps(agent_spec(spec, attempt=attempt, instance_id=instance.id), indent=2))
-        upload_file(str(spec_path), staging + AGENT_SPEC, account=account)
-        log.info(
-            run_command(instance.id, ship_script(spec.name, staging), what="ship code", account=account).stdout.strip()
-        )
-
-        progress.step("start")
-        out = run_command(
-            instance.id, start_agent_script(spec.name), timeout_s=120, what="start agent", account=account
-        )
-        log.info(out.stdout.strip() or "agent started")
-    except BaseException as exc:
-        cleaned = _cleanup(spec, volume, instance, key)
-        record = record.with_status(
-            JobStatus.FAILED, message=f"launch failed at {progress.current}: {exc}", finished_at=_now()
-        )
-        try:
-            _save(spec, record, etag)
-        except Exception as save_exc:
-            cleaned.append(f"job record NOT updated ({save_exc})")
-        markdown_report(
-            artifact_key("train-launch-failed", spec.name),
-            f"launch of {spec.name} failed",
-            {"step": progress.current, "error": str(exc), "attempt": attempt},
-            notes=cleaned,
-        )
-        if isinstance(exc, Exception):
-            raise LaunchFailedError(
-                f"launch of {spec.name} failed at step '{progress.current}': {exc}. "
-                f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
-            ) from exc
-        raise
-
-    record = record.with_status(JobStatus.RUNNING)
-    etag = _save(spec, record, etag)
+    progress.step("launch")
+    request = AttemptRequest(
+        spec=spec,
+        attempt=attempt,
+        capacity=launch_capacity(spec.spot, spec.resume, spot_refused=False) or "spot",
+        zone=plan.zone,
+        volume_id=plan.volume.id if plan.volume else None,
+        move_to=plan.move_to,
+        launched_by="train-launch",
+    )
+    _stage(request, code, agent, staging)
+    launched = _launch_with_fallback(request)
+    progress.step("start")
     emit_event(
         event="trainctl.job.launched",
         resource={"prefect.resource.id": f"trainctl.job.{spec.name}", "prefect.resource.name": spec.name},
-        related=[{"prefect.resource.id": f"aws.ec2.instance.{instance.id}", "prefect.resource.role": "instance"}],
+        related=[
+            {"prefect.resource.id": f"aws.ec2.instance.{launched.instance_id}", "prefect.resource.role": "instance"}
+        ],
         payload={
             "job": spec.name,
             "attempt": attempt,
-            "instance_id": instance.id,
-            "capacity_type": instance.lifecycle,
-            "availability_zone": instance.availability_zone,
+            "instance_id": launched.instance_id,
+            "capacity_type": launched.capacity_type,
+            "availability_zone": launched.availability_zone,
             "bucket": spec.bucket,
         },
     )
@@ -383,11 +286,11 @@ def _launch(
     report = LaunchReport(
         job=spec.name,
         attempt=attempt,
-        instance_id=instance.id,
-        instance_type=instance.instance_type,
-        availability_zone=instance.availability_zone or "",
-        capacity_type=instance.lifecycle,
-        volume_id=volume.id if volume else None,
+        instance_id=launched.instance_id,
+        instance_type=launched.instance_type,
+        availability_zone=launched.availability_zone,
+        capacity_type=launched.capacity_type,
+        volume_id=launched.volume_id,
         mount_point=spec.resolved_mount_point,
         checkpoint_uri=spec.resolved_checkpoint_uri,
         log_uri=jobs.log_uri(spec.bucket, spec.name, attempt),
@@ -399,13 +302,51 @@ def _launch(
     )
     if options.wait:
         progress.step("wait")
-        report = _wait(spec, options, record, etag, report)
+        # The record as launch_attempt left it, and its ETag: the wait records the end on it.
+        stored, etag = read_record(spec.bucket, spec.name, account=spec.account)
+        if stored is None or etag is None or stored.attempt != attempt:
+            raise JobChangedError(spec.name, spec.bucket)
+        report = _wait(spec, options, stored, etag, report)
         progress.step("finish")
         if options.terminate_when_done and not spec.keep_instance:
-            report.instance_terminated = _finish(spec, volume, instance, key)
+            report.instance_terminated = _finish(spec, launched.volume_id, launched.instance_id, attempt)
     report.seconds = round(time.monotonic() - started, 1)
     progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
     markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", report.model_dump())
+    _raise_for_end(spec, report)
+    return report
+
+
+def _stage(request: AttemptRequest, code: CodePackage, agent: CodePackage, staging: str) -> None:
+    """Upload code and agent into the attempt's staging prefix (launch_attempt ships them from there)."""
+    account = request.spec.account
+    try:
+        upload_file(code.path, staging + CODE_TARBALL, account=account)
+        upload_file(agent.path, staging + AGENT_TARBALL, account=account)
+    except Exception as exc:
+        fail_attempt(request, "launch", exc, ["nothing launched"])
+        raise LaunchFailedError(f"launch of {request.spec.name} failed at step 'launch': {exc}") from exc
+
+
+def _launch_with_fallback(request: AttemptRequest) -> AttemptReport:
+    """The attempt on the capacity asked for; spot refused, on-demand when the policy allows it (core.recovery)."""
+    spec = request.spec
+    try:
+        return launch_attempt(request)
+    except CapacityRefusedError as refused:
+        capacity = launch_capacity(spec.spot, spec.resume, spot_refused=refused.capacity == "spot")
+        if capacity is None or capacity == request.capacity:
+            fail_attempt(request, "launch", refused, ["no instance was launched"])
+            raise LaunchFailedError(
+                f"launch of {spec.name} failed at step 'launch': {refused}. Cleaned up: no instance was launched"
+            ) from refused
+        get_run_logger().warning("spot refused (%s); launching %s as the resume policy allows", refused.code, capacity)
+        return launch_attempt(request.model_copy(update={"capacity": capacity}))
+
+
+def _raise_for_end(spec: JobSpec, report: LaunchReport) -> None:
+    """A waited-for job that did not succeed fails the flow run, with its exit code."""
+    attempt = report.attempt
     if report.status == "stopped":
         raise JobFailedError(
             f"job {spec.name} attempt {attempt} was stopped (exit code {report.exit_code})",
@@ -414,7 +355,7 @@ def _launch(
         )
     if report.status == "interrupted":
         raise JobFailedError(
-            f"job {spec.name} attempt {attempt} was interrupted (spot reclaimed {instance.id})",
+            f"job {spec.name} attempt {attempt} was interrupted (spot reclaimed {report.instance_id})",
             exit_code=report.exit_code,
             fix="Launch it again with the same name: it resumes from the last checkpoint.",
         )
@@ -424,7 +365,6 @@ def _launch(
             exit_code=report.exit_code,
             fix=f"See the log: trainctl train logs {spec.name} --bucket {spec.bucket}",
         )
-    return report
 
 
 # -- waiting ----------------------------------------------------------------------------------------------------
@@ -556,46 +496,15 @@ def _record_end(
     return report.model_copy(update={"status": status.value, "exit_code": exit_code})
 
 
-# -- cleanup ----------------------------------------------------------------------------------------------------
+# -- the end ----------------------------------------------------------------------------------------------------
 
 
-def _release_volume(spec: JobSpec, volume: Volume | None, instance: Instance, done: list[str]) -> None:
-    if volume is None:
-        return
-    try:
-        run_command.fn(instance.id, unmount_script(volume.id), check=False, timeout_s=120, account=spec.account)
-    except Exception as exc:
-        get_run_logger().warning("unmount failed: %s", exc)
-    try:
-        detached = detach_volume.fn(volume.id, account=spec.account)
-        done.append(f"volume {volume.id} detached and {detached.state} (kept)")
-    except Exception as exc:
-        done.append(f"volume {volume.id} could NOT be detached: {exc}")
-
-
-def _cleanup(spec: JobSpec, volume: Volume | None, instance: Instance | None, key: str) -> list[str]:
-    """After a failed launch: unmount, detach (keep) the volume, terminate the instance this run launched."""
-    done: list[str] = []
-    if instance is None:
-        # A launch that failed inside RunInstances' wait may still have made one: the key finds it.
-        instance = find_launched(key, account=spec.account)
-        if instance is None:
-            return [f"no instance was launched; volume {volume.id} left as it was" if volume else "nothing launched"]
-    _release_volume(spec, volume, instance, done)
-    try:
-        terminate.fn(instance.id, idempotency_key=key, account=spec.account)
-        done.append(f"instance {instance.id} terminated")
-    except Exception as exc:
-        done.append(f"instance {instance.id} could NOT be terminated ({exc}); terminate it by hand")
-    return done
-
-
-def _finish(spec: JobSpec, volume: Volume | None, instance: Instance, key: str) -> bool:
+def _finish(spec: JobSpec, volume_id: str | None, instance_id: str, attempt: int) -> bool:
     """After the job ended (waited for): release the volume and terminate the instance (its work is in S3). The
     agent may have shut it down already: terminate then only waits until it is `terminated`."""
     done: list[str] = []
-    _release_volume(spec, volume, instance, done)
+    release_volume(spec, volume_id, instance_id, done)
     for line in done:
         get_run_logger().info(line)
-    terminate(instance.id, idempotency_key=key, account=spec.account)
+    terminate(instance_id, idempotency_key=launch_key(spec.name, attempt), account=spec.account)
     return True

@@ -33,7 +33,14 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from core.errors import AwsError, ConfigurationError, EndpointUnreachableError, TrainctlError, UsageError
+from core.errors import (
+    AwsError,
+    CapacityRefusedError,
+    ConfigurationError,
+    EndpointUnreachableError,
+    TrainctlError,
+    UsageError,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,6 +100,8 @@ def _code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
 
 def is_transient(exc: BaseException) -> bool:
     """Would the same call, made again a little later, plausibly succeed?"""
+    if isinstance(exc, CapacityRefusedError):
+        return False  # the caller decides what to ask for next (core/recovery.py), not a blind retry
     if isinstance(exc, (EndpointUnreachableError, *CONNECTION_ERRORS)):
         return True
     code, status = _code_and_status(exc)

@@ -168,6 +168,17 @@ def upload_file(path: str, uri: str, *, account: str | None = None) -> str:
     return str(parsed)
 
 
+@aws_task(name="copy-staged", tags=["aws-s3"])
+def copy_staged(source_prefix: str, dest_prefix: str, names: list[str], *, account: str | None = None) -> None:
+    """Copy the named objects from one staging prefix to another inside S3 (no download): a resume ships an
+    earlier attempt's code without the user's code folder."""
+    s3 = _s3(account)
+    for name in names:
+        source, dest = parse_s3_uri(source_prefix + name), parse_s3_uri(dest_prefix + name)
+        with translate("s3:CopyObject"):
+            s3.copy_object(Bucket=dest.bucket, Key=dest.key, CopySource={"Bucket": source.bucket, "Key": source.key})
+
+
 def read_text(uri: str, *, offset: int = 0, account: str | None = None) -> tuple[str, int] | None:
     """The object's text from byte `offset` and the new offset; None when it does not exist (yet)."""
     parsed = parse_s3_uri(uri)

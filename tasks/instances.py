@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from blocks.aws import load_account
 from core import tags as t
-from core.errors import InvalidInputError, SafetyRefusalError
+from core.errors import AwsError, CapacityRefusedError, InvalidInputError, SafetyRefusalError
 from core.ids import validate_id
 from core.models import Instance
 from tasks.aws import aws_task, translate
@@ -40,10 +40,9 @@ class LaunchRequest(BaseModel):
     instance_profile: str | None = None
     root_volume_gib: int | None = None
     user_data: str | None = None
-    spot: bool = False
+    spot: bool = False  # the capacity to launch; the spot → on-demand choice is the caller's (core.recovery)
     max_price: str | None = None
-    # Spot refused for capacity or price → launch on-demand instead (the obtained type is Instance.lifecycle).
-    on_demand_fallback: bool = False
+    bucket: str | None = None  # a training instance's job bucket (tagged: its record is found from the instance)
     extra_tags: dict[str, str] = Field(default_factory=dict)
     # What `shutdown` on the instance does (InstanceInitiatedShutdownBehavior); None: AWS's default, stop.
     shutdown_behavior: Literal["stop", "terminate"] | None = None
@@ -157,7 +156,8 @@ def validate_request(request: LaunchRequest, *, account: str | None = None) -> I
     return image
 
 
-# RunInstances answers these when spot cannot be had now at this price; on-demand may still launch.
+# RunInstances answers these when spot cannot be had now at this price (CapacityRefusedError); on-demand may still
+# launch.
 SPOT_UNAVAILABLE = frozenset(
     {
         "InsufficientInstanceCapacity",
@@ -192,11 +192,9 @@ def find_launched(idempotency_key: str, *, account: str | None = None) -> Instan
 
 @aws_task(name="launch-instance", tags=["aws-ec2"])
 def launch_instance(request: LaunchRequest, *, account: str | None = None) -> Instance:
-    """Launch one instance and wait until it is `running`. Validates type and AMI before any mutation.
-
-    Spot with `on_demand_fallback`: when AWS has no spot capacity (or the max price is too low) the same request
-    is made on-demand; `Instance.lifecycle` of the result says which capacity was obtained.
-    """
+    """Launch one instance of the capacity asked for and wait until it is `running`. Validates type and AMI before
+    any mutation. Spot refused for capacity or price raises CapacityRefusedError (EC2's code and the AZ): whether
+    to ask on-demand instead is the caller's decision (core.recovery.launch_capacity)."""
     image = validate_request(request, account=account)
     root_size = request.root_volume_gib or image.root_size_gib
     ec2 = _ec2(account)
@@ -208,6 +206,7 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         job=request.job,
         role=request.role,
         attempt=request.attempt,
+        bucket=request.bucket,
         name=request.name,
         client_token=token,
         extra=request.extra_tags,
@@ -254,34 +253,23 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         spot_options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
         if request.max_price:
             spot_options["MaxPrice"] = request.max_price
-        spot_params = {**params, "InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options}}
-        try:
-            with translate("RunInstances"):
-                launched = ec2.run_instances(**spot_params)["Instances"][0]
-            return wait_running(ec2, launched["InstanceId"])
-        except Exception as exc:
-            code = getattr(exc, "code", "")
-            if code not in SPOT_UNAVAILABLE or not request.on_demand_fallback:
-                raise
-            get_logger().warning("spot refused (%s); launching on-demand as the request allows", code)
-            # Another token: AWS ties a ClientToken to the parameters of its first call. Same client-token tag,
-            # so a retry of this task and terminate_launched_instance still recognise the instance.
-            params["ClientToken"] = client_token_for(request.idempotency_key + ":on-demand")
-    with translate("RunInstances"):
-        launched = ec2.run_instances(**params)["Instances"][0]
-    return wait_running(ec2, launched["InstanceId"])
-
-
-def get_logger() -> Any:
-    """The Prefect run logger inside a run, a plain logger when called through `.fn()` outside one."""
+        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot_options}
+    else:
+        # Another token: AWS ties a ClientToken to the parameters of its first call, and a spot job's key may have
+        # been refused spot first. Same client-token tag, so a retry of this task and terminate_launched_instance
+        # still recognise the instance.
+        params["ClientToken"] = client_token_for(request.idempotency_key + ":on-demand")
     try:
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    except Exception:
-        import logging
-
-        return logging.getLogger("trainctl.instances")
+        with translate("RunInstances"):
+            launched = ec2.run_instances(**params)["Instances"][0]
+    except AwsError as exc:
+        if request.spot and exc.code in SPOT_UNAVAILABLE:
+            zone = request.availability_zone
+            raise CapacityRefusedError(
+                exc.operation, exc.code, exc.aws_message, capacity="spot", availability_zone=zone, fix=exc.fix
+            ) from exc
+        raise
+    return wait_running(ec2, launched["InstanceId"])
 
 
 def wait_running(ec2: Any, instance_id: str) -> Instance:

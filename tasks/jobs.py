@@ -112,7 +112,25 @@ def _already_written(s3: Any, bucket: str, key: str, body: bytes) -> str | None:
 @aws_task(name="read-agent-status", tags=["aws-s3"])
 def read_agent_status(bucket: str, job: str, attempt: int, *, account: str | None = None) -> dict[str, Any] | None:
     """The agent's status document of one attempt (core/jobs.py status_uri), or None before it wrote one."""
-    parsed = parse_s3_uri(jobs.status_uri(bucket, job, attempt))
+    return _read_document(jobs.status_uri(bucket, job, attempt), account)
+
+
+@aws_task(name="read-interruption", tags=["aws-s3"])
+def read_interruption(
+    bucket: str, job: str, instance_id: str, *, account: str | None = None
+) -> jobs.InterruptionRecord | None:
+    """What the agent on `instance_id` did on its spot notice (core/jobs.py interruption_uri), or None: no notice
+    handled (yet), or a document this version cannot read."""
+    document = _read_document(jobs.interruption_uri(bucket, job, instance_id), account)
+    try:
+        return jobs.InterruptionRecord.model_validate(document) if document else None
+    except ValidationError:
+        return None
+
+
+def _read_document(uri: str, account: str | None) -> dict[str, Any] | None:
+    """A JSON object the agent wrote, or None when there is none (yet) or it is half-written or foreign."""
+    parsed = parse_s3_uri(uri)
     try:
         with translate("s3:GetObject"):
             body = load_account(account).client("s3").get_object(Bucket=parsed.bucket, Key=parsed.key)["Body"].read()

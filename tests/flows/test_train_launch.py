@@ -157,7 +157,7 @@ def test_failure_half_way_leaves_no_instance(cloud: Sandbox, tmp_path: Path, mon
     cloud.client("s3").create_bucket(Bucket=BUCKET)
     volume = create_volume.fn(VolumeSpec(name="half", size_gib=10), availability_zone="us-east-1a")
     # The ship step fails on the instance (after launch, attach and mount succeeded).
-    monkeypatch.setattr("flows.train_launch.ship_script", lambda job, staging: ["echo 'no space left' >&2", "exit 7"])
+    monkeypatch.setattr("flows.launch_attempt.ship_script", lambda job, staging: ["echo 'no space left' >&2", "exit 7"])
     with pytest.raises(LaunchFailedError) as err:
         train_launch(_spec(_code_dir(tmp_path), name="half", data_volume_id=volume.id), LaunchOptions(wait=True))
     message = str(err.value)

@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from blocks.aws import clear_client_cache, load_account
 from core import tags as t
-from core.errors import AwsError, InvalidInputError, SafetyRefusalError
+from core.errors import AwsError, CapacityRefusedError, InvalidInputError, SafetyRefusalError
 from sandbox import Sandbox
 from tasks.instances import LaunchRequest, client_token_for, find_launched, launch_instance, terminate_launched_instance
 from tests.conftest import exported_sandbox
@@ -29,6 +29,7 @@ def request(**fields: Any) -> LaunchRequest:
         "job": "llm",
         "attempt": 1,
         "availability_zone": "us-east-1a",
+        "bucket": "ml-jobs",
     }
     return LaunchRequest(**{**base, **fields})
 
@@ -65,6 +66,7 @@ def test_same_key_launches_one_instance(ec2: Any, calls: list[str]) -> None:
     assert (
         tags[t.JOB] == "llm"
         and tags[t.ATTEMPT] == "1"
+        and tags[t.BUCKET] == "ml-jobs"
         and tags[t.CLIENT_TOKEN] == client_token_for("train:llm:attempt-1")
     )
     assert data["MetadataOptions"]["HttpTokens"] == "required"
@@ -126,24 +128,32 @@ def test_spot_when_available(cloud: Sandbox) -> None:
     assert instance.lifecycle == "spot" and instance.spot_request_id
 
 
-def test_spot_refused_falls_back_to_on_demand_only_when_allowed(cloud: Sandbox) -> None:
-    # A max price far under the spot price: AWS answers SpotMaxPriceTooLow.
-    with pytest.raises(AwsError) as err:
+def test_spot_refused_is_a_capacity_refusal_and_on_demand_keeps_the_attempts_key(cloud: Sandbox) -> None:
+    # A max price far under the spot price: AWS answers SpotMaxPriceTooLow. The task launches what it is told; the
+    # fallback is the caller's (core.recovery.launch_capacity), with the same key.
+    with pytest.raises(CapacityRefusedError) as err:
         launch_instance.fn(request(spot=True, max_price="0.0001"))
-    assert err.value.code == "SpotMaxPriceTooLow"
+    assert (err.value.code, err.value.capacity, err.value.availability_zone) == (
+        "SpotMaxPriceTooLow",
+        "spot",
+        "us-east-1a",
+    )
     assert live(cloud.client("ec2")) == []
-    fallback = launch_instance.fn(request(spot=True, max_price="0.0001", on_demand_fallback=True))
+    fallback = launch_instance.fn(request(spot=False))
     assert fallback.lifecycle == "on-demand"
     # The fallback instance carries the attempt's token tag: a retry finds it, and it may be terminated by key.
-    assert launch_instance.fn(request(spot=True, max_price="0.0001", on_demand_fallback=True)).id == fallback.id
+    assert launch_instance.fn(request(spot=False)).id == fallback.id
+    assert launch_instance.fn(request(spot=True, max_price="0.0001")).id == fallback.id
+    assert [i["InstanceId"] for i in live(cloud.client("ec2"))] == [fallback.id]
     assert terminate_launched_instance.fn(fallback.id, idempotency_key="train:llm:attempt-1")
 
 
 def test_no_capacity_fails_both_ways_and_leaves_nothing(cloud: Sandbox) -> None:
     cloud.set_capacity("us-east-1a", "t3.micro", available=False)
-    with pytest.raises(AwsError) as err:
-        launch_instance.fn(request(spot=True, on_demand_fallback=False))
+    with pytest.raises(CapacityRefusedError) as err:
+        launch_instance.fn(request(spot=True))
     assert err.value.code == "InsufficientInstanceCapacity" and "on-demand fallback" in str(err.value)
-    with pytest.raises(AwsError):
-        launch_instance.fn(request(spot=True, on_demand_fallback=True))  # on-demand has none there either
+    with pytest.raises(AwsError) as other:
+        launch_instance.fn(request(spot=False))  # on-demand has none there either
+    assert other.value.code == "InsufficientInstanceCapacity" and not isinstance(other.value, CapacityRefusedError)
     assert live(cloud.client("ec2")) == []

@@ -20,7 +20,7 @@ from prefect.states import Completed, Failed
 from prefect.task_engine import SyncTaskRunEngine
 
 from blocks.aws import AwsAccount, clear_client_cache
-from core.errors import AwsError, ConfigurationError, EndpointUnreachableError, UsageError
+from core.errors import AwsError, CapacityRefusedError, ConfigurationError, EndpointUnreachableError, UsageError
 from tasks.aws import aws_task, is_transient, retry_transient, translate
 
 
@@ -69,6 +69,21 @@ def test_transient_codes_retried(code: str, status: int) -> None:
     assert info.value.code == code
     assert is_transient(info.value)
     assert is_transient(pickle.loads(pickle.dumps(info.value)))  # noqa: S301 - our own bytes
+
+
+def test_a_capacity_refusal_is_the_callers_to_retry_not_the_tasks() -> None:
+    """Spot refused (the launch task's CapacityRefusedError): core.recovery decides on-demand, another AZ or later;
+    a blind task retry would only delay that decision. It stays an AwsError with EC2's code, through pickling."""
+    refused = CapacityRefusedError(
+        "RunInstances", "InsufficientInstanceCapacity", "none", capacity="spot", availability_zone="us-east-1a"
+    )
+    again = pickle.loads(pickle.dumps(refused))  # noqa: S301 - our own bytes
+    assert not is_transient(refused) and not is_transient(again)
+    assert (again.code, again.capacity, again.availability_zone) == (
+        "InsufficientInstanceCapacity",
+        "spot",
+        "us-east-1a",
+    )
 
 
 @pytest.mark.parametrize(("code", "status"), PERMANENT)
