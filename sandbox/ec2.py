@@ -25,9 +25,10 @@ on-demand table in `sandbox.pricing` (0.25–0.45 of it, fixed per AZ and type, 
 
 Capacity: `set_capacity(az, type, available=False)` makes RunInstances there fail with
 InsufficientInstanceCapacity (with `spot_only=True` only spot launches: AWS's spot pool runs dry while on-demand
-still launches, the case a spot → on-demand fallback exists for), and GetSpotPlacementScores (moto lacks it) score that AZ 1 for the type, every other
-AZ 9 (a region: 9 if any of its AZs has capacity). AWS's own scores for one or two instance types are "always low"
-(its API reference recommends at least three types); the sandbox scores any number of types by its capacity rules.
+still launches, the case a spot → on-demand fallback exists for), and GetSpotPlacementScores (moto lacks it) score
+that AZ 1 for the type, every other AZ 9 (a region: 9 if any of its AZs has capacity). AWS's own scores for one or
+two instance types are "always low" (its API reference recommends at least three types); the sandbox scores any
+number of types by its capacity rules.
 
 Client tokens (RunInstances, CreateVolume): see sandbox/idempotency.py, installed here after the rules above.
 """
