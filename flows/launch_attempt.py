@@ -9,7 +9,7 @@ the agent → `running`.
 
 Each step's outcome is recorded on the attempt in job.json (tasks/jobs.py, conditional writes), and each step is
 idempotent: a second run for the same attempt (the first one killed) finds the instance by the launch key and
-continues. A spot refusal is recorded on the attempt (capacity_refused_at, tries, last_try_at) and raised as
+continues. A spot refusal is recorded on the attempt (capacity_refused_at, the AZ, tries, last_try_at) and raised as
 CapacityRefusedError: what comes next is the caller's decision (core/recovery.py). Any other failure leaves nothing
 behind: the volume is unmounted and detached (kept), the instance this attempt launched is terminated, and the
 attempt is recorded `failed` with the step and the error.
@@ -261,7 +261,15 @@ def launch_attempt(request: AttemptRequest) -> AttemptReport:
     try:
         report = _launch(request, stored, held, progress)
     except CapacityRefusedError as refused:
-        update_attempt_record(request, lambda a: {"capacity_refused_at": a.capacity_refused_at or _now()})
+        # The AZ tried is the attempt's: a retry (or a move away from it) starts from there.
+        tried = refused.availability_zone
+        update_attempt_record(
+            request,
+            lambda a: {
+                "capacity_refused_at": a.capacity_refused_at or _now(),
+                "availability_zone": tried or a.availability_zone,
+            },
+        )
         get_run_logger().warning("%s refused in %s: %s", request.capacity, refused.availability_zone, refused.code)
         raise
     except (Exception, KeyboardInterrupt) as exc:
