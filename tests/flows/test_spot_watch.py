@@ -173,6 +173,17 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_and_two_pa
     assert out.exit_code == 0, out.output
     assert first.instance_id in out.output and str(new.instance_id) in out.output and "interrupted" in out.output
 
+    # 30 % of all calls throttled: a pass judges the running attempt right or leaves it; never a false recovery.
+    cloud.throttle(0.3)
+    try:
+        throttled = [spot_watch(SpotWatchRequest(buckets=[BUCKET])) for _ in range(2)]
+    finally:
+        cloud.throttle(0.0)
+    assert {j.after for r in throttled for j in r.jobs} <= {"running"}  # judged running, or skipped this pass
+    assert [i["InstanceId"] for i in _live_instances(cloud, "resumes")] == [new.instance_id]
+    assert _record(cloud, "resumes").attempt == 2
+    assert [e["event"] for e in events].count("trainctl.spot.interrupted") == 1
+
     # Attempt 2 is interrupted too, and a pass was killed after recording it: two passes then run at the same
     # moment, both read the `interrupted` record, both decide to resume; one claims attempt 3, one instance.
     cloud.interrupt_spot(new.instance_id or "", delay_seconds=0.5)
