@@ -21,7 +21,6 @@ deleting it is the user's call, or teardown's.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -218,7 +217,12 @@ def _handle(job: _Job, report: SpotWatchReport, account: str | None) -> None:
     log = get_run_logger()
     for _ in range(MAX_ROUNDS):
         now = _now()
-        decision = decide(job.observation, _capacity(job.record, now, account), now)
+        try:
+            capacity = _capacity(job.record, now, account)
+        except Exception as exc:  # without it a move would look impossible: decide nothing rather than give up
+            job.reasons.append(f"capacity not read this pass ({exc}): left for the next pass")
+            break
+        decision = decide(job.observation, capacity, now)
         job.acts.append(decision.act.value)
         job.reasons.append(decision.reason)
         _warn_of_notice(job, decision, report)
@@ -226,15 +230,14 @@ def _handle(job: _Job, report: SpotWatchReport, account: str | None) -> None:
             break
         log.info("job %s: %s (%s)", job.record.name, decision.act.value, decision.reason)
         try:
-            again = ACTS[decision.act](job, decision, report, account)
+            if not ACTS[decision.act](job, decision, report, account) or not _reread(job, account):
+                break
         except JobChangedError:
             job.reasons.append("another pass or command changed the record first: left for the next pass")
             break
         except Exception as exc:
             log.warning("job %s: %s failed: %s", job.record.name, decision.act.value, exc)
             job.reasons.append(f"{decision.act.value} failed: {exc}")
-            break
-        if not again or not _reread(job, account):
             break
     report.jobs.append(
         JobPass(
@@ -385,8 +388,10 @@ def _record_time_lost(job: _Job, attempt: int, account: str | None) -> None:
     previous = record.attempt_record(attempt - 1)
     if previous is not None and previous.finished_at is not None:
         lost = round((_now() - previous.finished_at).total_seconds(), 1)
-        with contextlib.suppress(JobChangedError):
+        try:
             update_attempt(record.bucket, record.name, attempt, {"time_lost_s": lost}, account=account)
+        except Exception as exc:  # only history: the resume itself is done
+            get_run_logger().warning("time lost of %s attempt %d not recorded: %s", record.name, attempt, exc)
     _reread(job, account)
 
 

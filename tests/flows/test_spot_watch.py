@@ -308,8 +308,8 @@ def test_a_pass_records_ended_jobs_and_reports_unreadable_records(
 
     assert cloud.wait_for(ended, 30, 0.5)  # the agent shut them down; nobody told the records
     assert _record(cloud, "ends").status == JobStatus.RUNNING
-    bad = CliRunner().invoke(app, ["spot-watch", "--bucket", "Not_A_Bucket"])
-    assert bad.exit_code == 2 and "buckets" in bad.output  # refused before any call
+    refused = CliRunner().invoke(app, ["spot-watch", "--bucket", "Not_A_Bucket"])
+    assert refused.exit_code == 2 and "buckets" in refused.output  # refused before any call
     # One pass through the command line; exit 1: two records were skipped.
     out = CliRunner().invoke(app, ["spot-watch", "--bucket", BUCKET, "--json"])
     assert out.exit_code == 1, out.output
