@@ -10,7 +10,7 @@ import json
 import re
 import shutil
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ from cli.main import app
 from core import jobs
 from core import tags as t
 from core.ebs import VolumeSpec
-from core.jobs import JobRecord, JobSpec, JobStatus, RecoveryStrategy, ResumePolicy, TemplateSpec
+from core.jobs import AttemptRecord, JobRecord, JobSpec, JobStatus, RecoveryStrategy, ResumePolicy, TemplateSpec
 from flows import spot_watch as spot_watch_module
+from flows.launch_attempt import launch_request
 from flows.spot_watch import SpotWatchReport, SpotWatchRequest, spot_watch
 from flows.train_launch import train_launch
 from sandbox import Sandbox
+from tasks.instances import launch_instance
 from tasks.jobs import read_record, write_record
 from tasks.volumes import create_volume
 
@@ -132,7 +134,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return emitted
 
 
-def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_and_two_passes_launch_once(
+def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_racing_or_killed_passes(
     cloud: Sandbox, tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cloud.client("s3").create_bucket(Bucket=BUCKET)
@@ -217,6 +219,29 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_and_two_pa
     assert [a.number for a in record.attempts] == [1, 2, 3] and record.instance_id == live[0]["InstanceId"]
     lost = [j for r in reports for j in r.jobs if "changed the record first" in j.reason]
     assert len(lost) == 1  # the other pass left the job as the winner made it
+    monkeypatch.setattr(spot_watch_module, "read_record_checked", real_read)
+
+    # Attempt 3 is interrupted, and the pass resuming it is killed -9 after its claim and RunInstances: what it
+    # leaves is attempt 4 `resuming` and an instance under attempt 4's launch key. Once the launch's lease is
+    # over, the next pass continues that launch with that instance: one attempt running, nothing leaked.
+    third = live[0]["InstanceId"]
+    cloud.interrupt_spot(third, delay_seconds=0.5)
+    assert cloud.wait_for(lambda: _instance(cloud, third)["State"]["Name"] == "terminated", 20, 0.2)
+    stored, etag = read_record.fn(BUCKET, "resumes")
+    assert stored is not None and stored.spec is not None and isinstance(stored.spec.template, TemplateSpec)
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    claim = AttemptRecord(
+        number=4, launched_by="spot-watch", availability_zone="us-east-1a", capacity_type="spot", created_at=long_ago
+    )
+    interrupted = stored.with_status(JobStatus.INTERRUPTED, message="spot took it", finished_at=long_ago)
+    write_record.fn(interrupted.with_new_attempt(claim, JobStatus.RESUMING), expected_etag=etag)
+    request = launch_request(stored.spec, stored.spec.template, zone="us-east-1a", capacity="spot", attempt=4)
+    orphan = launch_instance.fn(request)
+    report = spot_watch(SpotWatchRequest(buckets=[BUCKET]))
+    assert "stopped moving: continuing it" in report.jobs[0].reason
+    record = _record(cloud, "resumes")
+    assert (record.attempt, record.status, record.instance_id) == (4, JobStatus.RUNNING, orphan.id)
+    assert [i["InstanceId"] for i in _live_instances(cloud, "resumes")] == [orphan.id]
 
 
 def test_no_capacity_in_the_volumes_az_moves_the_volume_or_resumes_on_demand(
