@@ -175,7 +175,7 @@ def copy_staged(source_prefix: str, dest_prefix: str, names: list[str], *, accou
     s3 = _s3(account)
     for name in names:
         source, dest = parse_s3_uri(source_prefix + name), parse_s3_uri(dest_prefix + name)
-        with translate("s3:CopyObject"):
+        with translate("CopyObject"):  # s3:GetObject on the source, s3:PutObject here
             s3.copy_object(Bucket=dest.bucket, Key=dest.key, CopySource={"Bucket": source.bucket, "Key": source.key})
 
 

@@ -32,6 +32,7 @@ IAM_ACTION_OF = {
     "s3:DeleteObjects": "s3:DeleteObject",
     "PutObject": "s3:PutObject",
     "GetObject": "s3:GetObject",
+    "CopyObject": "s3:PutObject",  # and s3:GetObject on the source, granted on the same prefixes
     "GetParameter": "ssm:GetParameter",
     "DescribeInstanceInformation": "ssm:DescribeInstanceInformation",
     "GetCommandInvocation": "ssm:GetCommandInvocation",
