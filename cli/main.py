@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from cli import ebs, iam, resources, sandbox, teardown, train, transfer
+from cli import ebs, iam, resources, sandbox, spot_watch, teardown, train, transfer
 from cli.output import CliState, ErrorHandlingGroup, emit_json, state_of, stdout_console
 from cli.prefect_server import tie_temporary_server
 
@@ -35,6 +35,7 @@ app.add_typer(sandbox.app, name="sandbox")
 app.command("teardown")(teardown.teardown)
 app.add_typer(train.app, name="train")
 app.command("transfer")(transfer.transfer_command)
+app.command("spot-watch")(spot_watch.spot_watch_command)
 
 
 @app.callback()

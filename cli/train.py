@@ -289,6 +289,16 @@ def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: J
         out.print(record.message, highlight=False)
     if agent and agent.get("status") == "failed" and agent.get("reason"):
         out.print(f"agent: {agent['reason']}", highlight=False)  # e.g. a secret reference it could not read
+    from rich.table import Table
+
+    from core.history import HISTORY_COLUMNS, history_rows
+
+    table = Table(title=f"attempts of {job}")
+    for column in HISTORY_COLUMNS:
+        table.add_column(column.replace("_", " ").upper(), overflow="fold")
+    for row in history_rows(record):
+        table.add_row(*(row[column] for column in HISTORY_COLUMNS))
+    out.print(table)
 
 
 @app.command("logs")

@@ -2,8 +2,8 @@
 
 Scheduling needs a real Prefect server (the ephemeral one has no scheduler): run `prefect server start`, set
 `PREFECT_API_URL`, then serve. For work pools (process, ECS, Kubernetes) use `prefect deploy --all` with
-deployments/prefect.yaml instead. spot-watch (every minute) and cost-watch (every 15 minutes) join this list
-with their schedules when those flows are written.
+deployments/prefect.yaml instead. spot-watch runs every minute, one run at a time: a run due while one still runs
+is cancelled (CANCEL_NEW), never queued behind it. cost-watch (every 15 minutes) joins this list when written.
 """
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ from __future__ import annotations
 from typing import cast
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.prewarm import prewarm
+from flows.spot_watch import spot_watch
 from flows.teardown import safe_teardown
 from flows.train_launch import train_launch
 from flows.transfer import transfer
 
 TAGS = ["trainctl"]
+SPOT_WATCH_INTERVAL_S = 60
+# One pass at a time: two would each read the records and race for the same claims (harmless, but wasted).
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
 def deployments() -> list[RunnerDeployment]:
@@ -29,6 +34,12 @@ def deployments() -> list[RunnerDeployment]:
         cast(RunnerDeployment, train_launch.to_deployment(name="train-launch", tags=TAGS)),
         cast(RunnerDeployment, transfer.to_deployment(name="transfer", tags=TAGS)),
         cast(RunnerDeployment, safe_teardown.to_deployment(name="safe-teardown", tags=TAGS)),
+        cast(
+            RunnerDeployment,
+            spot_watch.to_deployment(
+                name="spot-watch", tags=TAGS, interval=SPOT_WATCH_INTERVAL_S, concurrency_limit=ONE_AT_A_TIME
+            ),
+        ),
     ]
 
 

@@ -24,9 +24,11 @@ once, while the instance stays running until the delay is over. DescribeSpotPric
 on-demand table in `sandbox.pricing` (0.25–0.45 of it, fixed per AZ and type, a small drift every 6 hours).
 
 Capacity: `set_capacity(az, type, available=False)` makes RunInstances there fail with
-InsufficientInstanceCapacity, and GetSpotPlacementScores (moto lacks it) score that AZ 1 for the type, every other
-AZ 9 (a region: 9 if any of its AZs has capacity). AWS's own scores for one or two instance types are "always low"
-(its API reference recommends at least three types); the sandbox scores any number of types by its capacity rules.
+InsufficientInstanceCapacity (with `spot_only=True` only spot launches: AWS's spot pool runs dry while on-demand
+still launches, the case a spot → on-demand fallback exists for), and GetSpotPlacementScores (moto lacks it) score
+that AZ 1 for the type, every other AZ 9 (a region: 9 if any of its AZs has capacity). AWS's own scores for one or
+two instance types are "always low" (its API reference recommends at least three types); the sandbox scores any
+number of types by its capacity rules.
 
 Client tokens (RunInstances, CreateVolume): see sandbox/idempotency.py, installed here after the rules above.
 """
@@ -256,19 +258,24 @@ class Ec2Rules:
         self._timers_lock = threading.Lock()
         self._generation = 0  # bumped on reset/stop so a timer that already fired does nothing
         self._no_capacity: set[tuple[str, str]] = set()
+        self._no_spot_capacity: set[tuple[str, str]] = set()
         self._spot: dict[str, SpotRequest] = {}
         self._detaching: dict[str, tuple[Any, Any, str, Any]] = {}
         self._random = random.Random()
 
     # -- public API ------------------------------------------------------------------------------------------
-    def set_capacity(self, availability_zone: str, instance_type: str, *, available: bool) -> None:
-        """Make RunInstances of `instance_type` in `availability_zone` fail (or succeed again)."""
+    def set_capacity(
+        self, availability_zone: str, instance_type: str, *, available: bool, spot_only: bool = False
+    ) -> None:
+        """Make RunInstances of `instance_type` in `availability_zone` fail (only spot ones with `spot_only`), or
+        succeed again."""
         key = (availability_zone, instance_type)
+        rules = self._no_spot_capacity if spot_only else self._no_capacity
         with self.sandbox.ec2_lock:
             if available:
-                self._no_capacity.discard(key)
+                rules.discard(key)
             else:
-                self._no_capacity.add(key)
+                rules.add(key)
 
     def spot_price(self, availability_zone: str, instance_type: str, product_description: str = "Linux/UNIX") -> float:
         """The current spot price ($/hour) of a type in an AZ, as DescribeSpotPriceHistory shows it now."""
@@ -330,6 +337,7 @@ class Ec2Rules:
         self._cancel_timers()
         with self.sandbox.ec2_lock:
             self._no_capacity.clear()
+            self._no_spot_capacity.clear()
             self._spot.clear()
             self._detaching.clear()
 
@@ -584,7 +592,8 @@ class Ec2Rules:
     def _run_before(self, req: AwsRequest) -> Response | None:
         zone = self._launch_zone(req)
         instance_type = req.params.get("InstanceType", "m1.small")
-        if (zone, instance_type) in self._no_capacity:
+        spot = req.params.get("InstanceMarketOptions.MarketType") == "spot"
+        if (zone, instance_type) in self._no_capacity or (spot and (zone, instance_type) in self._no_spot_capacity):
             return ec2_error(
                 "InsufficientInstanceCapacity",
                 f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you "
@@ -871,7 +880,7 @@ class Ec2Rules:
             # With requirements instead of types the sandbox knows no type, so no capacity rule applies.
             per_zone = {
                 zone_id: PLACEMENT_SCORE_LOW
-                if types and all((name, t) in self._no_capacity for t in types)
+                if types and all((name, t) in self._no_capacity | self._no_spot_capacity for t in types)
                 else PLACEMENT_SCORE_HIGH
                 for name, zone_id in zones
             }
@@ -920,8 +929,14 @@ class Ec2Rules:
     def _control_capacity(self, payload: dict[str, Any]) -> dict[str, Any]:
         zone, instance_type = str(payload["availability_zone"]), str(payload["instance_type"])
         available = bool(payload.get("available", False))
-        self.set_capacity(zone, instance_type, available=available)
-        return {"availability_zone": zone, "instance_type": instance_type, "available": available}
+        spot_only = bool(payload.get("spot_only", False))
+        self.set_capacity(zone, instance_type, available=available, spot_only=spot_only)
+        return {
+            "availability_zone": zone,
+            "instance_type": instance_type,
+            "available": available,
+            "spot_only": spot_only,
+        }
 
     def _control_interrupt(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self.interrupt_spot(

@@ -361,10 +361,12 @@ class Sandbox:
         result: dict[str, Any] = self.runtime.recommend_rebalance(instance_id)
         return result
 
-    def set_capacity(self, availability_zone: str, instance_type: str, *, available: bool) -> None:
-        """Make RunInstances of `instance_type` in `availability_zone` fail with InsufficientInstanceCapacity (and
-        GetSpotPlacementScores score that AZ low for the type)."""
-        self.ec2.set_capacity(availability_zone, instance_type, available=available)
+    def set_capacity(
+        self, availability_zone: str, instance_type: str, *, available: bool, spot_only: bool = False
+    ) -> None:
+        """Make RunInstances of `instance_type` in `availability_zone` fail with InsufficientInstanceCapacity (only
+        spot launches with `spot_only`), and GetSpotPlacementScores score that AZ low for the type."""
+        self.ec2.set_capacity(availability_zone, instance_type, available=available, spot_only=spot_only)
 
     def throttle(self, fraction: float, services: Iterable[str] | None = None) -> None:
         """Answer `fraction` of AWS calls (optionally only for `services`) with the service's throttling error."""

@@ -15,7 +15,7 @@ from core.models import StoredObject
 from core.s3uri import parse_s3_uri
 from core.teardown import BucketLeftovers, PendingUpload
 from tasks.aws import aws_task, translate
-from tasks.jobs import current_record
+from tasks.jobs import current_record, list_jobs
 from tasks.storage import list_uploads
 
 _CKPT = re.compile(r"^ckpt-(\d+)/")
@@ -49,18 +49,6 @@ def group_checkpoints(bucket: str, prefix: str, objects: list[StoredObject]) -> 
         )
         for seq, (folder, objs) in sorted(groups.items())
     ]
-
-
-def list_jobs(bucket: str, *, account: str | None = None) -> list[str]:
-    """Job names with anything under s3://<bucket>/trainctl/jobs/ (one delimited listing)."""
-    s3 = load_account(account).client("s3")
-    names: list[str] = []
-    with translate("s3:ListObjectsV2"):
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=jobs.JOBS_ROOT + "/", Delimiter="/")
-        for page in pages:
-            for common in page.get("CommonPrefixes", []):
-                names.append(common["Prefix"][len(jobs.JOBS_ROOT) + 1 :].strip("/"))
-    return sorted(n for n in names if jobs.JOB_NAME.match(n))
 
 
 def _heartbeats(s3: Any, bucket: str, job: str) -> dict[int, datetime]:
@@ -100,7 +88,7 @@ def list_job_storage(
     bucket: str, job_names: list[str] | None = None, *, account: str | None = None
 ) -> list[JobStorage]:
     """The S3 state of the named jobs (None: every job with a folder in the bucket)."""
-    names = sorted(set(job_names)) if job_names is not None else list_jobs(bucket, account=account)
+    names = sorted(set(job_names)) if job_names is not None else list_jobs.fn(bucket, account=account)
     return [job_storage_fn(bucket, name, account=account) for name in names if jobs.JOB_NAME.match(name)]
 
 
@@ -119,3 +107,14 @@ def list_bucket_leftovers(bucket: str, *, account: str | None = None) -> BucketL
             ],
         }
     )
+
+
+@aws_task(name="latest-checkpoint", tags=["aws-s3"])
+def latest_checkpoint(checkpoint_uri: str, *, account: str | None = None) -> CheckpointSet | None:
+    """The latest complete checkpoint under `checkpoint_uri` (one listing), or None when there is none."""
+    ckpt = parse_s3_uri(checkpoint_uri, field="checkpoint_uri")
+    s3 = load_account(account).client("s3")
+    complete = [
+        c for c in group_checkpoints(ckpt.bucket, ckpt.prefix, _objects(s3, ckpt.bucket, ckpt.prefix)) if c.complete
+    ]
+    return complete[-1] if complete else None

@@ -50,6 +50,12 @@ def _location(bucket: str, job: str) -> tuple[str, str]:
 def read_record(bucket: str, job: str, *, account: str | None = None) -> tuple[JobRecord | None, str | None]:
     """The record and its ETag; (None, None) when there is none. A record this version cannot parse (another
     tool's) reads as no record but keeps its ETag, so replacing it is still a conditional write."""
+    record, etag, _ = _read_checked(bucket, job, account)
+    return record, etag
+
+
+def _read_checked(bucket: str, job: str, account: str | None) -> tuple[JobRecord | None, str | None, str | None]:
+    """The record, its ETag, and why a stored record does not parse (None when it does, or there is none)."""
     s3_bucket, key = _location(bucket, job)
     try:
         with translate("s3:GetObject"):
@@ -57,12 +63,18 @@ def read_record(bucket: str, job: str, *, account: str | None = None) -> tuple[J
             body, etag = got["Body"].read(), str(got["ETag"])
     except Exception as exc:
         if getattr(exc, "code", "") in {"NoSuchKey", "404", "NotFound"}:
-            return None, None
+            return None, None, None
         raise
     try:
-        return JobRecord.model_validate(json.loads(body)), etag
-    except (ValidationError, ValueError):
-        return None, etag
+        return JobRecord.model_validate(json.loads(body)), etag, None
+    except ValidationError as exc:
+        return (
+            None,
+            etag,
+            "not a job record this version reads: " + str(exc.errors()[0]["msg"]).removeprefix("Value error, "),
+        )
+    except ValueError as exc:
+        return None, etag, f"not JSON ({exc})"
 
 
 @aws_task(name="write-job-record", tags=["aws-s3"])
@@ -387,3 +399,25 @@ def stop_instance_jobs(
             line += "; record updated" if recorded else "; no record of this attempt in the bucket"
         lines.append(line)
     return lines
+
+
+@aws_task(name="read-job-record-checked", tags=["aws-s3"])
+def read_record_checked(
+    bucket: str, job: str, *, account: str | None = None
+) -> tuple[JobRecord | None, str | None, str | None]:
+    """As read_record, plus why a stored record was not read (corrupt, or written by a newer trainctl): a caller
+    that acts on jobs reports such a record and leaves it alone."""
+    return _read_checked(bucket, job, account)
+
+
+@aws_task(name="list-jobs", tags=["aws-s3"])
+def list_jobs(bucket: str, *, account: str | None = None) -> list[str]:
+    """Job names with anything under s3://<bucket>/trainctl/jobs/ (one delimited listing, paginated)."""
+    s3 = load_account(account).client("s3")
+    names: list[str] = []
+    with translate("s3:ListObjectsV2"):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=jobs.JOBS_ROOT + "/", Delimiter="/")
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(jobs.JOBS_ROOT) + 1 :].strip("/"))
+    return sorted(n for n in names if jobs.JOB_NAME.match(n))

@@ -24,10 +24,14 @@ def test_every_flow_deploys_with_its_model_as_parameters(prefect_harness: None) 
             return [await client.read_deployment(i) for i in ids]
 
     found = {d.name: d for d in asyncio.run(read())}
-    assert set(found) == {"prewarm", "train-launch", "transfer", "safe-teardown"}
+    assert set(found) == {"prewarm", "train-launch", "transfer", "safe-teardown", "spot-watch"}
     prewarm_schema = found["prewarm"].parameter_openapi_schema
     assert "spec" in prewarm_schema["properties"]  # the PrewarmSpec model, rendered as a form in the UI
     assert all("trainctl" in d.tags for d in found.values())
+    watch = found["spot-watch"]
+    assert [s.schedule.interval.total_seconds() for s in watch.schedules] == [60]
+    assert watch.global_concurrency_limit is not None and watch.global_concurrency_limit.limit == 1
+    assert watch.concurrency_options is not None and watch.concurrency_options.collision_strategy == "CANCEL_NEW"
 
 
 def test_prefect_yaml_names_the_same_entrypoints() -> None:

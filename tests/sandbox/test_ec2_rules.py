@@ -256,6 +256,32 @@ def test_no_capacity_in_one_az_for_one_type(cloud: Sandbox) -> None:
     _launch(ec2, "us-east-1a", "g5.xlarge")
 
 
+def test_no_spot_capacity_still_launches_on_demand(cloud: Sandbox) -> None:
+    ec2 = cloud.client("ec2")
+    cloud.set_capacity("us-east-1a", "g5.xlarge", available=False, spot_only=True)
+    spot = {"InstanceMarketOptions": {"MarketType": "spot"}}
+    with pytest.raises(ClientError) as exc:
+        ec2.run_instances(
+            ImageId=AMI,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="g5.xlarge",
+            Placement={"AvailabilityZone": "us-east-1a"},
+            **spot,
+        )
+    assert _error(exc)[0] == "InsufficientInstanceCapacity"
+    _launch(ec2, "us-east-1a", "g5.xlarge")  # on-demand: the spot pool is what ran dry
+    cloud.reset()
+    ec2.run_instances(
+        ImageId=AMI,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="g5.xlarge",
+        Placement={"AvailabilityZone": "us-east-1a"},
+        **spot,
+    )
+
+
 def test_capacity_control_route_and_reset(cloud: Sandbox) -> None:
     ec2 = cloud.client("ec2")
     status, answer = _control(

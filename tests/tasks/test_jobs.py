@@ -13,7 +13,15 @@ import pytest
 from core import jobs
 from core.jobs import AttemptRecord, JobRecord, JobStatus
 from sandbox import Sandbox
-from tasks.jobs import JobChangedError, current_record, read_record, update_attempt, write_record
+from tasks.jobs import (
+    JobChangedError,
+    current_record,
+    list_jobs,
+    read_record,
+    read_record_checked,
+    update_attempt,
+    write_record,
+)
 from tests.conftest import exported_sandbox
 
 pytestmark = pytest.mark.sandbox
@@ -98,3 +106,41 @@ def test_a_retried_write_whose_first_try_landed_is_no_conflict(cloud: Sandbox) -
     with pytest.raises(JobChangedError):
         write_record.fn(_record("lost-answer", attempt=3), expected_etag=first)  # someone else's: still refused
     assert _stored(cloud, "lost-answer")["attempts"][-1]["number"] == 2
+
+
+def test_a_pass_learns_why_a_record_was_not_read_and_finds_every_job(cloud: Sandbox) -> None:
+    s3 = cloud.client("s3")
+    write_record.fn(_record("readable"), expected_etag=None)
+    newer = {**_record("newer").model_dump(mode="json"), "version": 99}
+    s3.put_object(Bucket=BUCKET, Key=f"{jobs.JOBS_ROOT}/newer/job.json", Body=json.dumps(newer).encode())
+    s3.put_object(Bucket=BUCKET, Key=f"{jobs.JOBS_ROOT}/corrupt/job.json", Body=b'{"name": "corrupt", ')
+    s3.put_object(Bucket=BUCKET, Key=f"{jobs.JOBS_ROOT}/no-record/staging/attempt-1/code.tar.gz", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key=f"{jobs.JOBS_ROOT}/Not_A_Job/job.json", Body=b"{}")
+
+    assert {"readable", "newer", "corrupt", "no-record"} <= set(list_jobs.fn(BUCKET))
+    assert "Not_A_Job" not in list_jobs.fn(BUCKET)
+    record, etag, problem = read_record_checked.fn(BUCKET, "readable")
+    assert record is not None and record.name == "readable" and etag and problem is None
+    record, etag, problem = read_record_checked.fn(BUCKET, "newer")
+    assert record is None and etag and problem is not None and "newer trainctl" in problem
+    record, etag, problem = read_record_checked.fn(BUCKET, "corrupt")
+    assert record is None and etag and problem is not None and problem.startswith("not JSON")
+    assert read_record_checked.fn(BUCKET, "no-record") == (None, None, None)
+    # read_record itself still answers as before: no record, but the ETag for a conditional replacement.
+    assert read_record.fn(BUCKET, "newer")[0] is None and read_record.fn(BUCKET, "newer")[1]
+
+
+def test_the_latest_checkpoint_is_the_newest_complete_one(cloud: Sandbox) -> None:
+    from tasks.checkpoints import latest_checkpoint
+
+    s3 = cloud.client("s3")
+    uri = jobs.default_checkpoint_uri(BUCKET, "ckpts")
+    prefix = uri.removeprefix(f"s3://{BUCKET}/")
+    assert latest_checkpoint.fn(uri) is None
+    for seq, complete in ((1, True), (2, True), (3, False)):  # 3 is being uploaded: no manifest yet
+        folder = prefix + jobs.checkpoint_folder(seq)
+        s3.put_object(Bucket=BUCKET, Key=folder + "state.json", Body=b"{}")
+        if complete:
+            s3.put_object(Bucket=BUCKET, Key=folder + jobs.MANIFEST_NAME, Body=b"{}")
+    latest = latest_checkpoint.fn(uri)
+    assert latest is not None and latest.seq == 2 and latest.prefix == prefix + "ckpt-000002/"
