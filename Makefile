@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow bench-transfer lint typecheck pytest install clean
+.PHONY: demo test test-slow bench-transfer bench-recovery lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: lint typecheck pytest
 bench-transfer: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
+
+# Spot notice → training resumed in the sandbox (1 GB checkpoint, 2-minute window): a few minutes, prints targets.
+bench-recovery: $(STAMP)
+	$(BIN)/python -m bench.recovery $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A minimal trainer that follows trainctl's contract (plain Python, standard library; copy it as a template).
 
-    python3 train.py --steps 100 --step-seconds 1 [--fail-with 3 --fail-at 5]
+    python3 train.py --steps 100 --step-seconds 1 [--fail-with 3 --fail-at 5] [--blob-mb 1024]
 
 The contract (DESIGN.md section 5):
 - `TRAINCTL_CHECKPOINT_DIR`: write checkpoints there. Write each file atomically (a temp file in the same
@@ -11,6 +11,9 @@ The contract (DESIGN.md section 5):
   done, else 143 (128 + SIGTERM) so an interrupted run is never mistaken for a finished one.
 
 Checkpoint: `weights.bin` (stand-in for model weights) and `state.json` (step, loss, times), state written last.
+`--blob-mb N` adds `blob.bin`, N MB written once after the first step (kept as restored on a resume): a checkpoint
+of a real model's size for bench/recovery.py. `state.json` says when this run's first step ended (`first_step_at`)
+and the step it resumed from (`resumed_from_step`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 STATE = "state.json"
 WEIGHTS = "weights.bin"
+BLOB = "blob.bin"
 INTERRUPTED_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process killed by SIGTERM
 
 _sigterm_at: list[float] = []  # set by the handler; the loop checks it between (short) sleeps
@@ -55,6 +59,20 @@ def save(folder: Path, state: dict[str, Any]) -> None:
     _write_atomic(folder / STATE, json.dumps(state, indent=2).encode())
 
 
+def write_blob(folder: Path, megabytes: int) -> None:
+    """`megabytes` MB of incompressible bytes in `folder`/blob.bin, once: a restored one is kept as it is."""
+    if megabytes <= 0 or (folder / BLOB).exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (BLOB + ".tmp")
+    with tmp.open("wb") as out:
+        for _ in range(megabytes):
+            out.write(os.urandom(1024 * 1024))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, folder / BLOB)
+
+
 def load(folder: str) -> dict[str, Any] | None:
     if not folder:
         return None
@@ -71,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float, default=0.5)
     parser.add_argument("--fail-with", type=int, default=None, help="exit with this code at --fail-at")
     parser.add_argument("--fail-at", type=int, default=None, help="step at which --fail-with exits (default: first)")
+    parser.add_argument("--blob-mb", type=int, default=0, help="write a blob of this many MB into the checkpoint once")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
@@ -84,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "step": start - 1,
         "loss": loss,
         "resumed_from_step": int(resumed["step"]) if resumed else None,
+        "first_step_at": None,  # when this run's first step ended (epoch seconds)
         "sigterm_received_at": None,
     }
     if resumed:
@@ -103,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             break  # the step in progress is lost; the last completed one is saved below
         loss *= 0.97
         state.update(step=step, loss=loss)
+        state["first_step_at"] = state["first_step_at"] or time.time()
         save(folder, state)
         print(f"step {step}/{args.steps} loss {loss:.4f}", flush=True)
+        if step == start:
+            write_blob(folder, args.blob_mb)
 
     if _sigterm_at:
         state["sigterm_received_at"] = _sigterm_at[0]

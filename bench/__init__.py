@@ -1,0 +1,1 @@
+"""Benchmarks, run from the repository root: `python -m bench.<name>` (each module says what it measures)."""
