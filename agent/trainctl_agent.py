@@ -1091,6 +1091,9 @@ class Checkpoints:
         self.bucket, key = split_s3_uri(spec.checkpoint_uri)
         self.prefix = key.rstrip("/") + "/" if key.strip("/") else ""
         self.snapshot_dir = folder.parent / f".{folder.name}.trainctl-snapshot"
+        # What a prefetch downloaded (seq, and each file's size, sha256, mtime_ns): the restore at the start then
+        # downloads only what changed since (nothing, normally).
+        self.prefetch_marker = folder.parent / f".{folder.name}.trainctl-prefetched.json"
         self.last_seq: int | None = None
         self.next_seq = 1
         self.last_fingerprint: Fingerprint = ()
@@ -1104,9 +1107,17 @@ class Checkpoints:
                 seqs.append(int(match.group(1)))
         return seqs
 
-    def restore(self) -> str:
-        """Download the latest complete checkpoint into the folder; returns it ("" when there is none)."""
+    def restore(self, *, prefetch: bool = False) -> str:
+        """Download the latest complete checkpoint into the folder; returns it ("" when there is none). With
+        `prefetch` (before the trainer's start: the replacement of an interrupted attempt, while the old instance
+        still serves its notice) what was downloaded is remembered, so the restore at the start skips it."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        done = self._restore_latest(prefetch)
+        if not prefetch:
+            self.prefetch_marker.unlink(missing_ok=True)
+        return done
+
+    def _restore_latest(self, prefetch: bool) -> str:
         latest = self.s3.get_json(self.bucket, self.prefix + LATEST_NAME)
         existing = self.seqs_in_s3()
         candidates: list[int] = []
@@ -1120,7 +1131,7 @@ class Checkpoints:
         candidates += sorted((s for s in existing if s < candidates[0]), reverse=True)[:3]
         for seq in candidates:
             try:
-                self._download(seq)
+                self._download(seq, remember=prefetch)
             except (S3Error, IntegrityError, OSError) as exc:
                 log.warning("restore: checkpoint %d unusable: %s", seq, exc)
                 continue
@@ -1131,20 +1142,48 @@ class Checkpoints:
         log.warning("restore: no usable checkpoint; starting from scratch")
         return ""
 
-    def _download(self, seq: int) -> None:
+    def _prefetched(self, seq: int) -> dict[str, Any]:
+        """{path: [size, sha256, mtime_ns]} of what a prefetch of checkpoint `seq` downloaded ({} for none)."""
+        with contextlib.suppress(OSError, ValueError):
+            marker = json.loads(self.prefetch_marker.read_text())
+            if isinstance(marker, dict) and marker.get("seq") == seq and isinstance(marker.get("files"), dict):
+                return dict(marker["files"])
+        return {}
+
+    def _unchanged(self, entry: dict[str, Any], known: Any) -> bool:
+        """The prefetched file is still the one the manifest names, untouched since (size and mtime)."""
+        try:
+            st = (self.folder / str(entry["path"])).stat()
+        except OSError:
+            return False
+        return (
+            isinstance(known, list)
+            and known == [int(entry["size"]), entry["sha256"], st.st_mtime_ns]
+            and st.st_size == int(entry["size"])
+        )
+
+    def _download(self, seq: int, *, remember: bool = False) -> None:
         folder_key = self.prefix + checkpoint_folder(seq)
         manifest = self.s3.get_json(self.bucket, folder_key + MANIFEST_NAME)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
             raise IntegrityError(f"{folder_key}{MANIFEST_NAME} is missing or malformed")
         # Every name is checked before the first download: a refused checkpoint writes nothing.
         check_paths([str(entry["path"]) for entry in manifest["files"]])
+        prefetched = self._prefetched(seq)
+        kept: dict[str, list[Any]] = {}
         for entry in manifest["files"]:
             rel = str(entry["path"])
+            if self._unchanged(entry, prefetched.get(rel)):
+                kept[rel] = prefetched[rel]
+                continue
             size, sha = self.s3.download_file(self.bucket, folder_key + rel, self.folder / rel)
             if size != int(entry["size"]) or sha != entry["sha256"]:
                 raise IntegrityError(
                     f"{rel}: got {size} bytes sha256 {sha}, manifest says {entry['size']} {entry['sha256']}"
                 )
+            kept[rel] = [size, sha, (self.folder / rel).stat().st_mtime_ns]
+        if remember:
+            write_atomic(self.prefetch_marker, json.dumps({"seq": seq, "files": kept}).encode())
 
     def changed(self) -> bool:
         current = fingerprint(self.folder)
@@ -1884,6 +1923,29 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    """Download the job's latest complete checkpoint before its trainer starts (core/jobs.py layout): the
+    replacement of an interrupted attempt does this while the old instance serves its notice, so the restore at
+    the start finds it in place."""
+    try:
+        spec = AgentSpec.load(args.spec)
+    except SpecError as exc:
+        print(json.dumps({"error": str(exc)}), file=sys.stderr)
+        return 2
+    _setup_logging()
+    agent = Agent(spec, job_dir=on_instance(instance_job_dir(spec.job)))
+    checkpoints = Checkpoints(agent.s3, spec, agent.checkpoint_dir, spec.instance_id or "unknown")
+    started = time.monotonic()
+    try:
+        folder = checkpoints.restore(prefetch=True)
+    except (S3Error, OSError) as exc:
+        print(json.dumps({"job": spec.job, "error": f"prefetch failed: {exc}"}), file=sys.stderr)
+        return 1
+    seconds = round(time.monotonic() - started, 2)
+    print(json.dumps({"job": spec.job, "prefetched": checkpoints.last_seq, "folder": folder, "seconds": seconds}))
+    return 0
+
+
 def _stop_without_agent(job_dir: Path, grace: float, *, keep_instance: bool) -> None:
     """The agent is gone (crashed, killed): stop the trainer and flush its checkpoint from the spec copy, then end
     the attempt as the agent would have (final status, and the shutdown unless the instance is kept)."""
@@ -1933,6 +1995,8 @@ def main(argv: list[str] | None = None) -> int:
     poll.add_argument("--job", required=True)
     poll.add_argument("--offset", type=int, default=0)
     poll.add_argument("--limit", type=int, default=12_000)
+    prefetch = sub.add_parser("prefetch", help="download the latest checkpoint before the trainer starts")
+    prefetch.add_argument("--spec", required=True)
     stop = sub.add_parser("stop", help="stop the job: SIGTERM, grace, SIGKILL, flush the checkpoint")
     stop.add_argument("--job", required=True)
     stop.add_argument("--grace", type=float, default=DEFAULT_STOP_GRACE)
@@ -1943,6 +2007,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "status": cmd_status,
         "poll": cmd_poll,
+        "prefetch": cmd_prefetch,
         "stop": cmd_stop,
     }
     return handlers[args.cmd](args)

@@ -121,11 +121,16 @@ def ship_script(job: str, staging: str) -> list[str]:
 
 def start_agent_script(job: str) -> list[str]:
     """`agent run` detaches itself; the command returns as soon as the job is started."""
-    return [
-        "set -eu",
-        f"job={_job_dir(job)}",
-        f'python3 "$job/{AGENT_SCRIPT}" run --spec "$job/{AGENT_SPEC}"',
-    ]
+    return _agent_spec_command(job, "run")
+
+
+def prefetch_script(job: str) -> list[str]:
+    """`agent prefetch`: the latest checkpoint downloaded before the trainer starts (the restore then skips it)."""
+    return _agent_spec_command(job, "prefetch")
+
+
+def _agent_spec_command(job: str, verb: Literal["run", "prefetch"]) -> list[str]:
+    return ["set -eu", f"job={_job_dir(job)}", f'python3 "$job/{AGENT_SCRIPT}" {verb} --spec "$job/{AGENT_SPEC}"']
 
 
 def _agent_line(job_dir: str, job: str, verb: str, options: tuple[object, ...]) -> str:

@@ -43,6 +43,7 @@ from core.launch import (
     agent_spec,
     data_mount_script,
     launch_key,
+    prefetch_script,
     ship_script,
     start_agent_script,
 )
@@ -316,19 +317,15 @@ def _launch(request: AttemptRequest, stored: JobRecord, held: _Held, progress: S
     log.info("%s %s %s in %s", instance.lifecycle, instance.instance_type, instance.id, instance.availability_zone)
     progress.step("ssm online")
     wait_online(instance.id, timeout_s=spec.online_timeout_s, account=account)
-    if request.after_instance:
-        progress.step("wait previous")
-        _wait_released(request, volume)
-    if volume is not None:
-        _attach_and_mount(request, volume, instance, progress)
-    progress.step("ship")
     if _agent_started(request, instance):
         log.info("the agent of attempt %d already runs on %s (an earlier run started it)", request.attempt, instance.id)
+    elif request.after_instance:
+        _take_over(request, volume, instance, staging, progress)
     else:
+        if volume is not None:
+            _attach_and_mount(request, volume, instance, progress)
+        progress.step("ship")
         _ship(request, instance, staging)
-        if request.after_instance:
-            progress.step("wait previous")
-            _wait_previous_agent(request)
         progress.step("start")
         _start(request, instance)
     update_attempt_record(request, lambda a: {}, status=JobStatus.RUNNING)
@@ -344,6 +341,40 @@ def _launch(request: AttemptRequest, stored: JobRecord, held: _Held, progress: S
         launched_by=request.launched_by,
         seconds=0.0,
     )
+
+
+def _take_over(
+    request: AttemptRequest, volume: Volume | None, instance: Instance, staging: str, progress: StepProgress
+) -> None:
+    """The replacement of an attempt whose instance serves its spot notice: everything that needs neither the volume
+    nor the old trainer's end is done while the old instance still runs — ship the code, and once the old agent
+    wrote its final checkpoint, download it — so that only attach, mount and start remain after the old instance
+    goes. The old trainer and this one never share the volume or the checkpoint prefix."""
+    progress.step("ship")
+    _ship(request, instance, staging)
+    progress.step("wait previous")
+    _wait_previous_agent(request)
+    _prefetch(request, instance)
+    _wait_released(request, volume)
+    if volume is not None:
+        _attach_and_mount(request, volume, instance, progress)
+    progress.step("start")
+    _start(request, instance)
+
+
+def _prefetch(request: AttemptRequest, instance: Instance) -> None:
+    """The latest checkpoint onto the new instance before its trainer starts (agent `prefetch`). Best effort: the
+    agent's restore at the start downloads whatever is missing. Not when the checkpoints live on the data volume
+    (it is not mounted yet)."""
+    spec = request.spec
+    mount = spec.resolved_mount_point
+    if mount and (spec.resolved_checkpoint_dir + "/").startswith(mount.rstrip("/") + "/"):
+        return
+    out = run_command(
+        instance.id, prefetch_script(spec.name), timeout_s=900, check=False, what="prefetch", account=spec.account
+    )
+    line = out.stdout.strip().splitlines()[-1] if out.ok and out.stdout.strip() else out.describe_failure()
+    get_run_logger().info("checkpoint prefetch: %s", line)
 
 
 def _volume(request: AttemptRequest, stored: JobRecord) -> Volume | None:

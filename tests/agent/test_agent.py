@@ -832,3 +832,39 @@ def test_a_secret_that_cannot_be_read_fails_the_attempt_before_the_trainer_runs(
     assert (job_dir / ta.EXIT_CODE_FILE).read_text().strip() == "126"
     log = cloud.client("s3").get_object(Bucket=bucket, Key=key_of(ta.log_uri(bucket, "nosecret", 1)))["Body"].read()
     assert b"ssm:/agent-test/absent" in log and b"ParameterNotFound" in log
+
+
+def test_a_prefetched_checkpoint_is_not_downloaded_again_at_the_start_unless_it_changed(
+    cloud: Sandbox, bucket: str, tmp_path: Path
+) -> None:
+    """The replacement of an interrupted attempt prefetches the checkpoint while the old instance serves its notice;
+    the restore at the trainer's start then downloads only what is not there as prefetched."""
+    spec = ta.AgentSpec.from_dict({"job": "prefetch", "attempt": 1, "bucket": bucket, "command": ["true"]})
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "model.pt").write_bytes(b"m" * 1000)
+    (source / "opt.pt").write_bytes(b"o" * 1000)
+    assert ta.Checkpoints(client(cloud), spec, source, "i-old").upload() == 1
+
+    s3 = client(cloud)
+    downloads: list[str] = []
+    original = s3.download_file
+
+    def recording(bucket_: str, key: str, target: Path) -> tuple[int, str]:
+        downloads.append(key.rsplit("/", 1)[-1])
+        return original(bucket_, key, target)
+
+    s3.download_file = recording  # type: ignore[method-assign]
+    folder = tmp_path / "new" / "checkpoints"
+    assert ta.Checkpoints(s3, spec, folder, "i-new").restore(prefetch=True) == str(folder)
+    assert sorted(downloads) == ["model.pt", "opt.pt"]
+    marker = folder.parent / ".checkpoints.trainctl-prefetched.json"
+    assert marker.exists()
+
+    downloads.clear()
+    (folder / "opt.pt").write_bytes(b"x" * 1000)  # changed on the instance since the prefetch: fetched again
+    at_start = ta.Checkpoints(s3, spec, folder, "i-new")
+    assert at_start.restore() == str(folder) and at_start.last_seq == 1
+    assert downloads == ["opt.pt"]
+    assert (folder / "opt.pt").read_bytes() == b"o" * 1000 and (folder / "model.pt").read_bytes() == b"m" * 1000
+    assert not marker.exists()  # used once
