@@ -1881,31 +1881,32 @@ def poll_document(job: str, offset: int = 0, limit: int = 0) -> dict[str, Any]:
     return {**local_status(job), "installed": True, **log_chunk(job, offset, limit)}
 
 
-def cmd_poll(args: argparse.Namespace) -> int:
+def _job_arg_ok(job: str) -> bool:
+    """A --job that is a job name; else the error as JSON on stderr (exit 2)."""
     try:
-        validate_job_name(args.job)
+        validate_job_name(job)
     except SpecError as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    if not _job_arg_ok(args.job):
         return 2
     print(json.dumps(poll_document(args.job, args.offset, args.limit)))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        validate_job_name(args.job)
-    except SpecError as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
+    if not _job_arg_ok(args.job):
         return 2
     print(json.dumps(local_status(args.job), indent=2))
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    try:
-        validate_job_name(args.job)
-    except SpecError as exc:
-        print(json.dumps({"error": str(exc)}), file=sys.stderr)
+    if not _job_arg_ok(args.job):
         return 2
     _setup_logging()
     job_dir = on_instance(instance_job_dir(args.job))
