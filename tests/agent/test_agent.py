@@ -854,7 +854,7 @@ def test_a_prefetched_checkpoint_is_not_downloaded_again_at_the_start_unless_it_
         downloads.append(key.rsplit("/", 1)[-1])
         return original(bucket_, key, target)
 
-    s3.download_file = recording  # type: ignore[method-assign]
+    s3.download_file = recording  # type: ignore[method-assign,assignment]
     folder = tmp_path / "new" / "checkpoints"
     assert ta.Checkpoints(s3, spec, folder, "i-new").restore(prefetch=True) == str(folder)
     assert sorted(downloads) == ["model.pt", "opt.pt"]
