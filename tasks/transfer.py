@@ -845,8 +845,3 @@ def put_file(path: Path, uri: S3Uri, *, account: str | None) -> None:
 def get_file(uri: S3Uri, path: Path, *, account: str | None) -> None:
     with translate("s3:GetObject"):
         _s3(account).download_file(uri.bucket, uri.key, str(path))
-
-
-def timed() -> Callable[[], float]:
-    start = time.monotonic()
-    return lambda: time.monotonic() - start
