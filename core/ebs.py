@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import InvalidInputError
 from core.ids import validate_id
@@ -57,16 +57,18 @@ class VolumeSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
-    size_gib: int
-    volume_type: VolumeType = "gp3"
-    iops: int | None = None
-    throughput: int | None = None
-    encrypted: bool = True
-    kms_key_id: str | None = None
-    persistent: bool = True
-    protected: bool = False
-    snapshot_id: str | None = None
+    name: str = Field(description="volume name, unique among trainctl volumes")
+    size_gib: int = Field(description="size in GiB")
+    volume_type: VolumeType = Field(default="gp3", description="EBS volume type")
+    iops: int | None = Field(default=None, description="provisioned IOPS (gp3, io1, io2)")
+    throughput: int | None = Field(default=None, description="throughput in MiB/s (gp3)")
+    encrypted: bool = Field(default=True, description="encrypt the volume at rest")
+    kms_key_id: str | None = Field(
+        default=None, description="KMS key to encrypt with; default: the account's default EBS key"
+    )
+    persistent: bool = Field(default=True, description="kept (detached) when its instance goes; false: deleted with it")
+    protected: bool = Field(default=False, description="never deleted by cleanup; deleting it needs force")
+    snapshot_id: str | None = Field(default=None, description="create the volume from this snapshot (snap-…)")
 
     @field_validator("name")
     @classmethod

@@ -193,25 +193,6 @@ class StoredObject(BaseModel):
     last_modified: datetime
 
 
-class StagingObject(BaseModel):
-    """An S3 object trainctl put in a job's staging prefix (code tarballs, transfer legs)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    bucket: str
-    key: str
-    size: int
-    last_modified: datetime
-    job: str | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    def age(self, now: datetime) -> timedelta:
-        return max(timedelta(0), _aware(now) - _aware(self.last_modified))
-
-
 class Inventory(BaseModel):
     """Every managed instance, volume and snapshot of one region, with their relations resolved."""
 

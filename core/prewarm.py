@@ -36,24 +36,32 @@ _RELATIVE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 class PrewarmSpec(BaseModel):
     """Put `s3://bucket/prefix` onto an EBS volume: a new one (`volume`) or an existing one (`volume_id`)."""
 
-    source: str
-    volume: VolumeSpec | None = None
-    volume_id: str | None = None
-    availability_zone: str | None = None
+    source: str = Field(description="s3://bucket/prefix to copy onto the volume")
+    volume: VolumeSpec | None = Field(default=None, description="a new volume to create (or give volume_id)")
+    volume_id: str | None = Field(default=None, description="an existing volume (vol-…) to fill (or give volume)")
+    availability_zone: str | None = Field(
+        default=None, description="AZ of a new volume; default: the given instance's, else one offering instance_type"
+    )
     instance_id: str | None = Field(default=None, description="an existing instance in the volume's AZ to use")
-    instance_type: str = "m5.large"
-    image_id: str | None = None
+    instance_type: str = Field(default="m5.large", description="type of the temporary instance that copies")
+    image_id: str | None = Field(default=None, description="AMI of the temporary instance; default: Amazon Linux 2023")
     instance_profile: str | None = Field(default=None, description="IAM instance profile: SSM + S3 read")
-    subnet_id: str | None = None
-    security_group_ids: list[str] = Field(default_factory=list)
+    subnet_id: str | None = Field(
+        default=None, description="subnet of the temporary instance; default: the AZ's default subnet"
+    )
+    security_group_ids: list[str] = Field(
+        default_factory=list, description="security groups of the temporary instance; default: the VPC's default group"
+    )
     target_dir: str = Field(default="", description="folder inside the volume; empty = the volume root")
-    filesystem: Literal["xfs", "ext4"] = "xfs"
-    snapshot: bool = False
-    job: str | None = None
+    filesystem: Literal["xfs", "ext4"] = Field(default="xfs", description="filesystem made on a blank volume")
+    snapshot: bool = Field(default=False, description="snapshot the volume once it is filled")
+    job: str | None = Field(default=None, description="the training job the volume and instance belong to (tagged)")
     adopt: bool = Field(default=False, description="tag an existing volume trainctl did not create as managed")
-    sync_timeout_minutes: int = Field(default=240, ge=1, le=24 * 60)
-    online_timeout_s: int = Field(default=600, ge=10)
-    account: str | None = None
+    sync_timeout_minutes: int = Field(default=240, ge=1, le=24 * 60, description="longest the copy may take")
+    online_timeout_s: int = Field(
+        default=600, ge=10, description="longest to wait for the temporary instance to answer over SSM"
+    )
+    account: str | None = Field(default=None, description="AwsAccount block name; default: the AWS environment")
 
     @field_validator("source")
     @classmethod

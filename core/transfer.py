@@ -283,24 +283,31 @@ def plan_sync(src: Mapping[str, int], dst: Mapping[str, int], same: Iterable[str
 class TransferRequest(BaseModel):
     """One transfer: `trainctl transfer SRC DST [...]`. Checked whole before anything is listed or moved."""
 
-    src: str
-    dst: str
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
+    src: str = Field(description="Source: local path, s3://bucket/prefix, i-…:/path or job:NAME:/path.")
+    dst: str = Field(description="Destination folder, same forms (a different kind than src).")
+    include: list[str] = Field(default_factory=list, description="Only files matching one of these globs.")
+    exclude: list[str] = Field(default_factory=list, description="Skip files matching any of these globs.")
     delete: bool = Field(default=False, description="Delete files at DST that SRC does not have (true sync).")
-    dry_run: bool = False
+    dry_run: bool = Field(default=False, description="List what would move; move nothing.")
     compress: bool = Field(default=False, description="Move many small files as one tar.gz.")
-    verify: bool = True
+    verify: bool = Field(default=True, description="Check every copied file's checksum after the copy.")
     staging: str | None = Field(
         default=None,
         description="S3 prefix for instance legs (s3://bucket/prefix). With job:NAME locations a bare "
         "s3://bucket uses the job's layout, s3://bucket/trainctl/jobs/NAME/staging/.",
     )
-    engine: Literal["auto", "s5cmd", "python"] = "auto"
-    concurrency: int = Field(default=256, ge=1, le=1024)  # s5cmd workers (its own default); boto3 uses 10
-    part_size_mib: int = Field(default=50, ge=5, le=5 * 1024)
-    account: str | None = None
-    transfer_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    engine: Literal["auto", "s5cmd", "python"] = Field(
+        default="auto", description="s5cmd when installed (auto), or in Python (s3fs; boto3 for big files)."
+    )
+    concurrency: int = Field(  # s5cmd workers (its own default); boto3 uses 10
+        default=256, ge=1, le=1024, description="Files in flight at once (s5cmd workers)."
+    )
+    part_size_mib: int = Field(default=50, ge=5, le=5 * 1024, description="Multipart part size in MiB.")
+    account: str | None = Field(default=None, description="AwsAccount block name; default: the AWS environment.")
+    transfer_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex[:12],
+        description="Names this transfer's staging and partial folders; default: a random one.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

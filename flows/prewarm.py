@@ -45,8 +45,8 @@ from core.prewarm import (
 from core.s3uri import parse_s3_uri
 from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.instances import LaunchRequest, launch_instance, terminate_launched_instance
+from tasks.s3 import PrefixListing, delete_prefix, list_prefix, put_json, staging_uri
 from tasks.ssm import run_command, wait_online
-from tasks.storage import PrefixListing, delete_prefix, list_prefix, put_json, staging_uri
 from tasks.volumes import (
     adopt_volume,
     attach_volume,

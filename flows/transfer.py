@@ -61,8 +61,8 @@ from core.transfer import (
 from core.transfer import check_script as instance_check_script
 from flows.reporting import artifact_key, markdown_report
 from tasks import transfer as tx
+from tasks.s3 import delete_prefix, get_json, put_json
 from tasks.ssm import run_command, wait_online
-from tasks.storage import delete_prefix
 
 T = TypeVar("T")
 
@@ -419,11 +419,11 @@ def _ssm(job: Job, remote: Remote, script: list[str], what: str) -> str:
 def _scan(job: Job, remote: Remote, *, mode: str, expect: dict[str, Any] | None) -> dict[str, Any]:
     expect_uri = None
     if expect is not None:
-        tx.put_json(remote.uri("expect.json"), expect, account=job.account)
+        _call(put_json, str(remote.uri("expect.json")), expect, account=job.account)
         expect_uri = str(remote.uri("expect.json"))
     out = remote.uri("scan.json")
     _ssm(job, remote, scan_script(remote.path, str(out), mode=mode, expect_uri=expect_uri), f"list {remote.path}")  # type: ignore[arg-type]
-    scan: dict[str, Any] = tx.get_json(out, account=job.account)
+    scan: dict[str, Any] = _call(get_json, str(out), account=job.account)
     if scan["exists"] and not scan["is_dir"]:
         raise TransferError(f"{remote.instance_id}:{remote.path} is a file, not a folder")
     if mode == "src" and not scan["exists"]:
@@ -498,7 +498,7 @@ def _local_to_instance(job: Job) -> None:
             job.copy(pairs, upload=True)
             files_prefix = f"s3://{files.bucket}/{files.prefix}"
         manifest = {"files": {r: expect[r] for r in plan.copy}, "delete": plan.delete, "verify": job.request.verify}
-        tx.put_json(remote.uri("manifest.json"), manifest, account=job.account)
+        _call(put_json, str(remote.uri("manifest.json")), manifest, account=job.account)
         job.tracker.phase("placing on the instance")
         script = receive_script(
             remote.path,
@@ -528,7 +528,7 @@ def _instance_to_local(job: Job) -> None:
         if not job.planned(plan, src) or not plan.copy:
             _finish_local_delete(job, root, plan)
             return
-        tx.put_json(remote.uri("select.json"), plan.copy, account=job.account)
+        _call(put_json, str(remote.uri("select.json")), plan.copy, account=job.account)
         archive = remote.uri("bundle.tar.gz") if job.request.compress else None
         job.tracker.phase("sending from the instance")
         script = send_script(
@@ -587,7 +587,7 @@ def _s3_to_instance(job: Job) -> None:
         if job.request.verify:
             _warn_if_checked_slowly(remote, scan, files)
         manifest = {"files": files, "delete": plan.delete, "verify": job.request.verify}
-        tx.put_json(remote.uri("manifest.json"), manifest, account=job.account)
+        _call(put_json, str(remote.uri("manifest.json")), manifest, account=job.account)
         job.tracker.phase("instance reading S3")
         script = receive_script(
             remote.path,
@@ -629,7 +629,7 @@ def _instance_to_s3(job: Job) -> None:
         if not job.planned(plan, src):
             return
         if plan.copy:
-            tx.put_json(remote.uri("select.json"), plan.copy, account=job.account)
+            _call(put_json, str(remote.uri("select.json")), plan.copy, account=job.account)
             job.tracker.phase("instance writing S3")
             script = send_script(
                 remote.path,
@@ -655,7 +655,7 @@ def _instance_to_s3(job: Job) -> None:
             remote_check = {rel: want[rel] for rel in present if rel not in single}
             if remote_check:
                 _warn_if_checked_slowly(remote, scan, remote_check)
-                tx.put_json(remote.uri("check.json"), remote_check, account=job.account)
+                _call(put_json, str(remote.uri("check.json")), remote_check, account=job.account)
                 out = _ssm(job, remote, instance_check_script(remote.path, str(remote.uri("check.json"))), "verify")
                 bad |= set(json.loads(out.strip().splitlines()[-1])["mismatches"])
             job.report.mismatches = sorted(bad | set(missing))

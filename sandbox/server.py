@@ -36,7 +36,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
 
-from sandbox.protocol import AwsRequest, error_for, parse_request
+from sandbox.protocol import AwsRequest, parse_request
 
 ACCOUNT_ID = DEFAULT_ACCOUNT_ID
 DUMMY_ACCESS_KEY = "sandbox-access-key"
@@ -396,8 +396,3 @@ class Sandbox:
         except (KeyError, ValueError, TypeError) as exc:
             return Response(json.dumps({"error": str(exc)}), 400, content_type="application/json")
         return Response(json.dumps({"result": result}, default=str), 200, content_type="application/json")
-
-
-def error_response(req: AwsRequest, code: str, message: str, status: int = 400) -> Response:
-    """Re-exported for components: an AWS-shaped error in the request's protocol."""
-    return error_for(req, code, message, status)

@@ -8,27 +8,24 @@ import re
 from datetime import datetime
 from typing import Any
 
-from blocks.aws import load_account
 from core import jobs
 from core.jobs import CheckpointSet, JobStorage
 from core.models import StoredObject
 from core.s3uri import parse_s3_uri
 from core.teardown import BucketLeftovers, PendingUpload
-from tasks.aws import aws_task, translate
+from tasks.aws import aws_task
 from tasks.jobs import current_record, list_jobs
-from tasks.storage import list_uploads
+from tasks.s3 import client, list_objects, list_uploads
 
 _CKPT = re.compile(r"^ckpt-(\d+)/")
 _STATUS = re.compile(r"^attempt-(\d+)\.json$")  # core/jobs.py status_uri
 
 
 def _objects(s3: Any, bucket: str, prefix: str) -> list[StoredObject]:
-    found: list[StoredObject] = []
-    with translate("s3:ListObjectsV2"):
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                found.append(StoredObject(key=obj["Key"], size=int(obj["Size"]), last_modified=obj["LastModified"]))
-    return found
+    return [
+        StoredObject(key=obj["Key"], size=int(obj["Size"]), last_modified=obj["LastModified"])
+        for obj in list_objects(s3, bucket, prefix)
+    ]
 
 
 def group_checkpoints(bucket: str, prefix: str, objects: list[StoredObject]) -> list[CheckpointSet]:
@@ -63,7 +60,7 @@ def _heartbeats(s3: Any, bucket: str, job: str) -> dict[int, datetime]:
 
 
 def job_storage_fn(bucket: str, job: str, *, account: str | None = None) -> JobStorage:
-    s3 = load_account(account).client("s3")
+    s3 = client(account)
     # The record as the agent left it: a job whose agent said it ended is not `running` to teardown.
     record, _, _ = current_record(bucket, job, account=account)
     checkpoint_uri = (record.checkpoint_uri if record else None) or jobs.default_checkpoint_uri(bucket, job)
@@ -96,7 +93,7 @@ def list_job_storage(
 def list_bucket_leftovers(bucket: str, *, account: str | None = None) -> BucketLeftovers:
     """What killed copies leave in the bucket: objects under trainctl/staging/ (transfers without a job) and every
     unfinished multipart upload under trainctl/. Two paginated listings, whatever their number."""
-    s3 = load_account(account).client("s3")
+    s3 = client(account)
     left = BucketLeftovers(bucket=bucket)
     return left.model_copy(
         update={
@@ -113,7 +110,7 @@ def list_bucket_leftovers(bucket: str, *, account: str | None = None) -> BucketL
 def latest_checkpoint(checkpoint_uri: str, *, account: str | None = None) -> CheckpointSet | None:
     """The latest complete checkpoint under `checkpoint_uri` (one listing), or None when there is none."""
     ckpt = parse_s3_uri(checkpoint_uri, field="checkpoint_uri")
-    s3 = load_account(account).client("s3")
+    s3 = client(account)
     complete = [
         c for c in group_checkpoints(ckpt.bucket, ckpt.prefix, _objects(s3, ckpt.bucket, ckpt.prefix)) if c.complete
     ]

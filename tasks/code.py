@@ -11,16 +11,15 @@ import os
 import tarfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, Field
 
-from blocks.aws import load_account
-from core.errors import InvalidInputError, UsageError
+from core.errors import AwsError, InvalidInputError, UsageError
 from core.launch import IgnoreMatcher, gitignore_matcher
 from core.paths import check_all_safe
 from core.s3uri import parse_s3_uri
 from tasks.aws import aws_task, translate
+from tasks.s3 import client, is_missing
 
 
 class CodeListing(BaseModel):
@@ -142,16 +141,12 @@ def package_agent(dest: str) -> CodePackage:
 # -- S3 ---------------------------------------------------------------------------------------------------------
 
 
-def _s3(account: str | None) -> Any:
-    return load_account(account).client("s3")
-
-
 @aws_task(name="check-bucket", tags=["aws-s3"])
 def check_bucket(bucket: str, *, account: str | None = None) -> None:
     """The job's bucket exists and is reachable (checked before anything is launched)."""
     try:
-        with translate("HeadBucket"):
-            _s3(account).head_bucket(Bucket=bucket)
+        with translate("s3:ListBucket"):  # the IAM action HeadBucket needs
+            client(account).head_bucket(Bucket=bucket)
     except Exception as exc:
         if getattr(exc, "code", "") in {"404", "NoSuchBucket", "NotFound"}:
             raise InvalidInputError(
@@ -163,8 +158,8 @@ def check_bucket(bucket: str, *, account: str | None = None) -> None:
 @aws_task(name="upload-file", tags=["aws-s3"])
 def upload_file(path: str, uri: str, *, account: str | None = None) -> str:
     parsed = parse_s3_uri(uri)
-    with translate("PutObject"):
-        _s3(account).upload_file(path, parsed.bucket, parsed.key)
+    with translate("s3:PutObject"):
+        client(account).upload_file(path, parsed.bucket, parsed.key)
     return str(parsed)
 
 
@@ -172,26 +167,25 @@ def upload_file(path: str, uri: str, *, account: str | None = None) -> str:
 def copy_staged(source_prefix: str, dest_prefix: str, names: list[str], *, account: str | None = None) -> None:
     """Copy the named objects from one staging prefix to another inside S3 (no download): a resume ships an
     earlier attempt's code without the user's code folder."""
-    s3 = _s3(account)
+    s3 = client(account)
     for name in names:
         source, dest = parse_s3_uri(source_prefix + name), parse_s3_uri(dest_prefix + name)
-        with translate("CopyObject"):  # s3:GetObject on the source, s3:PutObject here
+        with translate("s3:PutObject"):  # CopyObject: s3:GetObject on the source, s3:PutObject here
             s3.copy_object(Bucket=dest.bucket, Key=dest.key, CopySource={"Bucket": source.bucket, "Key": source.key})
 
 
 def read_text(uri: str, *, offset: int = 0, account: str | None = None) -> tuple[str, int] | None:
     """The object's text from byte `offset` and the new offset; None when it does not exist (yet)."""
     parsed = parse_s3_uri(uri)
-    s3 = _s3(account)
+    s3 = client(account)
     try:
-        with translate("GetObject"):
+        with translate("s3:GetObject"):
             extra = {"Range": f"bytes={offset}-"} if offset else {}
             body = s3.get_object(Bucket=parsed.bucket, Key=parsed.key, **extra)["Body"].read()
-    except Exception as exc:
-        code = getattr(exc, "code", "")
-        if code in {"NoSuchKey", "404", "NotFound"}:
+    except AwsError as exc:
+        if is_missing(exc):
             return None
-        if code == "InvalidRange":  # nothing new past the offset
+        if exc.code == "InvalidRange":  # nothing new past the offset
             return "", offset
         raise
     return body.decode("utf-8", errors="replace"), offset + len(body)

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from blocks.aws import load_account
 from core import jobs
 from core.errors import AwsError, UsageError
 from core.jobs import AgentPoll, JobRecord, JobStatus
@@ -23,6 +22,7 @@ from core.launch import agent_command_script, launch_key
 from core.s3uri import parse_s3_uri
 from tasks.aws import aws_task, translate
 from tasks.instances import find_launched, terminate_launched_instance
+from tasks.s3 import client, get_json, is_missing, list_common_prefixes
 from tasks.ssm import CommandFailedError, CommandResult, run_script
 
 # S3's answers to a conditional write that lost: 412 (the ETag or existence check failed) and 409 (another
@@ -59,10 +59,10 @@ def _read_checked(bucket: str, job: str, account: str | None) -> tuple[JobRecord
     s3_bucket, key = _location(bucket, job)
     try:
         with translate("s3:GetObject"):
-            got = load_account(account).client("s3").get_object(Bucket=s3_bucket, Key=key)
+            got = client(account).get_object(Bucket=s3_bucket, Key=key)
             body, etag = got["Body"].read(), str(got["ETag"])
-    except Exception as exc:
-        if getattr(exc, "code", "") in {"NoSuchKey", "404", "NotFound"}:
+    except AwsError as exc:
+        if is_missing(exc):
             return None, None, None
         raise
     try:
@@ -84,7 +84,7 @@ def write_record(record: JobRecord, *, expected_etag: str | None, account: str |
     s3_bucket, key = _location(record.bucket, record.name)
     condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
     body = json.dumps(record.model_dump(mode="json"), indent=2).encode()
-    s3 = load_account(account).client("s3")
+    s3 = client(account)
     try:
         with translate("s3:PutObject"):
             put = s3.put_object(Bucket=s3_bucket, Key=key, Body=body, ContentType="application/json", **condition)
@@ -106,8 +106,8 @@ def _already_written(s3: Any, bucket: str, key: str, body: bytes) -> str | None:
     try:
         with translate("s3:GetObject"):
             got = s3.get_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if getattr(exc, "code", "") in {"NoSuchKey", "404", "NotFound"}:
+    except AwsError as exc:
+        if is_missing(exc):
             return None
         raise
     return str(got["ETag"]) if got["Body"].read() == body else None
@@ -134,16 +134,8 @@ def read_interruption(
 
 def _read_document(uri: str, account: str | None) -> dict[str, Any] | None:
     """A JSON object the agent wrote, or None when there is none (yet) or it is half-written or foreign."""
-    parsed = parse_s3_uri(uri)
     try:
-        with translate("s3:GetObject"):
-            body = load_account(account).client("s3").get_object(Bucket=parsed.bucket, Key=parsed.key)["Body"].read()
-    except Exception as exc:
-        if getattr(exc, "code", "") in {"NoSuchKey", "404", "NotFound"}:
-            return None
-        raise
-    try:
-        data = json.loads(body)
+        data = get_json.fn(uri, missing_ok=True, account=account)
     except ValueError:
         return None  # a half-written or foreign document: no status yet
     return data if isinstance(data, dict) else None
@@ -207,13 +199,8 @@ def read_record_checked(
 @aws_task(name="list-jobs", tags=["aws-s3"])
 def list_jobs(bucket: str, *, account: str | None = None) -> list[str]:
     """Job names with anything under s3://<bucket>/trainctl/jobs/ (one delimited listing, paginated)."""
-    s3 = load_account(account).client("s3")
-    names: list[str] = []
-    with translate("s3:ListObjectsV2"):
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=jobs.JOBS_ROOT + "/", Delimiter="/")
-        for page in pages:
-            for common in page.get("CommonPrefixes", []):
-                names.append(common["Prefix"][len(jobs.JOBS_ROOT) + 1 :].strip("/"))
+    folders = list_common_prefixes(client(account), bucket, jobs.JOBS_ROOT + "/")
+    names = [folder[len(jobs.JOBS_ROOT) + 1 :].strip("/") for folder in folders]
     return sorted(n for n in names if jobs.JOB_NAME.match(n))
 
 

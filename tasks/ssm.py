@@ -19,6 +19,7 @@ from core.errors import TrainctlError, UsageError
 from core.ids import validate_id
 from core.s3uri import parse_s3_uri
 from tasks.aws import aws_task, is_transient, translate
+from tasks.s3 import client
 
 SSM_INLINE_LIMIT = 24_000
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
@@ -141,7 +142,7 @@ def _read_s3_output(account: str | None, url: str) -> str | None:
     """SSM's StandardOutputUrl is an https URL of the object; take the bucket/key from it."""
     if not url:
         return None
-    s3 = load_account(account).client("s3")
+    s3 = client(account)
     # https://s3.<region>.amazonaws.com/<bucket>/<key>  or  https://<bucket>.s3.amazonaws.com/<key>
     path = url.split("://", 1)[-1].split("/", 1)[-1]
     host = url.split("://", 1)[-1].split("/", 1)[0]
@@ -149,7 +150,7 @@ def _read_s3_output(account: str | None, url: str) -> str | None:
         bucket, _, key = path.partition("/")
     else:
         bucket, key = host.split(".s3", 1)[0], path
-    with translate("GetObject"):
+    with translate("s3:GetObject"):
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     return str(body.decode("utf-8", errors="replace"))
 

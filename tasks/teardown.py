@@ -8,14 +8,13 @@ rather than forcing; each is idempotent (NotFound / already terminated = done), 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from blocks.aws import load_account
 from core.errors import SafetyRefusalError
 from core.ids import kind_of, validate_id
 from core.models import Instance, ManagedResource, Snapshot, Volume
 from tasks.aws import aws_task, translate
-from tasks.storage import abort_uploads, delete_keys
+from tasks.s3 import abort_uploads, client, delete_keys, list_objects
 from tasks.volumes import WAIT, get_instance
 
 GONE_STATES = {"shutting-down", "terminated"}
@@ -76,15 +75,12 @@ def delete_objects(
 ) -> dict[str, list[str]]:
     """Delete exactly `keys`, skipping any object modified after `not_after` (rewritten since the plan: its
     recency must be judged again). Missing keys count as deleted. Returns {"deleted": [...], "skipped": [...]}."""
-    s3: Any = load_account(account).client("s3")
+    s3 = client(account)
     current: dict[str, datetime] = {}
     # A key's folder is its listing prefix; a key without a folder is listed by its own name.
     prefixes = sorted({k.rsplit("/", 1)[0] + "/" if "/" in k else k for k in keys})
-    with translate("s3:ListObjectsV2"):
-        for prefix in prefixes:
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    current[obj["Key"]] = obj["LastModified"]
+    for prefix in prefixes:
+        current.update((obj["Key"], obj["LastModified"]) for obj in list_objects(s3, bucket, prefix))
     wanted = set(keys)
     skipped = sorted(k for k in wanted if k in current and current[k] > not_after)
     deletable = sorted(k for k in wanted if k in current and k not in skipped)
@@ -95,7 +91,7 @@ def delete_objects(
 @aws_task(name="abort-upload", tags=["aws-s3"])
 def abort_upload(bucket: str, key: str, upload_id: str, *, account: str | None = None) -> bool:
     """Abort one unfinished multipart upload (its stored parts go). False when it was completed or aborted since."""
-    s3: Any = load_account(account).client("s3")
+    s3 = client(account)
     return abort_uploads(s3, bucket, key, keys={key}, upload_ids={upload_id}) > 0
 
 

@@ -64,19 +64,24 @@ def test_plain_env_that_looks_secret_is_warned_about_in_one_line(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "refused"),
     [
-        ("s3://bucket/data", "s3://other/data"),  # two ends of the same kind
-        ("/no/such/source/dir", "s3://bucket/data"),
-        ("ftp://host/data", "s3://bucket/data"),
-        ("i-123:/data", "/tmp/out"),  # malformed instance ID
-        ("s3://bucket/data", "i-0123456789abcdef0:relative/path"),
-        ("s3://bucket/data", "/tmp/out", "--concurrency", "0"),  # a model's range check: still exit 2
+        (("s3://bucket/data", "s3://other/data"), "s3://bucket/data → s3://other/data: both are s3 locations"),
+        (("/no/such/source/dir", "s3://bucket/data"), "source: '/no/such/source/dir' is not valid"),
+        (("ftp://host/data", "s3://bucket/data"), "source: 'ftp://host/data' is not valid"),
+        (("i-123:/data", "/tmp/out"), "source: 'i-123:/data' is not valid: expected an instance ID"),
+        (
+            ("s3://bucket/data", "i-0123456789abcdef0:relative/path"),
+            "destination: 'i-0123456789abcdef0:relative/path' is not valid: expected an absolute path",
+        ),
+        (("s3://bucket/data", "/tmp/out", "--concurrency", "0"), "concurrency: 0 is not valid"),  # a model's check
     ],
 )
-def test_transfer_bad_input(args: tuple[str, ...], tmp_path: Path) -> None:
+def test_transfer_bad_input_names_what_was_refused(args: tuple[str, ...], refused: str) -> None:
     code, output = invoke("transfer", *args)
     assert code == 2, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {refused}"), output
     assert "Traceback" not in output
 
 

@@ -24,15 +24,9 @@ MUTATING_EC2 = {
     "ec2:DeleteVolume",
     "ec2:DeleteSnapshot",
 }
-# Calls whose IAM action is not the service prefix + the call's name.
+# Calls whose IAM action is not the service prefix + the call's name. S3 calls are named by their IAM action in
+# the tasks (tasks/s3.py), so none is here: one named otherwise maps to "ec2:..." and is found ungranted.
 IAM_ACTION_OF = {
-    "HeadBucket": "s3:ListBucket",
-    "ListObjectsV2": "s3:ListBucket",
-    "s3:ListObjectsV2": "s3:ListBucket",
-    "s3:DeleteObjects": "s3:DeleteObject",
-    "PutObject": "s3:PutObject",
-    "GetObject": "s3:GetObject",
-    "CopyObject": "s3:PutObject",  # and s3:GetObject on the source, granted on the same prefixes
     "GetParameter": "ssm:GetParameter",
     "DescribeInstanceInformation": "ssm:DescribeInstanceInformation",
     "GetCommandInvocation": "ssm:GetCommandInvocation",
@@ -60,7 +54,7 @@ def _iam_action(operation: str) -> str:
 def test_every_call_the_tasks_make_is_granted_to_the_caller() -> None:
     policy = iam.caller_policy(SCOPE)
     operations = _operations_in_tasks()
-    assert {"RunInstances", "ssm:SendCommand", "s3:AbortMultipartUpload", "HeadBucket"} <= operations
+    assert {"RunInstances", "ssm:SendCommand", "s3:AbortMultipartUpload", "s3:ListBucket"} <= operations
     missing = sorted(op for op in operations if not policy.granting(_iam_action(op)))
     assert missing == []
     # The SSM calls that go through the plain `call` helper are granted too.

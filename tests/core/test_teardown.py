@@ -287,11 +287,32 @@ def test_sweep_finds_old_prewarm_instances_orphan_volumes_and_snapshots_beyond_r
 
 
 def test_the_graph_names_every_step_and_kept_reason() -> None:
+    # A plan with operations in all eight steps and resources kept for several reasons.
     i = instance(1)
     data = volume(1, on=i, persistent=True)
-    prot = volume(2, protected=True)
-    text = plan_teardown(inv([i], [data, prot]), scope=ALL, now=NOW, training=idle(i)).mermaid()
-    assert text.startswith("graph TD") and "detach persistent volumes" in text and "protected" in text
+    vols = [data, volume(2, protected=True), volume(3), volume(4, age=timedelta(minutes=1))]
+    snaps = [snapshot(n, data, age=timedelta(days=n)) for n in range(1, 6)]
+    store = storage("running", _ckpt(1, timedelta(hours=5)), _ckpt(2, timedelta(hours=4)))
+    plan = plan_teardown(
+        inv([i], vols, snaps), scope=ALL, now=NOW, training=running(i), force_training=True, storage=[store], sweep=True
+    )
+    assert {o.step for o in plan.operations} == set(STEPS)
+    lines = plan.mermaid().splitlines()
+    assert lines[0] == "graph TD"
+    titles = [line.strip() for line in lines if line.strip().startswith("subgraph")]
+    assert titles == [f'subgraph s{n}["{n + 1}. {step.value}"]' for n, step in enumerate(STEPS)]
+    for op in plan.operations:
+        assert any(line.endswith(f'["{op.kind.value} {op.target}"]') for line in lines), op.id
+    kept = {e.id: next(r.reason for r in e.reasons if r.blocking) for e in plan.entries if e.action is Action.KEEP}
+    assert set(kept.values()) == {
+        "protected",
+        "younger than the minimum age",
+        "retained",
+        "latest complete checkpoint",
+        "job unfinished",
+    }
+    for rid, why in kept.items():
+        assert any(line.endswith(f'(["keep {rid}: {why}"])') for line in lines), rid
 
 
 # -- the sweep's orphan rules ---------------------------------------------------------------------------------
@@ -720,4 +741,19 @@ def test_a_thousand_resources_are_all_planned() -> None:
     vols = [volume(n, on=insts[n % 300], persistent=n % 2 == 0) for n in range(1, 601)]
     snaps = [snapshot(n, vols[n % 600]) for n in range(1, 101)]
     plan = plan_teardown(inv(insts, vols, snaps), scope=ALL, now=NOW, training=idle(*insts), sweep=True)
-    assert len([o for o in plan.operations if o.step is Step.TERMINATE]) == 300
+    # Every resource has its one entry, with what its kind and tags call for.
+    expected = {
+        **{i.id: Action.TERMINATE for i in insts},
+        **{v.id: Action.DETACH_AND_KEEP if v.persistent else Action.DELETE for v in vols},
+        **{s.id: Action.KEEP for s in snaps},  # backups: only named ones or those beyond retention go
+    }
+    assert len(plan.entries) == len(expected) == 1000
+    assert {e.id: e.action for e in plan.entries} == expected
+    # ... and each destroying or detaching entry its operations, in order.
+    ops = {o.id: o for o in plan.operations}
+    wanted = {f"{kind}:{i.id}" for i in insts for kind in ("terminate", "wait-terminated")}
+    wanted |= {f"detach:{v.id}" if v.persistent else f"delete-volume:{v.id}" for v in vols}
+    assert set(ops) == wanted
+    for v in vols:
+        if not v.persistent:
+            assert ops[f"delete-volume:{v.id}"].depends_on == [f"wait-terminated:{v.attachments[0].instance_id}"]

@@ -8,13 +8,28 @@ from typing import Any, cast
 from uuid import UUID
 
 import yaml  # type: ignore[import-untyped]
+from pydantic import BaseModel
 
+from core.jobs import JobSpec
+from core.launch import LaunchOptions
+from core.prewarm import PrewarmSpec
+from core.transfer import TransferRequest
 from deployments.serve import deployments
+from flows.spot_watch import SpotWatchRequest
+from flows.teardown import TeardownRequest
 
 REPO = Path(__file__).resolve().parents[2]
+# Each deployment's parameters and the model each one is.
+MODELS: dict[str, dict[str, type[BaseModel]]] = {
+    "prewarm": {"spec": PrewarmSpec},
+    "train-launch": {"spec": JobSpec, "options": LaunchOptions},
+    "transfer": {"request": TransferRequest},
+    "safe-teardown": {"request": TeardownRequest},
+    "spot-watch": {"request": SpotWatchRequest},
+}
 
 
-def test_every_flow_deploys_with_its_model_as_parameters(prefect_harness: None) -> None:
+def test_every_flow_deploys_with_its_model_as_parameters_every_field_described(prefect_harness: None) -> None:
     from prefect.client.orchestration import get_client
 
     ids = [cast(UUID, d.apply()) for d in deployments()]
@@ -25,8 +40,18 @@ def test_every_flow_deploys_with_its_model_as_parameters(prefect_harness: None) 
 
     found = {d.name: d for d in asyncio.run(read())}
     assert set(found) == {"prewarm", "train-launch", "transfer", "safe-teardown", "spot-watch"}
-    prewarm_schema = found["prewarm"].parameter_openapi_schema
-    assert "spec" in prewarm_schema["properties"]  # the PrewarmSpec model, rendered as a form in the UI
+    for name, params in MODELS.items():
+        # Each parameter is its model, rendered as a form in the UI: every field there, every field described.
+        schema = found[name].parameter_openapi_schema
+        assert set(schema["properties"]) == set(params), name
+        for param, model in params.items():
+            refs = [schema["properties"][param], *schema["properties"][param].get("anyOf", [])]
+            assert {"$ref": f"#/definitions/{model.__name__}"} in [{"$ref": r["$ref"]} for r in refs if "$ref" in r]
+            assert set(schema["definitions"][model.__name__]["properties"]) == set(model.model_fields), model
+        for model_name, definition in schema["definitions"].items():
+            fields = definition.get("properties", {})
+            undescribed = sorted(f for f, field in fields.items() if not field.get("description"))
+            assert undescribed == [], f"{name}: {model_name} fields without a description"
     assert all("trainctl" in d.tags for d in found.values())
     watch = found["spot-watch"]
     assert [s.schedule.interval.total_seconds() for s in watch.schedules] == [60]

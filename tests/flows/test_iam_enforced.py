@@ -38,8 +38,8 @@ from flows.train_launch import train_launch
 from flows.transfer import transfer
 from sandbox import Sandbox
 from tasks.instances import LaunchRequest, launch_instance, resolve_image
+from tasks.s3 import delete_prefix, list_prefix, put_json
 from tasks.ssm import run_command, wait_online
-from tasks.storage import delete_prefix, list_prefix, put_json
 from tasks.volumes import (
     create_snapshot,
     create_volume,

@@ -37,8 +37,8 @@ from flows.transfer import raise_on_mismatch, run_transfer
 from sandbox import Sandbox
 from tasks import transfer as tx
 from tasks.instances import LaunchRequest, launch_instance
+from tasks.s3 import delete_prefix, put_json
 from tasks.ssm import wait_online
-from tasks.storage import delete_prefix
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "tx-data"
@@ -272,14 +272,15 @@ def test_a_download_to_an_instance_places_only_what_it_listed(cloud: Sandbox, mo
     data = Path(cloud.runtime.instance_root(instance.id)) / "data"
     (data / "race").mkdir(parents=True)
     (data / "race" / "same.bin").write_bytes(b"stale local copy")
-    real_put = tx.put_json
+    real_put = put_json.fn
 
-    def put_then_change(uri: tx.S3Uri, payload: Any, **kwargs: Any) -> None:
-        real_put(uri, payload, **kwargs)
-        if uri.key.endswith("manifest.json"):
+    def put_then_change(uri: str, payload: Any, **kwargs: Any) -> str:
+        written = real_put(uri, payload, **kwargs)
+        if uri.endswith("manifest.json"):
             change_after_listing(s3, prefix)
+        return written
 
-    monkeypatch.setattr(tx, "put_json", put_then_change)
+    monkeypatch.setattr(put_json, "fn", put_then_change)
     report = run_transfer(TransferRequest(src=f"s3://{BUCKET}/{prefix}", dst=f"{instance.id}:/data/race"))
 
     assert_changed_objects_named(report)
@@ -506,7 +507,7 @@ import os, signal, sys
 from core.transfer import TransferRequest
 from flows.transfer import run_transfer
 from tasks import transfer as tx
-from tasks.storage import delete_prefix
+from tasks.s3 import delete_prefix
 
 kill_after, request = int(sys.argv[1]), TransferRequest.model_validate_json(sys.argv[2])
 real_copy = tx.copy_pairs

@@ -1,9 +1,14 @@
-"""S3: listings (count, bytes, per-key sizes), small JSON records, and staging objects."""
+"""S3, in one place: listings (one paginator helper), JSON documents, deletions, unfinished multipart uploads.
+
+Operations are named by their IAM action (`s3:ListBucket`, `s3:PutObject`) so an access-denied error names the
+permission to grant (tasks/aws.py translate).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +18,9 @@ from blocks.aws import load_account
 from core.errors import AwsError, InvalidInputError, UsageError
 from core.s3uri import S3Uri, parse_s3_uri
 from tasks.aws import aws_task, translate
+
+# What S3 answers for an object that is not there: NoSuchKey to a GET, a bare 404 / NotFound to a HEAD.
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 class PrefixListing(BaseModel):
@@ -31,48 +39,83 @@ class PrefixListing(BaseModel):
         return sum(self.objects.values())
 
 
-def _s3(account: str | None) -> Any:
+def client(account: str | None) -> Any:
     return load_account(account).client("s3")
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Did S3 answer that the object does not exist?"""
+    return getattr(exc, "code", "") in MISSING_CODES
+
+
+# -- listings ---------------------------------------------------------------------------------------------------
+
+
+def _pages(s3: Any, bucket: str, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+    """Every page of ListObjectsV2 (1,000 keys each): the one listing loop of the tasks."""
+    extra = {"Delimiter": delimiter} if delimiter else {}
+    with translate("s3:ListBucket"):
+        yield from s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **extra)
+
+
+def list_objects(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under `prefix` as ListObjectsV2 gives it (Key, Size, LastModified, ETag), all pages read."""
+    return [obj for page in _pages(s3, bucket, prefix, None) for obj in page.get("Contents", [])]
+
+
+def list_common_prefixes(s3: Any, bucket: str, prefix: str, delimiter: str = "/") -> list[str]:
+    """The "folders" right under `prefix` (full prefixes, ending in `delimiter`), all pages read."""
+    return [
+        common["Prefix"] for page in _pages(s3, bucket, prefix, delimiter) for common in page.get("CommonPrefixes", [])
+    ]
+
+
+@contextmanager
+def existing_bucket(field: str, uri: str, bucket: str) -> Iterator[None]:
+    """A missing bucket as an input error naming `field`: nothing downstream should start on a source that is not
+    there."""
+    try:
+        yield
+    except AwsError as exc:
+        if exc.code == "NoSuchBucket":
+            raise InvalidInputError(
+                field, uri, "an existing bucket", fix=f"Check the bucket name; {bucket!r} does not exist."
+            ) from exc
+        raise
 
 
 @aws_task(name="list-s3-prefix", tags=["aws-s3"])
 def list_prefix(uri: str, *, require_objects: bool = True, account: str | None = None) -> PrefixListing:
     """Every object under `uri` (paginated). A missing bucket or, with require_objects, an empty prefix is an
-    input error naming the URI: nothing downstream should start on a source that is not there."""
+    input error naming the URI."""
     parsed = parse_s3_uri(uri, field="source")
-    s3 = _s3(account)
     listing = PrefixListing(uri=str(parsed))
-    try:
-        with translate("ListObjectsV2"):
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=parsed.bucket, Prefix=parsed.prefix)
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    relative = obj["Key"][len(parsed.prefix) :]
-                    if not relative or relative.endswith("/"):
-                        continue  # folder markers made by consoles carry no data
-                    listing.objects[relative] = int(obj["Size"])
-                    modified = obj["LastModified"]
-                    if listing.last_modified is None or modified > listing.last_modified:
-                        listing.last_modified = modified
-    except Exception as exc:
-        if getattr(exc, "code", "") == "NoSuchBucket":
-            raise InvalidInputError(
-                "source", uri, "an existing bucket", fix=f"Check the bucket name; {parsed.bucket!r} does not exist."
-            ) from exc
-        raise
+    with existing_bucket("source", uri, parsed.bucket):
+        found = list_objects(client(account), parsed.bucket, parsed.prefix)
+    for obj in found:
+        relative = obj["Key"][len(parsed.prefix) :]
+        if not relative or relative.endswith("/"):
+            continue  # folder markers made by consoles carry no data
+        listing.objects[relative] = int(obj["Size"])
+        modified = obj["LastModified"]
+        if listing.last_modified is None or modified > listing.last_modified:
+            listing.last_modified = modified
     if require_objects and not listing.objects:
         raise InvalidInputError("source", uri, "a prefix with at least one object", fix="Check the prefix.")
     return listing
 
 
+# -- JSON documents -------------------------------------------------------------------------------------------
+
+
 @aws_task(name="put-json", tags=["aws-s3"])
 def put_json(uri: str, payload: Any, *, account: str | None = None) -> str:
-    """Write a small JSON document (job records, manifests, expected listings)."""
+    """Write a small JSON document (job records, manifests, a transfer's lists) at `uri`; returns the URI."""
     parsed = parse_s3_uri(uri)
     if not parsed.key:
         raise UsageError(f"{uri} names a bucket, not an object")
-    with translate("PutObject"):
-        _s3(account).put_object(
+    with translate("s3:PutObject"):
+        client(account).put_object(
             Bucket=parsed.bucket,
             Key=parsed.key,
             Body=json.dumps(payload, indent=2, default=str).encode(),
@@ -82,11 +125,21 @@ def put_json(uri: str, payload: Any, *, account: str | None = None) -> str:
 
 
 @aws_task(name="get-json", tags=["aws-s3"])
-def get_json(uri: str, *, account: str | None = None) -> Any:
+def get_json(uri: str, *, missing_ok: bool = False, account: str | None = None) -> Any:
+    """The JSON document at `uri`. A missing object raises, or with `missing_ok` reads as None. A body that is not
+    JSON raises ValueError (a half-written or foreign document: the caller decides)."""
     parsed = parse_s3_uri(uri)
-    with translate("GetObject"):
-        body = _s3(account).get_object(Bucket=parsed.bucket, Key=parsed.key)["Body"].read()
+    try:
+        with translate("s3:GetObject"):
+            body = client(account).get_object(Bucket=parsed.bucket, Key=parsed.key)["Body"].read()
+    except AwsError as exc:
+        if missing_ok and is_missing(exc):
+            return None
+        raise
     return json.loads(body)
+
+
+# -- deletions and unfinished uploads -----------------------------------------------------------------------------
 
 
 @aws_task(name="delete-prefix", tags=["aws-s3"])
@@ -95,16 +148,11 @@ def delete_prefix(uri: str, *, account: str | None = None) -> int:
     parsed = parse_s3_uri(uri)
     if not parsed.key:
         raise UsageError(f"refusing to delete a whole bucket ({uri}); name a prefix")
-    s3 = _s3(account)
-    deleted = 0
-    with translate("ListObjectsV2"):
-        pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket=parsed.bucket, Prefix=parsed.prefix))
-    for page in pages:
-        keys = [o["Key"] for o in page.get("Contents", [])]
-        delete_keys(s3, parsed.bucket, keys)
-        deleted += len(keys)
+    s3 = client(account)
+    keys = [obj["Key"] for obj in list_objects(s3, parsed.bucket, parsed.prefix)]  # all listed before deleting
+    delete_keys(s3, parsed.bucket, keys)
     abort_uploads(s3, parsed.bucket, parsed.prefix)  # a killed copy's parts are staging too, and billed
-    return deleted
+    return len(keys)
 
 
 def list_uploads(s3: Any, bucket: str, prefix: str) -> list[tuple[str, str, datetime]]:
@@ -155,13 +203,13 @@ def delete_keys(s3: Any, bucket: str, keys: list[str]) -> None:
     per-key Errors and raise, so a refused key is never reported as deleted (a missing key is not an error)."""
     for start in range(0, len(keys), 1000):
         batch = [{"Key": k} for k in keys[start : start + 1000]]
-        with translate("s3:DeleteObjects"):
+        with translate("s3:DeleteObject"):  # the IAM action DeleteObjects needs
             answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
         errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
         if errors:
             first = errors[0]
             raise AwsError(
-                "DeleteObjects",
+                "s3:DeleteObject",
                 str(first.get("Code", "Unknown")),
                 f"{len(errors)} of {len(batch)} objects in s3://{bucket} were not deleted, "
                 f"e.g. {first.get('Key')}: {first.get('Message', '')}",
