@@ -356,7 +356,9 @@ def _volume(request: AttemptRequest, stored: JobRecord) -> Volume | None:
     volume = describe_volume(volume_id, account=spec.account)
     if request.move_to and volume.availability_zone != request.move_to:
         get_run_logger().info("moving %s from %s to %s", volume.id, volume.availability_zone, request.move_to)
-        volume = move_volume_task(volume.id, request.move_to, account=spec.account)
+        # Keyed by the attempt: a re-run (this one killed mid-move) finds the snapshot and copy it made.
+        key = launch_key(spec.name, request.attempt)
+        volume = move_volume_task(volume.id, request.move_to, idempotency_key=key, account=spec.account)
         moved = volume.id
         update_attempt_record(request, lambda a: {"volume_id": moved})
     elif request.zone and volume.availability_zone != request.zone and not request.move_to:
