@@ -348,7 +348,8 @@ def _launch(request: AttemptRequest, stored: JobRecord, held: _Held, progress: S
 
 def _volume(request: AttemptRequest, stored: JobRecord) -> Volume | None:
     """The attempt's volume, moved into `move_to` first if asked. A re-run uses the copy an earlier run of this
-    attempt made (recorded on the attempt): a volume is moved once."""
+    attempt made (recorded on the attempt, or, when killed before that, found by the move's key): a volume is
+    moved once."""
     spec = request.spec
     volume_id = (stored.volume_id if request.move_to else None) or request.volume_id
     if not volume_id:
