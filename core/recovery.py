@@ -141,6 +141,9 @@ def decide(observation: Observation, capacity: CapacityView, now: datetime) -> D
         }
     )
     if _agent_ended(observation):
+        if not observation.looked and observation.agent is not None and observation.agent.status == "failed":
+            # Spot's doing or the trainer's? Only EC2 tells (see _agent_ended): never a failure on a guess.
+            return Decision(act=Act.NOTHING, reason="the agent says failed; EC2 could not be read this pass")
         reason = f"the agent says attempt {record.attempt} {_agent_end(observation)}"
         return Decision(act=Act.RECORD_END, reason=reason)
     if record.finished:
@@ -161,15 +164,29 @@ def _current(document: _Doc | None, record: JobRecord) -> _Doc | None:
 
 def _agent_ended(observation: Observation) -> bool:
     """The agent of the record's current attempt wrote a final status other than `interrupted` (which is
-    spot's doing: the interruption path records it) while the record still calls the attempt live."""
+    spot's doing: the interruption path records it) while the record still calls the attempt live. A `failed`
+    on an instance EC2 shows taken by spot is spot's doing too: a notice shorter than the agent's poll, the
+    trainer then killed by the shutdown."""
     agent, record = observation.agent, observation.record
     live = {JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RESUMING}
     return (
         agent is not None
         and agent.final
         and agent.status != "interrupted"
+        and not (agent.status == "failed" and _taken_by_spot(observation))
         and agent.attempt == record.attempt
         and record.status in live
+    )
+
+
+def _taken_by_spot(observation: Observation) -> bool:
+    """EC2 (looked at this pass) shows the current attempt's instance interrupted, or being interrupted."""
+    instance = observation.instance
+    return (
+        observation.looked
+        and instance is not None
+        and instance.id == observation.record.instance_id
+        and spot_interruption(instance) != SpotInterruption.NONE
     )
 
 
@@ -208,7 +225,9 @@ def _live(observation: Observation, capacity: CapacityView, now: datetime) -> De
     if instance is None:
         return Decision(act=Act.RECORD_LOST, reason=f"{record.instance_id} is gone and its agent never said it ended")
     seen = spot_interruption(instance)
-    if seen == SpotInterruption.INTERRUPTED:
+    ended = observation.agent is not None and observation.agent.final
+    if seen == SpotInterruption.INTERRUPTED or (seen == SpotInterruption.BEING_INTERRUPTED and ended):
+        # Being interrupted with its agent already ended: nothing more to checkpoint, spot takes it now.
         return Decision(act=Act.RECORD_INTERRUPTION, reason=f"spot took {instance.id}")
     if seen == SpotInterruption.BEING_INTERRUPTED or observation.interruption is not None:
         assert record.spec is not None
@@ -287,9 +306,11 @@ def _resuming(observation: Observation, capacity: CapacityView, now: datetime) -
                 "zone": current.availability_zone,
             }
         )
-    if current.last_try_at is not None and now - current.last_try_at < CAPACITY_RETRY_BACKOFF:
-        return Decision(act=Act.NOTHING, reason="no capacity a moment ago: trying again next pass")
     policy = record.spec.resume
+    # Without a wait the strategy's next step comes at once: the backoff is between tries of the same step.
+    backoff = CAPACITY_RETRY_BACKOFF if policy.capacity_wait_minutes else timedelta(0)
+    if current.last_try_at is not None and now - current.last_try_at < backoff:
+        return Decision(act=Act.NOTHING, reason="no capacity a moment ago: trying again next pass")
     zone = current.availability_zone
     if now - current.capacity_refused_at < timedelta(minutes=policy.capacity_wait_minutes):
         reason = f"no spot capacity in {zone} yet: trying again"

@@ -379,7 +379,8 @@ def _prefetch(request: AttemptRequest, instance: Instance) -> None:
 
 def _volume(request: AttemptRequest, stored: JobRecord) -> Volume | None:
     """The attempt's volume, moved into `move_to` first if asked. A re-run uses the copy an earlier run of this
-    attempt made (recorded on the attempt): a volume is moved once."""
+    attempt made (recorded on the attempt, or, when killed before that, found by the move's key): a volume is
+    moved once."""
     spec = request.spec
     volume_id = (stored.volume_id if request.move_to else None) or request.volume_id
     if not volume_id:
@@ -387,7 +388,9 @@ def _volume(request: AttemptRequest, stored: JobRecord) -> Volume | None:
     volume = describe_volume(volume_id, account=spec.account)
     if request.move_to and volume.availability_zone != request.move_to:
         get_run_logger().info("moving %s from %s to %s", volume.id, volume.availability_zone, request.move_to)
-        volume = move_volume_task(volume.id, request.move_to, account=spec.account)
+        # Keyed by the attempt: a re-run (this one killed mid-move) finds the snapshot and copy it made.
+        key = launch_key(spec.name, request.attempt)
+        volume = move_volume_task(volume.id, request.move_to, idempotency_key=key, account=spec.account)
         moved = volume.id
         update_attempt_record(request, lambda a: {"volume_id": moved})
     elif request.zone and volume.availability_zone != request.zone and not request.move_to:

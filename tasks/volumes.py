@@ -47,15 +47,18 @@ def _ec2(account: str | None) -> Any:
     return load_account(account).client("ec2")
 
 
-def _client_token(seed: str) -> str:
-    """Stable across Prefect retries of one task run (the run ID), unique per call otherwise (64 chars max)."""
-    try:
-        from prefect.runtime import task_run
+def _client_token(seed: str, key: str | None = None) -> str:
+    """Stable across Prefect retries of one task run (the run ID), or across runs for one caller's idempotency
+    `key` (a killed flow's re-run finds what the first run made); unique per call otherwise (64 chars max)."""
+    run_id = None
+    if key is None:
+        try:
+            from prefect.runtime import task_run
 
-        run_id = task_run.id
-    except Exception:  # outside Prefect, or an older runtime API: one token per call is still idempotent
-        run_id = None
-    basis = f"{seed}|{run_id or uuid.uuid4()}"
+            run_id = task_run.id
+        except Exception:  # outside Prefect, or an older runtime API: one token per call is still idempotent
+            run_id = None
+    basis = f"{seed}|{key or run_id or uuid.uuid4()}"
     return "trainctl-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
 
 
@@ -198,6 +201,7 @@ def create_volume(
     job: str | None = None,
     extra_tags: dict[str, str] | None = None,
     adopt: bool = False,
+    idempotency_key: str | None = None,
     account: str | None = None,
 ) -> Volume:
     """Create a volume (encrypted, gp3, persistent by default) and wait until it is `available`. `extra_tags`
@@ -205,7 +209,8 @@ def create_volume(
 
     Refuses a name that a managed volume already has, and a source snapshot trainctl does not own (unless
     `adopt`: tagged managed first). The AZ is the one given, the instance's, or the first AZ offering
-    `instance_type`. A retried call (Prefect task retry) returns the volume its first attempt made.
+    `instance_type`. A retried call (Prefect task retry), or any call with the same `idempotency_key` and
+    request, returns the volume the first one made.
     """
     ec2 = _ec2(account)
     source = get_snapshot(ec2, spec.snapshot_id) if spec.snapshot_id else None
@@ -214,7 +219,7 @@ def create_volume(
     zone = resolve_availability_zone(
         ec2, availability_zone=availability_zone, instance_id=instance_id, instance_type=instance_type
     )
-    token = _client_token(f"{spec.model_dump_json()}|{zone}|{job}")
+    token = _client_token(f"{spec.model_dump_json()}|{zone}|{job}", idempotency_key)
     for existing in managed_volumes_named(ec2, spec.name):
         if existing.tags.get(t.CLIENT_TOKEN) == token:
             return wait_volume(ec2, existing.id, "volume_available")
@@ -431,14 +436,21 @@ def delete_volume(
 
 @aws_task(name="create-snapshot", tags=["aws-ec2"])
 def create_snapshot(
-    volume_id: str, *, description: str = "", wait: bool = True, adopt: bool = False, account: str | None = None
+    volume_id: str,
+    *,
+    description: str = "",
+    wait: bool = True,
+    adopt: bool = False,
+    idempotency_key: str | None = None,
+    account: str | None = None,
 ) -> Snapshot:
-    """Snapshot a volume (tags follow the volume's job and name) and, by default, wait until `completed`."""
+    """Snapshot a volume (tags follow the volume's job and name) and, by default, wait until `completed`. A
+    retried call, or any call with the same `idempotency_key`, volume and description, returns the first one's."""
     ec2 = _ec2(account)
     volume = get_volume(ec2, volume_id)
     _require_managed(volume, action="snapshot", adopt=adopt, ec2=ec2)
     # CreateSnapshot takes no ClientToken: the token tag lets a retried task find the snapshot it already made.
-    token = _client_token(f"snapshot|{volume_id}|{description}")
+    token = _client_token(f"snapshot|{volume_id}|{description}", idempotency_key)
     with translate("DescribeSnapshots"):
         earlier = ec2.describe_snapshots(
             OwnerIds=["self"], Filters=[{"Name": f"tag:{t.CLIENT_TOKEN}", "Values": [token]}]
@@ -523,6 +535,7 @@ def restore_snapshot(
     throughput: int | None = None,
     job: str | None = None,
     adopt: bool = False,
+    idempotency_key: str | None = None,
     account: str | None = None,
 ) -> Volume:
     """A new volume in any AZ from a snapshot (at least the snapshot's size). A snapshot trainctl does not own
@@ -546,17 +559,30 @@ def restore_snapshot(
         snapshot_id=snapshot_id,
     )
     return create_volume.fn(
-        spec, availability_zone=availability_zone, job=job or snap.job, adopt=adopt, account=account
+        spec,
+        availability_zone=availability_zone,
+        job=job or snap.job,
+        adopt=adopt,
+        idempotency_key=idempotency_key,
+        account=account,
     )
 
 
 @aws_task(name="move-volume", tags=["aws-ec2"], retries=0)
-def move_volume(volume_id: str, availability_zone: str, *, adopt: bool = False, account: str | None = None) -> Volume:
+def move_volume(
+    volume_id: str,
+    availability_zone: str,
+    *,
+    adopt: bool = False,
+    idempotency_key: str | None = None,
+    account: str | None = None,
+) -> Volume:
     """Move a detached volume to another AZ: snapshot, restore there under the same name, keep the original.
 
     The original is renamed `<name>@<old-az>` (and keeps its data and protection); delete it yourself once the
     new volume is verified. The snapshot remains as a restore point. A volume trainctl does not own is refused
-    unless `adopt` (then it is tagged managed, after every other check).
+    unless `adopt` (then it is tagged managed, after every other check). With an `idempotency_key` a second call
+    (the first one's flow killed half-way) continues the first: same snapshot, same new volume, nothing doubled.
     """
     ec2 = _ec2(account)
     volume = get_volume(ec2, volume_id)
@@ -571,10 +597,15 @@ def move_volume(volume_id: str, availability_zone: str, *, adopt: bool = False, 
             fix=f"trainctl ebs detach {volume_id}",
         )
     name = volume.name or volume_id
+    suffix = f"@{volume.availability_zone}"
+    if idempotency_key and name.endswith(suffix):
+        name = name[: -len(suffix)]  # renamed by an earlier call of this move: the copy takes the name it had
     # The copy is created under this name: an unusable one is refused now, not after the snapshot was taken.
     validate_name(NameKind.RESOURCE, name, field=f"the Name tag of {volume_id}")
     _require_managed(volume, action="move", adopt=adopt, ec2=ec2)
-    snapshot = create_snapshot.fn(volume_id, description=f"trainctl move of {name} to {zone}", account=account)
+    snapshot = create_snapshot.fn(
+        volume_id, description=f"trainctl move of {name} to {zone}", idempotency_key=idempotency_key, account=account
+    )
     with translate("CreateTags"):
         ec2.create_tags(Resources=[volume_id], Tags=t.to_aws({t.NAME: f"{name}@{volume.availability_zone}"}))
     try:
@@ -590,6 +621,7 @@ def move_volume(volume_id: str, availability_zone: str, *, adopt: bool = False, 
             iops=volume.iops if volume.volume_type in {"gp3", "io1", "io2"} else None,
             throughput=volume.throughput if volume.volume_type == "gp3" else None,
             job=volume.job,
+            idempotency_key=idempotency_key,
             account=account,
         )
     except Exception:

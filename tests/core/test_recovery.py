@@ -184,7 +184,32 @@ def _check(decision: Decision, expected: dict[str, Any]) -> None:
         pytest.param(
             seen(running(), UP, agent=agent("succeeded", exit_code=0)), {"act": Act.RECORD_END}, id="agent-succeeded"
         ),
-        pytest.param(seen(running(), TAKEN, agent=agent("failed", exit_code=1)), {"act": Act.RECORD_END}, id="failed"),
+        pytest.param(seen(running(), UP, agent=agent("failed", exit_code=1)), {"act": Act.RECORD_END}, id="failed"),
+        pytest.param(
+            seen(running(), BY_USER, agent=agent("failed", exit_code=1)), {"act": Act.RECORD_END}, id="failed-by-user"
+        ),
+        # `failed` on an instance spot took (a notice shorter than the agent's poll; the shutdown's SIGTERM ended
+        # the trainer): an interruption, resumed as one.
+        pytest.param(
+            seen(running(), TAKEN, agent=agent("failed", exit_code=143)),
+            {"act": Act.RECORD_INTERRUPTION},
+            id="failed-spot-took-it",
+        ),
+        pytest.param(
+            seen(running(), MARKED, agent=agent("failed", exit_code=143)),
+            {"act": Act.RECORD_INTERRUPTION},
+            id="failed-spot-taking-it",
+        ),
+        pytest.param(
+            seen(running(spec(overlap_notice=False)), MARKED, agent=agent("failed", exit_code=143)),
+            {"act": Act.RECORD_INTERRUPTION},
+            id="failed-spot-taking-it-no-overlap",
+        ),
+        pytest.param(
+            seen(running(), TAKEN, looked=False, agent=agent("failed", exit_code=143)),
+            {"act": Act.NOTHING},
+            id="failed-unseen",
+        ),
         pytest.param(seen(pending(), None, agent=agent("stopped")), {"act": Act.RECORD_END}, id="pending-stopped"),
         # Another attempt's words change nothing.
         pytest.param(
@@ -380,6 +405,27 @@ ON_DEMAND = {"act": Act.RESUME, "attempt": 2, "capacity": "on-demand", "zone": A
             THREE_AZS,
             ON_DEMAND,
             id="no-wait",
+        ),
+        # Without a wait the next step comes at once, not after the retry backoff.
+        pytest.param(
+            refused(
+                spec(strategy=S.SAME_AZ_THEN_ON_DEMAND, capacity_wait_minutes=0),
+                for_=timedelta(seconds=5),
+                last_try_ago=timedelta(seconds=6),
+            ),
+            THREE_AZS,
+            ON_DEMAND,
+            id="no-wait-on-demand-at-once",
+        ),
+        pytest.param(
+            refused(
+                spec(strategy=S.SAME_AZ_THEN_MOVE, capacity_wait_minutes=0),
+                for_=timedelta(seconds=5),
+                last_try_ago=timedelta(seconds=6),
+            ),
+            THREE_AZS,
+            {"act": Act.RESUME, "capacity": "spot", "zone": "us-east-1c", "move_volume": True},
+            id="no-wait-move-at-once",
         ),
     ],
 )

@@ -541,6 +541,26 @@ def test_move_volume_to_another_zone(ec2: Any) -> None:
     assert [v["VolumeId"] for v in named(ec2, "data")] == [moved.id]
 
 
+def test_a_move_repeated_with_its_key_continues_the_first_and_makes_nothing_twice(ec2: Any, calls: list[str]) -> None:
+    """A flow killed mid-move runs the move again with the same key (spot-watch: the attempt's launch key)."""
+    original = create_volume.fn(new(), availability_zone="us-east-1a", job="llm")
+    # Killed right after the snapshot (described as move_volume describes it): the move finds it.
+    create_snapshot.fn(original.id, description="trainctl move of data to us-east-1b", idempotency_key="llm-2")
+    moved = move_volume.fn(original.id, "us-east-1b", idempotency_key="llm-2")
+    # Killed after the restore, before the caller recorded the copy: the original is already renamed.
+    calls.clear()
+    again = move_volume.fn(original.id, "us-east-1b", idempotency_key="llm-2")
+
+    assert again.id == moved.id and mutations(calls) == ["CreateTags"]  # the rename, the same again
+    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "volume-id", "Values": [original.id]}])
+    assert [s["SnapshotId"] for s in snapshots["Snapshots"]] == [moved.source_snapshot_id]
+    assert [v["VolumeId"] for v in named(ec2, "data")] == [moved.id]
+    assert tags_of(ec2, original.id)[t.NAME] == "data@us-east-1a"
+    # Without a key a second move of the original is a move of its own (its copy named after the renamed one).
+    other = move_volume.fn(original.id, "us-east-1c")
+    assert other.id != moved.id and tags_of(ec2, other.id)[t.NAME] == "data@us-east-1a"
+
+
 def test_move_to_own_zone_is_a_no_op(ec2: Any, calls: list[str]) -> None:
     volume = create_volume.fn(new(), availability_zone="us-east-1a")
     calls.clear()
