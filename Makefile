@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow bench-transfer bench-recovery lint typecheck pytest install clean
+.PHONY: demo test test-exhaustive test-slow bench-transfer bench-recovery lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
 test: lint typecheck pytest
+
+# Every kill -9 point of the launch and spot-watch walks (make test runs two or three of each): ~2 minutes.
+test-exhaustive: $(STAMP)
+	$(BIN)/pytest -q -n 4 --dist load -m exhaustive
 
 # Transfer throughput vs aws-cli (needs `aws` on PATH) and s5cmd at the issue's sizes; minutes, prints ratios.
 bench-transfer: $(STAMP)

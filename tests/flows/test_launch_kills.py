@@ -20,6 +20,7 @@ from flows.train_launch import train_launch
 from sandbox import Sandbox
 from tasks.volumes import create_volume
 from tests.flows.test_launch_attempt import Killed, _job_instances
+from tests.flows.test_spot_watch_kills import walked
 from tests.flows.test_train_launch import BUCKET, _code_dir, _job_record, _spec
 
 pytestmark = pytest.mark.sandbox
@@ -45,7 +46,7 @@ def _kill_after(monkeypatch: pytest.MonkeyPatch, module: str, name: str, *, befo
     monkeypatch.setattr(f"{module}.{name}", killed)
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
+@pytest.mark.parametrize("point", walked(KILL_POINTS, {"run-instances", "mount"}))
 def test_a_rerun_after_a_kill_leaves_one_attempt_running_and_nothing_leaked(
     point: str, cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -114,7 +115,13 @@ def _pass() -> None:
     spot_watch(SpotWatchRequest(buckets=[BUCKET]))
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
+def walked(points: Iterable[str], every_run: set[str]) -> list[Any]:
+    """The kill points as test parameters: those in `every_run` in `make test`, the rest marked `exhaustive`
+    (`make test-exhaustive`, which CI runs after it): every point is walked in CI, the suite stays short."""
+    return [pytest.param(point, marks=() if point in every_run else pytest.mark.exhaustive) for point in points]
+
+
+@pytest.mark.parametrize("point", walked(KILL_POINTS, {"run-instances", "agent-start"}))
 def test_a_pass_killed_after_a_step_is_continued_to_one_running_attempt_with_nothing_leaked(
     point: str, cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

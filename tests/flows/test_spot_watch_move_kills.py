@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from sandbox import Sandbox
-from tests.flows.test_spot_watch_kills import MOVE_KILL_POINTS, killed_then_continued
+from tests.flows.test_spot_watch_kills import MOVE_KILL_POINTS, killed_then_continued, walked
 
 pytestmark = pytest.mark.sandbox
 
 
-@pytest.mark.parametrize("point", list(MOVE_KILL_POINTS))
+@pytest.mark.parametrize("point", walked(MOVE_KILL_POINTS, {"move-snapshot"}))
 def test_a_pass_killed_mid_move_is_continued_with_one_snapshot_one_copy_and_one_running_attempt(
     point: str, cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
