@@ -141,7 +141,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_
     volume = create_volume.fn(VolumeSpec(name="watch-data", size_gib=10), availability_zone="us-east-1a")
     first = train_launch(_spec(_code_dir(tmp_path), "resumes", data_volume_id=volume.id))
     assert cloud.wait_for(lambda: _has_checkpoint(cloud, "resumes"), 30, 0.2)
-    cloud.interrupt_spot(first.instance_id, delay_seconds=2)
+    cloud.interrupt_spot(first.instance_id, delay_seconds=4)
 
     _passes_until(
         cloud, lambda: _record(cloud, "resumes").status == JobStatus.RUNNING and _record(cloud, "resumes").attempt == 2
@@ -188,7 +188,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_
 
     # Attempt 2 is interrupted too, and a pass was killed after recording it: two passes then run at the same
     # moment, both read the `interrupted` record, both decide to resume; one claims attempt 3, one instance.
-    cloud.interrupt_spot(new.instance_id or "", delay_seconds=0.5)
+    cloud.interrupt_spot(new.instance_id or "", delay_seconds=4)
     assert cloud.wait_for(lambda: _instance(cloud, new.instance_id or "")["State"]["Name"] == "terminated", 20, 0.2)
     stored, etag = read_record.fn(BUCKET, "resumes")
     assert stored is not None
@@ -225,7 +225,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_
     # leaves is attempt 4 `resuming` and an instance under attempt 4's launch key. Once the launch's lease is
     # over, the next pass continues that launch with that instance: one attempt running, nothing leaked.
     third = live[0]["InstanceId"]
-    cloud.interrupt_spot(third, delay_seconds=0.5)
+    cloud.interrupt_spot(third, delay_seconds=4)
     assert cloud.wait_for(lambda: _instance(cloud, third)["State"]["Name"] == "terminated", 20, 0.2)
     stored, etag = read_record.fn(BUCKET, "resumes")
     assert stored is not None and stored.spec is not None and isinstance(stored.spec.template, TemplateSpec)

@@ -92,7 +92,7 @@ def test_a_pass_ends_a_kept_instance_abandons_a_dead_launch_and_gives_up_after_t
     # "last": its only allowed attempt is interrupted.
     last = train_launch(_spec(code, "last", resume=ResumePolicy(max_attempts=1)))
     assert cloud.wait_for(lambda: _has_checkpoint(cloud, "last"), 30, 0.2)
-    cloud.interrupt_spot(last.instance_id, delay_seconds=1)
+    cloud.interrupt_spot(last.instance_id, delay_seconds=4)
     assert cloud.wait_for(lambda: _instance(cloud, last.instance_id)["State"]["Name"] == "terminated", 20, 0.2)
 
     def kept_ended() -> bool:

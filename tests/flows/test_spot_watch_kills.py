@@ -142,7 +142,7 @@ def killed_then_continued(
     assert cloud.wait_for(lambda: _has_checkpoint(cloud, job), 30, 0.2)
     if kill.moves:
         cloud.set_capacity(AZ, "t3.micro", available=False, spot_only=True)
-    cloud.interrupt_spot(first.instance_id, delay_seconds=1)
+    cloud.interrupt_spot(first.instance_id, delay_seconds=4)
     assert cloud.wait_for(lambda: _instance(cloud, first.instance_id)["State"]["Name"] == "terminated", 20, 0.2)
     if kill.moves:  # a first pass records the interruption; the resume in the volume's AZ is refused
         _pass()
