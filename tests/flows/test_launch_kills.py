@@ -46,7 +46,7 @@ def _kill_after(monkeypatch: pytest.MonkeyPatch, module: str, name: str, *, befo
     monkeypatch.setattr(f"{module}.{name}", killed)
 
 
-@pytest.mark.parametrize("point", walked(KILL_POINTS, {"run-instances", "mount"}))
+@pytest.mark.parametrize("point", walked(KILL_POINTS, {"run-instances"}))
 def test_a_rerun_after_a_kill_leaves_one_attempt_running_and_nothing_leaked(
     point: str, cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

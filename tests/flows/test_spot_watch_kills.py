@@ -121,7 +121,7 @@ def walked(points: Iterable[str], every_run: set[str]) -> list[Any]:
     return [pytest.param(point, marks=() if point in every_run else pytest.mark.exhaustive) for point in points]
 
 
-@pytest.mark.parametrize("point", walked(KILL_POINTS, {"run-instances", "agent-start"}))
+@pytest.mark.parametrize("point", walked(KILL_POINTS, {"agent-start"}))
 def test_a_pass_killed_after_a_step_is_continued_to_one_running_attempt_with_nothing_leaked(
     point: str, cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
