@@ -158,7 +158,7 @@ def create(
         protected=protected,
     )
     with aws_scope(ctx) as account:
-        from tasks.volumes import create_volume
+        from tasks.ebs import create_volume
 
         volume = create_volume.fn(
             spec, availability_zone=az, instance_id=instance, instance_type=for_type, job=job, account=account
@@ -236,7 +236,7 @@ def attach(
     if device is not None:
         validate_device_name(device, field="--device")
     with aws_scope(ctx) as account:
-        from tasks.volumes import attach_volume
+        from tasks.ebs import attach_volume
 
         volume = attach_volume.fn(volume_id, instance_id, device=device, adopt=adopt, account=account)
     if json_output:
@@ -260,7 +260,7 @@ def detach(
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
     with aws_scope(ctx) as account:
-        from tasks.volumes import detach_volume
+        from tasks.ebs import detach_volume
 
         volume = detach_volume.fn(volume_id, force=force, adopt=adopt, account=account)
     if json_output:
@@ -311,7 +311,7 @@ def delete(
     with aws_scope(ctx) as account:
         from blocks.aws import load_account
         from core.safety import volume_delete_verdict
-        from tasks.volumes import DeleteResult, delete_volume, get_volume, snapshots_of
+        from tasks.ebs import DeleteResult, delete_volume, get_volume, snapshots_of
 
         if not json_output:
             ec2 = load_account(account).client("ec2")
@@ -379,7 +379,7 @@ def snapshot(
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
     with aws_scope(ctx) as account:
-        from tasks.volumes import create_snapshot
+        from tasks.ebs import create_snapshot
 
         made = create_snapshot.fn(volume_id, description=description, wait=not no_wait, adopt=adopt, account=account)
     if json_output:
@@ -399,7 +399,7 @@ def snapshots(
     if volume_id is not None:
         validate_id("volume", volume_id, field="--volume")
     with aws_scope(ctx) as account:
-        from tasks.volumes import list_snapshots
+        from tasks.ebs import list_snapshots
 
         found = list_snapshots.fn(volume_id, account=account)
     now = _now()
@@ -458,7 +458,7 @@ def restore(
     if size is not None:
         _spec(name=name, size_gib=size, volume_type=volume_type.value)  # the type's limits, before any call
     with aws_scope(ctx) as account:
-        from tasks.volumes import restore_snapshot
+        from tasks.ebs import restore_snapshot
 
         volume = restore_snapshot.fn(
             snapshot_id, az, name=name, volume_type=volume_type.value, size_gib=size, adopt=adopt, account=account
@@ -482,7 +482,7 @@ def move(
     validate_id("volume", volume_id)
     validate_availability_zone(az, field="az")
     with aws_scope(ctx) as account:
-        from tasks.volumes import move_volume
+        from tasks.ebs import move_volume
 
         moved = move_volume.fn(volume_id, az, adopt=adopt, account=account)
     unchanged = moved.id == volume_id
@@ -578,7 +578,8 @@ def _prewarm_preflight(spec: PrewarmSpec) -> None:
         return
     from blocks.aws import load_account
     from core.prewarm import check_existing_volume, check_given_instance
-    from tasks.volumes import get_instance, get_volume
+    from tasks.ebs import get_volume
+    from tasks.ec2_instances import get_instance
 
     ec2 = load_account(spec.account).client("ec2")
     zone = spec.availability_zone

@@ -246,7 +246,7 @@ def _record(bucket: str, job: str, account: str | None, *, save: bool = False) -
 def _instance_state(instance_id: str | None, account: str | None) -> str | None:
     if not instance_id:
         return None
-    from tasks.volumes import describe_instance
+    from tasks.ec2_instances import describe_instance
 
     try:
         return describe_instance.fn(instance_id, account=account).state
@@ -315,8 +315,7 @@ def logs(
     jobs.validate_job_name(job, field="job")
     bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
-        from tasks.code import read_text
-        from tasks.jobs import poll_agent
+        from tasks.jobs import poll_agent, read_log
         from tasks.ssm import CommandFailedError
 
         record, _ = _record(bucket, job, account)
@@ -349,7 +348,7 @@ def logs(
                 if not follow or poll.trainer_ended:
                     break
             else:
-                got = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
+                got = read_log(bucket, job, n, offset=offset, account=account)
                 if got is not None:
                     emit(got[0])
                     offset = got[1]
@@ -359,7 +358,7 @@ def logs(
 
                 agent = read_agent_status.fn(bucket, job, n, account=account) or {}
                 if agent.get("status") not in (None, "running"):
-                    tail = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
+                    tail = read_log(bucket, job, n, offset=offset, account=account)
                     if tail:
                         emit(tail[0])
                     break

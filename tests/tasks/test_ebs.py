@@ -17,19 +17,18 @@ from blocks.aws import clear_client_cache, load_account
 from core import tags as t
 from core.ebs import VolumeSpec
 from core.errors import AwsError, InvalidInputError, SafetyRefusalError, UsageError
-from tasks.volumes import (
+from tasks.ebs import (
     attach_volume,
     create_snapshot,
     create_volume,
     delete_volume,
-    describe_instance,
     describe_volume,
     detach_volume,
-    keep_on_termination,
     list_snapshots,
     move_volume,
     restore_snapshot,
 )
+from tasks.ec2_instances import describe_instance
 
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 MUTATIONS = {"CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume", "CreateTags", "CreateSnapshot"}
@@ -321,18 +320,6 @@ def test_detach_unmanaged_refused(ec2: Any, ami: str) -> None:
     with pytest.raises(UsageError, match="not created by trainctl"):
         detach_volume.fn(volume)
     assert describe(ec2, volume)["Attachments"][0]["InstanceId"] == instance
-
-
-def test_keep_on_termination_clears_delete_on_termination(ec2: Any, ami: str) -> None:
-    instance = launch(ec2, ami)
-    data = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
-    root = data["BlockDeviceMappings"][0]
-    assert root["Ebs"]["DeleteOnTermination"]
-    keep_on_termination.fn(instance, root["Ebs"]["VolumeId"])
-    data = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
-    assert data["BlockDeviceMappings"][0]["Ebs"]["DeleteOnTermination"] is False
-    ec2.terminate_instances(InstanceIds=[instance])
-    assert exists(ec2, root["Ebs"]["VolumeId"])  # survived its instance
 
 
 # -- delete ---------------------------------------------------------------------------------------------------
