@@ -11,6 +11,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -24,7 +25,7 @@ from core.errors import InvalidInputError, NotManagedError, SafetyRefusalError, 
 from core.ids import validate_availability_zone, validate_id
 from core.models import Instance, Snapshot, Volume
 from core.names import NameKind, validate_device_name, validate_name
-from core.safety import snapshot_delete_verdict, volume_delete_verdict
+from core.safety import Verdict, snapshot_delete_verdict, volume_delete_verdict
 from tasks.aws import WAIT, aws_task, translate
 from tasks.ec2_instances import get_instance
 
@@ -350,6 +351,50 @@ def detach_volume(volume_id: str, *, force: bool = False, adopt: bool = False, a
     return wait_volume(ec2, volume_id, "volume_available")
 
 
+@dataclass(frozen=True)
+class VolumeDeletePlan:
+    """What deleting a volume would do now: the volume, every snapshot of it, and core.safety's verdict."""
+
+    volume: Volume
+    snapshots: list[Snapshot]
+    verdict: Verdict
+    now: datetime
+
+
+def plan_volume_delete(
+    volume_id: str,
+    *,
+    min_age: timedelta,
+    now: datetime | None = None,
+    force: bool = False,
+    adopt: bool = False,
+    delete_snapshots: bool = False,
+    account: str | None = None,
+) -> VolumeDeletePlan | None:
+    """The verdict `delete_volume` acts on, read-only (also shown to a user before asking); None when the volume
+    does not exist (already deleted)."""
+    ec2 = _ec2(account)
+    validate_id("volume", volume_id)
+    try:
+        volume = get_volume(ec2, volume_id)
+    except Exception as exc:
+        if _code(exc) == "InvalidVolume.NotFound":
+            return None
+        raise
+    snapshots = snapshots_of(ec2, volume_id)
+    at = now or datetime.now(UTC)
+    verdict = volume_delete_verdict(
+        volume,
+        snapshots=snapshots,
+        now=at,
+        min_age=min_age,
+        force=force,
+        adopt=adopt,
+        delete_snapshots=delete_snapshots,
+    )
+    return VolumeDeletePlan(volume=volume, snapshots=snapshots, verdict=verdict, now=at)
+
+
 @aws_task(name="delete-volume", tags=["aws-ec2"])
 def delete_volume(
     volume_id: str,
@@ -363,25 +408,20 @@ def delete_volume(
 ) -> DeleteResult:
     """Delete a volume under every rule of DESIGN.md section 3 (attached: refused; persistent, protected or
     young: needs force; snapshots: listed, deleted only with delete_snapshots). Already gone = done."""
-    ec2 = _ec2(account)
-    validate_id("volume", volume_id)
-    try:
-        volume = get_volume(ec2, volume_id)
-    except Exception as exc:
-        if _code(exc) == "InvalidVolume.NotFound":
-            return DeleteResult(volume_id=volume_id, deleted=False, already_gone=True)
-        raise
-    snapshots = snapshots_of(ec2, volume_id)
-    verdict = volume_delete_verdict(
-        volume,
-        snapshots=snapshots,
-        now=now or datetime.now(UTC),
+    plan = plan_volume_delete(
+        volume_id,
+        now=now,
         min_age=min_age,
         force=force,
         adopt=adopt,
         delete_snapshots=delete_snapshots,
+        account=account,
     )
+    if plan is None:
+        return DeleteResult(volume_id=volume_id, deleted=False, already_gone=True)
+    volume, snapshots, verdict = plan.volume, plan.snapshots, plan.verdict
     verdict.raise_if_refused()
+    ec2 = _ec2(account)
     _require_managed(volume, action="delete", adopt=adopt, ec2=ec2)
     deleted_snapshots: list[str] = []
     if delete_snapshots:
