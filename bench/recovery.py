@@ -166,7 +166,7 @@ def _launch(cloud: Sandbox, run: Run, work: Path) -> str:
     Returns the trainer's checkpoint folder on the instance."""
     from core.ebs import VolumeSpec
     from flows.train_launch import train_launch
-    from tasks.volumes import create_volume
+    from tasks.ebs import create_volume
 
     cloud.client("s3").create_bucket(Bucket=BUCKET)
     volume = create_volume.fn(VolumeSpec(name="bench-data", size_gib=10), availability_zone=ZONE)

@@ -1,9 +1,9 @@
 """`trainctl ebs ...`: EBS data volumes and snapshots, and the prewarm flow that fills a volume from S3.
 
-Every command but `prewarm` calls the plain functions behind the Prefect tasks (`task.fn(...)`): a task called
-outside a flow would start Prefect's API (~20 s) to record a single AWS call. `prewarm` is a real flow run.
+Every command but `prewarm` calls one operation of flows/ebs.py (plain functions: no Prefect API run for one AWS
+call); `prewarm` is a real flow run. Imports of Prefect-backed modules stay inside the commands (a fast `--help`).
 
-The tasks take an AwsAccount block *name*; the global `--region/--profile/--endpoint-url` options reach them
+The operations take an AwsAccount block *name*; the global `--region/--profile/--endpoint-url` options reach them
 through the environment they read when no block is named (`cli.output.aws_scope`).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -42,7 +42,7 @@ from core.names import NameKind, validate_device_name, validate_name
 
 if TYPE_CHECKING:
     from core.prewarm import PrewarmSpec
-    from core.safety import Verdict
+    from flows.ebs import VolumeDeletePlan
 
 app = typer.Typer(help="EBS data volumes and snapshots: create, attach, move, prewarm from S3.", no_args_is_help=True)
 
@@ -103,13 +103,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _min_age() -> timedelta:
-    """The SafetyPolicy default (5 minutes). Built, not loaded: a default block needs no Prefect API."""
-    from blocks.policies import SafetyPolicy
-
-    return timedelta(minutes=SafetyPolicy.load_or_default(None).min_age_minutes)
-
-
 # -- create / list --------------------------------------------------------------------------------------------
 
 
@@ -158,9 +151,9 @@ def create(
         protected=protected,
     )
     with aws_scope(ctx) as account:
-        from tasks.volumes import create_volume
+        from flows.ebs import create_volume
 
-        volume = create_volume.fn(
+        volume = create_volume(
             spec, availability_zone=az, instance_id=instance, instance_type=for_type, job=job, account=account
         )
     if json_output:
@@ -174,9 +167,9 @@ def list_volumes(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """List trainctl volumes: marks, age, AZ, attachment and snapshot count (one inventory)."""
     state = state_of(ctx, json_output=json_output)
     aws = state.aws()
-    from tasks.inventory import collect_inventory
+    from flows.inventory import take_inventory
 
-    inventory = collect_inventory(aws)
+    inventory = take_inventory(aws)
     now = inventory.taken_at
     if json_output:
         volumes = [{**resource_json(v, now), "snapshot_count": len(v.snapshot_ids)} for v in inventory.volumes]
@@ -236,9 +229,9 @@ def attach(
     if device is not None:
         validate_device_name(device, field="--device")
     with aws_scope(ctx) as account:
-        from tasks.volumes import attach_volume
+        from flows.ebs import attach_volume
 
-        volume = attach_volume.fn(volume_id, instance_id, device=device, adopt=adopt, account=account)
+        volume = attach_volume(volume_id, instance_id, device=device, adopt=adopt, account=account)
     if json_output:
         emit_json(resource_json(volume, _now()))
         return
@@ -260,17 +253,18 @@ def detach(
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
     with aws_scope(ctx) as account:
-        from tasks.volumes import detach_volume
+        from flows.ebs import detach_volume
 
-        volume = detach_volume.fn(volume_id, force=force, adopt=adopt, account=account)
+        volume = detach_volume(volume_id, force=force, adopt=adopt, account=account)
     if json_output:
         emit_json(resource_json(volume, _now()))
         return
     _print(f"detached: {_volume_line(volume)}")
 
 
-def _render_verdict(volume: Volume, verdict: Verdict, snapshots: list[Snapshot], now: datetime) -> None:
+def _render_verdict(plan: VolumeDeletePlan) -> None:
     """What `delete` is about to do, for a human to confirm: the volume, every blocker, every snapshot."""
+    volume, verdict, snapshots, now = plan.volume, plan.verdict, plan.snapshots, plan.now
     console = stdout_console()
     console.print(f"delete {_volume_line(volume)}, age {format_age(volume.age(now))}", highlight=False)
     for blocker in verdict.blockers:
@@ -307,38 +301,23 @@ def delete(
     if json_output and not yes:
         # A prompt would corrupt the one JSON document on stdout, and a script cannot answer it anyway.
         raise UsageError("delete --json never prompts", fix="Add --yes to confirm the deletion up front")
-    min_age = _min_age()
     with aws_scope(ctx) as account:
-        from blocks.aws import load_account
-        from core.safety import volume_delete_verdict
-        from tasks.volumes import DeleteResult, delete_volume, get_volume, snapshots_of
+        from flows.ebs import default_min_age, delete_volume, plan_volume_delete
 
+        min_age = default_min_age()
         if not json_output:
-            ec2 = load_account(account).client("ec2")
-            now = _now()
-            try:
-                volume = get_volume(ec2, volume_id)
-            except Exception as exc:
-                if getattr(exc, "code", None) != "InvalidVolume.NotFound":
-                    raise
+            plan = plan_volume_delete(
+                volume_id, force=force, delete_snapshots=delete_snapshots, adopt=adopt, min_age=min_age, account=account
+            )
+            if plan is None:
                 _print(f"{volume_id} does not exist (already deleted): nothing to do")
                 return
-            snapshots = snapshots_of(ec2, volume_id)
-            verdict = volume_delete_verdict(
-                volume,
-                snapshots=snapshots,
-                now=now,
-                min_age=min_age,
-                force=force,
-                adopt=adopt,
-                delete_snapshots=delete_snapshots,
-            )
-            _render_verdict(volume, verdict, snapshots, now)
-            verdict.raise_if_refused()
+            _render_verdict(plan)
+            plan.verdict.raise_if_refused()
             if not yes:
                 typer.confirm(f"Delete {volume_id}{' and its snapshots' if delete_snapshots else ''}?", abort=True)
-        # The task checks every rule again: the state may have changed while the user read the plan.
-        result: DeleteResult = delete_volume.fn(
+        # Every rule is checked again: the state may have changed while the user read the plan.
+        result = delete_volume(
             volume_id,
             force=force,
             delete_snapshots=delete_snapshots,
@@ -379,9 +358,9 @@ def snapshot(
     state_of(ctx, json_output=json_output)
     validate_id("volume", volume_id)
     with aws_scope(ctx) as account:
-        from tasks.volumes import create_snapshot
+        from flows.ebs import snapshot_volume
 
-        made = create_snapshot.fn(volume_id, description=description, wait=not no_wait, adopt=adopt, account=account)
+        made = snapshot_volume(volume_id, description=description, wait=not no_wait, adopt=adopt, account=account)
     if json_output:
         emit_json(resource_json(made, _now()))
         return
@@ -399,9 +378,9 @@ def snapshots(
     if volume_id is not None:
         validate_id("volume", volume_id, field="--volume")
     with aws_scope(ctx) as account:
-        from tasks.volumes import list_snapshots
+        from flows.ebs import list_snapshots
 
-        found = list_snapshots.fn(volume_id, account=account)
+        found = list_snapshots(volume_id, account=account)
     now = _now()
     if json_output:
         emit_json(
@@ -458,9 +437,9 @@ def restore(
     if size is not None:
         _spec(name=name, size_gib=size, volume_type=volume_type.value)  # the type's limits, before any call
     with aws_scope(ctx) as account:
-        from tasks.volumes import restore_snapshot
+        from flows.ebs import restore_snapshot
 
-        volume = restore_snapshot.fn(
+        volume = restore_snapshot(
             snapshot_id, az, name=name, volume_type=volume_type.value, size_gib=size, adopt=adopt, account=account
         )
     if json_output:
@@ -482,9 +461,9 @@ def move(
     validate_id("volume", volume_id)
     validate_availability_zone(az, field="az")
     with aws_scope(ctx) as account:
-        from tasks.volumes import move_volume
+        from flows.ebs import move_volume
 
-        moved = move_volume.fn(volume_id, az, adopt=adopt, account=account)
+        moved = move_volume(volume_id, az, adopt=adopt, account=account)
     unchanged = moved.id == volume_id
     if json_output:
         emit_json(
@@ -571,25 +550,6 @@ def _prewarm_spec(**fields: Any) -> PrewarmSpec:
         raise as_input_error(exc) from None
 
 
-def _prewarm_preflight(spec: PrewarmSpec) -> None:
-    """The flow's own read-only checks of an existing volume and a given instance, before Prefect starts (~10 s):
-    someone else's volume is refused at once. The flow checks again (deployments run it without the CLI)."""
-    if spec.volume_id is None and spec.instance_id is None:
-        return
-    from blocks.aws import load_account
-    from core.prewarm import check_existing_volume, check_given_instance
-    from tasks.volumes import get_instance, get_volume
-
-    ec2 = load_account(spec.account).client("ec2")
-    zone = spec.availability_zone
-    if spec.volume_id is not None:
-        volume = get_volume(ec2, spec.volume_id)
-        check_existing_volume(volume, spec)
-        zone = volume.availability_zone
-    if spec.instance_id is not None:
-        check_given_instance(get_instance(ec2, spec.instance_id), zone)
-
-
 @app.command("prewarm")
 def prewarm(
     ctx: typer.Context,
@@ -646,7 +606,9 @@ def prewarm(
     )
     with aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
-        _prewarm_preflight(spec)
+        from flows.ebs import check_prewarm_targets
+
+        check_prewarm_targets(spec)
         from flows.prewarm import prewarm as prewarm_flow
 
         if not json_output:

@@ -1,8 +1,6 @@
 """`trainctl resources ...`: what trainctl owns in a region, as a table or as JSON.
 
-Built on `tasks.inventory.collect_inventory`, the plain function behind the `inventory` Prefect task. Calling
-the task itself outside a flow would start Prefect's API (an ephemeral server: 8–19 s here, DESIGN.md section 7)
-just to record a run of a read-only listing; the CLI wants an answer in about a second.
+Built on `flows.inventory.take_inventory` (no Prefect API run: an answer in about a second).
 """
 
 from __future__ import annotations
@@ -34,9 +32,9 @@ class Kind(StrEnum):
 
 def _take_inventory(ctx: typer.Context) -> Inventory:
     aws = state_of(ctx).aws()  # first: a bad --region is reported even if the rest cannot load
-    from tasks.inventory import collect_inventory  # imports Prefect (~2 s): only when a command needs AWS
+    from flows.inventory import take_inventory  # imports Prefect (~2 s): only when a command needs AWS
 
-    return collect_inventory(aws)
+    return take_inventory(aws)
 
 
 def _filtered(inventory: Inventory, *, job: str | None, kind: Kind | None) -> Inventory:

@@ -1,15 +1,14 @@
 """`trainctl train launch|status|logs|stop`: training jobs on spot instances.
 
-`launch` is a real flow run (train-launch). `status`, `logs` and `stop` read the job record in S3 and talk to the
-instance over SSM while it runs (S3 holds what the agent uploaded once it is gone); they call the plain
-functions behind the tasks, so they need no Prefect API.
+`launch` is a real flow run (train-launch). `status`, `logs` and `stop` are job control (flows/jobs.py): they read
+the job record in S3 and talk to the instance over SSM while it runs (S3 holds what the agent uploaded once it is
+gone), with no Prefect API run. Imports of Prefect-backed modules stay inside the commands (a fast `--help`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +19,6 @@ from cli.output import as_input_error, aws_scope, emit_json, flow_console, info,
 from core import jobs
 from core.errors import InvalidInputError, UsageError
 from core.s3uri import validate_bucket
-from tasks.code import scan_code_dir
 
 app = typer.Typer(help="Training jobs: launch on spot, follow the log, stop with a checkpoint.", no_args_is_help=True)
 
@@ -196,7 +194,9 @@ def launch(
     spec = _job_spec(fields)
     _warn_secret_like(spec.env)
     # The code folder is checked (and measured) here too, so a typo never waits for Prefect to start.
-    scan_code_dir(spec.code_dir, limit_bytes=spec.code_limit_bytes)
+    from flows.jobs import check_code_dir
+
+    check_code_dir(spec.code_dir, limit_bytes=spec.code_limit_bytes)
     with aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
         from core.launch import LaunchOptions
@@ -233,29 +233,6 @@ def launch(
 # -- status / logs / stop -------------------------------------------------------------------------------------
 
 
-def _record(bucket: str, job: str, account: str | None, *, save: bool = False) -> tuple[Any, dict[str, Any] | None]:
-    """The record following the agent's final status (tasks.jobs.current_record) and the agent's status."""
-    from tasks.jobs import current_record
-
-    record, _, agent = current_record(bucket, job, save=save, account=account)
-    if record is None:
-        raise UsageError(f"no job {job!r} in s3://{bucket}/{jobs.JOBS_ROOT}/", fix="Check --bucket and the job name.")
-    return record, agent
-
-
-def _instance_state(instance_id: str | None, account: str | None) -> str | None:
-    if not instance_id:
-        return None
-    from tasks.volumes import describe_instance
-
-    try:
-        return describe_instance.fn(instance_id, account=account).state
-    except Exception as exc:
-        if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
-            return "gone"
-        raise
-
-
 @app.command("status")
 def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: JsonOption = False) -> None:
     """The job record, the agent's last status in S3, and the instance's state."""
@@ -263,8 +240,10 @@ def status(ctx: typer.Context, job: JobArg, bucket: BucketOption, json_output: J
     jobs.validate_job_name(job, field="job")
     bucket = validate_bucket(bucket, field="--bucket")
     with aws_scope(ctx) as account:
-        record, agent = _record(bucket, job, account, save=True)
-        instance_state = _instance_state(record.instance_id, account)
+        from flows.jobs import job_status
+
+        view = job_status(bucket, job, account=account)
+    record, agent, instance_state = view.record, view.agent, view.instance_state
     result = {
         "job": record.model_dump(mode="json", exclude={"spec"}),
         "agent": agent,
@@ -314,56 +293,19 @@ def logs(
     state_of(ctx, json_output=json_output)
     jobs.validate_job_name(job, field="job")
     bucket = validate_bucket(bucket, field="--bucket")
+    collected: list[str] = []
+
+    def emit(text: str) -> None:
+        if json_output:
+            collected.append(text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
     with aws_scope(ctx) as account:
-        from tasks.code import read_text
-        from tasks.jobs import poll_agent
-        from tasks.ssm import CommandFailedError
+        from flows.jobs import stream_log
 
-        record, _ = _record(bucket, job, account)
-        n = attempt or record.attempt
-        live = n == record.attempt and _instance_state(record.instance_id, account) == "running"
-        collected: list[str] = []
-
-        def emit(text: str) -> None:
-            if json_output:
-                collected.append(text)
-            else:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-
-        offset = 0
-        while True:
-            if live:
-                try:
-                    poll = poll_agent.fn(record.instance_id, job, offset, account=account)
-                except CommandFailedError:
-                    live = False  # the instance went away: the rest is in S3
-                    continue
-                if not poll.installed:
-                    live = False  # no agent there yet (a launch in progress): nothing on the instance to read
-                    continue
-                emit(poll.chunk)
-                offset = poll.offset
-                if poll.chunk and poll.offset < poll.size:
-                    continue
-                if not follow or poll.trainer_ended:
-                    break
-            else:
-                got = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
-                if got is not None:
-                    emit(got[0])
-                    offset = got[1]
-                if not follow:
-                    break
-                from tasks.jobs import read_agent_status
-
-                agent = read_agent_status.fn(bucket, job, n, account=account) or {}
-                if agent.get("status") not in (None, "running"):
-                    tail = read_text(jobs.log_uri(bucket, job, n), offset=offset, account=account)
-                    if tail:
-                        emit(tail[0])
-                    break
-            time.sleep(2)
+        n, live = stream_log(bucket, job, emit=emit, attempt=attempt, follow=follow, account=account)
     if json_output:
         emit_json({"job": job, "attempt": n, "live": live, "log": "".join(collected)})
 
@@ -388,9 +330,9 @@ def stop(
     if grace < 0:
         raise InvalidInputError("--grace", grace, "seconds >= 0")
     with aws_scope(ctx) as account:
-        from tasks.jobs import stop_job
+        from flows.jobs import stop_job
 
-        report = stop_job.fn(bucket, job, grace_s=grace, keep_instance=keep_instance, account=account)
+        report = stop_job(bucket, job, grace_s=grace, keep_instance=keep_instance, account=account)
     if json_output:
         emit_json(report.model_dump(mode="json"))
         return

@@ -709,7 +709,7 @@ def _aware(value: datetime) -> datetime:
 
 
 class TrainingState(BaseModel):
-    """What the training check over SSM found on one instance (tasks/training.py)."""
+    """What the training check over SSM found on one instance (tasks/jobs.py)."""
 
     model_config = ConfigDict(frozen=True)
 

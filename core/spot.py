@@ -1,6 +1,6 @@
 """Whether a spot instance is being interrupted or was interrupted, from what the EC2 API shows of it.
 
-Two signals, both read by `tasks.instances.observe_training_instances`: the instance's StateReason
+Two signals, both read by `tasks.ec2_instances.observe_training_instances`: the instance's StateReason
 (`Server.SpotInstanceTermination`, or `Server.SpotInstanceShutdown` for the stop behaviour) and its spot request's
 status code. AWS's request codes (EC2 User Guide, "Spot request status"): `marked-for-termination` /
 `marked-for-stop` while the notice runs; `instance-terminated-by-price`, `instance-terminated-no-capacity`, … once

@@ -53,12 +53,19 @@ from core.recovery import Capacity
 from core.s3uri import parse_s3_uri
 from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.code import copy_staged, upload_file
-from tasks.instances import DEFAULT_AMI_PARAMETER, LaunchRequest, find_launched, launch_instance
-from tasks.instances import terminate_launched_instance as terminate
+from tasks.ebs import attach_volume, describe_volume, detach_volume
+from tasks.ebs import move_volume as move_volume_task
+from tasks.ec2_instances import (
+    DEFAULT_AMI_PARAMETER,
+    LaunchRequest,
+    describe_instance,
+    find_launched,
+    keep_on_termination,
+    launch_instance,
+)
+from tasks.ec2_instances import terminate_instance as terminate
 from tasks.jobs import JobChangedError, read_agent_status, read_interruption, read_record, write_record
 from tasks.ssm import CommandFailedError, run_command, wait_online
-from tasks.volumes import attach_volume, describe_instance, describe_volume, detach_volume, keep_on_termination
-from tasks.volumes import move_volume as move_volume_task
 
 STEPS = ["record", "launch", "ssm online", "wait previous", "attach", "mount", "ship", "start"]
 # How often the overlap waits look at the previous attempt again.

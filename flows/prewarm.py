@@ -44,19 +44,18 @@ from core.prewarm import (
 )
 from core.s3uri import parse_s3_uri
 from flows.reporting import StepProgress, artifact_key, markdown_report
-from tasks.instances import LaunchRequest, launch_instance, terminate_launched_instance
-from tasks.s3 import PrefixListing, delete_prefix, list_prefix, put_json, staging_uri
-from tasks.ssm import run_command, wait_online
-from tasks.volumes import (
+from tasks.ebs import (
     adopt_volume,
     attach_volume,
     create_snapshot,
     create_volume,
-    describe_instance,
     describe_volume,
     detach_volume,
     mark_prewarmed,
 )
+from tasks.ec2_instances import LaunchRequest, describe_instance, launch_instance, terminate_instance
+from tasks.s3 import PrefixListing, delete_prefix, list_prefix, put_json, staging_uri
+from tasks.ssm import run_command, wait_online
 
 STEPS = ["check source", "volume", "instance", "ssm online", "attach", "mount", "sync", "verify", "finish", "detach"]
 
@@ -191,7 +190,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
         raise failure from exc
     terminated = False
     if given_instance is None:
-        terminated = terminate_launched_instance(instance.id, idempotency_key=launch_key, account=account)
+        terminated = terminate_instance(instance.id, idempotency_key=launch_key, account=account)
     snapshot_id = None
     if spec.snapshot:
         snapshot_id = create_snapshot(volume.id, description=f"prewarm of {spec.source}", account=account).id
@@ -318,7 +317,7 @@ def _cleanup(
         done.append(f"volume {volume.id} could NOT be detached: {exc}")
     if temporary:
         try:
-            terminate_launched_instance.fn(instance.id, idempotency_key=launch_key, account=spec.account)
+            terminate_instance.fn(instance.id, idempotency_key=launch_key, account=spec.account)
             done.append(f"temporary instance {instance.id} terminated")
         except Exception as exc:
             done.append(f"temporary instance {instance.id} could NOT be terminated ({exc}); terminate it by hand")

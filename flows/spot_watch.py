@@ -15,7 +15,7 @@ A pass:
 3. emits events (trainctl.spot.warning / .interrupted, trainctl.job.resumed / .gave-up / .ended) and writes the
    job's history (`job-<name>-history`) when the job changed, and the pass's own table (`spot-watch`).
 
-A moved volume's original is kept (tasks/volumes.move_volume renames it `<name>@<old-az>`; DESIGN.md section 3):
+A moved volume's original is kept (tasks/ebs.move_volume renames it `<name>@<old-az>`; DESIGN.md section 3):
 deleting it is the user's call, or teardown's.
 """
 
@@ -45,7 +45,7 @@ from flows.launch_attempt import AttemptRequest, launch_attempt
 from flows.reporting import artifact_key
 from tasks.capacity import placement_scores, zones_offering
 from tasks.checkpoints import latest_checkpoint
-from tasks.instances import find_launched, observe_training_instances, terminate_launched_instance
+from tasks.ec2_instances import find_launched, observe_training_instances, terminate_instance
 from tasks.jobs import (
     JobChangedError,
     list_jobs,
@@ -322,9 +322,7 @@ def _give_up(job: _Job, decision: Decision, report: SpotWatchReport, account: st
 def _end_instance(job: _Job, decision: Decision, report: SpotWatchReport, account: str | None) -> bool:
     record = job.record
     assert record.instance_id is not None
-    terminate_launched_instance(
-        record.instance_id, idempotency_key=launch_key(record.name, record.attempt), account=account
-    )
+    terminate_instance(record.instance_id, idempotency_key=launch_key(record.name, record.attempt), account=account)
     return False
 
 
@@ -334,7 +332,7 @@ def _abandon_launch(job: _Job, decision: Decision, report: SpotWatchReport, acco
     key = launch_key(record.name, record.attempt)
     instance = find_launched(key, account=account)
     if instance is not None:
-        terminate_launched_instance(instance.id, idempotency_key=key, account=account)
+        terminate_instance(instance.id, idempotency_key=key, account=account)
     updated = record.with_status(JobStatus.FAILED, message=decision.reason, finished_at=_now())
     _save(job, updated, account)
     _emit(report, "trainctl.job.ended", updated, decision.reason, instance_id=instance.id if instance else None)

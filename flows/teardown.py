@@ -46,11 +46,12 @@ from core.teardown import (
 )
 from flows.reporting import artifact_key
 from tasks.checkpoints import list_bucket_leftovers, list_job_storage
+from tasks.ebs import delete_snapshot, delete_volume, detach_volume
+from tasks.ec2_instances import keep_on_termination, terminate_instance, wait_terminated
+from tasks.inventory import describe_unmanaged
 from tasks.inventory import inventory as inventory_task
-from tasks.jobs import stop_instance_jobs
-from tasks.teardown import abort_upload, delete_objects, describe_unmanaged, terminate_instance, wait_terminated
-from tasks.training import detect_training, detect_training_fn, wait_training_done
-from tasks.volumes import delete_snapshot, delete_volume, detach_volume, keep_on_termination
+from tasks.jobs import check_training, detect_training, stop_instance_jobs, wait_training_done
+from tasks.s3 import abort_upload, delete_objects
 
 
 class TeardownRequest(BaseModel):
@@ -252,7 +253,7 @@ def _runner(
             case OpKind.STOP_JOB:
                 assert op.instance_id
                 # Through each job's agent (tasks/jobs.py): the trainer saves, the status says `stopped`.
-                found = detect_training_fn(op.instance_id, account=account)
+                found = check_training(op.instance_id, account=account)
                 if found.status == "unknown":
                     raise TrainctlError(f"could not ask the agents on {op.instance_id}: {found.detail}")
                 lines = stop_instance_jobs(op.instance_id, found.jobs, bucket=request.bucket, account=account)
@@ -261,7 +262,7 @@ def _runner(
                 assert op.instance_id
                 # The agent's stop ends with the checkpoint, log and final status in S3: an agent still alive has
                 # not finished that, and the terminate must wait for it.
-                after = detect_training_fn(op.instance_id, account=account)
+                after = check_training(op.instance_id, account=account)
                 if after.status == "unknown" or after.jobs:
                     still = ", ".join(after.jobs) or after.detail
                     raise TrainctlError(f"not every job on {op.instance_id} has ended after the stop ({still})")
@@ -288,13 +289,13 @@ def _runner(
                     for o in plan.ops_in(step)
                 )
                 if not handled and not request.force_training:
-                    now_state = detect_training_fn(op.target, account=account)
+                    now_state = check_training(op.target, account=account)
                     if now_state.status == "running":
                         raise TrainctlError(
                             f"training started on {op.target} after the plan was made ({', '.join(now_state.jobs)})"
                             "; not terminated"
                         )
-                done = terminate_instance(op.target, account=account)
+                done = terminate_instance(op.target, wait=False, account=account)
                 return ("done", "terminating") if done else ("already-done", "already terminated")
             case OpKind.WAIT_TERMINATED:
                 wait_terminated(op.target, account=account)

@@ -52,22 +52,20 @@ from flows.launch_attempt import (
     release_volume,
 )
 from flows.reporting import StepProgress, artifact_key, markdown_report
-from tasks.code import CodePackage, check_bucket, package_agent, package_code, read_text, upload_file
-from tasks.instances import LaunchRequest, find_launched, subnet_zone, validate_request
-from tasks.instances import terminate_launched_instance as terminate
+from tasks.code import CodePackage, check_bucket, package_agent, package_code, upload_file
+from tasks.ebs import describe_volume
+from tasks.ec2_instances import LaunchRequest, describe_instance, find_launched, subnet_zone, validate_request
+from tasks.ec2_instances import terminate_instance as terminate
 from tasks.jobs import (
     JobChangedError,
     poll_agent,
     read_agent_status,
+    read_log,
     read_record,
     update_attempt,
     write_record,
 )
 from tasks.ssm import CommandFailedError
-from tasks.volumes import (
-    describe_instance,
-    describe_volume,
-)
 
 __all__ = ["JobFailedError", "LaunchFailedError", "LaunchReport", "train_launch"]
 
@@ -516,7 +514,7 @@ def _ended_with_instance(
         return None
     stream.flush()
     get_run_logger().warning("instance %s is %s", record.instance_id, state)
-    tail = read_text(jobs.log_uri(spec.bucket, spec.name, record.attempt), offset=offset, account=spec.account)
+    tail = read_log(spec.bucket, spec.name, record.attempt, offset=offset, account=spec.account)
     if tail and tail[0]:
         stream.feed(tail[0])
         stream.flush()

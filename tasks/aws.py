@@ -85,6 +85,9 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 DEFAULT_RETRIES = 4
+# boto3 waiters poll every 2 s here (their default of 15 s makes a sandbox run, and an impatient user, wait for
+# nothing); 450 polls make the 15 minutes a slow volume or instance transition may take.
+WAIT = {"Delay": 2, "MaxAttempts": 450}
 _DENIED_ACTION = re.compile(r"not authorized to perform: ([a-z0-9-]+:[A-Za-z0-9*]+)")
 
 

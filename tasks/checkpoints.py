@@ -1,5 +1,5 @@
 """A job's S3 state for teardown: its record's status, its checkpoints (with ages, complete or not) and its staging
-objects, read from the layout in core/jobs.py. Listing only: deletions go through tasks/teardown.py.
+objects, read from the layout in core/jobs.py. Listing only: deletions go through tasks/s3.py.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _heartbeats(s3: Any, bucket: str, job: str) -> dict[int, datetime]:
     return beats
 
 
-def job_storage_fn(bucket: str, job: str, *, account: str | None = None) -> JobStorage:
+def read_job_storage(bucket: str, job: str, *, account: str | None = None) -> JobStorage:
+    """One job's S3 state (the plain function behind `list_job_storage`)."""
     s3 = client(account)
     # The record as the agent left it: a job whose agent said it ended is not `running` to teardown.
     record, _, _ = current_record(bucket, job, account=account)
@@ -86,7 +87,7 @@ def list_job_storage(
 ) -> list[JobStorage]:
     """The S3 state of the named jobs (None: every job with a folder in the bucket)."""
     names = sorted(set(job_names)) if job_names is not None else list_jobs.fn(bucket, account=account)
-    return [job_storage_fn(bucket, name, account=account) for name in names if jobs.JOB_NAME.match(name)]
+    return [read_job_storage(bucket, name, account=account) for name in names if jobs.JOB_NAME.match(name)]
 
 
 @aws_task(name="list-bucket-leftovers", tags=["aws-s3"])

@@ -1,5 +1,4 @@
-"""Shipping a job's code: scan the local code dir (.gitignore honoured, size limit), pack it, stage it in S3;
-and read back what the agent wrote there (status, log).
+"""Shipping a job's code: scan the local code dir (.gitignore honoured, size limit), pack it, stage it in S3.
 
 Packing reads only local files; the S3 calls are tasks like every other AWS call.
 """
@@ -14,12 +13,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from core.errors import AwsError, InvalidInputError, UsageError
+from core.errors import InvalidInputError, UsageError
 from core.launch import IgnoreMatcher, gitignore_matcher
 from core.paths import check_all_safe
 from core.s3uri import parse_s3_uri
 from tasks.aws import aws_task, translate
-from tasks.s3 import client, is_missing
+from tasks.s3 import client
 
 
 class CodeListing(BaseModel):
@@ -172,20 +171,3 @@ def copy_staged(source_prefix: str, dest_prefix: str, names: list[str], *, accou
         source, dest = parse_s3_uri(source_prefix + name), parse_s3_uri(dest_prefix + name)
         with translate("s3:PutObject"):  # CopyObject: s3:GetObject on the source, s3:PutObject here
             s3.copy_object(Bucket=dest.bucket, Key=dest.key, CopySource={"Bucket": source.bucket, "Key": source.key})
-
-
-def read_text(uri: str, *, offset: int = 0, account: str | None = None) -> tuple[str, int] | None:
-    """The object's text from byte `offset` and the new offset; None when it does not exist (yet)."""
-    parsed = parse_s3_uri(uri)
-    s3 = client(account)
-    try:
-        with translate("s3:GetObject"):
-            extra = {"Range": f"bytes={offset}-"} if offset else {}
-            body = s3.get_object(Bucket=parsed.bucket, Key=parsed.key, **extra)["Body"].read()
-    except AwsError as exc:
-        if is_missing(exc):
-            return None
-        if exc.code == "InvalidRange":  # nothing new past the offset
-            return "", offset
-        raise
-    return body.decode("utf-8", errors="replace"), offset + len(body)

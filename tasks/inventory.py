@@ -1,4 +1,5 @@
-"""Inventory: every managed instance, volume and snapshot of the account's region, with relations resolved.
+"""Inventory: every managed instance, volume and snapshot of the account's region, with relations resolved; and,
+for IDs it does not hold, which exist unmanaged.
 
 One paginated query per tag filter set per resource type (core.tags.managed_filter_sets), so the number of AWS
 calls depends on pages, never on the number of resources.
@@ -12,8 +13,10 @@ from typing import Any
 
 from blocks.aws import AwsAccount, load_account
 from core import tags as t
-from core.models import Instance, Inventory, Snapshot, Volume
+from core.ids import kind_of
+from core.models import Instance, Inventory, ManagedResource, Snapshot, Volume
 from tasks.aws import aws_task, translate
+from tasks.ec2_instances import GONE_STATES
 
 # Every state but terminated: a terminated instance is gone for good and only listed on request.
 LIVE_INSTANCE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
@@ -75,3 +78,40 @@ def collect_inventory(aws: AwsAccount, *, now: datetime | None = None, include_t
 def inventory(account: str | None = None, include_terminated: bool = False) -> Inventory:
     """Prefect task: the inventory of the AwsAccount block `account` (None: the standard AWS environment)."""
     return collect_inventory(load_account(account), include_terminated=include_terminated)
+
+
+@aws_task(name="describe-unmanaged", tags=["aws-ec2"])
+def describe_unmanaged(ids: list[str], *, account: str | None = None) -> dict[str, ManagedResource]:
+    """Of IDs the managed inventory does not hold, those that exist here but are not managed (one call per kind).
+
+    So the plan can say "not managed" instead of "not found". Malformed IDs are skipped (the planner names them);
+    a terminated instance counts as gone.
+    """
+    ec2 = load_account(account).client("ec2")
+    by_kind: dict[str, list[str]] = {}
+    for rid in ids:
+        kind = kind_of(rid.strip())
+        if kind in {"instance", "volume", "snapshot"}:
+            by_kind.setdefault(kind, []).append(rid.strip())
+    found: list[ManagedResource] = []
+    for kind, wanted in by_kind.items():
+        # Asking for all IDs at once fails the whole call on one unknown ID; a filter returns what exists.
+        if kind == "instance":
+            with translate("DescribeInstances"):
+                pages = ec2.get_paginator("describe_instances").paginate(
+                    Filters=[{"Name": "instance-id", "Values": wanted}]
+                )
+                found += [Instance.from_aws(i) for p in pages for r in p["Reservations"] for i in r["Instances"]]
+        elif kind == "volume":
+            with translate("DescribeVolumes"):
+                pages = ec2.get_paginator("describe_volumes").paginate(
+                    Filters=[{"Name": "volume-id", "Values": wanted}]
+                )
+                found += [Volume.from_aws(v) for p in pages for v in p["Volumes"]]
+        else:
+            with translate("DescribeSnapshots"):
+                pages = ec2.get_paginator("describe_snapshots").paginate(
+                    OwnerIds=["self"], Filters=[{"Name": "snapshot-id", "Values": wanted}]
+                )
+                found += [Snapshot.from_aws(s) for p in pages for s in p["Snapshots"]]
+    return {r.id: r for r in found if not r.managed and r.state not in GONE_STATES}

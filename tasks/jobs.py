@@ -1,5 +1,6 @@
-"""The one job store: the job record (`job.json`) read with its ETag and written conditionally, the agent's status,
-one poll of the agent on the instance, and one stop of a job (always through its agent, so it checkpoints).
+"""The one job store: the job record (`job.json`) read with its ETag and written conditionally, the agent's status
+and log, one poll of the agent on the instance, and one stop of a job (always through its agent, so it
+checkpoints); and whether anything trains on an instance (DESIGN.md section 3, rule 2).
 
 Every write is an S3 conditional write (DESIGN.md section 5): `IfNoneMatch="*"` claims a new job name,
 `IfMatch=<etag read>` updates a record nobody changed since it was read. Of two writers, one wins; the other gets
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -17,11 +19,12 @@ from pydantic import BaseModel, ValidationError
 
 from core import jobs
 from core.errors import AwsError, UsageError
-from core.jobs import AgentPoll, JobRecord, JobStatus
-from core.launch import agent_command_script, launch_key
+from core.jobs import AgentPoll, JobRecord, JobStatus, TrainingState
+from core.launch import agent_command_script, every_agent_poll_script, launch_key
 from core.s3uri import parse_s3_uri
+from core.shell import quote
 from tasks.aws import aws_task, translate
-from tasks.instances import find_launched, terminate_launched_instance
+from tasks.ec2_instances import find_launched, terminate_instance
 from tasks.s3 import client, get_json, is_missing, list_common_prefixes
 from tasks.ssm import CommandFailedError, CommandResult, run_script
 
@@ -204,6 +207,26 @@ def list_jobs(bucket: str, *, account: str | None = None) -> list[str]:
     return sorted(n for n in names if jobs.JOB_NAME.match(n))
 
 
+def read_log(
+    bucket: str, job: str, attempt: int, *, offset: int = 0, account: str | None = None
+) -> tuple[str, int] | None:
+    """The log the agent uploaded for an attempt (core/jobs.py log_uri), from byte `offset`, and the new offset;
+    None when there is none (yet)."""
+    parsed = parse_s3_uri(jobs.log_uri(bucket, job, attempt))
+    s3 = client(account)
+    try:
+        with translate("s3:GetObject"):
+            extra = {"Range": f"bytes={offset}-"} if offset else {}
+            body = s3.get_object(Bucket=parsed.bucket, Key=parsed.key, **extra)["Body"].read()
+    except AwsError as exc:
+        if is_missing(exc):
+            return None
+        if exc.code == "InvalidRange":  # nothing new past the offset
+            return "", offset
+        raise
+    return body.decode("utf-8", errors="replace"), offset + len(body)
+
+
 # -- the agent on the instance: one poll, one stop ----------------------------------------------------------------
 
 POLL_LIMIT = 12_000  # log bytes per poll: SSM returns 24,000 characters of output inline
@@ -323,7 +346,7 @@ def _end_unstarted(instance_id: str, key: str, *, keep_instance: bool, account: 
     """An instance of the attempt on which no agent ever started a trainer: terminated, unless kept."""
     if keep_instance:
         return f"{instance_id} kept (keep_instance); no trainer ever ran on it: end it yourself or with teardown"
-    gone = terminate_launched_instance.fn(instance_id, idempotency_key=key, account=account)
+    gone = terminate_instance.fn(instance_id, idempotency_key=key, account=account)
     return f"{instance_id} terminated (no trainer ever ran on it)" if gone else f"{instance_id} was already gone"
 
 
@@ -408,3 +431,87 @@ def stop_instance_jobs(
             line += "; record updated" if recorded else "; no record of this attempt in the bucket"
         lines.append(line)
     return lines
+
+
+# -- is anything training on an instance? ----------------------------------------------------------------------
+
+# `[p]ython`: the pattern never matches the command line of the process that holds it. In the sandbox every
+# instance shares the host's process table, so a process counts only if its environment carries this instance's
+# TRAINCTL_ROOT (on AWS the root is empty and every process of the machine counts).
+# `train` must end a word so `trainctl` (our own paths, the agent) is not training; `train.py`, `train_gpt.py`,
+# `training/` and `main.py` are.
+TRAINING_PROCESS = r"[p]ython[^ ]*( .*)?(train(ing)?([^a-z]|$)|main\.py)"
+
+
+def check_script() -> list[str]:
+    return [
+        *every_agent_poll_script(),
+        'root="${TRAINCTL_ROOT:-}"',
+        # One `ps` for the whole table (a fork per process would cost seconds on a busy host).
+        f"ps -eo pid=,args= 2>/dev/null | grep -E {quote(TRAINING_PROCESS)} | while read -r pid cmd; do",
+        '  [ "$pid" = "$$" ] && continue',
+        '  if [ -n "$root" ]; then',
+        "    tr '\\0' '\\n' < \"/proc/$pid/environ\" 2>/dev/null | grep -qxF \"TRAINCTL_ROOT=$root\" || continue",
+        "  fi",
+        '  echo "proc $pid $cmd"',
+        "done",
+        "echo checked",
+    ]
+
+
+def parse_check(instance_id: str, stdout: str) -> TrainingState:
+    """The check's output as a TrainingState; without the final `checked` line, or with an agent that did not
+    answer, the result is unknown (possibly running)."""
+    lines = stdout.splitlines()
+    if "checked" not in lines:
+        return TrainingState(instance_id=instance_id, status="unknown", detail="the check did not finish")
+    alive: set[str] = set()
+    mute: list[str] = []
+    for line in lines:
+        if not line.startswith("agent "):
+            continue
+        _, job, answer = [*line.split(" ", 2), ""][:3]
+        try:
+            if AgentPoll.model_validate_json(answer).alive:
+                alive.add(job)
+        except (ValidationError, ValueError):
+            mute.append(job)
+    procs = [
+        line.split(" ", 2)[2].strip() for line in lines if line.startswith("proc ") and len(line.split(" ", 2)) > 2
+    ]
+    status = "running" if alive or procs else "unknown" if mute else "idle"
+    detail = f"the agent of {', '.join(mute)} did not answer" if mute else ""
+    return TrainingState(instance_id=instance_id, status=status, jobs=sorted(alive), processes=procs, detail=detail)
+
+
+def check_training(instance_id: str, *, timeout_s: int = 60, account: str | None = None) -> TrainingState:
+    """Plain function behind `detect_training` (no task run of its own, e.g. inside another task's step): never
+    raises for an unreachable instance (status unknown)."""
+    try:
+        result = run_script(
+            instance_id, check_script(), timeout_s=timeout_s, comment="trainctl: training check", account=account
+        )
+    except Exception as exc:  # SSM refused or unreachable: the planner treats unknown as possibly running
+        return TrainingState(instance_id=instance_id, status="unknown", detail=str(exc)[:300])
+    if not result.ok:
+        return TrainingState(instance_id=instance_id, status="unknown", detail=result.describe_failure()[:300])
+    return parse_check(instance_id, result.stdout)
+
+
+@aws_task(name="detect-training", tags=["aws-ssm"], retries=0)
+def detect_training(instance_id: str, *, timeout_s: int = 60, account: str | None = None) -> TrainingState:
+    """Training state of one instance (one SSM command): jobs their agents report alive, training-like processes."""
+    return check_training(instance_id, timeout_s=timeout_s, account=account)
+
+
+@aws_task(name="wait-training-done", tags=["aws-ssm"], retries=0)
+def wait_training_done(
+    instance_id: str, *, timeout_s: float, poll_s: float = 5.0, account: str | None = None
+) -> TrainingState:
+    """Poll until nothing trains on the instance; returns the last state (still running = timed out)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = check_training(instance_id, account=account)
+        if state.status == "idle" or time.monotonic() > deadline:
+            return state
+        time.sleep(poll_s)

@@ -216,6 +216,33 @@ def delete_keys(s3: Any, bucket: str, keys: list[str]) -> None:
             )
 
 
+@aws_task(name="delete-objects", tags=["aws-s3"])
+def delete_objects(
+    bucket: str, keys: list[str], *, not_after: datetime, account: str | None = None
+) -> dict[str, list[str]]:
+    """Teardown's delete: exactly `keys`, skipping any object modified after `not_after` (rewritten since the
+    plan: its recency must be judged again). Missing keys count as deleted. Returns {"deleted": [...],
+    "skipped": [...]}."""
+    s3 = client(account)
+    current: dict[str, datetime] = {}
+    # A key's folder is its listing prefix; a key without a folder is listed by its own name.
+    prefixes = sorted({k.rsplit("/", 1)[0] + "/" if "/" in k else k for k in keys})
+    for prefix in prefixes:
+        current.update((obj["Key"], obj["LastModified"]) for obj in list_objects(s3, bucket, prefix))
+    wanted = set(keys)
+    skipped = sorted(k for k in wanted if k in current and current[k] > not_after)
+    deletable = sorted(k for k in wanted if k in current and k not in skipped)
+    delete_keys(s3, bucket, deletable)
+    return {"deleted": sorted(wanted - set(skipped)), "skipped": skipped}
+
+
+@aws_task(name="abort-upload", tags=["aws-s3"])
+def abort_upload(bucket: str, key: str, upload_id: str, *, account: str | None = None) -> bool:
+    """Abort one unfinished multipart upload (its stored parts go). False when it was completed or aborted since."""
+    s3 = client(account)
+    return abort_uploads(s3, bucket, key, keys={key}, upload_ids={upload_id}) > 0
+
+
 def staging_uri(bucket: str, *parts: str) -> str:
     """Where trainctl stages transient objects: s3://<bucket>/trainctl/staging/<parts...>."""
     return str(S3Uri(bucket).join("trainctl", "staging", *parts))

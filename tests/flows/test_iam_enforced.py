@@ -37,17 +37,16 @@ from flows.teardown import TeardownRequest, safe_teardown
 from flows.train_launch import train_launch
 from flows.transfer import transfer
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance, resolve_image
-from tasks.s3 import delete_prefix, list_prefix, put_json
-from tasks.ssm import run_command, wait_online
-from tasks.volumes import (
+from tasks.ebs import (
     create_snapshot,
     create_volume,
     delete_snapshot,
     delete_volume,
     describe_volume,
-    keep_on_termination,
 )
+from tasks.ec2_instances import LaunchRequest, keep_on_termination, launch_instance, resolve_image
+from tasks.s3 import delete_prefix, list_prefix, put_json
+from tasks.ssm import run_command, wait_online
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "ml-jobs"

@@ -20,9 +20,9 @@ from core.launch import launch_key
 from flows.teardown import TeardownRequest, safe_teardown
 from flows.train_launch import train_launch
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ebs import create_volume
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.jobs import write_record
-from tasks.volumes import create_volume
 from tests.flows.test_train_launch import BUCKET, _code_dir, _final_state, _get_json, _spec
 
 pytestmark = pytest.mark.sandbox

@@ -21,8 +21,8 @@ from flows.launch_attempt import AttemptRequest, launch_attempt
 from flows.train_launch import train_launch
 from sandbox import Sandbox
 from tasks.code import package_agent, package_code, upload_file
+from tasks.ebs import create_volume
 from tasks.jobs import read_record, write_record
-from tasks.volumes import create_volume
 from tests.flows.test_train_launch import BUCKET, _code_dir, _get_json, _job_record, _live_instances, _spec
 
 pytestmark = pytest.mark.sandbox

@@ -18,7 +18,7 @@ from core.errors import UsageError
 from core.jobs import JobStatus
 from flows.train_launch import train_launch
 from sandbox import Sandbox
-from tasks.volumes import create_volume
+from tasks.ebs import create_volume
 from tests.flows.test_launch_attempt import Killed, _job_instances
 from tests.flows.test_spot_watch_kills import walked
 from tests.flows.test_train_launch import BUCKET, _code_dir, _job_record, _spec

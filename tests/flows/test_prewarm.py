@@ -21,9 +21,9 @@ from core.paths import PathEscapeError
 from core.prewarm import PrewarmSpec
 from flows.prewarm import PrewarmFailedError, prewarm
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ebs import attach_volume
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.ssm import run_command, wait_online
-from tasks.volumes import attach_volume
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "datasets"

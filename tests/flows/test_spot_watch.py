@@ -27,9 +27,9 @@ from flows.launch_attempt import launch_request
 from flows.spot_watch import SpotWatchReport, SpotWatchRequest, spot_watch
 from flows.train_launch import train_launch
 from sandbox import Sandbox
-from tasks.instances import launch_instance
+from tasks.ebs import create_volume
+from tasks.ec2_instances import launch_instance
 from tasks.jobs import read_record, write_record
-from tasks.volumes import create_volume
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "watch-jobs"

@@ -20,8 +20,8 @@ from flows import spot_watch as spot_watch_module
 from flows.spot_watch import JobPass, SpotWatchRequest, spot_watch
 from flows.train_launch import train_launch
 from sandbox import Sandbox
+from tasks.ebs import create_volume
 from tasks.jobs import read_record, write_record
-from tasks.volumes import create_volume
 from tests.flows.test_launch_attempt import Killed
 from tests.flows.test_launch_kills import _kill_after
 from tests.flows.test_spot_watch import (

@@ -27,8 +27,8 @@ from core.jobs import JobStatus, RecoveryStrategy, ResumePolicy
 from flows.spot_watch import SpotWatchRequest, spot_watch
 from flows.train_launch import train_launch
 from sandbox import Sandbox
+from tasks.ebs import create_volume
 from tasks.jobs import read_record, write_record
-from tasks.volumes import create_volume
 from tests.flows.test_launch_attempt import Killed
 from tests.flows.test_spot_watch import (
     BUCKET,
@@ -71,7 +71,7 @@ KILL_POINTS = {
 # that the two halves run on two workers).
 MOVE_KILL_POINTS = {
     # the move's snapshot completed; the original volume not renamed yet, no copy
-    "move-snapshot": _Point(module="tasks.volumes", name="create_snapshot", in_task=True, moves=True),
+    "move-snapshot": _Point(module="tasks.ebs", name="create_snapshot", in_task=True, moves=True),
     # the copy restored in the other AZ (the original renamed); the attempt does not record it yet
     "move-restore": _Point(module="flows.launch_attempt", name="move_volume_task", moves=True),
 }

@@ -25,9 +25,9 @@ from core.ebs import VolumeSpec
 from core.teardown import Action, Step
 from flows.teardown import TeardownRequest, safe_teardown
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ebs import attach_volume, create_snapshot, create_volume
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.ssm import run_command, wait_online
-from tasks.volumes import attach_volume, create_snapshot, create_volume
 from tests.conftest import start_agent_job
 
 pytestmark = pytest.mark.sandbox

@@ -37,10 +37,10 @@ from core.teardown import Action
 from flows.teardown import TeardownReport, TeardownRequest, safe_teardown
 from sandbox import Sandbox
 from tasks.code import package_agent, package_code, upload_file
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ebs import attach_volume, create_volume
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.s3 import put_json, staging_uri
 from tasks.ssm import run_command, wait_online
-from tasks.volumes import attach_volume, create_volume
 from tests.conftest import exported_sandbox
 
 pytestmark = pytest.mark.sandbox

@@ -28,8 +28,8 @@ from core.jobs import JobRecord, JobSpec, TemplateSpec
 from core.launch import LaunchOptions
 from flows.train_launch import JobFailedError, LaunchFailedError, train_launch
 from sandbox import Sandbox
+from tasks.ebs import create_volume
 from tasks.jobs import JobChangedError, read_record
-from tasks.volumes import create_volume
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "ml-jobs"

@@ -21,7 +21,7 @@ from core.errors import TrainctlError
 from core.transfer import PARTIAL_PREFIX, TransferRequest, receive_script
 from flows.transfer import transfer
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.ssm import run_command, wait_online
 from tasks.transfer import PARTIAL_LOCK
 

@@ -16,7 +16,7 @@ from core import tags as t
 from core.transfer import TransferRequest
 from flows.transfer import transfer
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.ssm import wait_online
 from tests.flows.test_transfer import BUCKET, digest, make_tree
 

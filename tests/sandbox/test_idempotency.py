@@ -16,7 +16,7 @@ from botocore.httpsession import URLLib3Session
 from blocks.aws import load_account
 from core import tags as t
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tests.conftest import exported_sandbox
 
 AMI = "ami-12345678"

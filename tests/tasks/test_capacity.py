@@ -12,7 +12,7 @@ from blocks.aws import load_account
 from core.errors import AwsError, InvalidInputError
 from sandbox import Sandbox
 from tasks.capacity import placement_scores, zones_offering
-from tasks.instances import check_instance_type
+from tasks.ec2_instances import check_instance_type
 from tests.conftest import exported_sandbox
 
 pytestmark = pytest.mark.sandbox

@@ -16,7 +16,7 @@ from core.errors import AwsError
 from core.spot import SpotInterruption, spot_interruption
 from sandbox import Sandbox
 from tasks.aws import is_transient
-from tasks.instances import observe_training_instances
+from tasks.ec2_instances import observe_training_instances
 from tests.conftest import exported_sandbox
 
 pytestmark = pytest.mark.sandbox

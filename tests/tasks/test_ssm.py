@@ -14,7 +14,7 @@ from blocks.aws import load_account
 from core import tags as t
 from core.shell import on_instance
 from sandbox import Sandbox
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.ssm import run_script, wait_online
 from tests.conftest import exported_sandbox
 

@@ -36,7 +36,7 @@ from core.transfer import (
 from flows.transfer import raise_on_mismatch, run_transfer
 from sandbox import Sandbox
 from tasks import transfer as tx
-from tasks.instances import LaunchRequest, launch_instance
+from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.s3 import delete_prefix, put_json
 from tasks.ssm import wait_online
 

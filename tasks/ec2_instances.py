@@ -1,5 +1,6 @@
-"""EC2 instances: resolve an AMI, launch (spot or on-demand, IMDSv2, encrypted root, tagged at creation,
-idempotent by ClientToken), wait, and terminate only what this caller provably launched.
+"""EC2 instances: describe, resolve an AMI, launch (spot or on-demand, IMDSv2, encrypted root, tagged at creation,
+idempotent by ClientToken), wait, observe training instances, and terminate — the one terminate, under rule 1
+(persistent volumes survive their instance).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from blocks.aws import load_account
 from core import tags as t
 from core.errors import AwsError, CapacityRefusedError, InvalidInputError, SafetyRefusalError
 from core.ids import validate_id
-from core.models import Instance
-from tasks.aws import aws_task, translate
+from core.models import Instance, Volume
+from tasks.aws import WAIT, aws_task, translate
 from tasks.capacity import offered_zones
-from tasks.volumes import WAIT, get_instance, get_volume, keep_on_termination
 
 DEFAULT_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+GONE_STATES = {"shutting-down", "terminated"}
 
 
 class LaunchRequest(BaseModel):
@@ -59,6 +60,19 @@ def client_token_for(idempotency_key: str) -> str:
 
 def _ec2(account: str | None) -> Any:
     return load_account(account).client("ec2")
+
+
+def get_instance(ec2: Any, instance_id: str) -> Instance:
+    validate_id("instance", instance_id)
+    with translate("DescribeInstances"):
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return Instance.from_aws(reservations[0]["Instances"][0])
+
+
+@aws_task(name="describe-instance", tags=["aws-ec2"])
+def describe_instance(instance_id: str, *, account: str | None = None) -> Instance:
+    """The instance as EC2 has it now (flows: a task, so a throttled call is retried)."""
+    return get_instance(_ec2(account), instance_id)
 
 
 class ImageInfo(BaseModel):
@@ -256,7 +270,7 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot_options}
     else:
         # Another token: AWS ties a ClientToken to the parameters of its first call, and a spot job's key may have
-        # been refused spot first. Same client-token tag, so a retry of this task and terminate_launched_instance
+        # been refused spot first. Same client-token tag, so a retry of this task and terminate_instance
         # still recognise the instance.
         params["ClientToken"] = client_token_for(request.idempotency_key + ":on-demand")
     try:
@@ -278,15 +292,39 @@ def wait_running(ec2: Any, instance_id: str) -> Instance:
     return get_instance(ec2, instance_id)
 
 
-@aws_task(name="terminate-launched-instance", tags=["aws-ec2"])
-def terminate_launched_instance(
-    instance_id: str, *, idempotency_key: str, wait: bool = True, account: str | None = None
-) -> bool:
-    """Terminate an instance this caller launched (its client-token tag matches `idempotency_key`).
+@aws_task(name="set-delete-on-termination", tags=["aws-ec2"])
+def keep_on_termination(instance_id: str, volume_id: str, *, account: str | None = None) -> None:
+    """Set DeleteOnTermination=false for the volume on the instance, so terminating never deletes it."""
+    ec2 = _ec2(account)
+    validate_id("volume", volume_id)
+    validate_id("instance", instance_id)
+    # Read from the instance's block device mappings, not the volume's attachments: DescribeVolumes may omit
+    # DeleteOnTermination (moto, hence the sandbox, does), and a missing flag must never read as "already false".
+    with translate("DescribeInstances"):
+        data = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    mapping = next(
+        (b for b in data.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("VolumeId") == volume_id), None
+    )
+    if mapping is None or mapping["Ebs"].get("DeleteOnTermination") is False:
+        return
+    with translate("ModifyInstanceAttribute"):
+        ec2.modify_instance_attribute(
+            InstanceId=instance_id,
+            BlockDeviceMappings=[{"DeviceName": mapping["DeviceName"], "Ebs": {"DeleteOnTermination": False}}],
+        )
 
-    Persistent volumes still attached are first set DeleteOnTermination=false and detached (DESIGN.md section 3,
-    rule 1). Returns False when the instance was already gone. Anything not launched by this caller is refused:
-    general teardown goes through the teardown planner instead.
+
+@aws_task(name="terminate-instance", tags=["aws-ec2"])
+def terminate_instance(
+    instance_id: str, *, idempotency_key: str | None = None, wait: bool = True, account: str | None = None
+) -> bool:
+    """Terminate a managed instance; False when it was already gone (or going). Each check is made against AWS
+    at the moment of the call and refuses rather than forcing (DESIGN.md section 3). Two kinds of caller:
+
+    - the run that launched it (`idempotency_key`: the instance's client-token tag must match it; anything else
+      is refused). Persistent volumes still attached are set DeleteOnTermination=false and detached first (rule 1).
+    - teardown (no key): any managed, unprotected instance. A persistent or protected volume still attached
+      refuses the terminate: the plan's detach step did not happen (failed, skipped), and is never forced here.
     """
     ec2 = _ec2(account)
     try:
@@ -295,34 +333,74 @@ def terminate_launched_instance(
         if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
             return False
         raise
-    if instance.state in {"terminated", "shutting-down"}:
+    if instance.state in GONE_STATES:
         if wait:
             _wait_terminated(ec2, instance_id)
         return False
-    expected = client_token_for(idempotency_key)
-    if not instance.managed or instance.tags.get(t.CLIENT_TOKEN) != expected:
-        raise SafetyRefusalError(
-            f"refusing to terminate {instance_id}: it was not launched by this run",
-            fix="Use `trainctl teardown` for resources of other runs.",
-        )
-    if instance.protected:  # someone marked it while the run went on: theirs to end, not this cleanup's
-        raise SafetyRefusalError(
-            f"refusing to terminate {instance_id}: it was tagged protected after this run launched it",
-            fix="Remove the protected tag and run `trainctl teardown`, or terminate it yourself.",
-        )
-    for volume_id in instance.volume_ids:
-        volume = get_volume(ec2, volume_id)
-        if volume.persistent and volume.attached_instance_id == instance_id:
-            keep_on_termination.fn(instance_id, volume_id, account=account)
-            with translate("DetachVolume"):
-                ec2.detach_volume(VolumeId=volume_id, InstanceId=instance_id)
-            with translate("wait volume_available"):
-                ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=WAIT)
+    if idempotency_key is None:
+        _check_teardown_may_terminate(ec2, instance)
+    else:
+        _check_launched_by(instance, idempotency_key)
+        for volume in _attached_volumes(ec2, instance_id):
+            if volume.persistent and volume.attached_instance_id == instance_id:
+                _keep_volume(ec2, instance_id, volume.id, account=account)
     with translate("TerminateInstances"):
         ec2.terminate_instances(InstanceIds=[instance_id])
     if wait:
         _wait_terminated(ec2, instance_id)
     return True
+
+
+def _check_launched_by(instance: Instance, idempotency_key: str) -> None:
+    if not instance.managed or instance.tags.get(t.CLIENT_TOKEN) != client_token_for(idempotency_key):
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance.id}: it was not launched by this run",
+            fix="Use `trainctl teardown` for resources of other runs.",
+        )
+    if instance.protected:  # someone marked it while the run went on: theirs to end, not this cleanup's
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance.id}: it was tagged protected after this run launched it",
+            fix="Remove the protected tag and run `trainctl teardown`, or terminate it yourself.",
+        )
+
+
+def _check_teardown_may_terminate(ec2: Any, instance: Instance) -> None:
+    if not instance.managed or instance.protected:
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance.id}: it is {'protected' if instance.managed else 'not managed'}"
+        )
+    attached = _attached_volumes(ec2, instance.id)
+    kept = [v.id for v in attached if v.attached and (v.persistent or v.protected)]
+    if kept:
+        raise SafetyRefusalError(
+            f"refusing to terminate {instance.id}: persistent/protected volume(s) {', '.join(kept)} still attached",
+            fix="The detach step must succeed first; run the teardown again.",
+        )
+
+
+def _attached_volumes(ec2: Any, instance_id: str) -> list[Volume]:
+    with translate("DescribeVolumes"):
+        data = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["Volumes"]
+    return [Volume.from_aws(v) for v in data]
+
+
+def _keep_volume(ec2: Any, instance_id: str, volume_id: str, *, account: str | None) -> None:
+    """Rule 1 for a run's own instance: the persistent volume outlives it (DeleteOnTermination off, detached)."""
+    keep_on_termination.fn(instance_id, volume_id, account=account)
+    with translate("DetachVolume"):
+        ec2.detach_volume(VolumeId=volume_id, InstanceId=instance_id)
+    with translate("wait volume_available"):
+        ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=WAIT)
+
+
+@aws_task(name="wait-terminated", tags=["aws-ec2"])
+def wait_terminated(instance_id: str, *, account: str | None = None) -> None:
+    validate_id("instance", instance_id)
+    try:
+        _wait_terminated(_ec2(account), instance_id)
+    except Exception as exc:
+        if "NotFound" not in str(getattr(exc, "code", "") or ""):  # forgotten by EC2 already: terminated long ago
+            raise
 
 
 def _wait_terminated(ec2: Any, instance_id: str) -> None:

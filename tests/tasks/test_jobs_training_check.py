@@ -1,4 +1,4 @@
-"""Teardown's training check (tasks/training.py): each job's liveness comes from its agent's `poll`."""
+"""Teardown's training check (tasks/jobs.py): each job's liveness comes from its agent's `poll`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core import jobs
 from core.launch import AGENT_SCRIPT
-from tasks.training import check_script, parse_check
+from tasks.jobs import check_script, parse_check
 
 AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agent" / "trainctl_agent.py"
 

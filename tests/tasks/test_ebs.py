@@ -17,19 +17,19 @@ from blocks.aws import clear_client_cache, load_account
 from core import tags as t
 from core.ebs import VolumeSpec
 from core.errors import AwsError, InvalidInputError, SafetyRefusalError, UsageError
-from tasks.volumes import (
+from tasks.ebs import (
     attach_volume,
     create_snapshot,
     create_volume,
     delete_volume,
-    describe_instance,
     describe_volume,
     detach_volume,
-    keep_on_termination,
     list_snapshots,
     move_volume,
+    plan_volume_delete,
     restore_snapshot,
 )
+from tasks.ec2_instances import describe_instance
 
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 MUTATIONS = {"CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume", "CreateTags", "CreateSnapshot"}
@@ -323,18 +323,6 @@ def test_detach_unmanaged_refused(ec2: Any, ami: str) -> None:
     assert describe(ec2, volume)["Attachments"][0]["InstanceId"] == instance
 
 
-def test_keep_on_termination_clears_delete_on_termination(ec2: Any, ami: str) -> None:
-    instance = launch(ec2, ami)
-    data = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
-    root = data["BlockDeviceMappings"][0]
-    assert root["Ebs"]["DeleteOnTermination"]
-    keep_on_termination.fn(instance, root["Ebs"]["VolumeId"])
-    data = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
-    assert data["BlockDeviceMappings"][0]["Ebs"]["DeleteOnTermination"] is False
-    ec2.terminate_instances(InstanceIds=[instance])
-    assert exists(ec2, root["Ebs"]["VolumeId"])  # survived its instance
-
-
 # -- delete ---------------------------------------------------------------------------------------------------
 
 
@@ -418,6 +406,24 @@ def test_delete_with_snapshots_removes_them(ec2: Any) -> None:
     assert sorted(result.snapshots_deleted) == sorted(snapshots) and result.snapshots_kept == []
     assert not exists(ec2, volume.id)
     assert not any(snapshot_exists(ec2, s) for s in snapshots)
+
+
+def test_plan_volume_delete_reads_the_verdict_delete_acts_on_and_changes_nothing(ec2: Any, calls: list[str]) -> None:
+    """The plan `ebs delete` shows before asking: the volume, its snapshots, core.safety's verdict; no mutation."""
+    volume = create_volume.fn(new())  # persistent: deleting it needs force
+    snapshot = create_snapshot.fn(volume.id).id
+    made = len(calls)
+    plan = plan_volume_delete(volume.id, min_age=timedelta(minutes=5), now=datetime.now(UTC) + LATER)
+    assert plan is not None and plan.volume.id == volume.id and [s.id for s in plan.snapshots] == [snapshot]
+    assert [b.override for b in plan.verdict.blockers] == ["force"]
+    forced = plan_volume_delete(volume.id, min_age=timedelta(minutes=5), now=datetime.now(UTC) + LATER, force=True)
+    assert forced is not None and forced.verdict.allowed
+    assert plan_volume_delete("vol-0123456789abcdef0", min_age=timedelta(0)) is None  # already deleted
+    assert mutations(calls[made:]) == []
+    assert exists(ec2, volume.id) and snapshot_exists(ec2, snapshot)
+    with pytest.raises(SafetyRefusalError, match="persistent"):
+        delete_volume.fn(volume.id, now=datetime.now(UTC) + LATER)  # the task reaches the same verdict
+    assert exists(ec2, volume.id)
 
 
 def test_delete_unmanaged_refused_unless_adopted(ec2: Any, calls: list[str]) -> None:

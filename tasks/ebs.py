@@ -11,6 +11,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -24,11 +25,10 @@ from core.errors import InvalidInputError, NotManagedError, SafetyRefusalError, 
 from core.ids import validate_availability_zone, validate_id
 from core.models import Instance, Snapshot, Volume
 from core.names import NameKind, validate_device_name, validate_name
-from core.safety import snapshot_delete_verdict, volume_delete_verdict
-from tasks.aws import aws_task, translate
+from core.safety import Verdict, snapshot_delete_verdict, volume_delete_verdict
+from tasks.aws import WAIT, aws_task, translate
+from tasks.ec2_instances import get_instance
 
-# Poll every 2 s (boto3's default of 15 s makes a sandbox run, and an impatient user, wait for nothing).
-WAIT = {"Delay": 2, "MaxAttempts": 450}
 SNAPSHOT_WAIT = {"Delay": 5, "MaxAttempts": 720}
 DEVICE_CANDIDATES = [f"/dev/sd{c}" for c in "fghijklmnop"]
 NOT_FOUND_CODES = {"InvalidVolume.NotFound", "InvalidSnapshot.NotFound", "InvalidInstanceID.NotFound"}
@@ -72,13 +72,6 @@ def get_volume(ec2: Any, volume_id: str) -> Volume:
     return Volume.from_aws(found[0])
 
 
-def get_instance(ec2: Any, instance_id: str) -> Instance:
-    validate_id("instance", instance_id)
-    with translate("DescribeInstances"):
-        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-    return Instance.from_aws(reservations[0]["Instances"][0])
-
-
 def get_snapshot(ec2: Any, snapshot_id: str) -> Snapshot:
     validate_id("snapshot", snapshot_id)
     with translate("DescribeSnapshots"):
@@ -90,12 +83,6 @@ def get_snapshot(ec2: Any, snapshot_id: str) -> Snapshot:
 def describe_volume(volume_id: str, *, account: str | None = None) -> Volume:
     """The volume as EC2 has it now (flows: a task, so a throttled call is retried)."""
     return get_volume(_ec2(account), volume_id)
-
-
-@aws_task(name="describe-instance", tags=["aws-ec2"])
-def describe_instance(instance_id: str, *, account: str | None = None) -> Instance:
-    """The instance as EC2 has it now (flows: a task, so a throttled call is retried)."""
-    return get_instance(_ec2(account), instance_id)
 
 
 def snapshots_of(ec2: Any, volume_id: str) -> list[Snapshot]:
@@ -364,26 +351,48 @@ def detach_volume(volume_id: str, *, force: bool = False, adopt: bool = False, a
     return wait_volume(ec2, volume_id, "volume_available")
 
 
-@aws_task(name="set-delete-on-termination", tags=["aws-ec2"])
-def keep_on_termination(instance_id: str, volume_id: str, *, account: str | None = None) -> None:
-    """Set DeleteOnTermination=false for the volume on the instance, so terminating never deletes it."""
+@dataclass(frozen=True)
+class VolumeDeletePlan:
+    """What deleting a volume would do now: the volume, every snapshot of it, and core.safety's verdict."""
+
+    volume: Volume
+    snapshots: list[Snapshot]
+    verdict: Verdict
+    now: datetime
+
+
+def plan_volume_delete(
+    volume_id: str,
+    *,
+    min_age: timedelta,
+    now: datetime | None = None,
+    force: bool = False,
+    adopt: bool = False,
+    delete_snapshots: bool = False,
+    account: str | None = None,
+) -> VolumeDeletePlan | None:
+    """The verdict `delete_volume` acts on, read-only (also shown to a user before asking); None when the volume
+    does not exist (already deleted)."""
     ec2 = _ec2(account)
     validate_id("volume", volume_id)
-    validate_id("instance", instance_id)
-    # Read from the instance's block device mappings, not the volume's attachments: DescribeVolumes may omit
-    # DeleteOnTermination (moto, hence the sandbox, does), and a missing flag must never read as "already false".
-    with translate("DescribeInstances"):
-        data = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-    mapping = next(
-        (b for b in data.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("VolumeId") == volume_id), None
+    try:
+        volume = get_volume(ec2, volume_id)
+    except Exception as exc:
+        if _code(exc) == "InvalidVolume.NotFound":
+            return None
+        raise
+    snapshots = snapshots_of(ec2, volume_id)
+    at = now or datetime.now(UTC)
+    verdict = volume_delete_verdict(
+        volume,
+        snapshots=snapshots,
+        now=at,
+        min_age=min_age,
+        force=force,
+        adopt=adopt,
+        delete_snapshots=delete_snapshots,
     )
-    if mapping is None or mapping["Ebs"].get("DeleteOnTermination") is False:
-        return
-    with translate("ModifyInstanceAttribute"):
-        ec2.modify_instance_attribute(
-            InstanceId=instance_id,
-            BlockDeviceMappings=[{"DeviceName": mapping["DeviceName"], "Ebs": {"DeleteOnTermination": False}}],
-        )
+    return VolumeDeletePlan(volume=volume, snapshots=snapshots, verdict=verdict, now=at)
 
 
 @aws_task(name="delete-volume", tags=["aws-ec2"])
@@ -399,25 +408,20 @@ def delete_volume(
 ) -> DeleteResult:
     """Delete a volume under every rule of DESIGN.md section 3 (attached: refused; persistent, protected or
     young: needs force; snapshots: listed, deleted only with delete_snapshots). Already gone = done."""
-    ec2 = _ec2(account)
-    validate_id("volume", volume_id)
-    try:
-        volume = get_volume(ec2, volume_id)
-    except Exception as exc:
-        if _code(exc) == "InvalidVolume.NotFound":
-            return DeleteResult(volume_id=volume_id, deleted=False, already_gone=True)
-        raise
-    snapshots = snapshots_of(ec2, volume_id)
-    verdict = volume_delete_verdict(
-        volume,
-        snapshots=snapshots,
-        now=now or datetime.now(UTC),
+    plan = plan_volume_delete(
+        volume_id,
+        now=now,
         min_age=min_age,
         force=force,
         adopt=adopt,
         delete_snapshots=delete_snapshots,
+        account=account,
     )
+    if plan is None:
+        return DeleteResult(volume_id=volume_id, deleted=False, already_gone=True)
+    volume, snapshots, verdict = plan.volume, plan.snapshots, plan.verdict
     verdict.raise_if_refused()
+    ec2 = _ec2(account)
     _require_managed(volume, action="delete", adopt=adopt, ec2=ec2)
     deleted_snapshots: list[str] = []
     if delete_snapshots:
