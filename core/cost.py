@@ -118,18 +118,12 @@ class PriceBook(BaseModel):
         if storage is None:
             return None
         total = storage.usd * volume.size_gib
-        iops = _billed_iops(volume)
-        if iops:
-            rate = self.iops.get(volume.volume_type)
-            if rate is None:
-                return None
-            total += rate.usd * iops
-        throughput = _billed_throughput(volume)
-        if throughput:
-            rate = self.throughput.get(volume.volume_type)
-            if rate is None:
-                return None
-            total += rate.usd * throughput
+        for quantity, table in ((_billed_iops(volume), self.iops), (_billed_throughput(volume), self.throughput)):
+            if quantity:
+                rate = table.get(volume.volume_type)
+                if rate is None:
+                    return None
+                total += rate.usd * quantity
         return total
 
 

@@ -247,10 +247,10 @@ def storage_book(pricing: Any, region: str) -> PriceBook:
             book.iops[name] = rate
     throughput = _in_region(pricing, "AmazonEC2", region, {"productFamily": "Provisioned Throughput"})
     for name, usage in _EBS_THROUGHPUT.items():
-        product = _by_usage(throughput, usage)
+        listed = _by_usage(throughput, usage)
         # Listed per GiBps-month (AWS's unit; its description says MiBps): $/MiBps-month is 1/1,024 of it.
-        per = 1024.0 if product is not None and _unit(product).lower().startswith("gibps") else 1.0
-        if (rate := take(f"throughput:{name}", product, "MiBps-month", per=per)) is not None:
+        per = 1024.0 if listed is not None and _unit(listed).lower().startswith("gibps") else 1.0
+        if (rate := take(f"throughput:{name}", listed, "MiBps-month", per=per)) is not None:
             book.throughput[name] = rate
     snapshots = _in_region(pricing, "AmazonEC2", region, {"productFamily": "Storage Snapshot"})
     book.snapshot = take("snapshot", _by_usage(snapshots, _SNAPSHOT_USAGE), "GB-month")

@@ -9,34 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core import cost
 from core import tags as t
-from core.cost import (
-    FALLBACK_EBS_USD_PER_GB_MONTH,
-    FALLBACK_EBS_USD_PER_IOPS_MONTH,
-    FALLBACK_EBS_USD_PER_MIBPS_MONTH,
-    FALLBACK_EC2_USD_PER_HOUR,
-    FALLBACK_S3_USD_PER_GB_MONTH,
-    FALLBACK_SNAPSHOT_USD_PER_GB_MONTH,
-    FALLBACK_SOURCE,
-    CostLine,
-    LaunchPrice,
-    PriceBook,
-    PriceListError,
-    Rate,
-    Segment,
-    SpotPoint,
-    Thresholds,
-    ThresholdState,
-    by_job,
-    check_thresholds,
-    fallback_book,
-    job_lines,
-    over_budget,
-    price_dimension,
-    refuse_above,
-    spot_key,
-    summarize,
-)
 from core.errors import InvalidInputError
 from core.jobs import AttemptRecord, JobRecord, JobStatus
 from core.models import Inventory, Snapshot, StoredObject, Volume
@@ -48,23 +22,23 @@ HOUR = timedelta(hours=1)
 ZONE = "us-east-1a"
 
 
-def _book() -> PriceBook:
+def _book() -> cost.PriceBook:
     """Fixed prices: on-demand g5.xlarge $1.006/h; spot in us-east-1a $0.40/h until T0+2h, then $0.50/h."""
     api = "api"
-    return PriceBook(
+    return cost.PriceBook(
         region="us-east-1",
-        instances={"g5.xlarge": Rate(usd=1.006, unit="hour", source=api)},
+        instances={"g5.xlarge": cost.Rate(usd=1.006, unit="hour", source=api)},
         spot={
-            spot_key(ZONE, "g5.xlarge"): [
-                SpotPoint(at=T0 - HOUR, usd_per_hour=0.40),
-                SpotPoint(at=T0 + 2 * HOUR, usd_per_hour=0.50),
+            cost.spot_key(ZONE, "g5.xlarge"): [
+                cost.SpotPoint(at=T0 - HOUR, usd_per_hour=0.40),
+                cost.SpotPoint(at=T0 + 2 * HOUR, usd_per_hour=0.50),
             ]
         },
-        volumes={"gp3": Rate(usd=0.08, unit="GB-month", source=api)},
-        iops={"gp3": Rate(usd=0.005, unit="IOPS-month", source=api)},
-        throughput={"gp3": Rate(usd=0.04, unit="MiBps-month", source=api)},
-        snapshot=Rate(usd=0.05, unit="GB-month", source=api),
-        s3=Rate(usd=0.023, unit="GB-month", source=api),
+        volumes={"gp3": cost.Rate(usd=0.08, unit="GB-month", source=api)},
+        iops={"gp3": cost.Rate(usd=0.005, unit="IOPS-month", source=api)},
+        throughput={"gp3": cost.Rate(usd=0.04, unit="MiBps-month", source=api)},
+        snapshot=cost.Rate(usd=0.05, unit="GB-month", source=api),
+        s3=cost.Rate(usd=0.023, unit="GB-month", source=api),
     )
 
 
@@ -129,7 +103,7 @@ def test_job_cost_across_a_spot_and_an_on_demand_attempt_matches_the_hand_comput
         StoredObject(key="ckpt/llm/ckpt-000001/model.pt", size=5 * 10**9, last_modified=T0 + HOUR),
         StoredObject(key="ckpt/llm/ckpt-000002/model.pt", size=5 * 10**9, last_modified=T0 + 5 * HOUR),
     ]
-    lines = job_lines(
+    lines = cost.job_lines(
         _record(), _book(), now=now, volumes=[_volume()], snapshots=[_snapshot()], checkpoints=checkpoints
     )
     by_id = {line.id: line for line in lines}
@@ -142,7 +116,7 @@ def test_job_cost_across_a_spot_and_an_on_demand_attempt_matches_the_hand_comput
     storage = (5 * 5 + 5 * 1) * 0.023 / 730  # GB-hours of each checkpoint since it was written
     assert by_id["i-00000000000000001"].cost(T0 - 24 * HOUR, now) == pytest.approx(spot, abs=0.01)
     assert by_id["i-00000000000000002"].cost(T0 - 24 * HOUR, now) == pytest.approx(on_demand, abs=0.01)
-    total = summarize(lines, now=now)
+    total = cost.summarize(lines, now=now)
     assert total.accumulated_usd == pytest.approx(spot + on_demand + volume + snapshot + storage, abs=0.01)
     assert total.unknown == 0 and total.sources == ("api",)
     # Burn rate: what still bills now (the interrupted spot instance no longer does).
@@ -151,13 +125,13 @@ def test_job_cost_across_a_spot_and_an_on_demand_attempt_matches_the_hand_comput
     # Projections: today since midnight plus the burn rate until midnight, and the month likewise.
     assert total.end_of_day_usd == pytest.approx(total.today_usd + burn * 10, abs=1e-6)  # now is 14:00 UTC
     assert total.end_of_month_usd == pytest.approx(total.month_usd + burn * (21 * 24 + 10), abs=1e-6)  # to April 1st
-    assert by_job(lines, now=now)["llm"].accumulated_usd == pytest.approx(total.accumulated_usd)
+    assert cost.by_job(lines, now=now)["llm"].accumulated_usd == pytest.approx(total.accumulated_usd)
 
 
 def test_a_type_without_a_price_is_counted_apart_never_as_zero() -> None:
     now = T0 + 6 * HOUR
-    lines = job_lines(_record(third_type="x9.mega"), _book(), now=now)
-    total = summarize(lines, now=now)
+    lines = cost.job_lines(_record(third_type="x9.mega"), _book(), now=now)
+    total = cost.summarize(lines, now=now)
     assert total.unknown == 1
     (unknown,) = total.unknown_lines
     assert unknown.id == "i-00000000000000002" and "x9.mega" in (unknown.unknown or "")
@@ -165,28 +139,30 @@ def test_a_type_without_a_price_is_counted_apart_never_as_zero() -> None:
     assert total.hourly_usd == 0.0  # the unknown one is not in the burn rate either (not as $0: apart)
 
 
-def _line(job: str, hourly: float, since: datetime, until: datetime) -> CostLine:
-    return CostLine(id=f"i-{job}", kind="instance", detail="", job=job, segments=(Segment(since, until, hourly),))
+def _line(job: str, hourly: float, since: datetime, until: datetime) -> cost.CostLine:
+    return cost.CostLine(
+        id=f"i-{job}", kind="instance", detail="", job=job, segments=(cost.Segment(since, until, hourly),)
+    )
 
 
 def _pass(
-    state: ThresholdState, lines: list[CostLine], now: datetime, limits: Thresholds
-) -> tuple[ThresholdState, list[str]]:
+    state: cost.ThresholdState, lines: list[cost.CostLine], now: datetime, limits: cost.Thresholds
+) -> tuple[cost.ThresholdState, list[str]]:
     # Each pass reads the state as the flow keeps it (JSON in S3).
-    state = ThresholdState.model_validate_json(state.model_dump_json())
+    state = cost.ThresholdState.model_validate_json(state.model_dump_json())
     live = [
-        CostLine(x.id, x.kind, x.detail, x.job, x.segments, x.hourly_usd if x.segments[-1].end >= now else 0.0)
+        cost.CostLine(x.id, x.kind, x.detail, x.job, x.segments, x.hourly_usd if x.segments[-1].end >= now else 0.0)
         for x in lines
     ]
-    new, crossings = check_thresholds(state, summarize(live, now=now), by_job(live, now=now), limits)
+    new, crossings = cost.check_thresholds(state, cost.summarize(live, now=now), cost.by_job(live, now=now), limits)
     return new, [c.key for c in crossings]
 
 
 def test_each_threshold_fires_once_per_crossing_and_again_when_crossed_anew() -> None:
-    limits = Thresholds(hourly_usd=10, daily_usd=100, accumulated_usd=150, job_budget_usd=120)
-    state = ThresholdState()
+    limits = cost.Thresholds(hourly_usd=10, daily_usd=100, accumulated_usd=150, job_budget_usd=120)
+    state = cost.ThresholdState()
     # A $12/h job from T0 until T0+5h, then nothing for a while, then $12/h again from T0+30h.
-    first = CostLine("i-a", "instance", "", "a", (Segment(T0, T0 + 5 * HOUR, 12.0),), 12.0)
+    first = cost.CostLine("i-a", "instance", "", "a", (cost.Segment(T0, T0 + 5 * HOUR, 12.0),), 12.0)
     fired: list[list[str]] = []
     for hours in (1, 2, 3):  # three passes while it runs: hourly fires on the first only
         state, keys = _pass(state, [first], T0 + hours * HOUR, limits)
@@ -194,7 +170,7 @@ def test_each_threshold_fires_once_per_crossing_and_again_when_crossed_anew() ->
     assert fired == [["hourly"], [], []]
     state, keys = _pass(state, [first], T0 + 6 * HOUR, limits)  # stopped: back under → re-armed, nothing fires
     assert keys == [] and "hourly" not in state.above
-    second = CostLine("i-b", "instance", "", "a", (Segment(T0 + 30 * HOUR, T0 + 60 * HOUR, 12.0),), 12.0)
+    second = cost.CostLine("i-b", "instance", "", "a", (cost.Segment(T0 + 30 * HOUR, T0 + 60 * HOUR, 12.0),), 12.0)
     passes = [T0 + 31 * HOUR, T0 + 32 * HOUR, T0 + 35 * HOUR, T0 + 36 * HOUR, T0 + 38 * HOUR, T0 + 39 * HOUR]
     fired = []
     for now in passes:
@@ -208,11 +184,11 @@ def test_each_threshold_fires_once_per_crossing_and_again_when_crossed_anew() ->
 
 
 def test_over_budget_looks_ahead_to_the_next_pass() -> None:
-    limits = Thresholds(job_budget_usd=None, job_budgets={"a": 25.0})
-    lines = [CostLine("i-a", "instance", "", "a", (Segment(T0, T0 + 24 * HOUR, 12.0),), 12.0)]
-    jobs = by_job(lines, now=T0 + 1.5 * HOUR)  # $18 so far, $12/h
-    assert over_budget(jobs, limits, until_next_pass=timedelta(minutes=15)) == []
-    assert over_budget(jobs, limits, until_next_pass=timedelta(minutes=45)) == ["a"]
+    limits = cost.Thresholds(job_budget_usd=None, job_budgets={"a": 25.0})
+    lines = [cost.CostLine("i-a", "instance", "", "a", (cost.Segment(T0, T0 + 24 * HOUR, 12.0),), 12.0)]
+    jobs = cost.by_job(lines, now=T0 + 1.5 * HOUR)  # $18 so far, $12/h
+    assert cost.over_budget(jobs, limits, until_next_pass=timedelta(minutes=15)) == []
+    assert cost.over_budget(jobs, limits, until_next_pass=timedelta(minutes=45)) == ["a"]
 
 
 def _product(*dimensions: tuple[str, str]) -> dict[str, object]:
@@ -227,41 +203,41 @@ def _product(*dimensions: tuple[str, str]) -> dict[str, object]:
 
 
 def test_a_product_with_several_price_dimensions_or_none_is_refused_naming_its_sku() -> None:
-    assert price_dimension(_product(("0", "1.0060000000"))) == (1.006, "Hrs")
+    assert cost.price_dimension(_product(("0", "1.0060000000"))) == (1.006, "Hrs")
     for bad in (_product(("0", "1.0"), ("0", "2.0")), _product()):
-        with pytest.raises(PriceListError, match="SKU1"):
-            price_dimension(bad)
+        with pytest.raises(cost.PriceListError, match="SKU1"):
+            cost.price_dimension(bad)
     # A tiered price (S3): the tier that starts at 0, only when asked for.
-    assert price_dimension(_product(("0", "0.023"), ("51200", "0.022")), first_tier=True)[0] == 0.023
+    assert cost.price_dimension(_product(("0", "0.023"), ("51200", "0.022")), first_tier=True)[0] == 0.023
 
 
 def test_the_launch_guard_refuses_above_the_limit_naming_the_field_and_source() -> None:
-    price = LaunchPrice("g5.xlarge", "on-demand", None, 1.006, FALLBACK_SOURCE, "on-demand list price")
-    refuse_above(price, None)
-    refuse_above(price, 2.0)
+    price = cost.LaunchPrice("g5.xlarge", "on-demand", None, 1.006, cost.FALLBACK_SOURCE, "on-demand list price")
+    cost.refuse_above(price, None)
+    cost.refuse_above(price, 2.0)
     with pytest.raises(InvalidInputError) as exc:
-        refuse_above(price, 0.5)
+        cost.refuse_above(price, 0.5)
     assert exc.value.field == "max_hourly_cost"
-    assert FALLBACK_SOURCE in str(exc.value) and "$1.0060/hour" in str(exc.value)
+    assert cost.FALLBACK_SOURCE in str(exc.value) and "$1.0060/hour" in str(exc.value)
     with pytest.raises(InvalidInputError, match="no price was found"):
-        refuse_above(LaunchPrice("x9.mega", "on-demand", None, None, "api"), 0.5)
+        cost.refuse_above(cost.LaunchPrice("x9.mega", "on-demand", None, None, "api"), 0.5)
 
 
 def test_the_fallback_table_is_the_sandboxs_price_list() -> None:
     us = "us-east-1"
     assert {
         k: sandbox_pricing.on_demand_price(k, us) for k in sandbox_pricing.INSTANCE_TYPES
-    } == FALLBACK_EC2_USD_PER_HOUR
+    } == cost.FALLBACK_EC2_USD_PER_HOUR
     assert {
         k: sandbox_pricing.ebs_price(k, us) for k in sandbox_pricing.EBS_VOLUME_TYPES
-    } == FALLBACK_EBS_USD_PER_GB_MONTH
+    } == cost.FALLBACK_EBS_USD_PER_GB_MONTH
     extras = {(usage, price) for _, _, usage, _, price, _, _ in sandbox_pricing._EBS_EXTRAS}
     iops = {"gp3": "EBS:VolumeP-IOPS.gp3", "io1": "EBS:VolumeP-IOPS.piops", "io2": "EBS:VolumeP-IOPS.io2"}
-    assert {(iops[k], v) for k, v in FALLBACK_EBS_USD_PER_IOPS_MONTH.items()} <= extras
-    assert ("EBS:VolumeP-Throughput.gp3", FALLBACK_EBS_USD_PER_MIBPS_MONTH["gp3"] * 1024) in extras  # GiBps-mo
-    assert ("EBS:SnapshotUsage", FALLBACK_SNAPSHOT_USD_PER_GB_MONTH) in extras
-    assert sandbox_pricing.S3_STANDARD_TIERS[0][2] == FALLBACK_S3_USD_PER_GB_MONTH
-    assert fallback_book().instances["g5.xlarge"].source == FALLBACK_SOURCE
+    assert {(iops[k], v) for k, v in cost.FALLBACK_EBS_USD_PER_IOPS_MONTH.items()} <= extras
+    assert ("EBS:VolumeP-Throughput.gp3", cost.FALLBACK_EBS_USD_PER_MIBPS_MONTH["gp3"] * 1024) in extras  # GiBps-mo
+    assert ("EBS:SnapshotUsage", cost.FALLBACK_SNAPSHOT_USD_PER_GB_MONTH) in extras
+    assert sandbox_pricing.S3_STANDARD_TIERS[0][2] == cost.FALLBACK_S3_USD_PER_GB_MONTH
+    assert cost.fallback_book().instances["g5.xlarge"].source == cost.FALLBACK_SOURCE
 
 
 def test_teardown_savings_come_from_the_price_book_given() -> None:
@@ -277,8 +253,10 @@ def test_teardown_savings_come_from_the_price_book_given() -> None:
     scope = Scope(ids=[orphan.id])
     default = plan_teardown(inventory, scope=scope, now=T0)
     assert default.entry(orphan.id).monthly_usd == 8.0  # type: ignore[union-attr]  # the fallback table
-    book = fallback_book().model_copy(update={"volumes": {"gp3": Rate(usd=0.0912, unit="GB-month", source="api")}})
+    book = cost.fallback_book().model_copy(
+        update={"volumes": {"gp3": cost.Rate(usd=0.0912, unit="GB-month", source="api")}}
+    )
     priced = plan_teardown(inventory, scope=scope, now=T0, prices=book)
     assert priced.entry(orphan.id).monthly_usd == 9.12  # type: ignore[union-attr]
-    unpriced = plan_teardown(inventory, scope=scope, now=T0, prices=PriceBook(region="us-east-1"))
-    assert unpriced.entry(orphan.id).monthly_usd is None  # unknown, not $0
+    unpriced = plan_teardown(inventory, scope=scope, now=T0, prices=cost.PriceBook(region="us-east-1")).entry(orphan.id)
+    assert unpriced is not None and unpriced.action.value == "delete" and unpriced.monthly_usd is None  # not $0

@@ -188,24 +188,14 @@ def test_a_price_book_from_the_sandboxs_pricing_api_and_spot_history_prices_a_jo
         AvailabilityZone="us-east-1a", InstanceTypes=["g5.xlarge"], ProductDescriptions=["Linux/UNIX"], StartTime=now
     )["SpotPriceHistory"]
     assert history[-1].usd_per_hour == float(expected[0]["SpotPrice"])
-    record = JobRecord(
-        name="llm",
-        bucket="b",
-        status=JobStatus.RUNNING,
-        created_at=launched,
-        attempts=[
-            AttemptRecord(
-                number=1,
-                status=JobStatus.RUNNING,
-                instance_id="i-00000000000000001",
-                instance_type="g5.xlarge",
-                availability_zone="us-east-1a",
-                capacity_type="spot",
-                created_at=launched,
-                launched_at=launched,
-            )
-        ],
-    )
+    where = {
+        "availability_zone": "us-east-1a",
+        "capacity_type": "spot",
+        "created_at": launched,
+        "launched_at": launched,
+    }
+    attempt = AttemptRecord.model_validate({"number": 1, "instance_id": "i-1", "instance_type": "g5.xlarge", **where})
+    record = JobRecord(name="llm", bucket="b", status=JobStatus.RUNNING, created_at=launched, attempts=[attempt])
     total = summarize(job_lines(record, book, now=now), now=now)
     prices = [p.usd_per_hour for p in history]
     assert min(prices) * 13 <= total.accumulated_usd <= max(prices) * 13 and total.unknown == 0
