@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,9 +87,10 @@ _SNAPSHOT_USAGE = "EBS:SnapshotUsage"
 
 
 class _Cache:
-    """Answers by key, for `ttl`: in memory, and on disk when `directory` is given (survives the process)."""
+    """Answers by key, for `ttl`: in memory, and on disk when `directory` names a folder (survives the process;
+    read each time, so a changed TRAINCTL_CACHE_DIR applies at once)."""
 
-    def __init__(self, ttl: timedelta, directory: Path | None) -> None:
+    def __init__(self, ttl: timedelta, directory: Callable[[], Path] | None) -> None:
         self.ttl = ttl.total_seconds()
         self.directory = directory
         self.memory: dict[str, tuple[float, Any]] = {}
@@ -97,7 +98,7 @@ class _Cache:
 
     def _path(self, key: str) -> Path | None:
         name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".json"
-        return self.directory / name if self.directory else None
+        return self.directory() / name if self.directory else None
 
     def get(self, key: str) -> Any | None:
         with self.lock:
@@ -140,8 +141,8 @@ def cache_dir() -> Path:
     return base / "prices" if configured else base / "trainctl" / "prices"
 
 
-_PRODUCTS = _Cache(PRICE_TTL, None)
-_SPOT = _Cache(SPOT_TTL, None)
+_PRODUCTS = _Cache(PRICE_TTL, cache_dir)
+_SPOT = _Cache(SPOT_TTL, None)  # memory only: the history grows every pass
 
 
 def clear_cache() -> None:
@@ -163,7 +164,6 @@ def get_products(pricing: Any, service: str, filters: Mapping[str, str]) -> list
     """Every product matching `filters` (TERM_MATCH), decoded, cached for a day (memory and disk)."""
     endpoint = str(getattr(pricing.meta, "endpoint_url", ""))
     key = json.dumps([endpoint, service, sorted(filters.items())])
-    _PRODUCTS.directory = cache_dir()
     cached = _PRODUCTS.get(key)
     if cached is not None:
         return list(cached)

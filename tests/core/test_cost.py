@@ -13,7 +13,7 @@ from core import cost
 from core import tags as t
 from core.errors import InvalidInputError
 from core.jobs import AttemptRecord, JobRecord, JobStatus
-from core.models import Inventory, Snapshot, StoredObject, Volume
+from core.models import Instance, Inventory, Snapshot, StoredObject, Volume
 from core.teardown import Scope, plan_teardown
 from sandbox import pricing as sandbox_pricing
 
@@ -260,3 +260,24 @@ def test_teardown_savings_come_from_the_price_book_given() -> None:
     assert priced.entry(orphan.id).monthly_usd == 9.12  # type: ignore[union-attr]
     unpriced = plan_teardown(inventory, scope=scope, now=T0, prices=cost.PriceBook(region="us-east-1")).entry(orphan.id)
     assert unpriced is not None and unpriced.action.value == "delete" and unpriced.monthly_usd is None  # not $0
+
+
+def test_inventory_lines_price_what_no_job_line_covers() -> None:
+    now = T0 + 6 * HOUR
+    spot = Instance(
+        id="i-00000000000000007",
+        created_at=T0,
+        state="running",
+        availability_zone=ZONE,
+        instance_type="g5.xlarge",
+        lifecycle="spot",
+    )
+    stopped = spot.model_copy(update={"id": "i-00000000000000008", "state": "stopped", "lifecycle": "on-demand"})
+    covered = spot.model_copy(update={"id": "i-00000000000000001"})  # attempt 1's: priced by its job line
+    lines = cost.inventory_lines(
+        [spot, stopped, covered], [_volume()], [], _book(), now=now, priced=["i-00000000000000001"]
+    )
+    by_id = {line.id: line for line in lines}
+    assert set(by_id) == {spot.id, stopped.id, _volume().id}
+    assert by_id[spot.id].cost(T0, now) == pytest.approx(2 * 0.40 + 4 * 0.50) and by_id[spot.id].hourly_usd == 0.50
+    assert by_id[stopped.id].hourly_usd == 0.0 and by_id[stopped.id].unknown is None  # bills nothing now

@@ -5,8 +5,10 @@ table when the API is denied — and end to end against the sandbox's Pricing AP
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -74,7 +76,10 @@ def _instance_filters(region_field: str, value: str) -> list[dict[str, str]]:
     return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
 
 
-def test_on_demand_in_eu_west_1_falls_back_to_the_location_name() -> None:
+def test_on_demand_in_eu_west_1_falls_back_to_the_location_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TRAINCTL_CACHE_DIR", str(tmp_path))
     client = _client("pricing")
     ireland = _product({"instanceType": "g5.xlarge", "location": "EU (Ireland)"}, ("6YS6EN2CT7", "Hrs", "1.1230000000"))
     with Stubber(client) as stub:
@@ -85,8 +90,18 @@ def test_on_demand_in_eu_west_1_falls_back_to_the_location_name() -> None:
         rate = pricing.on_demand_rate(client, "g5.xlarge", "eu-west-1")
         stub.assert_no_pending_responses()
     assert rate is not None and (rate.usd, rate.unit, rate.source) == (1.123, "hour", "api")
-    with Stubber(client) as stub:  # cached for the day: no second call
+    with Stubber(client) as stub:  # cached for the day: no second call, from memory, then from disk
         assert pricing.on_demand_rate(client, "g5.xlarge", "eu-west-1") == rate
+        pricing.clear_cache()
+        assert pricing.on_demand_rate(client, "g5.xlarge", "eu-west-1") == rate
+    assert len(list(pricing.cache_dir().glob("*.json"))) >= 2  # both queries, kept for the next process
+    pricing.clear_cache()
+    later = time.time() + pricing.PRICE_TTL.total_seconds() + 1
+    monkeypatch.setattr(pricing.time, "time", lambda: later)  # a day later: asked again
+    with Stubber(client) as stub:
+        stub.add_response("get_products", {"PriceList": [ireland], "FormatVersion": "aws_v1"}, by_code)
+        assert pricing.on_demand_rate(client, "g5.xlarge", "eu-west-1") == rate
+        stub.assert_no_pending_responses()
 
 
 @pytest.mark.parametrize("dims", [(("A", "Hrs", "1.0"), ("B", "Hrs", "2.0")), ()], ids=["two", "none"])
