@@ -57,15 +57,10 @@ class CostPolicy(Block):
     max_hourly_usd: float = Field(default=50, description="Alert when the running rate exceeds this (USD/hour).")
     max_daily_usd: float = Field(default=100, description="Alert when the last 24 hours cost more (USD).")
     max_accumulated_usd: float = Field(default=500, description="Alert when all managed resources cost more (USD).")
-    job_budget_usd: float | None = Field(
-        default=None,
-        description="Budget of each job across all its attempts (USD); a job spec's budget_usd overrides it. "
-        "Unset: no per-job budget.",
-    )
+    # Unset: no limit. A job spec's own budget_usd / max_hourly_cost wins over these.
+    job_budget_usd: float | None = Field(None, description="Budget of each job across all its attempts (USD).")
     max_hourly_cost: float | None = Field(
-        default=None,
-        description="Refuse to launch an instance whose hourly price (spot now, else on-demand) is above this "
-        "(USD/hour); a job spec's max_hourly_cost overrides it. Unset: no limit.",
+        None, description="Refuse to launch an instance whose hourly price (spot now, else on-demand) is above this."
     )
     idle_gpu_percent: float = Field(default=5, description="A GPU below this utilisation (percent) counts as idle.")
     idle_minutes: float = Field(

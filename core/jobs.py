@@ -301,19 +301,10 @@ class JobSpec(BaseModel):
         default_factory=ResumePolicy, description="how spot-watch resumes the job after a spot interruption"
     )
     account: str | None = Field(default=None, description="an AwsAccount block name; default: the environment's")
-    max_hourly_cost: float | None = Field(
-        default=None,
-        description="refuse to launch when the instance's hourly price (spot now, else on-demand) is above this "
-        "many USD; default: the cost policy's max_hourly_cost (none: no limit)",
-    )
-    budget_usd: float | None = Field(
-        default=None,
-        description="the job's budget in USD across all its attempts (cost-watch); default: the cost policy's "
-        "job_budget_usd",
-    )
-    cost_policy: str | None = Field(
-        default=None, description="a CostPolicy block name whose limits apply where this spec sets none"
-    )
+    # Cost limits (issue 16): unset here, the CostPolicy block `cost_policy`'s apply (its defaults: none).
+    max_hourly_cost: float | None = Field(None, description="refuse a launch whose hourly price is above this (USD)")
+    budget_usd: float | None = Field(None, description="the job's budget across all its attempts (USD; cost-watch)")
+    cost_policy: str | None = Field(None, description="the CostPolicy block whose limits apply where these are unset")
 
     @field_validator("name")
     @classmethod
