@@ -73,9 +73,8 @@ class PriceBook(BaseModel):
     region: str
     instances: dict[str, Rate] = Field(default_factory=dict, description="on-demand $/hour by instance type")
     spot: dict[str, list[SpotPoint]] = Field(
-        default_factory=dict, description="spot history by spot_key(AZ, type), oldest first"
+        default_factory=dict, description="spot history by spot_key(AZ, type), oldest first (always from the API)"
     )
-    spot_source: str = SOURCE_API
     volumes: dict[str, Rate] = Field(default_factory=dict, description="EBS $/GB-month by volume type")
     iops: dict[str, Rate] = Field(default_factory=dict, description="$/IOPS-month (gp3: above 3,000) by type")
     throughput: dict[str, Rate] = Field(default_factory=dict, description="$/MiBps-month above 125 MiB/s by type")
@@ -226,7 +225,6 @@ def fallback_book(region: str = "us-east-1") -> PriceBook:
     return PriceBook(
         region=region,
         instances=rates(FALLBACK_EC2_USD_PER_HOUR, "hour"),
-        spot_source=source,
         volumes=rates(FALLBACK_EBS_USD_PER_GB_MONTH, "GB-month"),
         iops=rates(FALLBACK_EBS_USD_PER_IOPS_MONTH, "IOPS-month"),
         throughput=rates(FALLBACK_EBS_USD_PER_MIBPS_MONTH, "MiBps-month"),
@@ -292,10 +290,6 @@ class CostLine:
         start, end = _aware(start), _aware(end)
         return sum(s.cost(start, end) for s in self.segments)
 
-    @property
-    def since(self) -> datetime | None:
-        return min((s.start for s in self.segments), default=None)
-
 
 def _unknown(resource_id: str, kind: str, detail: str, job: str | None, why: str) -> CostLine:
     return CostLine(id=resource_id, kind=kind, detail=detail, job=job, unknown=why)
@@ -332,7 +326,7 @@ def instance_line(
             if b > a
         )
         hourly = book.spot_price_at(availability_zone or "", instance_type, stop) or 0.0
-        return CostLine(instance_id, "instance", detail, job, segments, hourly if running else 0.0, book.spot_source)
+        return CostLine(instance_id, "instance", detail, job, segments, hourly if running else 0.0, SOURCE_API)
     rate = book.instances.get(instance_type)
     if rate is None:
         why = book.why_missing(instance_type, f"no on-demand price for {instance_type}")

@@ -214,6 +214,7 @@ def test_a_price_book_from_the_sandboxs_pricing_api_and_spot_history_prices_a_jo
     total = summarize(job_lines(record, book, now=now), now=now)
     prices = [p.usd_per_hour for p in history]
     assert min(prices) * 13 <= total.accumulated_usd <= max(prices) * 13 and total.unknown == 0
+    assert total.sources == ("api",)
     # The launch price: spot now in the AZ, from the API.
     price = pricing.launch_price.fn("g5.xlarge", spot=True, availability_zone="us-east-1a")
     assert (price.usd_per_hour, price.source) == (cloud.ec2.spot_price("us-east-1a", "g5.xlarge"), "api")
