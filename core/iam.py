@@ -233,11 +233,18 @@ def _ec2_statements() -> list[Statement]:
                 *(f"ec2:Describe{d}" for d in describe),
                 "ec2:DescribeAvailabilityZones",
                 "ec2:DescribeSpotInstanceRequests",
+                "ec2:DescribeSpotPriceHistory",
                 "ec2:GetSpotPlacementScores",
             ),
             ("*",),
-            "inventory, validation before any launch, waiters; spot-watch: spot request status, where capacity is "
-            "(Describe* and GetSpotPlacementScores have no resource-level permissions)",
+            "inventory, validation before any launch, waiters; spot-watch: spot request status, where capacity is; "
+            "prices: spot history (Describe* and GetSpotPlacementScores have no resource-level permissions)",
+        ),
+        Statement(
+            "ReadPrices",
+            ("pricing:GetProducts",),
+            ("*",),
+            "on-demand, EBS and S3 list prices for the launch guard and cost-watch (no resource-level permissions)",
         ),
         Statement(
             "LaunchTaggedInstances",

@@ -201,6 +201,7 @@ class ResumePolicy(BaseModel):
 
 
 DEFAULT_CODE_LIMIT_MB = 200
+MAX_LAUNCH_HOURLY_USD = 1000.0  # above any single instance's list price: a larger max_hourly_cost is a typo
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Variables the agent sets for the trainer (DESIGN.md section 5); a user value would silently lose.
 RESERVED_ENV = frozenset(
@@ -300,6 +301,10 @@ class JobSpec(BaseModel):
         default_factory=ResumePolicy, description="how spot-watch resumes the job after a spot interruption"
     )
     account: str | None = Field(default=None, description="an AwsAccount block name; default: the environment's")
+    # Cost limits (issue 16): unset here, the CostPolicy block `cost_policy`'s apply (its defaults: none).
+    max_hourly_cost: float | None = Field(None, description="refuse a launch whose hourly price is above this (USD)")
+    budget_usd: float | None = Field(None, description="the job's budget across all its attempts (USD; cost-watch)")
+    cost_policy: str | None = Field(None, description="the CostPolicy block whose limits apply where these are unset")
 
     @field_validator("name")
     @classmethod
@@ -365,6 +370,19 @@ class JobSpec(BaseModel):
         if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
             raise InvalidInputError(info.field_name, value, "an absolute path on the instance without '..'")
         return value.rstrip("/") or "/"
+
+    @field_validator("max_hourly_cost", "budget_usd")
+    @classmethod
+    def _usd(cls, value: float | None, info: Any) -> float | None:
+        high = MAX_LAUNCH_HOURLY_USD if info.field_name == "max_hourly_cost" else 1_000_000
+        if value is not None and not 0 < value <= high:
+            raise InvalidInputError(info.field_name, value, f"a positive amount in USD, at most {high:g}")
+        return value
+
+    @field_validator("cost_policy")
+    @classmethod
+    def _policy_name(cls, value: str | None) -> str | None:
+        return None if value is None else validate_name(NameKind.BLOCK, value, field="cost_policy")
 
     @field_validator("max_price")
     @classmethod

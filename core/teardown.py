@@ -33,6 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import tags as t
+from core.cost import PriceBook, fallback_book, monthly_usd, s3_monthly_usd
 from core.ids import kind_of
 from core.jobs import JobStorage, TrainingState
 from core.models import Instance, Inventory, ManagedResource, Snapshot, StoredObject, Volume
@@ -42,50 +43,15 @@ GONE_STATES = frozenset({"shutting-down", "terminated"})
 
 # -- monthly cost (what a deletion saves) ------------------------------------------------------------------------
 
-# us-east-1 list prices, USD per GB-month (EBS) / per hour (EC2 on-demand). A small static table on purpose:
-# cost-watch will replace it with the Pricing API (GetProducts); until then unknown types show no cost.
-EBS_USD_PER_GB_MONTH: dict[str, float] = {
-    "gp3": 0.08,
-    "gp2": 0.10,
-    "io1": 0.125,
-    "io2": 0.125,
-    "st1": 0.045,
-    "sc1": 0.015,
-    "standard": 0.05,
-}
-SNAPSHOT_USD_PER_GB_MONTH = 0.05
-S3_USD_PER_GB_MONTH = 0.023
-EC2_USD_PER_HOUR: dict[str, float] = {
-    "t3.micro": 0.0104,
-    "t3.medium": 0.0416,
-    "m5.large": 0.096,
-    "m5.xlarge": 0.192,
-    "c5.xlarge": 0.17,
-    "g4dn.xlarge": 0.526,
-    "g5.xlarge": 1.006,
-    "p3.2xlarge": 3.06,
-}
-HOURS_PER_MONTH = 730
+# The prices are core/cost.py's price book, given to the planner (`plan_teardown(prices=...)`); without one, the
+# dated fallback table. A resource whose type has no price shows no saving (None), never $0.
 
 
-def monthly_cost(resource: ManagedResource) -> float | None:
-    """What keeping the resource costs per month (list price), or None when the type is not in the table."""
-    if isinstance(resource, Volume):
-        rate = EBS_USD_PER_GB_MONTH.get(resource.volume_type)
-        return round(rate * resource.size_gib, 2) if rate is not None else None
-    if isinstance(resource, Snapshot):
-        # A snapshot is billed for its changed blocks, at most the volume size: this is the upper bound.
-        return round(SNAPSHOT_USD_PER_GB_MONTH * resource.size_gib, 2)
-    if isinstance(resource, Instance):
-        hourly = EC2_USD_PER_HOUR.get(resource.instance_type)
-        if hourly is None or resource.state not in {"pending", "running"}:
-            return None if hourly is None else 0.0  # a stopped instance costs only its volumes
-        return round(hourly * HOURS_PER_MONTH, 2)
+def monthly_cost(resource: ManagedResource, prices: PriceBook | None = None) -> float | None:
+    """What keeping the resource costs per month (list price), or None when the book has no price for it."""
+    if isinstance(resource, Instance | Volume | Snapshot):
+        return monthly_usd(resource, prices or fallback_book())
     return None
-
-
-def _s3_monthly(size_bytes: int) -> float:
-    return round(S3_USD_PER_GB_MONTH * size_bytes / 1e9, 4)
 
 
 # -- inputs --------------------------------------------------------------------------------------------------------
@@ -432,7 +398,8 @@ def find_orphans(
 class _Builder:
     """Accumulates entries and operations; one per ID (the first decision about a resource wins)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prices: PriceBook) -> None:
+        self.prices = prices  # what a deletion saves is priced from this book
         self.entries: dict[str, Entry] = {}
         self.ops: dict[str, Operation] = {}
         self.orphans: dict[str, Orphan] = {}  # the sweep's findings: their rule is shown next to the action
@@ -473,6 +440,7 @@ class _Builder:
 
 
 def _entry(
+    prices: PriceBook,
     resource: ManagedResource,
     action: Action,
     *,
@@ -482,7 +450,7 @@ def _entry(
     info: Sequence[ReasonNote] = (),
     sweep: bool = False,
 ) -> Entry:
-    saves = monthly_cost(resource) if action in {Action.TERMINATE, Action.DELETE} else 0.0
+    saves = monthly_cost(resource, prices) if action in {Action.TERMINATE, Action.DELETE} else 0.0
     return Entry(
         id=resource.id,
         kind=resource.kind.value,
@@ -541,6 +509,7 @@ def plan_teardown(
     force_training: bool = False,
     sweep: bool = False,
     leftovers: Sequence[BucketLeftovers] = (),
+    prices: PriceBook | None = None,
 ) -> Plan:
     """The whole plan for `scope` (and the orphan sweep when `sweep`). Deterministic: same inputs, same plan.
 
@@ -549,11 +518,12 @@ def plan_teardown(
     the flow, so the plan can say "not managed" rather than "not found"). `force` lifts only youth; it never
     lifts "not managed" or "training running" (that takes `force_training` or `wait_for_training`).
     `leftovers`: transfer staging and unfinished multipart uploads per bucket, planned by the sweep only.
+    `prices`: the price book the monthly savings come from (core/cost.py); default: its dated fallback table.
     """
     policy = policy or TeardownPolicy()
     training = training or {}
     unmanaged = unmanaged or {}
-    b = _Builder()
+    b = _Builder(prices or fallback_book(inventory.region))
     by_id: dict[str, ManagedResource] = {r.id: r for r in inventory.resources()}
     jobs = {s.job: s for s in storage}
 
@@ -627,7 +597,7 @@ def plan_teardown(
         if inst.state in GONE_STATES:
             b.op(OpKind.WAIT_TERMINATED, iid, instance_id=iid)
             terminating.add(iid)
-            b.add(_entry(inst, Action.TERMINATE, now=now, notes=["already terminating"], sweep=iid in swept))
+            b.add(_entry(b.prices, inst, Action.TERMINATE, now=now, notes=["already terminating"], sweep=iid in swept))
             continue
         blockers = cleanup_blockers(inst, now=now, min_age=policy.min_age, force=force) + young.get(iid, [])
         state = training.get(iid)
@@ -658,10 +628,10 @@ def plan_teardown(
                 first = [b.op(OpKind.WAIT_TRAINING, iid, instance_id=iid)]
                 notes.append("wait_for_training: terminates after the job ends (or is skipped at the timeout)")
         if blockers:
-            b.add(_entry(inst, Action.KEEP, now=now, blockers=blockers, sweep=iid in swept))
+            b.add(_entry(b.prices, inst, Action.KEEP, now=now, blockers=blockers, sweep=iid in swept))
             continue
         terminating.add(iid)
-        b.add(_entry(inst, Action.TERMINATE, now=now, notes=notes, sweep=iid in swept))
+        b.add(_entry(b.prices, inst, Action.TERMINATE, now=now, notes=notes, sweep=iid in swept))
         _instance_ops(b, inst, inventory, first=first, now=now, policy=policy, force=force)
 
     # 3. Volumes not attached to a terminating instance (those were decided with their instance).
@@ -683,9 +653,9 @@ def plan_teardown(
             )
         info = _snapshot_info(vol)
         if blockers:
-            b.add(_entry(vol, Action.KEEP, now=now, blockers=blockers, info=info, sweep=vid in swept))
+            b.add(_entry(b.prices, vol, Action.KEEP, now=now, blockers=blockers, info=info, sweep=vid in swept))
             continue
-        b.add(_entry(vol, Action.DELETE, now=now, info=info, sweep=vid in swept))
+        b.add(_entry(b.prices, vol, Action.DELETE, now=now, info=info, sweep=vid in swept))
         b.op(OpKind.DELETE_VOLUME, vid)
 
     # 4. Snapshots: deleted only when named or beyond the sweep's retention; otherwise they are the backups.
@@ -698,14 +668,14 @@ def plan_teardown(
                 f"{sid} is a backup; snapshots go only when named or beyond the sweep's retention",
                 None,
             )
-            b.add(_entry(snap, Action.KEEP, now=now, blockers=[retained]))
+            b.add(_entry(b.prices, snap, Action.KEEP, now=now, blockers=[retained]))
             continue
         blockers = cleanup_blockers(snap, now=now, min_age=policy.min_age, force=force)
         if blockers:
-            b.add(_entry(snap, Action.KEEP, now=now, blockers=blockers, sweep=sid in swept))
+            b.add(_entry(b.prices, snap, Action.KEEP, now=now, blockers=blockers, sweep=sid in swept))
             continue
         notes = [f"beyond the retention of {policy.snapshot_retention} per volume"] if sid in swept else []
-        b.add(_entry(snap, Action.DELETE, now=now, notes=notes, sweep=sid in swept))
+        b.add(_entry(b.prices, snap, Action.DELETE, now=now, notes=notes, sweep=sid in swept))
         b.op(OpKind.DELETE_SNAPSHOT, sid)
 
     # 5. S3: checkpoints (rule 7) and staging objects of the jobs in scope; what killed copies left.
@@ -792,13 +762,17 @@ def _instance_ops(
             # Kept: DeleteOnTermination off first, then detach and wait until available, all before terminate.
             before.append(b.op(OpKind.DETACH, vid, instance_id=inst.id, depends_on=first))
             notes = [f"detached from {inst.id} (DeleteOnTermination off first) before it is terminated"]
-            b.add(_entry(vol, Action.DETACH_AND_KEEP, now=now, blockers=blockers, notes=notes, info=info))
+            b.add(_entry(b.prices, vol, Action.DETACH_AND_KEEP, now=now, blockers=blockers, notes=notes, info=info))
         else:
             after.append((vol, info))
     terminate = b.op(OpKind.TERMINATE, inst.id, instance_id=inst.id, depends_on=before or first)
     waited = b.op(OpKind.WAIT_TERMINATED, inst.id, instance_id=inst.id, depends_on=[terminate])
     for vol, info in after:
-        b.add(_entry(vol, Action.DELETE, now=now, info=info, notes=[f"ephemeral; deleted once {inst.id} is gone"]))
+        b.add(
+            _entry(
+                b.prices, vol, Action.DELETE, now=now, info=info, notes=[f"ephemeral; deleted once {inst.id} is gone"]
+            )
+        )
         b.op(OpKind.DELETE_VOLUME, vol.id, instance_id=inst.id, depends_on=[waited])
 
 
@@ -843,7 +817,7 @@ def _storage_ops(
             notes=[] if blockers else [f"superseded by ckpt {latest}" if latest else "incomplete and old"],
             job=store.job,
             age_seconds=round(age.total_seconds(), 1),
-            monthly_usd=0.0 if blockers else _s3_monthly(size),
+            monthly_usd=0.0 if blockers else s3_monthly_usd(size, b.prices),
             sweep=not blockers,
         )
         b.add(entry)
@@ -901,7 +875,7 @@ def _storage_ops(
             notes=[f"{len(store.staging)} object(s), {size} bytes"],
             job=store.job,
             age_seconds=round(age.total_seconds(), 1),
-            monthly_usd=0.0 if reasons else _s3_monthly(size),
+            monthly_usd=0.0 if reasons else s3_monthly_usd(size, b.prices),
             sweep=sweep,
         )
     )
@@ -939,7 +913,7 @@ def _leftover_ops(b: _Builder, left: BucketLeftovers, *, now: datetime, policy: 
                 action=Action.KEEP if blockers else Action.DELETE,
                 reasons=[*blockers, found.note()],
                 age_seconds=round(age.total_seconds(), 1),
-                monthly_usd=0.0 if blockers else _s3_monthly(size),
+                monthly_usd=0.0 if blockers else s3_monthly_usd(size, b.prices),
                 sweep=True,
             )
         )

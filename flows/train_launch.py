@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from blocks.templates import load_template
 from core import jobs
+from core.cost import LaunchPrice
 from core.errors import AwsError, CapacityRefusedError, InvalidInputError, TrainctlError, UsageError
 from core.jobs import AgentPoll, AttemptRecord, JobRecord, JobSpec, JobStatus, TemplateSpec
 from core.launch import (
@@ -65,6 +66,7 @@ from tasks.jobs import (
     update_attempt,
     write_record,
 )
+from tasks.pricing import checked_launch_price
 from tasks.ssm import CommandFailedError
 
 __all__ = ["JobFailedError", "LaunchFailedError", "LaunchReport", "train_launch"]
@@ -93,6 +95,8 @@ class LaunchReport(BaseModel):
     exit_code: int | None = None
     instance_terminated: bool = False
     seconds: float
+    hourly_usd: float | None = None  # the price checked at launch (spot's then, else on-demand)
+    price_source: str | None = None  # api | fallback <date>
 
 
 class JobFailedError(TrainctlError):
@@ -115,6 +119,7 @@ class _Plan(BaseModel):
     request: LaunchRequest
     # The previous attempt's instance, up, on which no trainer ever started (its launch was killed): ended first.
     unfinished: Instance | None = None
+    price: LaunchPrice | None = None  # the hourly price this launch will pay (checked against max_hourly_cost)
 
 
 def _now() -> datetime:
@@ -211,6 +216,14 @@ def _plan(spec: JobSpec) -> _Plan:
     capacity = launch_capacity(spec.spot, spec.resume, spot_refused=False) or "spot"
     request = launch_request(spec, template, zone=zone, capacity=capacity)
     validate_request(request, account=spec.account)
+    price = checked_launch_price(
+        request.instance_type,
+        spot=request.spot,
+        availability_zone=request.availability_zone,
+        max_hourly_cost=spec.max_hourly_cost,
+        cost_policy=spec.cost_policy,
+        account=spec.account,
+    )
     return _Plan(
         template=template,
         zone=zone,
@@ -220,6 +233,7 @@ def _plan(spec: JobSpec) -> _Plan:
         etag=etag,
         request=request,
         unfinished=unfinished,
+        price=price,
     )
 
 
@@ -359,6 +373,8 @@ def _launch(
         code_bytes=code.bytes,
         status="running",
         seconds=0.0,
+        hourly_usd=plan.price.usd_per_hour if plan.price else None,
+        price_source=plan.price.source if plan.price else None,
     )
     if options.wait:
         progress.step("wait")

@@ -32,8 +32,13 @@ Documented price set (USD, us-east-1, Linux, shared tenancy, on-demand; close to
 
     EBS (productFamily "Storage", unit GB-Mo): gp2 0.10, gp3 0.08, io1 0.125, io2 0.125, st1 0.045, sc1 0.015,
     standard 0.05; gp3 IOPS above 3000 0.005 IOPS-Mo, io1/io2 IOPS 0.065 IOPS-Mo ("System Operation");
-    gp3 throughput above 125 MiB/s 0.04 MiBps-Mo ("Provisioned Throughput"; AWS's unit string differs);
-    snapshots 0.05 GB-Mo ("Storage Snapshot").
+    gp3 throughput above 125 MiB/s 40.96 GiBps-mo ("Provisioned Throughput": AWS's unit is GiBps-mo while its
+    description says $0.040 per MiBps-month, 40.96 / 1024); snapshots 0.05 GB-Mo ("Storage Snapshot").
+    S3 (service AmazonS3, productFamily "Storage", volumeType "Standard"): 0.023 / 0.022 / 0.021 GB-Mo in three
+    tiers (first 50 TB, next 450 TB, over 500 TB), one product with three price dimensions, as AWS lists it.
+
+These figures are the dated fallback table of core/cost.py (the sandbox imports nothing of ours:
+tests/core/test_cost.py checks that the two agree).
 
 Regions: us-east-1, us-east-2, us-west-2 (factor 1.0), eu-west-1 (1.12), eu-central-1 (1.16); the factor scales
 every price of the region. Each instance type is listed for Linux and Windows (Windows adds $0.046 per vCPU-hour,
@@ -167,10 +172,10 @@ _EBS_EXTRAS: tuple[tuple[str, str, str, str, float, str, str], ...] = (
         "Provisioned Throughput",
         "gp3",
         "EBS:VolumeP-Throughput.gp3",
-        "MiBps-Mo",
-        0.04,
+        "GiBps-mo",
+        40.96,
         "EBS Throughput",
-        "provisioned MiB/s-month (gp3)",
+        "provisioned MiBps-month of gp3 ($0.040 per MiBps-month)",
     ),
     ("Storage Snapshot", "", "EBS:SnapshotUsage", "GB-Mo", 0.05, "", "GB-month of snapshot data stored"),
 )
@@ -341,6 +346,50 @@ def _ebs_entries(region: Region) -> Iterator[dict[str, Any]]:
         yield _entry(family, attributes, unit, value, f"{_dollars(value)} per {what} - {region.location}")
 
 
+# S3 Standard storage tiers: (beginRange GB, endRange GB, us-east-1 $/GB-month).
+S3_STANDARD_TIERS: tuple[tuple[str, str, float], ...] = (
+    ("0", "51200", 0.023),
+    ("51200", "512000", 0.022),
+    ("512000", "Inf", 0.021),
+)
+
+
+def _s3_entry(region: Region) -> dict[str, Any]:
+    """S3 Standard storage of a region: one product, a tiered price (three dimensions), as AWS lists it."""
+    attributes = {
+        "servicecode": "AmazonS3",
+        "servicename": "Amazon Simple Storage Service",
+        "location": region.location,
+        "locationType": "AWS Region",
+        "regionCode": region.code,
+        "storageClass": "General Purpose",
+        "volumeType": "Standard",
+        "availability": "99.99%",
+        "durability": "99.999999999%",
+        "usagetype": f"{region.usage_prefix}TimedStorage-ByteHrs",
+        "operation": "",
+    }
+    entry = _entry("Storage", attributes, "GB-Mo", 0.0, "")
+    entry["serviceCode"] = "AmazonS3"
+    (term,) = entry["terms"]["OnDemand"].values()
+    sku = entry["product"]["sku"]
+    dimensions = {}
+    for index, (begin, end, price) in enumerate(S3_STANDARD_TIERS):
+        value = round(price * region.factor, 4)
+        rate = f"{sku}.{ON_DEMAND_TERM}.{_sku('s3-tier', str(index))[:10]}"
+        dimensions[rate] = {
+            "unit": "GB-Mo",
+            "endRange": end,
+            "description": f"{_dollars(value)} per GB - storage from {begin} GB ({region.location})",
+            "appliesTo": [],
+            "rateCode": rate,
+            "beginRange": begin,
+            "pricePerUnit": {"USD": _price_string(value)},
+        }
+    term["priceDimensions"] = dimensions
+    return entry
+
+
 @cache
 def price_list() -> tuple[dict[str, Any], ...]:
     """Every product of the sandbox's price list (all regions), built once."""
@@ -348,6 +397,7 @@ def price_list() -> tuple[dict[str, Any], ...]:
     for region in REGIONS.values():
         entries.extend(_instance_entries(region))
         entries.extend(_ebs_entries(region))
+        entries.append(_s3_entry(region))
     return tuple(entries)
 
 
@@ -429,8 +479,8 @@ def get_products(body: dict[str, Any]) -> dict[str, Any]:
             )
     max_results = _max_results(body, 100)
     offset = _decode_token(body["NextToken"]) if body.get("NextToken") else 0
-    # Only EC2 is priced here; any other service has no products in the sandbox.
-    matching = [e for e in price_list() if _matches(e, filters)] if service == "AmazonEC2" else []
+    # EC2 (instances, EBS) and S3 Standard storage are priced here; any other service has no products.
+    matching = [e for e in price_list() if e["serviceCode"] == service and _matches(e, filters)]
     page = matching[offset : offset + max_results]
     result: dict[str, Any] = {"FormatVersion": "aws_v1", "PriceList": [json.dumps(e) for e in page]}
     if offset + max_results < len(matching):
@@ -438,19 +488,23 @@ def get_products(body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _attribute_names() -> list[str]:
+_SERVICES = ("AmazonEC2", "AmazonS3")
+
+
+def _attribute_names(service: str) -> list[str]:
     names: set[str] = set()
     for entry in price_list():
-        names.update(entry["product"]["attributes"])
+        if entry["serviceCode"] == service:
+            names.update(entry["product"]["attributes"])
     names.add("productFamily")
     return sorted(names)
 
 
 def describe_services(body: dict[str, Any]) -> dict[str, Any]:
-    code = body.get("ServiceCode")
-    services = [{"ServiceCode": "AmazonEC2", "AttributeNames": _attribute_names()}]
-    if code:
-        services = [s for s in services if s["ServiceCode"] == code]
+    wanted = body.get("ServiceCode")
+    services = [{"ServiceCode": code, "AttributeNames": _attribute_names(code)} for code in _SERVICES]
+    if wanted:
+        services = [s for s in services if s["ServiceCode"] == wanted]
     return {"Services": services, "FormatVersion": "aws_v1"}
 
 
@@ -458,9 +512,11 @@ def get_attribute_values(body: dict[str, Any]) -> dict[str, Any]:
     service, name = body.get("ServiceCode"), body.get("AttributeName")
     if not service or not name:
         raise PricingError("InvalidParameterException", "ServiceCode and AttributeName are required.")
-    if service != "AmazonEC2":
+    if service not in _SERVICES:
         raise PricingError("NotFoundException", f"Service {service} was not found.")
-    values = sorted({v for e in price_list() if (v := _field(e["product"], str(name))) is not None})
+    values = sorted(
+        {v for e in price_list() if e["serviceCode"] == service and (v := _field(e["product"], str(name))) is not None}
+    )
     if not values:
         raise PricingError("NotFoundException", f"Attribute {name} was not found.")
     max_results = _max_results(body, 100)

@@ -34,6 +34,8 @@ _ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": str(_ROOT / "aws" / "credentials-does-not-exist"),
     # Never ask the instance metadata service for credentials (it would hang off EC2).
     "AWS_EC2_METADATA_DISABLED": "true",
+    # Price answers are cached on disk for a day (tasks/pricing.py): in the test run's folder, not the user's.
+    "TRAINCTL_CACHE_DIR": str(_ROOT / "cache"),
 }
 _CLEARED = (
     "PREFECT_API_URL",

@@ -44,6 +44,37 @@ def test_cost_rejects(kwargs: dict[str, float]) -> None:
         CostPolicy(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_hourly_usd", 0),
+        ("max_daily_usd", 1e9),
+        ("max_accumulated_usd", 0),
+        ("job_budget_usd", -10),
+        ("job_budget_usd", 0),
+        ("job_budget_usd", 5e6),
+        ("max_hourly_cost", 0),
+        ("max_hourly_cost", 50_000),
+        ("idle_gpu_percent", 0),
+        ("idle_gpu_percent", 101),
+        ("idle_minutes", -1),
+        ("idle_minutes", 60 * 24 * 30),
+    ],
+)
+def test_cost_policy_refuses_zero_negative_or_absurd_values_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValidationError) as exc:
+        CostPolicy(**{field: value})
+    assert f"{field}: {value:g} is not valid" in str(exc.value)
+
+
+def test_cost_policy_new_fields_and_thresholds() -> None:
+    policy = CostPolicy(job_budget_usd=40, max_hourly_cost=2.5, idle_gpu_percent=10, idle_minutes=20)
+    limits = policy.thresholds({"big": 300})
+    assert (limits.hourly_usd, limits.daily_usd, limits.accumulated_usd) == (50, 100, 500)
+    assert limits.budget_of("big") == 300 and limits.budget_of("other") == 40
+    assert CostPolicy().job_budget_usd is None and CostPolicy().max_hourly_cost is None
+
+
 def test_block_types_distinct_and_named() -> None:
     slugs = {cls.get_block_type_slug() for cls in (AwsAccount, SafetyPolicy, CostPolicy)}
     assert slugs == {"trainctl-aws-account", "trainctl-safety-policy", "trainctl-cost-policy"}

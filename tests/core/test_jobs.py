@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from core.errors import InvalidInputError
 from core.jobs import (
     RECORD_VERSION,
     TRANSITIONS,
@@ -335,3 +336,14 @@ def test_agent_status_parse_is_lenient_about_what_it_can_leave_out() -> None:
 )
 def test_agent_status_parse_gives_none_for_what_it_cannot_read(document: dict[str, Any] | None) -> None:
     assert AgentStatus.parse(document) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("max_hourly_cost", 0), ("max_hourly_cost", 5000), ("budget_usd", -1), ("cost_policy", "a b")]
+)
+def test_cost_fields_refuse_bad_values_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(InvalidInputError) as exc:
+        JobSpec.model_validate({**SPEC.model_dump(), field: value})
+    assert exc.value.field == field
+    ok = JobSpec.model_validate({**SPEC.model_dump(), "max_hourly_cost": 2.5, "budget_usd": 100, "cost_policy": "gpu"})
+    assert (ok.max_hourly_cost, ok.budget_usd, ok.cost_policy) == (2.5, 100, "gpu")

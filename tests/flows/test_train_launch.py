@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.trainctl_agent import pid_alive
+from blocks.policies import CostPolicy
 from cli.main import app
 from core import jobs
 from core import tags as t
@@ -102,6 +103,8 @@ def test_runs_to_completion_then_resumes_on_relaunch(cloud: Sandbox, tmp_path: P
     assert first.availability_zone == "us-east-1b"  # the instance followed the data volume
     assert first.capacity_type == "spot" and first.instance_terminated
     assert first.code_files == 2  # train.py and .gitignore; checkpoints/ is ignored
+    # The hourly price it pays is shown: spot's current price in its AZ, from the sandbox's EC2 API.
+    assert first.hourly_usd == cloud.ec2.spot_price("us-east-1b", "t3.micro") and first.price_source == "api"
     log = _get_text(cloud, first.log_uri)
     assert "starting from scratch" in log and "done: 4 steps" in log
     assert _final_state(cloud, "demo")["step"] == 4
@@ -151,6 +154,26 @@ def test_bad_input_is_refused_before_anything_is_launched(cloud: Sandbox, tmp_pa
         train_launch(_spec(code, name="nobucket", bucket="no-such-bucket"))
     assert err.value.field == "bucket"
     assert _live_instances(cloud) == []
+
+
+def test_a_launch_above_max_hourly_cost_is_refused_with_nothing_created(cloud: Sandbox, tmp_path: Path) -> None:
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    code = _code_dir(tmp_path)
+    spot_now = cloud.ec2.spot_price("us-east-1a", "t3.micro")
+    template = TemplateSpec(instance_type="t3.micro", availability_zone="us-east-1a")
+    with pytest.raises(InvalidInputError) as err:
+        train_launch(_spec(code, name="dear", template=template, max_hourly_cost=round(spot_now / 2, 6)))
+    assert err.value.field == "max_hourly_cost"
+    assert f"${spot_now:.4f}/hour" in str(err.value) and "(api" in str(err.value)  # the price and its source
+    # On-demand, the limit from a saved CostPolicy block: $0.0104/hour is above its $0.005.
+    CostPolicy(max_hourly_cost=0.005).save("cheap-launches", overwrite=True)
+    with pytest.raises(InvalidInputError, match=r"\$0\.0104/hour.*\(api") as err:
+        train_launch(_spec(code, name="dear-od", spot=False, cost_policy="cheap-launches"))
+    assert err.value.field == "max_hourly_cost"
+    # Refused before any mutation: no instance, no volume, no job record claimed.
+    ec2 = cloud.client("ec2")
+    assert ec2.describe_instances()["Reservations"] == [] and ec2.describe_volumes()["Volumes"] == []
+    assert cloud.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
 def test_failure_half_way_leaves_no_instance(cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
