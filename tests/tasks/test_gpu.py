@@ -1,6 +1,6 @@
 """sample_gpus and the one-command-for-many SSM runner under it, in the sandbox: batches of SendCommand, an instance
-that goes offline between the listing and the send, a command that does not finish in time, output and errors. What each instance
-answered is read back from SSM's own command list."""
+that goes offline between the listing and the send, a command over its timeout, output and errors. What each
+instance was sent is read back from SSM's own command list."""
 
 from __future__ import annotations
 
