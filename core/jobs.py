@@ -121,6 +121,13 @@ class JobStatus(StrEnum):
     GAVE_UP = "gave-up"  # no attempt left, no capacity within the policy's limits, or no checkpoint to resume
 
 
+class StopReason(StrEnum):
+    """Why cost-watch stopped a job (AttemptRecord.stop_reason); a job stopped for any reason is never resumed."""
+
+    BUDGET = "budget"  # its accumulated cost would pass its budget before the next pass
+    IDLE_GPU = "idle-gpu"  # its instance's GPUs stayed idle while its training made no progress
+
+
 FINAL_STATUSES: frozenset[JobStatus] = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.GAVE_UP}
 )
@@ -458,6 +465,9 @@ class AttemptRecord(BaseModel):
     finished_at: datetime | None = None
     exit_code: int | None = None
     message: str | None = Field(default=None, description="why it ended, when that needs words")
+    stop_reason: StopReason | None = Field(
+        default=None, description="budget | idle-gpu: cost-watch stopped it (None: stopped by a user, or not stopped)"
+    )
     resumed_from: str | None = Field(default=None, description="checkpoint folder it resumed from (ckpt-…/)")
     resumed_from_seq: int | None = None
     time_lost_s: float | None = Field(

@@ -59,10 +59,13 @@ ROOT_LAYOUT = (
     "data",
     ".sandbox",
 )
-# GPUs by instance family/size, for the fake nvidia-smi (name, memory MiB, count per size suffix).
+# GPUs by instance family/size, for the fake nvidia-smi (name, memory MiB, count per size suffix). Other families
+# have no NVIDIA GPU: there nvidia-smi fails as it does on AWS (no driver to talk to).
 _GPU_FAMILIES: dict[str, tuple[str, int]] = {
     "g4dn": ("Tesla T4", 15360),
     "g5": ("NVIDIA A10G", 23028),
+    "g5g": ("NVIDIA T4G", 15360),
+    "g6e": ("NVIDIA L40S", 46068),
     "g6": ("NVIDIA L4", 23034),
     "p3": ("Tesla V100-SXM2-16GB", 16384),
     "p4d": ("NVIDIA A100-SXM4-40GB", 40960),
@@ -454,15 +457,24 @@ class InstanceRuntime:
             rec.rebalance = {"noticeTime": iso_z(datetime.now(UTC))}
             return dict(rec.rebalance)
 
-    def set_gpu_utilization(self, instance_id: str, percent: float) -> None:
-        if not 0 <= float(percent) <= 100:
+    def set_gpu_utilization(self, instance_id: str, percent: float | list[float]) -> None:
+        """One utilisation for every GPU of the instance, or one per GPU (as many as it has)."""
+        values = [float(p) for p in percent] if isinstance(percent, list) else [float(percent)]
+        if not all(0 <= value <= 100 for value in values):
             raise ValueError(f"utilization must be between 0 and 100, got {percent}")
-        self._write_gpu(self._require(instance_id), float(percent))
+        rec = self._require(instance_id)
+        if rec.instance_type.partition(".")[0] not in _GPU_FAMILIES:
+            raise ValueError(f"{instance_id} ({rec.instance_type}) has no GPU")
+        self._write_gpu(rec, values if isinstance(percent, list) else values[0])
 
-    def _write_gpu(self, rec: InstanceRecord, percent: float) -> None:
+    def _write_gpu(self, rec: InstanceRecord, percent: float | list[float]) -> None:
         family, _, size = rec.instance_type.partition(".")
-        name, memory = _GPU_FAMILIES.get(family, ("NVIDIA A10G", 23028))
+        if family not in _GPU_FAMILIES:
+            return
+        name, memory = _GPU_FAMILIES[family]
         count = 8 if family in ("p4d", "p5") else _GPU_COUNTS.get(size, 1)
+        if isinstance(percent, list) and len(percent) != count:
+            raise ValueError(f"{rec.id} ({rec.instance_type}) has {count} GPUs, got {len(percent)} utilizations")
         info = {"utilization": percent, "name": name, "memory_total": memory, "count": count}
         target = rec.root / ".sandbox" / "gpu.json"
         tmp = target.with_suffix(".tmp")
@@ -769,8 +781,10 @@ def install(sandbox: Sandbox) -> InstanceRuntime:
         return runtime.recommend_rebalance(str(payload["instance_id"]))
 
     def gpu(payload: dict[str, Any]) -> dict[str, Any]:
-        runtime.set_gpu_utilization(str(payload["instance_id"]), float(payload["utilization"]))
-        return {"instance_id": payload["instance_id"], "utilization": float(payload["utilization"])}
+        utilization = payload["utilization"]
+        percent = [float(p) for p in utilization] if isinstance(utilization, list) else float(utilization)
+        runtime.set_gpu_utilization(str(payload["instance_id"]), percent)
+        return {"instance_id": payload["instance_id"], "utilization": percent}
 
     sandbox.control("rebalance", rebalance)
     sandbox.control("instance-shutdown", lambda payload: runtime.initiated_shutdown(str(payload["instance_id"])))

@@ -372,8 +372,9 @@ class Sandbox:
         """Answer `fraction` of AWS calls (optionally only for `services`) with the service's throttling error."""
         self.faults.throttle(fraction, services)
 
-    def set_gpu_utilization(self, instance_id: str, percent: float) -> None:
-        """What the fake `nvidia-smi` on that instance reports."""
+    def set_gpu_utilization(self, instance_id: str, percent: float | list[float]) -> None:
+        """What the fake `nvidia-smi` on that instance reports: one utilisation for all its GPUs, or one per GPU.
+        ValueError for an instance type without a GPU (there nvidia-smi fails, as on AWS)."""
         self.runtime.set_gpu_utilization(instance_id, percent)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:

@@ -25,7 +25,7 @@ from core.s3uri import parse_s3_uri
 from core.shell import quote
 from tasks.aws import aws_task, translate
 from tasks.ec2_instances import find_launched, terminate_instance
-from tasks.s3 import client, get_json, is_missing, list_common_prefixes
+from tasks.s3 import client, get_json, is_missing, list_common_prefixes, list_objects
 from tasks.ssm import CommandFailedError, CommandResult, run_script
 
 # S3's answers to a conditional write that lost: 412 (the ETag or existence check failed) and 409 (another
@@ -515,3 +515,178 @@ def wait_training_done(
         if state.status == "idle" or time.monotonic() > deadline:
             return state
         time.sleep(poll_s)
+
+
+# -- cost-watch's stop: checkpoint first, verified in S3, then the instance ends -----------------------------------
+
+
+class CheckpointStopReport(BaseModel):
+    """What `checkpoint_then_stop` did, with the times that show its order: the stop asked, the checkpoint
+    verified in S3, the instance ended."""
+
+    job: str
+    attempt: int
+    reason: jobs.StopReason
+    outcome: Literal["stopped", "already-ended"]
+    status: str  # the record's status afterwards
+    instance_id: str | None = None
+    instance_ended: bool = False  # the attempt's instance is terminated (by this stop, or it was already gone)
+    checkpoint_seq: int | None = None  # the agent's final checkpoint of the attempt
+    checkpoint_uri: str | None = None  # its folder, s3://…/ckpt-<seq>/
+    checkpoint_verified: bool = False
+    checkpoint_written_at: datetime | None = None  # its MANIFEST.json's LastModified
+    stop_requested_at: datetime | None = None
+    checkpoint_verified_at: datetime | None = None
+    instance_ended_at: datetime | None = None
+    detail: str = ""
+
+
+@aws_task(name="checkpoint-then-stop", tags=["aws-ssm"], retries=0)
+def checkpoint_then_stop(
+    bucket: str,
+    job: str,
+    reason: jobs.StopReason,
+    *,
+    grace_s: float = 120.0,
+    verify_timeout_s: float = 120.0,
+    account: str | None = None,
+) -> CheckpointStopReport:
+    """Stop the job's current attempt for cost-watch (`reason`: budget or idle-gpu) so that its checkpoint is in S3
+    before its instance goes, and record it `stopped` with that reason (a conditional write; spot-watch never
+    resumes a stopped job).
+
+    The agent stops the trainer with the instance kept (SIGTERM: it saves; the agent uploads the checkpoint and
+    writes `stopped`). The agent's final checkpoint is then verified in S3 (its manifest, each file's size, LATEST
+    pointing at it), waiting up to `verify_timeout_s`; then the instance is terminated (persistent volumes
+    detached first), whatever the job spec's keep_instance says: nothing bills after a job cost-watch stopped.
+    When no checkpoint can be verified, the instance is ended all the same and the report (and the record's
+    message) says so. An attempt that already ended is left as it is."""
+    record, _, _ = current_record(bucket, job, save=True, account=account)
+    if record is None:
+        raise UsageError(f"no job {job!r} in s3://{bucket}/{jobs.JOBS_ROOT}/", fix="Check the bucket and the job name.")
+    report = CheckpointStopReport(
+        job=job, attempt=record.attempt, reason=reason, outcome="already-ended", status=record.status.value
+    )
+    report.instance_id = record.instance_id
+    if record.finished:
+        report.detail = f"attempt {record.attempt} already ended ({record.status.value}): nothing to stop"
+        return report
+    key = launch_key(job, record.attempt)
+    instance = find_launched(key, account=account)
+    report.stop_requested_at = datetime.now(UTC)
+    answer, note, lost = None, "", False
+    if instance is not None and instance.state == "running":
+        answer, note = _stop_keeping_instance(instance.id, job, grace_s, account)
+        lost = answer is None
+    final = answer if answer is not None and answer.installed and not answer.alive else None
+    seq = final.checkpoint_seq if final else None
+    # Wait for S3 only when there is a checkpoint to wait for: the one the agent named, or the one of a lost answer.
+    timeout = verify_timeout_s if seq is not None or lost else 0.0
+    checkpoint_uri = record.checkpoint_uri or jobs.default_checkpoint_uri(bucket, job)
+    _verify_final_checkpoint(report, bucket, checkpoint_uri, seq, timeout, account)
+    if instance is not None:
+        report.instance_id = instance.id
+        terminate_instance.fn(instance.id, idempotency_key=key, account=account)
+        report.instance_ended, report.instance_ended_at = True, datetime.now(UTC)
+    report.outcome, report.status = "stopped", JobStatus.STOPPED.value
+    ended = f"{instance.id} terminated" if instance is not None else "no instance of this attempt was running"
+    report.detail = f"stopped by cost-watch ({reason.value}): {note}{report.detail}; {ended}"
+    exit_code = final.exit_code if final else None
+    if not _record_stop_reason(bucket, job, record.attempt, reason, exit_code, report.detail, account):
+        report.detail += f"; the record was not changed: a later attempt of {job} owns it now"
+    return report
+
+
+def _stop_keeping_instance(
+    instance_id: str, job: str, grace_s: float, account: str | None
+) -> tuple[AgentPoll | None, str]:
+    """The agent's answer to a stop that keeps the instance (None when it was lost), and what went wrong, in words
+    ending with "; " (empty when nothing did)."""
+    try:
+        answer = stop_agent(instance_id, job, grace_s=grace_s, keep_instance=True, account=account)
+    except (CommandFailedError, AwsError) as exc:
+        return None, f"the agent's answer to the stop was lost ({exc}); "
+    if not answer.installed:
+        return answer, "no agent on the instance: no trainer ever ran there; "
+    if answer.alive:
+        return answer, f"job {job} still ran after its agent's stop; "
+    return answer, ""
+
+
+def _verify_final_checkpoint(
+    report: CheckpointStopReport,
+    bucket: str,
+    checkpoint_uri: str,
+    seq: int | None,
+    timeout_s: float,
+    account: str | None,
+) -> None:
+    """Fill in `report.checkpoint_*`: within `timeout_s`, the agent's final checkpoint `seq` (from its status in S3
+    when its answer was lost) is complete, matches its manifest and is the latest."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if seq is None:
+            status = jobs.AgentStatus.parse(read_agent_status.fn(bucket, report.job, report.attempt, account=account))
+            seq = status.checkpoint_seq if status is not None and status.final else None
+        why_not = _checkpoint_problem(report, checkpoint_uri, seq, account) if seq is not None else None
+        if seq is not None and why_not is None:
+            report.checkpoint_verified, report.checkpoint_verified_at = True, datetime.now(UTC)
+            report.detail = f"checkpoint {jobs.checkpoint_folder(seq)} verified in S3"
+            return
+        if time.monotonic() >= deadline:
+            why_not = why_not or f"the agent reported no checkpoint of attempt {report.attempt}"
+            report.detail = f"no checkpoint verified{f' within {timeout_s:g} s' if timeout_s else ''}: {why_not}"
+            return
+        time.sleep(1.0)
+
+
+def _checkpoint_problem(report: CheckpointStopReport, checkpoint_uri: str, seq: int, account: str | None) -> str | None:
+    """Why checkpoint `seq` under `checkpoint_uri` is not verified (None: it is), as the agent verifies it: its
+    manifest lists every file with its size, each is in S3 with that size, and LATEST.json names it."""
+    prefix = parse_s3_uri(checkpoint_uri, field="checkpoint_uri")
+    folder = prefix.key + jobs.checkpoint_folder(seq)
+    report.checkpoint_seq, report.checkpoint_uri = seq, f"s3://{prefix.bucket}/{folder}"
+    try:
+        manifest = get_json.fn(report.checkpoint_uri + jobs.MANIFEST_NAME, missing_ok=True, account=account)
+        latest = get_json.fn(checkpoint_uri + jobs.LATEST_NAME, missing_ok=True, account=account)
+    except ValueError:
+        return "its manifest or LATEST.json is not JSON"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        return f"{report.checkpoint_uri}{jobs.MANIFEST_NAME} is missing or malformed"
+    listed = {o["Key"]: o for o in list_objects(client(account), prefix.bucket, folder)}
+    for entry in manifest["files"]:
+        path, size = (entry.get("path"), entry.get("size")) if isinstance(entry, dict) else (None, None)
+        found = listed.get(f"{folder}{path}")
+        if found is None or int(found["Size"]) != size:
+            return f"{path}: {found and found['Size']} bytes in S3, {size} in the manifest"
+    if not isinstance(latest, dict) or latest.get("seq") != seq:
+        return f"LATEST.json names {latest and latest.get('seq')!r}, not {seq}"
+    report.checkpoint_written_at = listed[folder + jobs.MANIFEST_NAME]["LastModified"]
+    return None
+
+
+def _record_stop_reason(
+    bucket: str,
+    job: str,
+    attempt: int,
+    reason: jobs.StopReason,
+    exit_code: int | None,
+    message: str,
+    account: str | None,
+) -> bool:
+    """The attempt recorded `stopped` with its reason (conditional write, once more after a lost race). False when
+    a later attempt owns the job name."""
+    changes = {
+        "status": JobStatus.STOPPED,
+        "stop_reason": reason,
+        "exit_code": exit_code,
+        "finished_at": datetime.now(UTC),
+        "message": message,
+    }
+    for last in (False, True):
+        try:
+            return update_attempt(bucket, job, attempt, changes, account=account) is not None
+        except JobChangedError:
+            if last:
+                raise
+    return False

@@ -240,3 +240,115 @@ def run_command(
     if check and not result.ok:
         raise CommandFailedError(result, what)
     return result
+
+
+# -- one command for many instances ---------------------------------------------------------------------------
+
+SEND_LIMIT = 50  # InstanceIds per SendCommand
+_ERROR_MARK = "\n----------ERROR-------\n"  # how CommandPlugins[].Output appends stderr
+
+
+def online_instances(instance_ids: list[str], *, account: str | None = None) -> list[str]:
+    """Those of `instance_ids` whose SSM agent is Online (DescribeInstanceInformation, 50 IDs a call)."""
+    ssm = load_account(account).client("ssm")
+    online: set[str] = set()
+    for start in range(0, len(instance_ids), SEND_LIMIT):
+        token: str | None = None
+        while True:
+            page = _call_tolerating_transient(
+                ssm.describe_instance_information,
+                "DescribeInstanceInformation",
+                Filters=[{"Key": "InstanceIds", "Values": instance_ids[start : start + SEND_LIMIT]}],
+                **({"NextToken": token} if token else {}),
+            )
+            online.update(i["InstanceId"] for i in page["InstanceInformationList"] if i.get("PingStatus") == "Online")
+            token = page.get("NextToken")
+            if not token:
+                break
+    return [i for i in instance_ids if i in online]
+
+
+def run_script_on_instances(
+    instance_ids: list[str], script: list[str], *, timeout_s: int = 60, comment: str = "", account: str | None = None
+) -> dict[str, CommandResult]:
+    """Run one script (no per-instance input) on many instances: one SendCommand per 50 of those Online in SSM
+    (SSM refuses a whole call for one that is not), then ListCommandInvocations with Details until each one ended
+    (`timeout_s` is each one's execution timeout; one still undelivered a few seconds later is reported as it
+    stands). Instances not Online are absent from the answer; a result's stdout is the first 2,500
+    characters SSM keeps in the listing. Not retried as a whole (the script would run twice)."""
+    for instance_id in instance_ids:
+        validate_id("instance", instance_id)
+    if not script:
+        raise UsageError("an empty script was given to run on the instances")
+    online = online_instances(instance_ids, account=account)
+    commands: list[str] = []
+    for start in range(0, len(online), SEND_LIMIT):
+        batch = online[start : start + SEND_LIMIT]
+        request: dict[str, Any] = {
+            "InstanceIds": batch,
+            "DocumentName": "AWS-RunShellScript",
+            "Parameters": {"commands": script, "executionTimeout": [str(int(timeout_s))]},
+            "Comment": comment[:80],
+            "TimeoutSeconds": max(30, int(timeout_s)),
+        }
+        command_id = _send_to_online(account, batch, request)
+        if command_id is not None:
+            commands.append(command_id)
+    ssm = load_account(account).client("ssm")
+    deadline = time.monotonic() + timeout_s + 5  # SSM's own execution timeout ends them first: TimedOut
+    results: dict[str, CommandResult] = {}
+    for command_id in commands:
+        results.update(_collect_invocations(ssm, command_id, deadline))
+    return results
+
+
+def _send_to_online(account: str | None, batch: list[str], request: dict[str, Any]) -> str | None:
+    """SendCommand to the batch; when one of them went offline since it was listed Online (SSM then refuses the
+    whole call), once more to those still Online. None when none is."""
+    try:
+        return _send_once(account, batch[0], request)
+    except TrainctlError as exc:
+        if getattr(exc, "code", None) != "InvalidInstanceId":
+            raise
+    batch = online_instances(batch, account=account)
+    return _send_once(account, batch[0], {**request, "InstanceIds": batch}) if batch else None
+
+
+def _collect_invocations(ssm: Any, command_id: str, deadline: float) -> dict[str, CommandResult]:
+    """Every invocation of the command, once all ended or at the deadline (then some may still be InProgress)."""
+    attempt = 0
+    while True:
+        time.sleep(_poll_delay(attempt))
+        attempt = min(attempt + 1, 4)
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = _call_tolerating_transient(
+                ssm.list_command_invocations,
+                "ListCommandInvocations",
+                CommandId=command_id,
+                Details=True,
+                **({"NextToken": token} if token else {}),
+            )
+            items.extend(page.get("CommandInvocations", []))
+            token = page.get("NextToken")
+            if not token:
+                break
+        ended = all(i["Status"] in TERMINAL or i.get("StatusDetails") in TERMINAL_DETAILS for i in items)
+        if (items and ended) or time.monotonic() > deadline:
+            return {str(i["InstanceId"]): _listed_result(command_id, i) for i in items}
+
+
+def _listed_result(command_id: str, item: dict[str, Any]) -> CommandResult:
+    plugin = (item.get("CommandPlugins") or [{}])[0]
+    stdout, _, stderr = str(plugin.get("Output", "")).partition(_ERROR_MARK)
+    code = plugin.get("ResponseCode")
+    return CommandResult(
+        command_id=command_id,
+        instance_id=str(item["InstanceId"]),
+        status=str(item["Status"]),
+        status_details=str(item.get("StatusDetails", "")),
+        exit_code=code if isinstance(code, int) and code >= 0 else None,
+        stdout=stdout,
+        stderr=stderr,
+    )

@@ -565,9 +565,10 @@ def nvidia_smi(argv: list[str]) -> int:
         )
         return 9
     count = int(gpu.get("count", 1))
-    util = float(gpu.get("utilization", 0.0))
+    given = gpu.get("utilization", 0.0)  # one value for every GPU, or one per GPU
+    utils = [float(u) for u in given] if isinstance(given, list) else [float(given)] * count
     total = int(gpu.get("memory_total", 23028))
-    used = int(total * 0.9 * util / 100) if util else 0
+    used_by = [int(total * 0.9 * u / 100) for u in utils]
     name = str(gpu.get("name", "NVIDIA A10G"))
     query: list[str] = []
     fmt: list[str] = []
@@ -597,13 +598,13 @@ def nvidia_smi(argv: list[str]) -> int:
             "uuid": ("", lambda k: f"GPU-{uuid.UUID(int=k + 1)}"),
             "count": ("", lambda _: str(count)),
             "driver_version": ("", lambda _: "550.54.15"),
-            "utilization.gpu": ("%", lambda _: f"{util:.0f}"),
-            "utilization.memory": ("%", lambda _: f"{util * 0.6:.0f}"),
-            "memory.used": ("MiB", lambda _: str(used)),
+            "utilization.gpu": ("%", lambda k: f"{utils[k]:.0f}"),
+            "utilization.memory": ("%", lambda k: f"{utils[k] * 0.6:.0f}"),
+            "memory.used": ("MiB", lambda k: str(used_by[k])),
             "memory.total": ("MiB", lambda _: str(total)),
-            "memory.free": ("MiB", lambda _: str(total - used)),
-            "temperature.gpu": ("", lambda _: str(30 + int(util * 0.4))),
-            "power.draw": ("W", lambda _: f"{25 + util * 2:.2f}"),
+            "memory.free": ("MiB", lambda k: str(total - used_by[k])),
+            "temperature.gpu": ("", lambda k: str(30 + int(utils[k] * 0.4))),
+            "power.draw": ("W", lambda k: f"{25 + utils[k] * 2:.2f}"),
         }
         for key in query:
             if key.strip() not in fields:
@@ -626,10 +627,10 @@ def nvidia_smi(argv: list[str]) -> int:
     print("| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |")
     print("|=========================================+========================+======================|")
     for k in range(count):
-        memory = f"{used}MiB / {total}MiB"
+        memory = f"{used_by[k]}MiB / {total}MiB"
         print(f"| {k:>3}  {name[:20]:<20}           On  |   00000000:00:1E.0 Off |                    0 |")
-        temp, power = 30 + int(util * 0.4), 25 + util * 2
-        print(f"|  0%  {temp:>3}C    P0    {power:>5.0f}W / 300W | {memory:>22} | {util:>6.0f}%      Default |")
+        temp, power = 30 + int(utils[k] * 0.4), 25 + utils[k] * 2
+        print(f"|  0%  {temp:>3}C    P0    {power:>5.0f}W / 300W | {memory:>22} | {utils[k]:>6.0f}%      Default |")
     print("+-----------------------------------------------------------------------------------------+")
     return 0
 

@@ -22,6 +22,7 @@ from core.jobs import (
     JobStatus,
     RecoveryStrategy,
     ResumePolicy,
+    StopReason,
     TemplateSpec,
 )
 from core.models import Instance
@@ -520,34 +521,54 @@ _any_agent = st.one_of(
 )
 
 
-@given(
-    record=st.sampled_from([pending(), running(), running(spec(strategy=S.SAME_AZ_THEN_ON_DEMAND))]),
-    listed=_any_instance,
-    agent_status=_any_agent,
-    notice_seen=st.booleans(),
-    checkpoint=st.one_of(st.none(), st.integers(0, 10**6)),
-    later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30)),
-)
-def test_a_live_job_is_never_resumed_or_interrupted_unseen(
-    record: JobRecord,
-    listed: Instance | None,
-    agent_status: AgentStatus | None,
-    notice_seen: bool,
-    checkpoint: int | None,
-    later: timedelta,
-) -> None:
-    observation = Observation(
-        record=record,
-        looked=False,
-        instance=listed,
-        agent=agent_status,
-        interruption=notice() if notice_seen else None,
-        latest_checkpoint=checkpoint,
+def _observations(records: st.SearchStrategy[JobRecord], looked: st.SearchStrategy[bool]) -> Any:
+    """Whatever a pass may see of one of `records`: any instance, any word of the agent, a notice or none, any
+    latest checkpoint."""
+    return st.builds(
+        Observation,
+        record=records,
+        looked=looked,
+        instance=_any_instance,
+        agent=_any_agent,
+        interruption=st.one_of(st.none(), st.just(notice())),
+        latest_checkpoint=st.one_of(st.none(), st.integers(0, 10**6)),
     )
+
+
+_later = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30))
+
+
+@given(
+    observation=_observations(
+        st.sampled_from([pending(), running(), running(spec(strategy=S.SAME_AZ_THEN_ON_DEMAND))]), st.just(False)
+    ),
+    later=_later,
+)
+def test_a_live_job_is_never_resumed_or_interrupted_unseen(observation: Observation, later: timedelta) -> None:
     decision = decide(observation, THREE_AZS, T0 + later)
     # Only the agent's own final word (read from S3, not EC2) may move the record.
+    agent_status = observation.agent
     allowed = {Act.NOTHING, Act.RECORD_END} if agent_status and agent_status.status != "interrupted" else {Act.NOTHING}
     assert decision.act in allowed
+
+
+def _stopped_by_cost_watch(reason: StopReason) -> JobRecord:
+    record = running(spec(strategy=S.SAME_AZ_THEN_ON_DEMAND, from_scratch=True)).with_status(
+        JobStatus.STOPPED, stop_reason=reason, finished_at=NOTICE, message=f"stopped by cost-watch ({reason.value})"
+    )
+    assert record.current.stop_reason == reason
+    return record
+
+
+@given(
+    observation=_observations(st.sampled_from(list(StopReason)).map(_stopped_by_cost_watch), st.booleans()),
+    later=_later,
+)
+def test_a_job_cost_watch_stopped_is_never_resumed(observation: Observation, later: timedelta) -> None:
+    """Stopped for its budget or an idle GPU (tasks/jobs.py checkpoint_then_stop): whatever spot-watch sees next —
+    the instance taken by spot, a notice, any word of the agent, a checkpoint to resume from —, at most the
+    stopped job's instance is ended; no attempt is claimed."""
+    assert decide(observation, THREE_AZS, NOTICE + later).act in {Act.NOTHING, Act.END_INSTANCE}
 
 
 # -- the pure helpers -------------------------------------------------------------------------------------------

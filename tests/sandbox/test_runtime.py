@@ -218,6 +218,19 @@ def test_control_routes_and_nvidia_smi(cloud: Sandbox) -> None:
     assert any("NVIDIA A10G" in line for line in lines)
     with pytest.raises(ValueError):
         cloud.set_gpu_utilization(instance_id, 101)
+    # One value per GPU (as many as the type has); a type without a GPU has no driver to answer, as on AWS.
+    _control(cloud, "gpu", {"instance_id": instance_id, "utilization": [0, 5, 60, 100]})
+    query = "nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits"
+    rows = run(cloud, instance_id, query)["StandardOutputContent"].splitlines()
+    assert [row.split(", ")[0] for row in rows] == ["0", "5", "60", "100"] and rows[0] == "0, 0"
+    with pytest.raises(ValueError, match="has 4 GPUs"):
+        cloud.set_gpu_utilization(instance_id, [1, 2])
+    cpu_only = launch(cloud, InstanceType="t3.micro")
+    with pytest.raises(ValueError, match="has no GPU"):
+        cloud.set_gpu_utilization(cpu_only, 10)
+    failed = run(cloud, cpu_only, query)
+    assert (failed["Status"], failed["ResponseCode"]) == ("Failed", 9)
+    assert "couldn't communicate with the NVIDIA driver" in failed["StandardOutputContent"]
     notice = _control(cloud, "rebalance", {"instance_id": instance_id})
     assert notice["noticeTime"].endswith("Z")
     record = cloud.runtime.record(instance_id)

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from core import jobs
-from core.jobs import AttemptRecord, JobRecord, JobStatus
+from core.jobs import AttemptRecord, JobRecord, JobStatus, StopReason
 from sandbox import Sandbox
 from tasks.jobs import (
+    CheckpointStopReport,
     JobChangedError,
+    _checkpoint_problem,
+    checkpoint_then_stop,
     current_record,
     list_jobs,
     read_record,
@@ -144,3 +147,75 @@ def test_the_latest_checkpoint_is_the_newest_complete_one(cloud: Sandbox) -> Non
             s3.put_object(Bucket=BUCKET, Key=folder + jobs.MANIFEST_NAME, Body=b"{}")
     latest = latest_checkpoint.fn(uri)
     assert latest is not None and latest.seq == 2 and latest.prefix == prefix + "ckpt-000002/"
+
+
+# -- checkpoint_then_stop without instances (with the real agent: tests/flows/test_cost_actions.py) -----------
+
+
+def _put(cloud: Sandbox, uri: str, body: Any) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    cloud.client("s3").put_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"), Body=data)
+
+
+def _checkpoint(cloud: Sandbox, job: str, seq: int, *, manifest: Any = "auto", latest: int | None = None) -> str:
+    """ckpt-<seq>/ with weights.bin (4 bytes) and its manifest (or `manifest` as given, None: none), and LATEST."""
+    uri = jobs.default_checkpoint_uri(BUCKET, job)
+    folder = uri + jobs.checkpoint_folder(seq)
+    _put(cloud, folder + "weights.bin", b"0123")
+    if manifest == "auto":
+        manifest = {"seq": seq, "files": [{"path": "weights.bin", "size": 4, "sha256": "x"}]}
+    if manifest is not None:
+        _put(cloud, folder + jobs.MANIFEST_NAME, manifest)
+    _put(
+        cloud, uri + jobs.LATEST_NAME, {"seq": seq if latest is None else latest, "prefix": jobs.checkpoint_folder(seq)}
+    )
+    return uri
+
+
+@pytest.mark.parametrize(
+    ("manifest", "latest", "says"),
+    [
+        pytest.param("auto", None, None, id="verified"),
+        pytest.param(None, None, "MANIFEST.json is missing or malformed", id="no-manifest"),
+        pytest.param({"files": "weights.bin"}, None, "missing or malformed", id="malformed-manifest"),
+        pytest.param(
+            {"files": [{"path": "weights.bin", "size": 5}]}, None, "weights.bin: 4 bytes in S3, 5 in", id="size"
+        ),
+        pytest.param({"files": [{"path": "optim.bin", "size": 1}]}, None, "optim.bin: None bytes", id="file-missing"),
+        pytest.param("auto", 4, "LATEST.json names 4, not 3", id="not-the-latest"),
+    ],
+)
+def test_a_checkpoint_is_verified_as_the_agent_verifies_it(
+    cloud: Sandbox, request: pytest.FixtureRequest, manifest: Any, latest: int | None, says: str | None
+) -> None:
+    job = f"verify-{request.node.callspec.id}"
+    uri = _checkpoint(cloud, job, 3, manifest=manifest, latest=latest)
+    report = CheckpointStopReport(job=job, attempt=1, reason=StopReason.BUDGET, outcome="stopped", status="stopped")
+    problem = _checkpoint_problem(report, uri, 3, None)
+    assert report.checkpoint_uri == f"{uri}ckpt-000003/"
+    if says is None:
+        assert problem is None and report.checkpoint_written_at is not None
+    else:
+        assert problem is not None and says in problem and report.checkpoint_written_at is None
+
+
+def test_an_attempt_without_an_instance_is_recorded_stopped_with_its_reason_at_once(cloud: Sandbox) -> None:
+    now = datetime.now(UTC)
+    record = JobRecord(
+        name="no-instance",
+        bucket=BUCKET,
+        status=JobStatus.RUNNING,
+        attempts=[AttemptRecord(number=1, status=JobStatus.RUNNING, created_at=now, instance_id="i-0123456789abcdef0")],
+        created_at=now,
+    )
+    write_record.fn(record, expected_etag=None)
+    report = checkpoint_then_stop.fn(BUCKET, "no-instance", StopReason.IDLE_GPU, verify_timeout_s=120)
+    assert (report.outcome, report.instance_ended, report.checkpoint_verified) == ("stopped", False, False)
+    stored, _ = read_record.fn(BUCKET, "no-instance")
+    assert stored is not None and (stored.status, stored.current.stop_reason) == ("stopped", StopReason.IDLE_GPU)
+    assert stored.current.message == (
+        "stopped by cost-watch (idle-gpu): no checkpoint verified: the agent reported no checkpoint of attempt 1; "
+        "no instance of this attempt was running"
+    )
+    again = checkpoint_then_stop.fn(BUCKET, "no-instance", StopReason.BUDGET)
+    assert again.outcome == "already-ended" and read_record.fn(BUCKET, "no-instance")[0] == stored
