@@ -35,7 +35,7 @@ import fnmatch
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
@@ -53,6 +53,10 @@ from core.shell import on_instance, quote
 MIB = 1024 * 1024
 # Folders trainctl writes inside a destination while a transfer runs; never listed, never copied, never deleted.
 PARTIAL_PREFIX = ".trainctl-partial-"
+# A lock file inside every partial folder: held (flock) while its run lives, so a later run can tell a killed run's
+# folder (lock free) from a running one's. safe_relative refuses names starting with PARTIAL_PREFIX, so no copied
+# file can ever take this name.
+PARTIAL_LOCK = f"{PARTIAL_PREFIX}lock"
 
 _INSTANCE = re.compile(r"^(i-[0-9a-f]{8}(?:[0-9a-f]{9})?):(.*)$")
 _JOB = re.compile(r"^job:([^:]*):(.*)$")
@@ -234,13 +238,6 @@ class Checksum:
         """N for a COMPOSITE checksum, 0 for one of the whole object."""
         _, dash, n = self.value.rpartition("-")
         return int(n) if dash and n.isdigit() else 0
-
-
-def multipart_etag(part_md5s: Sequence[bytes]) -> str:
-    """The ETag S3 gives a multipart upload: md5 of the concatenated binary part MD5s, then `-<parts>`."""
-    import hashlib  # stdlib; pure computation
-
-    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
 
 
 # -- the sync plan ----------------------------------------------------------------------------------------------
@@ -473,7 +470,7 @@ def receive_script(
         f'partial="$root"/{quote(partial)}',
         'mkdir -p "$partial"',
         'trap \'rm -rf "$work" "$partial"\' EXIT',
-        f'exec 9>"$partial"/{quote(PARTIAL_PREFIX + "lock")}',
+        f'exec 9>"$partial"/{quote(PARTIAL_LOCK)}',
         "if command -v flock >/dev/null 2>&1; then flock -n 9; fi",
         'h sweep "$root" "$partial"',
         f'get {quote(manifest_uri)} "$work/manifest.json"',

@@ -60,6 +60,7 @@ from core.transfer import (
 )
 from core.transfer import check_script as instance_check_script
 from flows.reporting import artifact_key, markdown_report
+from tasks import copy_engines, local_files
 from tasks import transfer as tx
 from tasks.s3 import delete_prefix, get_json, put_json
 from tasks.ssm import run_command, wait_online
@@ -174,7 +175,7 @@ class Job:
         upload: bool,
         landed: Callable[[int], None] | None = None,
     ) -> None:
-        tx.copy_pairs(
+        copy_engines.copy_pairs(
             pairs,
             engine=self.engine,
             account=self.account,
@@ -203,7 +204,7 @@ def _key_uri(prefix: S3Uri, rel: str) -> str:
 
 
 def _local_to_s3(job: Job) -> None:
-    source = tx.local_source(job.src)
+    source = local_files.local_source(job.src)
     root, src = source.root, job.filtered(source.files)
     dest = cast(S3Uri, job.dst.s3)
     objects = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
@@ -221,7 +222,7 @@ def _local_to_s3(job: Job) -> None:
         # cheaper than the MD5 pass it replaces), by their ETag only if the object has no such checksum.
         small = [rel for rel in plan.copy if src[rel] < job.part]
         halves = (small[::2], small[1::2]) if job.request.verify else ()
-        etags = [pool.submit(tx.local_etags, root, half, job.part) for half in halves]
+        etags = [pool.submit(local_files.local_etags, root, half, job.part) for half in halves]
         folder, prefix = str(root), _key_uri(dest, "")  # plain strings: 10,000 Path joins cost 0.3 s
         pairs = [(f"{folder}/{rel}", prefix + rel, src[rel]) for rel in plan.copy]
         with _aborting_unfinished_uploads(job, dest, plan.copy):
@@ -294,11 +295,12 @@ def _download(
         path = partial / rel
         ok = path.is_file() and path.stat().st_size == sizes[rel] and (not job.request.verify or good(partial, rel))
         if ok:
-            tx.place(partial, root, [rel])
+            local_files.place(partial, root, [rel])
         return ok
 
     # Checking overlaps the copy: hashlib and file reads release the GIL, so 4 threads keep up with s5cmd.
-    with tx.partial_folder(root, job.request.transfer_id) as partial, ThreadPoolExecutor(max_workers=4) as pool:
+    partial_folder = local_files.partial_folder(root, job.request.transfer_id)
+    with partial_folder as partial, ThreadPoolExecutor(max_workers=4) as pool:
         pending: dict[str, Future[bool]] = {}
         try:
 
@@ -311,7 +313,8 @@ def _download(
             # Even when the copy failed part-way, what did land is checked and placed before the folder goes.
             placed = {rel for rel, future in pending.items() if future.result()}
         # Files no engine event named (one archive unpacked, or an event missed): checked now.
-        placed |= set(tx.parallel_filter(lambda rel: settle(partial, rel), [r for r in todo if r not in pending]))
+        rest = [r for r in todo if r not in pending]
+        placed |= set(local_files.parallel_filter(lambda rel: settle(partial, rel), rest))
     job.report.mismatches += sorted(set(todo) - placed)
     job.report.files_copied += len(placed)
     job.report.bytes_copied += sum(sizes[rel] for rel in placed)
@@ -324,15 +327,15 @@ def _recover_partials(
     """Take complete files from partial folders that killed runs left in `root` (always checksummed, whatever
     `verify` says: a killed run proves nothing), place them, remove those folders. Returns what is still to copy."""
     todo = dict.fromkeys(rels)
-    with tx.stale_partials(root) as stale:
+    with local_files.stale_partials(root) as stale:
         for folder in stale:
 
             def complete(rel: str, folder: Path = folder) -> bool:
                 path = folder / rel
                 return path.is_file() and path.stat().st_size == sizes[rel] and good(folder, rel)
 
-            found = tx.parallel_filter(complete, todo)
-            tx.place(folder, root, found)
+            found = local_files.parallel_filter(complete, todo)
+            local_files.place(folder, root, found)
             for rel in found:
                 del todo[rel]
             job.report.files_resumed += len(found)
@@ -346,8 +349,8 @@ def _recover_partials(
 
 
 def _local_destination(job: Job) -> tuple[Path, dict[str, int]]:
-    root = tx.local_destination(job.dst)
-    return root, job.filtered(tx.scan_local(root)) if root.is_dir() else {}
+    root = local_files.local_destination(job.dst)
+    return root, job.filtered(local_files.scan_local(root)) if root.is_dir() else {}
 
 
 def _s3_to_local(job: Job) -> None:
@@ -360,7 +363,7 @@ def _s3_to_local(job: Job) -> None:
     checksums = _call(tx.kms_checksums, source, checked, etags=_etags(objects, checked), account=job.account)
     same = tx.same_as_s3(root, candidates, objects, job.part, prefix=source, account=job.account, checksums=checksums)
     plan = plan_sync(src, dst, same, delete=job.request.delete)
-    check_free_space(plan.copy_bytes, tx.free_bytes(root), str(root))
+    check_free_space(plan.copy_bytes, local_files.free_bytes(root), str(root))
     if not job.planned(plan, src):
         return
 
@@ -377,7 +380,7 @@ def _s3_to_local(job: Job) -> None:
     _download(job, root, plan.copy, src, fetch, good)
     _name_changed(job, source, objects)
     if plan.delete and not job.report.mismatches:
-        job.report.files_deleted = tx.delete_local(root, plan.delete)
+        job.report.files_deleted = local_files.delete_local(root, plan.delete)
 
 
 def _name_changed(job: Job, source: S3Uri, objects: dict[str, tx.S3Object]) -> None:
@@ -470,13 +473,13 @@ def _apply_result(job: Job, stdout: str, plan: SyncPlan, sizes: dict[str, int]) 
 
 
 def _local_to_instance(job: Job) -> None:
-    source = tx.local_source(job.src)
+    source = local_files.local_source(job.src)
     root, src = source.root, job.filtered(source.files)
     check_all_safe(src, what="local file", shown=f"{root}/")  # each becomes a path on the instance
     remote = _remote(job, job.dst, None)
 
     def body() -> None:
-        md5s = tx.md5_many(root, src)
+        md5s = local_files.md5_many(root, src)
         expect = {rel: expectation(size, md5=md5s[rel]) for rel, size in src.items()}
         scan = _scan(job, remote, mode="dst", expect=expect)
         dst = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
@@ -489,8 +492,8 @@ def _local_to_instance(job: Job) -> None:
             archive_uri = remote.uri("bundle.tar.gz")
             with tempfile.TemporaryDirectory(prefix="trainctl-transfer-") as tmp:
                 bundle = Path(tmp, "bundle.tar.gz")
-                tx.pack(root, plan.copy, bundle)
-                tx.put_file(bundle, archive_uri, account=job.account)
+                local_files.pack(root, plan.copy, bundle)
+                copy_engines.put_file(bundle, archive_uri, account=job.account)
             job.tracker(len(plan.copy), plan.copy_bytes)
         else:
             files = remote.uri("files")
@@ -522,9 +525,10 @@ def _instance_to_local(job: Job) -> None:
         src = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
         check_all_safe(src, what="instance file")
         md5s = {rel: scan["files"][rel][1] for rel in src}
-        same = tx.parallel_filter(lambda rel: tx.md5_file(root / rel) == md5s[rel], equal_size(src, dst))
+        candidates = equal_size(src, dst)
+        same = local_files.parallel_filter(lambda rel: local_files.md5_file(root / rel) == md5s[rel], candidates)
         plan = plan_sync(src, dst, same, delete=job.request.delete)
-        check_free_space(plan.copy_bytes * (2 if job.request.compress else 1), tx.free_bytes(root), str(root))
+        check_free_space(plan.copy_bytes * (2 if job.request.compress else 1), local_files.free_bytes(root), str(root))
         if not job.planned(plan, src) or not plan.copy:
             _finish_local_delete(job, root, plan)
             return
@@ -550,14 +554,14 @@ def _instance_to_local(job: Job) -> None:
             # One archive holds every file: unpacked whole, then checked (no per-file events).
             bundle = partial / f"{PARTIAL_PREFIX}bundle.tar.gz"  # a name no copied file can have
             try:
-                tx.get_file(archive, bundle, account=job.account)
-                tx.unpack(bundle, partial)
+                copy_engines.get_file(archive, bundle, account=job.account)
+                local_files.unpack(bundle, partial)
             finally:
                 bundle.unlink(missing_ok=True)
             job.tracker(len(plan.copy), plan.copy_bytes)
 
         def good(partial: Path, rel: str) -> bool:
-            return tx.md5_file(partial / rel) == md5s[rel]
+            return local_files.md5_file(partial / rel) == md5s[rel]
 
         root.mkdir(parents=True, exist_ok=True)
         _download(job, root, plan.copy, src, fetch, good)
@@ -568,7 +572,7 @@ def _instance_to_local(job: Job) -> None:
 
 def _finish_local_delete(job: Job, root: Path, plan: SyncPlan) -> None:
     if plan.delete and not job.request.dry_run and not job.report.mismatches:
-        job.report.files_deleted = tx.delete_local(root, plan.delete)
+        job.report.files_deleted = local_files.delete_local(root, plan.delete)
 
 
 def _s3_to_instance(job: Job) -> None:
@@ -683,7 +687,7 @@ def run_transfer(
     report; mismatches are in it (see `raise_on_mismatch`)."""
     started = time.monotonic()
     src, dst = request.source(), request.destination()
-    engine = tx.pick_engine(request.engine)
+    engine = copy_engines.pick_engine(request.engine)
     compressed = request.compress and Kind.INSTANCE in (src.kind, dst.kind) and Kind.S3 not in (src.kind, dst.kind)
     report = TransferReport(
         src=request.src,
