@@ -23,19 +23,19 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
-from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
+from core import progress
 from core.errors import TrainctlError
+from core.progress import BytesMoved, Finished, Publisher, Subscriber
 from core.s3uri import S3Uri
 from core.transfer import (
     PARTIAL_PREFIX,
@@ -59,7 +59,7 @@ from core.transfer import (
     send_script,
 )
 from core.transfer import check_script as instance_check_script
-from flows.reporting import artifact_key, markdown_report
+from flows.reporting import artifact_key, log, markdown_report, progress_artifact
 from tasks import copy_engines, local_files
 from tasks import transfer as tx
 from tasks.s3 import delete_prefix, get_json, put_json
@@ -68,64 +68,44 @@ from tasks.ssm import run_command, wait_online
 T = TypeVar("T")
 
 
-@dataclass
-class ProgressEvent:
-    phase: str
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-
-
-# The CLI's rich progress bar listens here: the flow runs in the CLI's process, and a callable is not a flow
-# parameter Prefect can record.
-LISTENERS: list[Callable[[ProgressEvent], None]] = []
-
-
 class Tracker:
-    """Counts files and bytes moved; tells listeners (throttled), from whichever thread the engine reports on."""
+    """Counts files and bytes moved and publishes where the copy stands (`BytesMoved`, throttled to two a second),
+    from whichever thread the engine reports on."""
 
-    def __init__(self, extra: list[Callable[[ProgressEvent], None]]) -> None:
-        self.listeners = [*LISTENERS, *extra]
-        self.event = ProgressEvent("planning", 0, 0, 0, 0)
+    def __init__(self, subscribers: Iterable[Subscriber]) -> None:
+        self.publisher = Publisher(subscribers, on_error=log)
+        self.event = BytesMoved("planning", 0, 0, 0, 0)
         self._lock = threading.Lock()
         self._last = 0.0
         self._context = contextvars.copy_context()  # Prefect's run context, for reports from worker threads
 
     def start(self, phase: str, files: int, nbytes: int) -> None:
-        self.event = ProgressEvent(phase, 0, files, 0, nbytes)
+        self.event = BytesMoved(phase, 0, files, 0, nbytes)
         self._emit(force=True)
 
     def phase(self, phase: str) -> None:
-        self.event.phase = phase
+        self.event = replace(self.event, phase=phase)
         self._emit(force=True)
 
     def __call__(self, files: int, nbytes: int) -> None:
         with self._lock:
-            self.event.files_done += files
-            self.event.bytes_done += nbytes
+            now = self.event
+            self.event = replace(now, files_done=now.files_done + files, bytes_done=now.bytes_done + nbytes)
         self._emit()
+
+    def finish(self) -> None:
+        e = self.event
+        summary = (
+            f"done: {e.files_done}/{e.files_total} files, {human_bytes(e.bytes_done)}/{human_bytes(e.bytes_total)}"
+        )
+        self._context.copy().run(self.publisher.publish, Finished(summary))
 
     def _emit(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < 0.5:
             return
         self._last = now
-        snapshot = ProgressEvent(**vars(self.event))
-        for listener in self.listeners:
-            try:
-                self._context.copy().run(listener, snapshot)
-            except Exception as exc:  # a progress display must never fail the transfer
-                _log(f"progress listener failed: {exc!r}")
-
-
-def _log(message: str, *, warning: bool = False) -> None:
-    from prefect.exceptions import MissingContextError
-
-    try:
-        get_run_logger().log(logging.WARNING if warning else logging.INFO, message)
-    except MissingContextError:  # outside a flow run (bench, plain calls)
-        print(message)
+        self._context.copy().run(self.publisher.publish, self.event)
 
 
 def _call(task: Any, *args: Any, **kwargs: Any) -> Any:
@@ -249,7 +229,7 @@ def _aborting_unfinished_uploads(job: Job, prefix: S3Uri, rels: list[str]) -> It
         try:
             job.report.uploads_aborted += _call(tx.abort_unfinished_uploads, prefix, rels, account=job.account)
         except TrainctlError as exc:
-            _log(
+            log(
                 f"unfinished multipart uploads under {prefix} were not checked/aborted ({exc}); S3 bills their "
                 "parts until a lifecycle rule removes them (needs s3:ListBucketMultipartUploads, "
                 "s3:AbortMultipartUpload)"
@@ -341,7 +321,7 @@ def _recover_partials(
             job.report.files_resumed += len(found)
             job.report.bytes_resumed += sum(sizes[rel] for rel in found)
         if stale:
-            _log(
+            log(
                 f"{len(stale)} partial folder(s) of killed runs in {root}: {job.report.files_resumed} complete file(s) "
                 "placed from them, the folders removed"
             )
@@ -443,11 +423,11 @@ def _warn_if_checked_slowly(remote: Remote, scan: dict[str, Any], expect: dict[s
     nbytes = 0 if scan.get("fast_crc", True) else plain_python_crc_bytes(expect)
     if nbytes >= _SLOW_CHECK_WARN_BYTES:
         minutes = nbytes / PLAIN_PYTHON_CRC_BYTES_PER_S / 60
-        _log(
+        log(
             f"{remote.instance_id} has no awscrt for python3: checking {human_bytes(nbytes)} of KMS-encrypted "
             f"objects by their CRC in plain Python takes about {minutes:.0f} min. `python3 -m pip install awscrt` "
             "on the instance (or an AMI that has it) makes it seconds; --no-verify skips the check after the copy",
-            warning=True,
+            level=logging.WARNING,
         )
 
 
@@ -459,7 +439,7 @@ def _with_staging(job: Job, remote: Remote, body: Callable[[], None]) -> None:
         try:
             job.report.staging_objects_removed = delete_prefix.fn(str(remote.staging) + "/", account=job.account)
         except Exception as exc:
-            _log(f"could not remove staging {remote.staging}/: {exc}; delete it by hand")
+            log(f"could not remove staging {remote.staging}/: {exc}; delete it by hand")
 
 
 def _apply_result(job: Job, stdout: str, plan: SyncPlan, sizes: dict[str, int]) -> None:
@@ -680,9 +660,7 @@ DIRECTIONS: dict[tuple[Kind, Kind], Callable[[Job], None]] = {
 }
 
 
-def run_transfer(
-    request: TransferRequest, *, listeners: list[Callable[[ProgressEvent], None]] | None = None
-) -> TransferReport:
+def run_transfer(request: TransferRequest, *, subscribers: Iterable[Subscriber] = ()) -> TransferReport:
     """The whole transfer, without Prefect bookkeeping of its own (the flow below adds artifacts). Returns the
     report; mismatches are in it (see `raise_on_mismatch`)."""
     started = time.monotonic()
@@ -697,10 +675,10 @@ def run_transfer(
         dry_run=request.dry_run,
         compressed=compressed,
     )
-    job = Job(request, src, dst, report, Tracker(listeners or []), engine)
+    job = Job(request, src, dst, report, Tracker(subscribers), engine)
     DIRECTIONS[(src.kind, dst.kind)](job)
     report.seconds = round(time.monotonic() - started, 3)
-    job.tracker.phase("done")
+    job.tracker.finish()
     return report
 
 
@@ -713,22 +691,10 @@ def raise_on_mismatch(report: TransferReport) -> TransferReport:
 @flow(name="transfer", flow_run_name="transfer-{request.transfer_id}", log_prints=True)
 def transfer(request: TransferRequest) -> TransferReport:
     """Move SRC's tree to DST (see the module docstring); publishes a progress artifact and a report."""
-    log = get_run_logger()
     key = artifact_key("transfer", request.transfer_id)
-    artifact_id = cast(UUID, create_progress_artifact(0.0, key=key, description=f"{request.src} → {request.dst}"))
-
-    def artifact(event: ProgressEvent) -> None:
-        percent = 100.0 * event.bytes_done / event.bytes_total if event.bytes_total else 0.0
-        if event.phase == "done":
-            percent = 100.0
-        description = (
-            f"{event.phase}: {event.files_done}/{event.files_total} files, "
-            f"{human_bytes(event.bytes_done)}/{human_bytes(event.bytes_total)}"
-        )
-        update_progress_artifact(artifact_id, min(percent, 100.0), description=description)
-
-    report = run_transfer(request, listeners=[artifact])
-    log.info(
+    artifact = progress_artifact(key, f"{request.src} → {request.dst}")
+    report = run_transfer(request, subscribers=[artifact, *progress.subscribers()])
+    get_run_logger().info(
         "%s: %d copied (%s), %d skipped, %d deleted, %d mismatches in %.1f s",
         report.direction,
         report.files_copied,
