@@ -656,15 +656,15 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
 
 
 def test_a_long_check_in_plain_python_on_the_instance_is_announced(capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.transfer import Remote, _warn_if_checked_slowly
+    from flows.transfer import _warn_if_checked_slowly
 
-    remote = Remote("i-0123456789abcdef0", "/data", S3Uri("b", "staging"))
+    remote = "i-0123456789abcdef0"
     big = {"a": expectation(200 * MIB, checksum=Checksum("CRC64NVME", "x")), "b": expectation(100 * MIB, md5="m")}
     big["c"] = expectation(100 * MIB, checksum=Checksum("CRC32C", "y"))
-    _warn_if_checked_slowly(remote, {"fast_crc": True}, big)
-    _warn_if_checked_slowly(remote, {"fast_crc": False}, {"a": big["a"], "b": big["b"]})  # 200 MiB: no warning
+    _warn_if_checked_slowly(remote, True, big)
+    _warn_if_checked_slowly(remote, False, {"a": big["a"], "b": big["b"]})  # 200 MiB: no warning
     assert capsys.readouterr().out == ""
-    _warn_if_checked_slowly(remote, {"fast_crc": False}, big)  # 300 MiB by CRC (the MD5 one is fast anyway)
+    _warn_if_checked_slowly(remote, False, big)  # 300 MiB by CRC (the MD5 one is fast anyway)
     said = capsys.readouterr().out
     assert "i-0123456789abcdef0 has no awscrt" in said and "300.0 MiB" in said and "about 1 min" in said
 
