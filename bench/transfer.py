@@ -153,7 +153,7 @@ def main() -> None:
     from blocks.aws import clear_client_cache
     from core.transfer import TransferRequest
     from flows.transfer import raise_on_mismatch, run_transfer
-    from tasks.transfer import find_s5cmd
+    from tasks.copy_engines import find_s5cmd
 
     s5cmd, aws = find_s5cmd(), shutil.which("aws")
     if not s5cmd or not aws:

@@ -488,36 +488,37 @@ def move(
 # -- prewarm --------------------------------------------------------------------------------------------------
 
 
-class _StepHandler(logging.Handler):
-    """Advances a rich Progress on the flow's `step: <name>` log lines; shows its other info lines above it."""
+class _FlowLines(logging.Handler):
+    """Shows the flow's other info lines above the progress bar; its step lines (marked `STEP_RECORD`) are the
+    bar's own, fed by progress events."""
 
-    def __init__(self, progress: Any, task_id: Any, steps: list[str]) -> None:
+    def __init__(self, progress: Any) -> None:
         super().__init__(level=logging.INFO)
-        self.progress, self.task_id, self.steps = progress, task_id, steps
+        self.progress = progress
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed log call must never break the command
+        from core.progress import STEP_RECORD
+
+        if hasattr(record, STEP_RECORD) or record.levelno != logging.INFO:
             return
-        if message.startswith("step: "):
-            name = message.removeprefix("step: ")
-            done = self.steps.index(name) if name in self.steps else None
-            self.progress.update(self.task_id, description=name, **({"completed": done} if done is not None else {}))
-        elif (
-            record.levelno == logging.INFO and record.name.startswith("prefect.flow_runs") and not_a_run_failure(record)
-        ):
+        if record.name.startswith("prefect.flow_runs") and not_a_run_failure(record):
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed log call must never break the command
+                return
             self.progress.console.print(f"  {message}", style="dim", highlight=False)
 
 
 @contextmanager
 def _step_progress(enabled: bool) -> Iterator[None]:
-    """Rich progress over the prewarm steps on stderr (under `flow_console(quiet=True)`)."""
+    """Rich progress over the prewarm steps on stderr (under `flow_console(quiet=True)`), fed by the flow's
+    progress events."""
     if not enabled:
         yield
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from core.progress import Finished, ProgressEvent, StepStarted, subscribed
     from flows.prewarm import STEPS
 
     progress = Progress(
@@ -530,11 +531,18 @@ def _step_progress(enabled: bool) -> Iterator[None]:
         transient=False,
     )
     task_id = progress.add_task("starting Prefect…", total=len(STEPS))
-    handler = _StepHandler(progress, task_id, STEPS)
+
+    def show(event: ProgressEvent) -> None:
+        if isinstance(event, StepStarted):
+            progress.update(task_id, description=event.step, completed=event.done)
+        elif isinstance(event, Finished):
+            progress.update(task_id, description="done", completed=len(STEPS))
+
+    handler = _FlowLines(progress)
     flow_logger = logging.getLogger("prefect.flow_runs")
     flow_logger.addHandler(handler)
     try:
-        with progress:
+        with progress, subscribed(show):
             yield
             progress.update(task_id, completed=len(STEPS), description="done")
     finally:

@@ -19,7 +19,7 @@ from core.errors import InvalidInputError
 from core.transfer import TransferRequest, human_bytes
 
 if TYPE_CHECKING:
-    from flows.transfer import ProgressEvent
+    from core.progress import ProgressEvent
 
 
 class Engine(StrEnum):
@@ -30,7 +30,8 @@ class Engine(StrEnum):
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[None]:
-    """A rich bar fed by the flow's progress events (under `flow_console(quiet=True)`)."""
+    """A rich bar fed by the flow's progress events (under `flow_console(quiet=True)`): subscribed for the flow run
+    this command starts."""
     if not enabled:
         yield
         return
@@ -43,7 +44,7 @@ def _progress_bar(enabled: bool) -> Iterator[None]:
         TransferSpeedColumn,
     )
 
-    from flows.transfer import LISTENERS
+    from core.progress import BytesMoved, Finished, subscribed
 
     progress = Progress(
         TextColumn("[bold]{task.description}[/bold]"),
@@ -56,21 +57,20 @@ def _progress_bar(enabled: bool) -> Iterator[None]:
     )
     task_id = progress.add_task("starting Prefect…", total=None, files="0/?")
 
-    def listener(event: ProgressEvent) -> None:
-        progress.update(
-            task_id,
-            description=event.phase,
-            total=event.bytes_total or None,
-            completed=event.bytes_done,
-            files=f"{event.files_done}/{event.files_total}",
-        )
+    def show(event: ProgressEvent) -> None:
+        if isinstance(event, BytesMoved):
+            progress.update(
+                task_id,
+                description=event.phase,
+                total=event.bytes_total or None,
+                completed=event.bytes_done,
+                files=f"{event.files_done}/{event.files_total}",
+            )
+        elif isinstance(event, Finished):
+            progress.update(task_id, description="done")
 
-    LISTENERS.append(listener)
-    try:
-        with progress:
-            yield
-    finally:
-        LISTENERS.remove(listener)
+    with progress, subscribed(show):
+        yield
 
 
 def transfer_command(

@@ -35,9 +35,10 @@ import fnmatch
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib import resources
 from typing import Literal, Self
 
 from pydantic import BaseModel, Field, model_validator
@@ -52,6 +53,10 @@ from core.shell import on_instance, quote
 MIB = 1024 * 1024
 # Folders trainctl writes inside a destination while a transfer runs; never listed, never copied, never deleted.
 PARTIAL_PREFIX = ".trainctl-partial-"
+# A lock file inside every partial folder: held (flock) while its run lives, so a later run can tell a killed run's
+# folder (lock free) from a running one's. safe_relative refuses names starting with PARTIAL_PREFIX, so no copied
+# file can ever take this name.
+PARTIAL_LOCK = f"{PARTIAL_PREFIX}lock"
 
 _INSTANCE = re.compile(r"^(i-[0-9a-f]{8}(?:[0-9a-f]{9})?):(.*)$")
 _JOB = re.compile(r"^job:([^:]*):(.*)$")
@@ -235,13 +240,6 @@ class Checksum:
         return int(n) if dash and n.isdigit() else 0
 
 
-def multipart_etag(part_md5s: Sequence[bytes]) -> str:
-    """The ETag S3 gives a multipart upload: md5 of the concatenated binary part MD5s, then `-<parts>`."""
-    import hashlib  # stdlib; pure computation
-
-    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
-
-
 # -- the sync plan ----------------------------------------------------------------------------------------------
 
 
@@ -415,261 +413,9 @@ class TransferVerifyError(TrainctlError):
 # the AMI has it, else the aws CLI. Every value reaches the shell through core.shell (quoted), and instance paths
 # through `on_instance` ($TRAINCTL_ROOT prefix).
 
-INSTANCE_HELPER = r"""
-import fcntl, hashlib, json, os, shlex, shutil, sys, tarfile, time
-PARTIAL = ".trainctl-partial-"
-LOCK = PARTIAL + "lock"
-
-def md5_file(path):
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-def etag_ok(path, want):
-    etag = want["etag"]
-    if "-" not in etag:
-        return md5_file(path) == etag
-    for part in want.get("parts", []):
-        digests = []
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(part), b""):
-                digests.append(hashlib.md5(chunk).digest())
-        if "%s-%d" % (hashlib.md5(b"".join(digests)).hexdigest(), len(digests)) == etag:
-            return True
-    return False
-
-def _crc_table(poly):
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-def _crc(table, mask):
-    # Reflected table CRC in plain Python (~15 MB/s): only where awscrt (C, GB/s) is not installed.
-    def update(data, crc=0):
-        crc ^= mask
-        for byte in data:
-            crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-        return crc ^ mask
-    return update
-
-def fast_crc():
-    try:
-        import awscrt.checksums
-        return True
-    except ImportError:
-        return False
-
-def crc_function(algorithm):
-    try:
-        from awscrt import checksums
-        return checksums.crc64nvme if algorithm == "CRC64NVME" else checksums.crc32c
-    except ImportError:
-        if algorithm == "CRC64NVME":
-            return _crc(_crc_table(0x9A6C9329AC4BC9B5), (1 << 64) - 1)
-        return _crc(_crc_table(0x82F63B78), (1 << 32) - 1)
-
-def digest_blocks(blocks, algorithm):
-    # S3's form of a digest: the big-endian bytes.
-    import zlib
-    if algorithm in ("SHA256", "SHA1"):
-        h = hashlib.new(algorithm.lower())
-        for block in blocks:
-            h.update(block)
-        return h.digest()
-    if algorithm == "CRC32":
-        update, width = zlib.crc32, 4
-    else:
-        update, width = crc_function(algorithm), 8 if algorithm == "CRC64NVME" else 4
-    crc = 0
-    for block in blocks:
-        crc = update(block, crc)
-    return crc.to_bytes(width, "big")
-
-def read_range(path, offset, length):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while length > 0:
-            block = f.read(min(1 << 22, length))
-            if not block:
-                return
-            length -= len(block)
-            yield block
-
-def checksum(path, algorithm):
-    import base64
-    return base64.b64encode(digest_blocks(read_range(path, 0, os.path.getsize(path)), algorithm)).decode()
-
-def composite(path, algorithm, part):
-    # A multipart upload's COMPOSITE checksum: the checksum of its parts' checksums, then -<parts>.
-    import base64
-    parts = [digest_blocks(read_range(path, o, part), algorithm) for o in range(0, os.path.getsize(path), part)]
-    return "%s-%d" % (base64.b64encode(digest_blocks([b"".join(parts)], algorithm)).decode(), len(parts))
-
-def same(path, want):
-    if os.path.getsize(path) != want["size"]:
-        return False
-    if "checksum" in want:
-        algorithm, value = want["checksum"]
-        if "-" in value:
-            return any(composite(path, algorithm, part) == value for part in want.get("parts", []))
-        return checksum(path, algorithm) == value
-    return md5_file(path) == want["md5"] if "md5" in want else etag_ok(path, want)
-
-def walk(root):
-    for folder, dirs, files in os.walk(root):
-        if folder == root:
-            dirs[:] = [d for d in dirs if not d.startswith(PARTIAL)]
-        for name in files:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                yield os.path.relpath(path, root).replace(os.sep, "/"), path
-
-def problem(rel):
-    # core/paths.py's rule, copied (core is not on the instance); tests/core/test_paths.py compares the two.
-    if not rel:
-        return "is empty"
-    if rel.startswith("/"):
-        return "is absolute"
-    if "\\" in rel:
-        return "contains a backslash"
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in rel):
-        return "contains a control character"
-    try:
-        size = len(rel.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    parts = rel.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        return "has a '..', '.' or empty segment"
-    if any(len(p.encode("utf-8")) > 255 for p in parts):
-        return "has a segment over 255 bytes"
-    if size > 4096:
-        return "is over 4096 bytes"
-    if rel.startswith(PARTIAL):
-        return "starts with trainctl's reserved prefix"
-    return None
-
-def inside(root, rel):
-    why = problem(rel)
-    if why:
-        raise SystemExit("refused: %r %s (under %s); nothing was copied" % (rel, why, root))
-    return os.path.join(root, *rel.split("/"))
-
-def check_tree(rels):
-    names = set(rels)
-    for rel in sorted(names):
-        inside("", rel)
-        parts = rel.split("/")
-        for depth in range(1, len(parts)):
-            if "/".join(parts[:depth]) in names:
-                raise SystemExit("refused: %r is a file and also a folder of %r" % ("/".join(parts[:depth]), rel))
-
-def problems(names_path):
-    print(json.dumps([[rel, problem(rel)] for rel in load(names_path)]))
-
-def load(path):
-    with open(path) as f:
-        return json.load(f)
-
-def scan(root, out, mode, expect_path=None):
-    result = {"exists": os.path.exists(root), "is_dir": os.path.isdir(root), "files": {}, "match": []}
-    probe = root
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    result["free"] = shutil.disk_usage(probe).free
-    result["fast_crc"] = fast_crc()
-    expect = load(expect_path) if expect_path else {}
-    if result["is_dir"]:
-        for rel, path in walk(root):
-            size = os.path.getsize(path)
-            result["files"][rel] = [size, md5_file(path) if mode == "src" else None]
-            if rel in expect and expect[rel]["size"] == size and same(path, expect[rel]):
-                result["match"].append(rel)
-    with open(out, "w") as f:
-        json.dump(result, f)
-
-def pack(root, select, archive, gz):
-    tar = tarfile.open(archive, "w:gz", compresslevel=1) if gz == "1" else tarfile.open(archive, "w")
-    with tar:
-        for rel in load(select):
-            tar.add(inside(root, rel), arcname=rel, recursive=False)
-
-def unpack(archive, dest):
-    with tarfile.open(archive) as tar:
-        for m in tar.getmembers():
-            inside(dest, m.name)
-            if not (m.isfile() or m.isdir()):
-                raise SystemExit("refused: archive member %r is not a plain file" % m.name)
-        check_tree([m.name for m in tar.getmembers() if m.isfile()])
-        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-
-def cmds(tool, src_base, dst_base, select, out, part_mib):
-    check_tree(load(select))  # every name, before the first copy starts
-    with open(out, "w") as f:
-        for rel in load(select):
-            s = src_base + rel if src_base.startswith("s3://") else inside(src_base, rel)
-            d = dst_base + rel if dst_base.startswith("s3://") else inside(dst_base, rel)
-            if tool == "s5cmd":
-                f.write("cp --raw --part-size %s %s %s\n" % (part_mib, shlex.quote(s), shlex.quote(d)))
-            else:
-                f.write("aws s3 cp --only-show-errors --no-progress %s %s\n" % (shlex.quote(s), shlex.quote(d)))
-
-def apply(partial, root, manifest_path):
-    manifest = load(manifest_path)
-    placed, bad, deleted = 0, [], 0
-    for rel, want in sorted(manifest["files"].items()):
-        got = inside(partial, rel)
-        ok = os.path.isfile(got) and os.path.getsize(got) == want["size"]
-        if not ok or (manifest["verify"] and not same(got, want)):
-            bad.append(rel)
-            continue
-        final = inside(root, rel)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(got, final)
-        placed += 1
-    for rel in manifest["delete"]:
-        path = inside(root, rel)
-        if os.path.isfile(path):
-            os.remove(path)
-            deleted += 1
-    shutil.rmtree(partial, ignore_errors=True)
-    print(json.dumps({"placed": placed, "mismatches": bad, "deleted": deleted}))
-
-def sweep(root, mine):
-    # Partial folders of killed receives (their lock is free; unlocked and a minute old when the lock is
-    # missing) go; a live receive holds its lock (flock) for as long as its script runs.
-    for name in os.listdir(root):
-        path = os.path.join(root, name)
-        if not name.startswith(PARTIAL) or path == mine or not os.path.isdir(path) or os.path.islink(path):
-            continue
-        try:
-            fd = os.open(os.path.join(path, LOCK), os.O_RDWR)
-        except FileNotFoundError:
-            if time.time() - os.stat(path).st_mtime > 60:
-                shutil.rmtree(path, ignore_errors=True)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass  # a live receive's
-        finally:
-            os.close(fd)
-
-def check(root, expect_path):
-    bad = [rel for rel, want in sorted(load(expect_path).items()) if not same(inside(root, rel), want)]
-    print(json.dumps({"mismatches": bad}))
-
-VERBS = {"scan": scan, "pack": pack, "unpack": unpack, "cmds": cmds, "apply": apply, "check": check, "sweep": sweep}
-VERBS["problems"] = problems
-VERBS[sys.argv[1]](*sys.argv[2:])
-"""
+# The helper is agent/transfer_helper.py, a real module (linted, typed, unit-tested); its text is sent inline. Read
+# once from the installed package: static data of trainctl itself, as a template would be, not run-time I/O.
+INSTANCE_HELPER = resources.files("agent").joinpath("transfer_helper.py").read_text(encoding="utf-8")
 
 # Shell functions every instance script starts with: the helper, s5cmd (pointed at AWS_ENDPOINT_URL when set:
 # s5cmd reads only its own S3_ENDPOINT_URL) or else the aws CLI for single objects.
@@ -724,7 +470,7 @@ def receive_script(
         f'partial="$root"/{quote(partial)}',
         'mkdir -p "$partial"',
         'trap \'rm -rf "$work" "$partial"\' EXIT',
-        f'exec 9>"$partial"/{quote(PARTIAL_PREFIX + "lock")}',
+        f'exec 9>"$partial"/{quote(PARTIAL_LOCK)}',
         "if command -v flock >/dev/null 2>&1; then flock -n 9; fi",
         'h sweep "$root" "$partial"',
         f'get {quote(manifest_uri)} "$work/manifest.json"',

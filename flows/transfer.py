@@ -3,11 +3,13 @@
 Runbook, every direction: check both ends → list both sides → plan (core: copy what is missing or changed by
 size + checksum, skip the same, delete only with `delete`) → refuse before moving anything if the destination
 lacks space or a name would escape it → (dry run stops here) → copy → verify checksums → place/delete → report.
+It is written once (`_runbook`) over three kinds of `Endpoint`: local, S3, and an instance (through staging).
 
 Instance legs go through S3 and SSM only (no SSH, no open ports): the instance lists itself with a small stdlib
-Python helper, the bytes travel through a staging prefix (the job's, `s3://B/trainctl/jobs/JOB/staging/…`, or
-`--staging`), and the staging objects are deleted afterwards, failure or not. S3 ↔ instance needs no data
-staging: the instance reads or writes the S3 side directly (s5cmd when the AMI has it, else the aws CLI).
+Python helper (agent/transfer_helper.py), the bytes travel through a staging prefix (the job's,
+`s3://B/trainctl/jobs/JOB/staging/…`, or `--staging`), and the staging objects are deleted afterwards, failure or
+not. S3 ↔ instance needs no data staging: the instance reads or writes the S3 side directly (s5cmd when the AMI
+has it, else the aws CLI).
 
 IAM: the caller needs s3:ListBucket/GetObject/PutObject/DeleteObject on the buckets involved (and
 s3:ListBucketMultipartUploads/AbortMultipartUpload to abort a killed run's unfinished uploads), plus
@@ -23,19 +25,19 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
-from uuid import UUID
+from typing import Any, Literal, cast
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
+from core import progress
 from core.errors import TrainctlError
+from core.progress import BytesMoved, Finished, Publisher, Subscriber
 from core.s3uri import S3Uri
 from core.transfer import (
     PARTIAL_PREFIX,
@@ -59,88 +61,68 @@ from core.transfer import (
     send_script,
 )
 from core.transfer import check_script as instance_check_script
-from flows.reporting import artifact_key, markdown_report
-from tasks import transfer as tx
+from flows.reporting import artifact_key, log, markdown_report, progress_artifact
+from tasks import copy_engines, local_files
+from tasks import transfer as transfer_tasks
 from tasks.s3 import delete_prefix, get_json, put_json
 from tasks.ssm import run_command, wait_online
+from tasks.transfer import S3Object
 
-T = TypeVar("T")
-
-
-@dataclass
-class ProgressEvent:
-    phase: str
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-
-
-# The CLI's rich progress bar listens here: the flow runs in the CLI's process, and a callable is not a flow
-# parameter Prefect can record.
-LISTENERS: list[Callable[[ProgressEvent], None]] = []
+Expectations = dict[str, dict[str, object]]  # relative path → what the file must be (core.transfer.expectation)
 
 
 class Tracker:
-    """Counts files and bytes moved; tells listeners (throttled), from whichever thread the engine reports on."""
+    """Counts files and bytes moved and publishes where the copy stands (`BytesMoved`, throttled to two a second),
+    from whichever thread the engine reports on."""
 
-    def __init__(self, extra: list[Callable[[ProgressEvent], None]]) -> None:
-        self.listeners = [*LISTENERS, *extra]
-        self.event = ProgressEvent("planning", 0, 0, 0, 0)
+    def __init__(self, subscribers: Iterable[Subscriber]) -> None:
+        self.publisher = Publisher(subscribers, on_error=log)
+        self.event = BytesMoved("planning", 0, 0, 0, 0)
         self._lock = threading.Lock()
         self._last = 0.0
         self._context = contextvars.copy_context()  # Prefect's run context, for reports from worker threads
 
     def start(self, phase: str, files: int, nbytes: int) -> None:
-        self.event = ProgressEvent(phase, 0, files, 0, nbytes)
+        self.event = BytesMoved(phase, 0, files, 0, nbytes)
         self._emit(force=True)
 
     def phase(self, phase: str) -> None:
-        self.event.phase = phase
+        self.event = replace(self.event, phase=phase)
         self._emit(force=True)
 
     def __call__(self, files: int, nbytes: int) -> None:
         with self._lock:
-            self.event.files_done += files
-            self.event.bytes_done += nbytes
+            now = self.event
+            self.event = replace(now, files_done=now.files_done + files, bytes_done=now.bytes_done + nbytes)
         self._emit()
+
+    def finish(self) -> None:
+        e = self.event
+        summary = (
+            f"done: {e.files_done}/{e.files_total} files, {human_bytes(e.bytes_done)}/{human_bytes(e.bytes_total)}"
+        )
+        self._context.copy().run(self.publisher.publish, Finished(summary))
 
     def _emit(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < 0.5:
             return
         self._last = now
-        snapshot = ProgressEvent(**vars(self.event))
-        for listener in self.listeners:
-            try:
-                self._context.copy().run(listener, snapshot)
-            except Exception as exc:  # a progress display must never fail the transfer
-                _log(f"progress listener failed: {exc!r}")
+        self._context.copy().run(self.publisher.publish, self.event)
 
 
-def _log(message: str, *, warning: bool = False) -> None:
-    from prefect.exceptions import MissingContextError
-
-    try:
-        get_run_logger().log(logging.WARNING if warning else logging.INFO, message)
-    except MissingContextError:  # outside a flow run (bench, plain calls)
-        print(message)
-
-
-def _call(task: Any, *args: Any, **kwargs: Any) -> Any:
-    """A task run inside a flow (retries, UI), the plain function outside one (bench, tests, no Prefect API)."""
+def _run_task(task: Any, *args: Any, **kwargs: Any) -> Any:
+    """A task run inside a flow (retries, UI); the plain function outside one (bench, tests, no Prefect API)."""
     if FlowRunContext.get() is not None:
         return task(*args, **kwargs)
     return task.fn(*args, **kwargs)
 
 
 @dataclass
-class Job:
-    """One transfer in progress: the request, both ends, and the report being filled."""
+class TransferRun:
+    """One transfer in progress: the request, the report being filled, the progress and the copy engine."""
 
     request: TransferRequest
-    src: Location
-    dst: Location
     report: TransferReport
     tracker: Tracker
     engine: str
@@ -168,13 +150,9 @@ class Job:
         return True
 
     def copy(
-        self,
-        pairs: list[tuple[str, str, int]],
-        *,
-        upload: bool,
-        landed: Callable[[int], None] | None = None,
+        self, pairs: list[tuple[str, str, int]], *, upload: bool, landed: Callable[[int], None] | None = None
     ) -> None:
-        tx.copy_pairs(
+        copy_engines.copy_pairs(
             pairs,
             engine=self.engine,
             account=self.account,
@@ -186,504 +164,571 @@ class Job:
         )
 
 
-def _sizes(objects: dict[str, tx.S3Object]) -> dict[str, int]:
-    return {rel: o.size for rel, o in objects.items()}
-
-
-def _etags(objects: dict[str, tx.S3Object], rels: list[str]) -> dict[str, str]:
-    """The listed ETags of these objects: a HEAD made later counts only while the object still has it."""
-    return {rel: objects[rel].etag for rel in rels}
-
-
 def _key_uri(prefix: S3Uri, rel: str) -> str:
     return f"s3://{prefix.bucket}/{prefix.prefix}{rel}"
 
 
-# -- local ↔ S3 -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Wire:
+    """The S3 prefix the bytes travel through: the S3 end itself (`final`), or the instance leg's staging prefix,
+    where they travel as files or, compressed, as one archive."""
+
+    prefix: S3Uri
+    final: bool
+    archive: S3Uri | None = None
+
+    def uri(self, rel: str) -> str:
+        return _key_uri(self.prefix, rel)
+
+    @property
+    def url(self) -> str:
+        """The prefix as `s3://bucket/prefix/`, the form the copy commands take."""
+        return f"s3://{self.prefix.bucket}/{self.prefix.prefix}"
 
 
-def _local_to_s3(job: Job) -> None:
-    source = tx.local_source(job.src)
-    root, src = source.root, job.filtered(source.files)
-    dest = cast(S3Uri, job.dst.s3)
-    objects = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
-    dst = job.filtered(_sizes(objects))
-    candidates = equal_size(src, dst)
-    checksums = _call(tx.kms_checksums, dest, candidates, etags=_etags(objects, candidates), account=job.account)
-    same = tx.same_as_s3(root, candidates, objects, job.part, prefix=dest, account=job.account, checksums=checksums)
-    plan = plan_sync(src, dst, same, delete=job.request.delete)
-    if not job.planned(plan, src):
-        return
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        # The ETags S3 should end up with, computed by two threads while s5cmd uploads (reads and MD5 release the
-        # GIL), so checking the small files is one listing and never reads them a second time. Files of a part or
-        # more are checked afterwards by the CRC64NVME S3 gives every new object (one HEAD and a CRC pass, ~10x
-        # cheaper than the MD5 pass it replaces), by their ETag only if the object has no such checksum.
-        small = [rel for rel in plan.copy if src[rel] < job.part]
-        halves = (small[::2], small[1::2]) if job.request.verify else ()
-        etags = [pool.submit(tx.local_etags, root, half, job.part) for half in halves]
-        folder, prefix = str(root), _key_uri(dest, "")  # plain strings: 10,000 Path joins cost 0.3 s
-        pairs = [(f"{folder}/{rel}", prefix + rel, src[rel]) for rel in plan.copy]
-        with _aborting_unfinished_uploads(job, dest, plan.copy):
-            job.copy(pairs, upload=True)
-        expected = {rel: etag for future in etags for rel, etag in future.result().items()}
-    job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
-    if job.request.verify:
-        job.tracker.phase("verifying")
-        copied = {rel: src[rel] for rel in plan.copy}
-        job.report.mismatches = _call(
-            tx.verify_upload, root, dest, copied, part_size=job.part, expected=expected, account=job.account
-        )
-        job.report.verified = not job.report.mismatches
-    if plan.delete and not job.report.mismatches:
-        job.report.files_deleted = _call(tx.delete_s3_objects, dest, plan.delete, account=job.account)
+# -- the runbook ------------------------------------------------------------------------------------------------
+
+
+def _runbook(run: TransferRun, src: Endpoint, dst: Endpoint) -> None:
+    """Every direction: list both sides → compare → plan → check space → copy → verify → delete. The side that
+    can read the bytes compares (the destination, or the source when the destination is S3) against what the
+    other side says its files are."""
+    src.list_files(run)
+    dst.list_files(run)
+    with src.opened(run), dst.opened(run):
+        matcher, reference = (src, dst) if dst.kind is Kind.S3 else (dst, src)
+        reference.scan(run)
+        same = matcher.compare(run, reference)
+        plan = plan_sync(src.files, dst.files, same, delete=run.request.delete)
+        free = dst.free_bytes()
+        if free is not None:
+            check_free_space(plan.copy_bytes * (2 if run.report.compressed else 1), free, dst.where)
+        if not run.planned(plan, src.files):
+            return
+        wire = dst.wire(run, plan) or src.wire(run, plan) or _staging_wire(run, src, dst, plan)
+        uploading = dst.kind is Kind.S3 and plan.copy
+        with _aborting_unfinished_uploads(run, wire.prefix, plan.copy) if uploading else nullcontext():
+            src.send(run, plan, wire)
+        dst.receive(run, plan, wire, src)
+        if run.request.verify and dst.kind is Kind.S3:
+            src.verify_landed(run, plan, cast(S3Endpoint, dst))
+        if plan.delete and not run.report.mismatches:
+            dst.delete(run, plan)
+        src.explain_mismatches(run)
+
+
+def _staging_wire(run: TransferRun, src: Endpoint, dst: Endpoint, plan: SyncPlan) -> Wire:
+    """local ↔ instance: through the instance's staging prefix, as files or (compressed) one archive."""
+    instance = cast(InstanceEndpoint, src if src.kind is Kind.INSTANCE else dst)
+    archive = instance.uri("bundle.tar.gz") if run.report.compressed and plan.copy else None
+    return Wire(instance.uri("files"), final=False, archive=archive)
 
 
 @contextmanager
-def _aborting_unfinished_uploads(job: Job, prefix: S3Uri, rels: list[str]) -> Iterator[None]:
+def _aborting_unfinished_uploads(run: TransferRun, prefix: S3Uri, rels: list[str]) -> Iterator[None]:
     """Around an upload of `rels` into `prefix`: abort a killed earlier run's unfinished multipart uploads of those
     keys first, and this run's own if the copy fails. Best effort: an error is logged, never fatal."""
 
     def abort() -> None:
         try:
-            job.report.uploads_aborted += _call(tx.abort_unfinished_uploads, prefix, rels, account=job.account)
+            run.report.uploads_aborted += _run_task(
+                transfer_tasks.abort_unfinished_uploads, prefix, rels, account=run.account
+            )
         except TrainctlError as exc:
-            _log(
+            log(
                 f"unfinished multipart uploads under {prefix} were not checked/aborted ({exc}); S3 bills their "
                 "parts until a lifecycle rule removes them (needs s3:ListBucketMultipartUploads, "
                 "s3:AbortMultipartUpload)"
             )
 
-    if rels:
-        abort()
+    abort()
     try:
         yield
     except Exception:
-        if rels:
-            abort()
+        abort()
         raise
 
 
-def _s3_source(job: Job) -> tuple[S3Uri, dict[str, tx.S3Object], dict[str, int]]:
-    """The S3 source listed and filtered: missing bucket/prefix refused, escaping keys refused."""
-    source = cast(S3Uri, job.src.s3)
-    objects = _call(tx.list_s3_tree, source, account=job.account)
-    if not objects:
-        raise TransferError(f"source {source} has no objects", fix="Check the bucket and prefix (aws s3 ls)")
-    src = job.filtered(_sizes(objects))
-    check_all_safe(src, what="S3 object", shown=_key_uri(source, ""))
-    return source, objects, src
+# -- endpoints --------------------------------------------------------------------------------------------------
+
+
+class Endpoint:
+    """One end of a transfer: local, S3 or an instance (through S3 and SSM). The runbook asks each end, in order,
+    to list itself, open (an instance: found, online, its staging removed afterwards), compare or serve as the
+    reference the other end compares with, say its free space, send or receive the planned files, verify and
+    delete. The defaults do nothing: what an end lacks it does not need."""
+
+    kind: Kind
+    where: str
+    files: dict[str, int]  # relative path → size, filtered, once listed
+
+    def __init__(self, location: Location, *, source: bool) -> None:
+        self.location, self.source, self.where, self.files = location, source, str(location), {}
+
+    def list_files(self, run: TransferRun) -> None:
+        """Before anything is opened: list (and refuse what cannot be transferred)."""
+
+    def opened(self, run: TransferRun) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def scan(self, run: TransferRun) -> None:
+        """As the reference of the comparison, once opened (an instance lists itself here)."""
+
+    def compare(self, run: TransferRun, reference: Endpoint) -> list[str]:
+        """The files here that equal the reference's (size and checksum)."""
+        raise NotImplementedError(f"{self.kind} ends are compared by the other end")
+
+    def file_matches(self, run: TransferRun, path: Path, rel: str) -> bool:
+        """Does the local file at `path` hold this end's `rel`?"""
+        raise NotImplementedError
+
+    def prepare(self, run: TransferRun, candidates: list[str]) -> None:
+        """Before `file_matches` is asked about the candidates."""
+
+    def expectations(self, run: TransferRun, rels: list[str]) -> Expectations:
+        """What a file must be to equal each of these (for the instance helper)."""
+        raise NotImplementedError
+
+    def free_bytes(self) -> int | None:
+        return None
+
+    def wire(self, run: TransferRun, plan: SyncPlan) -> Wire | None:
+        """The S3 prefix the bytes travel through when this end is S3."""
+        return None
+
+    def send(self, run: TransferRun, plan: SyncPlan, wire: Wire) -> None:
+        """Put the planned files into the wire."""
+
+    def receive(self, run: TransferRun, plan: SyncPlan, wire: Wire, src: Endpoint) -> None:
+        """Take the planned files from the wire, each checked against `src` and placed (or reported)."""
+
+    def verify_landed(self, run: TransferRun, plan: SyncPlan, dst: S3Endpoint) -> None:
+        """After an upload into the S3 destination: does each object hold this end's file?"""
+        raise NotImplementedError
+
+    def delete(self, run: TransferRun, plan: SyncPlan) -> None:
+        """Delete what the plan says (only with `delete`, and only without mismatches)."""
+
+    def explain_mismatches(self, run: TransferRun) -> None:
+        """Say what this end knows about the files that failed verification."""
+
+
+def _object_expectations(
+    run: TransferRun, prefix: S3Uri, objects: dict[str, S3Object], rels: list[str]
+) -> Expectations:
+    """What an instance file must be to equal each object: its ETag, or, for KMS-encrypted objects (whose ETags
+    are no MD5s), its checksum."""
+    etags = {rel: objects[rel].etag for rel in rels}
+    checksums = _run_task(transfer_tasks.kms_checksums, prefix, rels, etags=etags, account=run.account)
+    return {
+        rel: expectation(objects[rel].size, etag=objects[rel].etag, part_size=run.part, checksum=checksums.get(rel))
+        for rel in rels
+    }
+
+
+class S3Endpoint(Endpoint):
+    """An S3 prefix. It cannot read bytes itself: the other end compares with its listing (ETags) and, for
+    KMS-encrypted objects, their checksums."""
+
+    kind = Kind.S3
+
+    def __init__(self, location: Location, *, source: bool) -> None:
+        super().__init__(location, source=source)
+        self.prefix = cast(S3Uri, location.s3)
+        self.objects: dict[str, S3Object] = {}
+        self.checksums: dict[str, Any] = {}
+
+    def list_files(self, run: TransferRun) -> None:
+        field = "source" if self.source else "destination"
+        self.objects = _run_task(transfer_tasks.list_s3_tree, self.prefix, account=run.account, field=field)
+        self.files = run.filtered({rel: o.size for rel, o in self.objects.items()})
+        if self.source:
+            if not self.objects:
+                raise TransferError(
+                    f"source {self.prefix} has no objects", fix="Check the bucket and prefix (aws s3 ls)"
+                )
+            check_all_safe(self.files, what="S3 object", shown=_key_uri(self.prefix, ""))
+
+    def _etags(self, rels: list[str]) -> dict[str, str]:
+        """The listed ETags: a HEAD made later counts only while the object still has it."""
+        return {rel: self.objects[rel].etag for rel in rels}
+
+    def prepare(self, run: TransferRun, candidates: list[str]) -> None:
+        # Downloading under SSE-KMS, every file is checked by its object's checksum: fetched here for all of them,
+        # 16 at a time, instead of one HeadObject in each file's check.
+        verifying = self.source and run.request.verify and not run.request.dry_run
+        rels = list(self.files) if verifying else candidates
+        kms = transfer_tasks.kms_checksums
+        self.checksums = _run_task(kms, self.prefix, rels, etags=self._etags(rels), account=run.account)
+
+    def file_matches(self, run: TransferRun, path: Path, rel: str) -> bool:
+        return transfer_tasks.matches_object(
+            path,
+            self.objects[rel],
+            run.part,
+            prefix=self.prefix,
+            rel=rel,
+            account=run.account,
+            checksum=self.checksums.get(rel),
+        )
+
+    def expectations(self, run: TransferRun, rels: list[str]) -> Expectations:
+        return _object_expectations(run, self.prefix, self.objects, rels)
+
+    def wire(self, run: TransferRun, plan: SyncPlan) -> Wire:
+        return Wire(self.prefix, final=True)  # the other end reads or writes it directly
+
+    def receive(self, run: TransferRun, plan: SyncPlan, wire: Wire, src: Endpoint) -> None:
+        run.report.files_copied, run.report.bytes_copied = len(plan.copy), plan.copy_bytes
+
+    def delete(self, run: TransferRun, plan: SyncPlan) -> None:
+        deleted = _run_task(transfer_tasks.delete_s3_objects, self.prefix, plan.delete, account=run.account)
+        run.report.files_deleted = deleted
+
+    def explain_mismatches(self, run: TransferRun) -> None:
+        """Of the files that failed verification, those whose object changed in S3 since the listing (the copy
+        took the new bytes, or a new size): said as such, so nobody looks for a broken disk."""
+        if self.source and run.report.mismatches:
+            etags = self._etags(run.report.mismatches)
+            changed = _run_task(transfer_tasks.changed_since_listing, self.prefix, etags, account=run.account)
+            run.report.changed = changed
+
+
+class LocalEndpoint(Endpoint):
+    """A local folder (a single file as a source is a folder of one). Downloads land in a partial folder and each
+    file is placed under its final name once checked."""
+
+    kind = Kind.LOCAL
+
+    def __init__(self, location: Location, *, source: bool, toward: Kind) -> None:
+        super().__init__(location, source=source)
+        self.toward = toward
+        self.root = Path(location.path)
+        self.expected_etags: dict[str, str] = {}
+
+    def list_files(self, run: TransferRun) -> None:
+        if self.source:
+            found = local_files.local_source(self.location)
+            self.root, self.files = found.root, run.filtered(found.files)
+            if self.toward is Kind.INSTANCE:  # each name becomes a path on the instance
+                check_all_safe(self.files, what="local file", shown=f"{self.root}/")
+        else:
+            self.root = local_files.local_destination(self.location)
+            self.files = run.filtered(local_files.scan_local(self.root)) if self.root.is_dir() else {}
+            self.where = str(self.root)
+
+    def compare(self, run: TransferRun, reference: Endpoint) -> list[str]:
+        candidates = equal_size(reference.files, self.files)
+        reference.prepare(run, candidates)
+        return local_files.parallel_filter(lambda rel: reference.file_matches(run, self.root / rel, rel), candidates)
+
+    def expectations(self, run: TransferRun, rels: list[str]) -> Expectations:
+        md5s = local_files.md5_many(self.root, rels)
+        return {rel: expectation(self.files[rel], md5=md5s[rel]) for rel in rels}
+
+    def free_bytes(self) -> int:
+        return local_files.free_bytes(self.root)
+
+    def send(self, run: TransferRun, plan: SyncPlan, wire: Wire) -> None:
+        if wire.archive is not None:
+            with tempfile.TemporaryDirectory(prefix="trainctl-transfer-") as tmp:
+                bundle = Path(tmp, "bundle.tar.gz")
+                local_files.pack(self.root, plan.copy, bundle)
+                copy_engines.put_file(bundle, wire.archive, account=run.account)
+            run.tracker(len(plan.copy), plan.copy_bytes)
+            return
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            # Into the S3 destination: the ETags S3 should end up with, computed by two threads while s5cmd uploads
+            # (reads and MD5 release the GIL), so checking the small files is one listing and never reads them a
+            # second time. Files of a part or more are checked afterwards by the CRC64NVME S3 gives every new
+            # object (one HEAD and a CRC pass, ~10x cheaper than the MD5 pass it replaces), by their ETag only if
+            # the object has no such checksum.
+            small = [rel for rel in plan.copy if self.files[rel] < run.part]
+            halves = (small[::2], small[1::2]) if run.request.verify and wire.final else ()
+            etags = [pool.submit(local_files.local_etags, self.root, half, run.part) for half in halves]
+            folder, prefix = str(self.root), wire.url  # plain strings: 10,000 Path joins cost 0.3 s
+            run.copy([(f"{folder}/{rel}", prefix + rel, self.files[rel]) for rel in plan.copy], upload=True)
+            self.expected_etags = {rel: etag for future in etags for rel, etag in future.result().items()}
+
+    def receive(self, run: TransferRun, plan: SyncPlan, wire: Wire, src: Endpoint) -> None:
+        if not plan.copy and not wire.final:
+            return  # nothing was staged
+
+        def fetch(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
+            if not rels:
+                return
+            if wire.archive is None:
+                pairs = [(wire.uri(rel), str(partial / rel), src.files[rel]) for rel in rels]
+                run.copy(pairs, upload=False, landed=lambda i: landed(rels[i]))
+                return
+            # One archive holds every file: unpacked whole, then checked (no per-file events).
+            bundle = partial / f"{PARTIAL_PREFIX}bundle.tar.gz"  # a name no copied file can have
+            try:
+                copy_engines.get_file(wire.archive, bundle, account=run.account)
+                local_files.unpack(bundle, partial)
+            finally:
+                bundle.unlink(missing_ok=True)
+            run.tracker(len(plan.copy), plan.copy_bytes)
+
+        def matches(path: Path, rel: str) -> bool:
+            return src.file_matches(run, path, rel)
+
+        _download(run, self.root, plan.copy, src.files, fetch, matches)
+
+    def verify_landed(self, run: TransferRun, plan: SyncPlan, dst: S3Endpoint) -> None:
+        run.tracker.phase("verifying")
+        copied = {rel: self.files[rel] for rel in plan.copy}
+        mismatches = _run_task(
+            transfer_tasks.verify_upload,
+            self.root,
+            dst.prefix,
+            copied,
+            part_size=run.part,
+            expected=self.expected_etags,
+            account=run.account,
+        )
+        run.report.mismatches, run.report.verified = mismatches, not mismatches
+
+    def delete(self, run: TransferRun, plan: SyncPlan) -> None:
+        run.report.files_deleted = local_files.delete_local(self.root, plan.delete)
 
 
 def _download(
-    job: Job,
+    run: TransferRun,
     root: Path,
     rels: list[str],
     sizes: dict[str, int],
     fetch: Callable[[list[str], Path, Callable[[str], None]], None],
-    good: Callable[[Path, str], bool],
+    matches: Callable[[Path, str], bool],
 ) -> None:
     """Fetch into this run's partial folder; each file is checked and moved to its final name as soon as it lands
     (`fetch` calls `landed(rel)`), so a run killed half-way keeps every finished file and a re-run moves only the
     rest. Files a killed run left complete in its partial folder are checked and placed first, not copied again.
     """
     root.mkdir(parents=True, exist_ok=True)
-    todo = _recover_partials(job, root, rels, sizes, good)
+    todo = _recover_partials(run, root, rels, sizes, matches)
 
-    def settle(partial: Path, rel: str) -> bool:
+    def place_if_complete(partial: Path, rel: str) -> bool:
         path = partial / rel
-        ok = path.is_file() and path.stat().st_size == sizes[rel] and (not job.request.verify or good(partial, rel))
+        ok = path.is_file() and path.stat().st_size == sizes[rel] and (not run.request.verify or matches(path, rel))
         if ok:
-            tx.place(partial, root, [rel])
+            local_files.place(partial, root, [rel])
         return ok
 
     # Checking overlaps the copy: hashlib and file reads release the GIL, so 4 threads keep up with s5cmd.
-    with tx.partial_folder(root, job.request.transfer_id) as partial, ThreadPoolExecutor(max_workers=4) as pool:
+    partial_folder = local_files.partial_folder(root, run.request.transfer_id)
+    with partial_folder as partial, ThreadPoolExecutor(max_workers=4) as pool:
         pending: dict[str, Future[bool]] = {}
         try:
 
             def landed(rel: str) -> None:
                 if rel not in pending:
-                    pending[rel] = pool.submit(settle, partial, rel)
+                    pending[rel] = pool.submit(place_if_complete, partial, rel)
 
             fetch(todo, partial, landed)
         finally:
             # Even when the copy failed part-way, what did land is checked and placed before the folder goes.
             placed = {rel for rel, future in pending.items() if future.result()}
         # Files no engine event named (one archive unpacked, or an event missed): checked now.
-        placed |= set(tx.parallel_filter(lambda rel: settle(partial, rel), [r for r in todo if r not in pending]))
-    job.report.mismatches += sorted(set(todo) - placed)
-    job.report.files_copied += len(placed)
-    job.report.bytes_copied += sum(sizes[rel] for rel in placed)
-    job.report.verified = job.request.verify and not job.report.mismatches
+        rest = [r for r in todo if r not in pending]
+        placed |= set(local_files.parallel_filter(lambda rel: place_if_complete(partial, rel), rest))
+    run.report.mismatches += sorted(set(todo) - placed)
+    run.report.files_copied += len(placed)
+    run.report.bytes_copied += sum(sizes[rel] for rel in placed)
+    run.report.verified = run.request.verify and not run.report.mismatches
 
 
 def _recover_partials(
-    job: Job, root: Path, rels: list[str], sizes: dict[str, int], good: Callable[[Path, str], bool]
+    run: TransferRun, root: Path, rels: list[str], sizes: dict[str, int], matches: Callable[[Path, str], bool]
 ) -> list[str]:
     """Take complete files from partial folders that killed runs left in `root` (always checksummed, whatever
     `verify` says: a killed run proves nothing), place them, remove those folders. Returns what is still to copy."""
     todo = dict.fromkeys(rels)
-    with tx.stale_partials(root) as stale:
+    with local_files.stale_partials(root) as stale:
         for folder in stale:
 
             def complete(rel: str, folder: Path = folder) -> bool:
                 path = folder / rel
-                return path.is_file() and path.stat().st_size == sizes[rel] and good(folder, rel)
+                return path.is_file() and path.stat().st_size == sizes[rel] and matches(path, rel)
 
-            found = tx.parallel_filter(complete, todo)
-            tx.place(folder, root, found)
+            found = local_files.parallel_filter(complete, todo)
+            local_files.place(folder, root, found)
             for rel in found:
                 del todo[rel]
-            job.report.files_resumed += len(found)
-            job.report.bytes_resumed += sum(sizes[rel] for rel in found)
+            run.report.files_resumed += len(found)
+            run.report.bytes_resumed += sum(sizes[rel] for rel in found)
         if stale:
-            _log(
-                f"{len(stale)} partial folder(s) of killed runs in {root}: {job.report.files_resumed} complete file(s) "
+            log(
+                f"{len(stale)} partial folder(s) of killed runs in {root}: {run.report.files_resumed} complete file(s) "
                 "placed from them, the folders removed"
             )
     return list(todo)
 
 
-def _local_destination(job: Job) -> tuple[Path, dict[str, int]]:
-    root = tx.local_destination(job.dst)
-    return root, job.filtered(tx.scan_local(root)) if root.is_dir() else {}
+class InstanceEndpoint(Endpoint):
+    """A folder on a running trainctl-managed instance, reached through SSM and S3 only: it lists and checks its
+    files with the transfer helper (agent/transfer_helper.py), and the bytes travel through S3 (the S3 end, or a
+    staging prefix whose objects are removed afterwards, failure or not)."""
 
+    kind = Kind.INSTANCE
 
-def _s3_to_local(job: Job) -> None:
-    source, objects, src = _s3_source(job)
-    root, dst = _local_destination(job)
-    candidates = equal_size(src, dst)
-    # Under SSE-KMS every file is checked by its object's checksum: fetched here for all of them, 16 at a time,
-    # instead of one HeadObject in each file's check.
-    checked = list(src) if job.request.verify and not job.request.dry_run else candidates
-    checksums = _call(tx.kms_checksums, source, checked, etags=_etags(objects, checked), account=job.account)
-    same = tx.same_as_s3(root, candidates, objects, job.part, prefix=source, account=job.account, checksums=checksums)
-    plan = plan_sync(src, dst, same, delete=job.request.delete)
-    check_free_space(plan.copy_bytes, tx.free_bytes(root), str(root))
-    if not job.planned(plan, src):
-        return
-
-    def fetch(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
-        pairs = [(_key_uri(source, rel), str(partial / rel), src[rel]) for rel in rels]
-        job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]))
-
-    def good(partial: Path, rel: str) -> bool:
-        obj, checksum = objects[rel], checksums.get(rel)
-        return tx.matches_object(
-            partial / rel, obj, job.part, prefix=source, rel=rel, account=job.account, checksum=checksum
-        )
-
-    _download(job, root, plan.copy, src, fetch, good)
-    _name_changed(job, source, objects)
-    if plan.delete and not job.report.mismatches:
-        job.report.files_deleted = tx.delete_local(root, plan.delete)
-
-
-def _name_changed(job: Job, source: S3Uri, objects: dict[str, tx.S3Object]) -> None:
-    """Of the files that failed verification, those whose object changed in S3 since the listing (the copy took
-    the new bytes, or a new size): said as such, so nobody looks for a broken disk."""
-    if job.report.mismatches:
-        etags = _etags(objects, job.report.mismatches)
-        job.report.changed = _call(tx.changed_since_listing, source, etags, account=job.account)
-
-
-# -- instance legs ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Remote:
-    """The instance end of a transfer and its staging prefix."""
-
-    instance_id: str
-    path: str
-    staging: S3Uri
+    def __init__(self, location: Location, *, source: bool, fallback_bucket: str | None) -> None:
+        super().__init__(location, source=source)
+        self.fallback_bucket = fallback_bucket
+        self.instance_id, self.staging = "", S3Uri("")
+        self.md5s: dict[str, str] = {}
+        self.match: list[str] = []
+        self.expect: Expectations = {}
+        self.free, self.fast_crc = 0, True
 
     def uri(self, name: str) -> S3Uri:
         return self.staging.join(name)
 
+    @contextmanager
+    def opened(self, run: TransferRun) -> Iterator[None]:
+        """Find the instance, wait until SSM reaches it; delete every staging object afterwards, whatever happened
+        (a failure keeps its own error)."""
+        instance = _run_task(transfer_tasks.resolve_instance, self.location, account=run.account)
+        _run_task(wait_online, instance.id, timeout_s=120, account=run.account)
+        self.staging = run.request.staging_prefix(self.location.job or instance.job, self.fallback_bucket)
+        self.instance_id = instance.id
+        run.report.instance_id, run.report.staging = instance.id, str(self.staging) + "/"
+        try:
+            yield
+        finally:
+            try:
+                removed = delete_prefix.fn(str(self.staging) + "/", account=run.account)
+                run.report.staging_objects_removed = removed
+            except Exception as exc:
+                log(f"could not remove staging {self.staging}/: {exc}; delete it by hand")
 
-def _remote(job: Job, location: Location, fallback_bucket: str | None) -> Remote:
-    instance = _call(tx.resolve_instance, location, account=job.account)
-    _call(wait_online, instance.id, timeout_s=120, account=job.account)
-    staging = job.request.staging_prefix(location.job or instance.job, fallback_bucket)
-    job.report.instance_id, job.report.staging = instance.id, str(staging) + "/"
-    return Remote(instance.id, location.path, staging)
+    def _ssm(self, run: TransferRun, script: list[str], what: str) -> str:
+        result = _run_task(run_command, self.instance_id, script, what=what, timeout_s=6 * 3600, account=run.account)
+        return str(result.stdout)
 
+    def _put(self, run: TransferRun, name: str, document: Any) -> str:
+        uri = str(self.uri(name))
+        _run_task(put_json, uri, document, account=run.account)
+        return uri
 
-def _ssm(job: Job, remote: Remote, script: list[str], what: str) -> str:
-    result = _call(run_command, remote.instance_id, script, what=what, timeout_s=6 * 3600, account=job.account)
-    return str(result.stdout)
+    def _list(self, run: TransferRun, expect: Expectations | None) -> None:
+        """The helper's scan: sizes (and MD5s of a source), the files that meet `expect`, the free space."""
+        expect_uri = self._put(run, "expect.json", expect) if expect is not None else None
+        out, path = str(self.uri("scan.json")), self.location.path
+        mode: Literal["src", "dst"] = "src" if self.source else "dst"
+        self._ssm(run, scan_script(path, out, mode=mode, expect_uri=expect_uri), f"list {path}")
+        scan: dict[str, Any] = _run_task(get_json, out, account=run.account)
+        if scan["exists"] and not scan["is_dir"]:
+            raise TransferError(f"{self.instance_id}:{self.location.path} is a file, not a folder")
+        if self.source and not scan["exists"]:
+            raise TransferError(f"source {self.instance_id}:{self.location.path} does not exist", fix="Check the path")
+        self.files = run.filtered({rel: v[0] for rel, v in scan["files"].items()})
+        self.md5s = {rel: scan["files"][rel][1] for rel in self.files}
+        self.match, self.free, self.fast_crc = scan["match"], scan["free"], scan.get("fast_crc", True)
 
+    def scan(self, run: TransferRun) -> None:
+        self._list(run, None)
+        check_all_safe(self.files, what="instance file")  # each becomes a local path
 
-def _scan(job: Job, remote: Remote, *, mode: str, expect: dict[str, Any] | None) -> dict[str, Any]:
-    expect_uri = None
-    if expect is not None:
-        _call(put_json, str(remote.uri("expect.json")), expect, account=job.account)
-        expect_uri = str(remote.uri("expect.json"))
-    out = remote.uri("scan.json")
-    _ssm(job, remote, scan_script(remote.path, str(out), mode=mode, expect_uri=expect_uri), f"list {remote.path}")  # type: ignore[arg-type]
-    scan: dict[str, Any] = _call(get_json, str(out), account=job.account)
-    if scan["exists"] and not scan["is_dir"]:
-        raise TransferError(f"{remote.instance_id}:{remote.path} is a file, not a folder")
-    if mode == "src" and not scan["exists"]:
-        raise TransferError(f"source {remote.instance_id}:{remote.path} does not exist", fix="Check the path")
-    return scan
+    def compare(self, run: TransferRun, reference: Endpoint) -> list[str]:
+        self.expect = reference.expectations(run, list(reference.files))
+        self._list(run, self.expect)
+        return self.match
+
+    def file_matches(self, run: TransferRun, path: Path, rel: str) -> bool:
+        return local_files.md5_file(path) == self.md5s[rel]
+
+    def free_bytes(self) -> int:
+        return self.free
+
+    def send(self, run: TransferRun, plan: SyncPlan, wire: Wire) -> None:
+        if not plan.copy:
+            return
+        select = self._put(run, "select.json", plan.copy)
+        run.tracker.phase("instance writing S3" if wire.final else "sending from the instance")
+        archive = str(wire.archive) if wire.archive else None
+        script = send_script(
+            self.location.path, select, to_prefix=wire.url, archive_uri=archive, gz=not wire.final,
+            part_mib=run.request.part_size_mib,
+        )  # fmt: skip
+        self._ssm(run, script, "send files")
+
+    def receive(self, run: TransferRun, plan: SyncPlan, wire: Wire, src: Endpoint) -> None:
+        files = {rel: self.expect[rel] for rel in plan.copy}
+        if run.request.verify:
+            _warn_if_checked_slowly(self.instance_id, self.fast_crc, files)
+        manifest = self._put(
+            run, "manifest.json", {"files": files, "delete": plan.delete, "verify": run.request.verify}
+        )
+        run.tracker.phase("instance reading S3" if wire.final else "placing on the instance")
+        script = receive_script(
+            self.location.path,
+            f"{PARTIAL_PREFIX}{run.request.transfer_id}",
+            manifest,
+            files_prefix=None if wire.archive else wire.url,
+            archive_uri=str(wire.archive) if wire.archive else None,
+            part_mib=run.request.part_size_mib,
+        )
+        result = json.loads(self._ssm(run, script, "receive files").strip().splitlines()[-1])
+        bad = set(result["mismatches"])
+        run.report.mismatches = sorted(bad)
+        run.report.files_copied = result["placed"]
+        run.report.bytes_copied = sum(src.files[rel] for rel in plan.copy if rel not in bad)
+        run.report.files_deleted = result["deleted"]
+        run.report.verified = run.request.verify and not bad
+
+    def verify_landed(self, run: TransferRun, plan: SyncPlan, dst: S3Endpoint) -> None:
+        if not plan.copy:
+            return
+        run.tracker.phase("verifying")
+        found = _run_task(transfer_tasks.list_s3_tree, dst.prefix, account=run.account, field="destination")
+        missing = [rel for rel in plan.copy if rel not in found or found[rel].size != self.files[rel]]
+        present = [rel for rel in plan.copy if rel not in missing]
+        want = _object_expectations(run, dst.prefix, found, present)
+        # A single-part MD5 ETag is compared with the MD5 the scan took; the instance checks the rest (a multipart
+        # ETag, or a KMS object's checksum) against its files.
+        single = [rel for rel in present if "etag" in want[rel] and "-" not in found[rel].etag]
+        bad = {rel for rel in single if found[rel].etag != self.md5s[rel]}
+        remote_check = {rel: want[rel] for rel in present if rel not in single}
+        if remote_check:
+            _warn_if_checked_slowly(self.instance_id, self.fast_crc, remote_check)
+            check = instance_check_script(self.location.path, self._put(run, "check.json", remote_check))
+            bad |= set(json.loads(self._ssm(run, check, "verify").strip().splitlines()[-1])["mismatches"])
+        run.report.mismatches = sorted(bad | set(missing))
+        run.report.verified = not run.report.mismatches
 
 
 # Above this, the wait for checksums computed in plain Python on the instance is worth a warning (~50 s).
 _SLOW_CHECK_WARN_BYTES = 256 * 1024 * 1024
 
 
-def _warn_if_checked_slowly(remote: Remote, scan: dict[str, Any], expect: dict[str, dict[str, object]]) -> None:
+def _warn_if_checked_slowly(instance_id: str, fast_crc: bool, expect: Expectations) -> None:
     """KMS objects are checked on the instance by their CRC64NVME/CRC32C: GB/s with awscrt, ~5 MB/s without."""
-    nbytes = 0 if scan.get("fast_crc", True) else plain_python_crc_bytes(expect)
+    nbytes = 0 if fast_crc else plain_python_crc_bytes(expect)
     if nbytes >= _SLOW_CHECK_WARN_BYTES:
         minutes = nbytes / PLAIN_PYTHON_CRC_BYTES_PER_S / 60
-        _log(
-            f"{remote.instance_id} has no awscrt for python3: checking {human_bytes(nbytes)} of KMS-encrypted "
+        log(
+            f"{instance_id} has no awscrt for python3: checking {human_bytes(nbytes)} of KMS-encrypted "
             f"objects by their CRC in plain Python takes about {minutes:.0f} min. `python3 -m pip install awscrt` "
             "on the instance (or an AMI that has it) makes it seconds; --no-verify skips the check after the copy",
-            warning=True,
+            level=logging.WARNING,
         )
 
 
-def _with_staging(job: Job, remote: Remote, body: Callable[[], None]) -> None:
-    """Run the leg, then delete every staging object whatever happened (a failure keeps its own error)."""
-    try:
-        body()
-    finally:
-        try:
-            job.report.staging_objects_removed = delete_prefix.fn(str(remote.staging) + "/", account=job.account)
-        except Exception as exc:
-            _log(f"could not remove staging {remote.staging}/: {exc}; delete it by hand")
+def _endpoint(location: Location, *, source: bool, other: Location) -> Endpoint:
+    if location.kind is Kind.S3:
+        return S3Endpoint(location, source=source)
+    if location.kind is Kind.LOCAL:
+        return LocalEndpoint(location, source=source, toward=other.kind)
+    return InstanceEndpoint(location, source=source, fallback_bucket=other.s3.bucket if other.s3 else None)
 
 
-def _apply_result(job: Job, stdout: str, plan: SyncPlan, sizes: dict[str, int]) -> None:
-    result = json.loads(stdout.strip().splitlines()[-1])
-    bad = set(result["mismatches"])
-    job.report.mismatches = sorted(bad)
-    job.report.files_copied = result["placed"]
-    job.report.bytes_copied = sum(sizes[rel] for rel in plan.copy if rel not in bad)
-    job.report.files_deleted = result["deleted"]
-    job.report.verified = job.request.verify and not bad
-
-
-def _local_to_instance(job: Job) -> None:
-    source = tx.local_source(job.src)
-    root, src = source.root, job.filtered(source.files)
-    check_all_safe(src, what="local file", shown=f"{root}/")  # each becomes a path on the instance
-    remote = _remote(job, job.dst, None)
-
-    def body() -> None:
-        md5s = tx.md5_many(root, src)
-        expect = {rel: expectation(size, md5=md5s[rel]) for rel, size in src.items()}
-        scan = _scan(job, remote, mode="dst", expect=expect)
-        dst = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
-        plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
-        check_free_space(plan.copy_bytes * (2 if job.request.compress else 1), scan["free"], str(job.dst))
-        if not job.planned(plan, src):
-            return
-        archive_uri, files_prefix = None, None
-        if job.request.compress and plan.copy:
-            archive_uri = remote.uri("bundle.tar.gz")
-            with tempfile.TemporaryDirectory(prefix="trainctl-transfer-") as tmp:
-                bundle = Path(tmp, "bundle.tar.gz")
-                tx.pack(root, plan.copy, bundle)
-                tx.put_file(bundle, archive_uri, account=job.account)
-            job.tracker(len(plan.copy), plan.copy_bytes)
-        else:
-            files = remote.uri("files")
-            pairs = [(str(root / rel), _key_uri(files, rel), src[rel]) for rel in plan.copy]
-            job.copy(pairs, upload=True)
-            files_prefix = f"s3://{files.bucket}/{files.prefix}"
-        manifest = {"files": {r: expect[r] for r in plan.copy}, "delete": plan.delete, "verify": job.request.verify}
-        _call(put_json, str(remote.uri("manifest.json")), manifest, account=job.account)
-        job.tracker.phase("placing on the instance")
-        script = receive_script(
-            remote.path,
-            f"{PARTIAL_PREFIX}{job.request.transfer_id}",
-            str(remote.uri("manifest.json")),
-            files_prefix=files_prefix,
-            archive_uri=str(archive_uri) if archive_uri else None,
-            part_mib=job.request.part_size_mib,
-        )
-        _apply_result(job, _ssm(job, remote, script, "receive files"), plan, src)
-
-    _with_staging(job, remote, body)
-
-
-def _instance_to_local(job: Job) -> None:
-    remote = _remote(job, job.src, None)
-    root, dst = _local_destination(job)
-
-    def body() -> None:
-        scan = _scan(job, remote, mode="src", expect=None)
-        src = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
-        check_all_safe(src, what="instance file")
-        md5s = {rel: scan["files"][rel][1] for rel in src}
-        same = tx.parallel_filter(lambda rel: tx.md5_file(root / rel) == md5s[rel], equal_size(src, dst))
-        plan = plan_sync(src, dst, same, delete=job.request.delete)
-        check_free_space(plan.copy_bytes * (2 if job.request.compress else 1), tx.free_bytes(root), str(root))
-        if not job.planned(plan, src) or not plan.copy:
-            _finish_local_delete(job, root, plan)
-            return
-        _call(put_json, str(remote.uri("select.json")), plan.copy, account=job.account)
-        archive = remote.uri("bundle.tar.gz") if job.request.compress else None
-        job.tracker.phase("sending from the instance")
-        script = send_script(
-            remote.path,
-            str(remote.uri("select.json")),
-            to_prefix=str(remote.uri("files")) + "/",
-            archive_uri=str(archive) if archive else None,
-            gz=True,
-            part_mib=job.request.part_size_mib,
-        )
-        _ssm(job, remote, script, "send files")
-        files = remote.uri("files")
-
-        def fetch(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
-            if archive is None:
-                pairs = [(_key_uri(files, rel), str(partial / rel), src[rel]) for rel in rels]
-                job.copy(pairs, upload=False, landed=lambda i: landed(rels[i]))
-                return
-            # One archive holds every file: unpacked whole, then checked (no per-file events).
-            bundle = partial / f"{PARTIAL_PREFIX}bundle.tar.gz"  # a name no copied file can have
-            try:
-                tx.get_file(archive, bundle, account=job.account)
-                tx.unpack(bundle, partial)
-            finally:
-                bundle.unlink(missing_ok=True)
-            job.tracker(len(plan.copy), plan.copy_bytes)
-
-        def good(partial: Path, rel: str) -> bool:
-            return tx.md5_file(partial / rel) == md5s[rel]
-
-        root.mkdir(parents=True, exist_ok=True)
-        _download(job, root, plan.copy, src, fetch, good)
-        _finish_local_delete(job, root, plan)
-
-    _with_staging(job, remote, body)
-
-
-def _finish_local_delete(job: Job, root: Path, plan: SyncPlan) -> None:
-    if plan.delete and not job.request.dry_run and not job.report.mismatches:
-        job.report.files_deleted = tx.delete_local(root, plan.delete)
-
-
-def _s3_to_instance(job: Job) -> None:
-    source, objects, src = _s3_source(job)
-    remote = _remote(job, job.dst, source.bucket)
-
-    def body() -> None:
-        expect = _object_expectations(job, source, objects, list(src))
-        scan = _scan(job, remote, mode="dst", expect=expect)
-        dst = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
-        plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
-        check_free_space(plan.copy_bytes, scan["free"], str(job.dst))
-        if not job.planned(plan, src):
-            return
-        files = {r: expect[r] for r in plan.copy}
-        if job.request.verify:
-            _warn_if_checked_slowly(remote, scan, files)
-        manifest = {"files": files, "delete": plan.delete, "verify": job.request.verify}
-        _call(put_json, str(remote.uri("manifest.json")), manifest, account=job.account)
-        job.tracker.phase("instance reading S3")
-        script = receive_script(
-            remote.path,
-            f"{PARTIAL_PREFIX}{job.request.transfer_id}",
-            str(remote.uri("manifest.json")),
-            files_prefix=f"s3://{source.bucket}/{source.prefix}",
-            archive_uri=None,
-            part_mib=job.request.part_size_mib,
-        )
-        _apply_result(job, _ssm(job, remote, script, "receive files"), plan, src)
-        _name_changed(job, source, objects)
-
-    _with_staging(job, remote, body)
-
-
-def _object_expectations(
-    job: Job, prefix: S3Uri, objects: dict[str, tx.S3Object], rels: list[str]
-) -> dict[str, dict[str, object]]:
-    """What an instance file must be to equal each object: its ETag, or, for KMS-encrypted objects (whose ETags
-    are no MD5s), its checksum."""
-    checksums = _call(tx.kms_checksums, prefix, rels, etags=_etags(objects, rels), account=job.account)
-    return {
-        rel: expectation(objects[rel].size, etag=objects[rel].etag, part_size=job.part, checksum=checksums.get(rel))
-        for rel in rels
-    }
-
-
-def _instance_to_s3(job: Job) -> None:
-    dest = cast(S3Uri, job.dst.s3)
-    objects = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
-    remote = _remote(job, job.src, dest.bucket)
-
-    def body() -> None:
-        dst = job.filtered(_sizes(objects))
-        expect = _object_expectations(job, dest, objects, list(dst))
-        scan = _scan(job, remote, mode="src", expect=expect)
-        src = job.filtered({rel: v[0] for rel, v in scan["files"].items()})
-        plan = plan_sync(src, dst, scan["match"], delete=job.request.delete)
-        if not job.planned(plan, src):
-            return
-        if plan.copy:
-            _call(put_json, str(remote.uri("select.json")), plan.copy, account=job.account)
-            job.tracker.phase("instance writing S3")
-            script = send_script(
-                remote.path,
-                str(remote.uri("select.json")),
-                to_prefix=f"s3://{dest.bucket}/{dest.prefix}",
-                archive_uri=None,
-                gz=False,
-                part_mib=job.request.part_size_mib,
-            )
-            with _aborting_unfinished_uploads(job, dest, plan.copy):
-                _ssm(job, remote, script, "send files")
-        job.report.files_copied, job.report.bytes_copied = len(plan.copy), plan.copy_bytes
-        if job.request.verify and plan.copy:
-            job.tracker.phase("verifying")
-            found = _call(tx.list_s3_tree, dest, account=job.account, field="destination")
-            missing = [rel for rel in plan.copy if rel not in found or found[rel].size != src[rel]]
-            present = [rel for rel in plan.copy if rel not in missing]
-            want = _object_expectations(job, dest, found, present)
-            # A single-part MD5 ETag is compared with the MD5 the scan took; the instance checks the rest (a
-            # multipart ETag, or a KMS object's checksum) against its files.
-            single = [rel for rel in present if "etag" in want[rel] and "-" not in found[rel].etag]
-            bad = {rel for rel in single if found[rel].etag != scan["files"][rel][1]}
-            remote_check = {rel: want[rel] for rel in present if rel not in single}
-            if remote_check:
-                _warn_if_checked_slowly(remote, scan, remote_check)
-                _call(put_json, str(remote.uri("check.json")), remote_check, account=job.account)
-                out = _ssm(job, remote, instance_check_script(remote.path, str(remote.uri("check.json"))), "verify")
-                bad |= set(json.loads(out.strip().splitlines()[-1])["mismatches"])
-            job.report.mismatches = sorted(bad | set(missing))
-            job.report.verified = not job.report.mismatches
-        if plan.delete and not job.report.mismatches:
-            job.report.files_deleted = _call(tx.delete_s3_objects, dest, plan.delete, account=job.account)
-
-    _with_staging(job, remote, body)
-
-
-DIRECTIONS: dict[tuple[Kind, Kind], Callable[[Job], None]] = {
-    (Kind.LOCAL, Kind.S3): _local_to_s3,
-    (Kind.S3, Kind.LOCAL): _s3_to_local,
-    (Kind.LOCAL, Kind.INSTANCE): _local_to_instance,
-    (Kind.INSTANCE, Kind.LOCAL): _instance_to_local,
-    (Kind.S3, Kind.INSTANCE): _s3_to_instance,
-    (Kind.INSTANCE, Kind.S3): _instance_to_s3,
-}
-
-
-def run_transfer(
-    request: TransferRequest, *, listeners: list[Callable[[ProgressEvent], None]] | None = None
-) -> TransferReport:
-    """The whole transfer, without Prefect bookkeeping of its own (the flow below adds artifacts). Returns the
-    report; mismatches are in it (see `raise_on_mismatch`)."""
+def run_transfer(request: TransferRequest, *, subscribers: Iterable[Subscriber] = ()) -> TransferReport:
+    """The whole transfer, without Prefect bookkeeping of its own (the flow below adds artifacts); `subscribers`
+    get its progress (core.progress). Returns the report; mismatches are in it (see `raise_on_mismatch`)."""
     started = time.monotonic()
     src, dst = request.source(), request.destination()
-    engine = tx.pick_engine(request.engine)
+    engine = copy_engines.pick_engine(request.engine)
     compressed = request.compress and Kind.INSTANCE in (src.kind, dst.kind) and Kind.S3 not in (src.kind, dst.kind)
     report = TransferReport(
         src=request.src,
@@ -693,10 +738,10 @@ def run_transfer(
         dry_run=request.dry_run,
         compressed=compressed,
     )
-    job = Job(request, src, dst, report, Tracker(listeners or []), engine)
-    DIRECTIONS[(src.kind, dst.kind)](job)
+    run = TransferRun(request, report, Tracker(subscribers), engine)
+    _runbook(run, _endpoint(src, source=True, other=dst), _endpoint(dst, source=False, other=src))
     report.seconds = round(time.monotonic() - started, 3)
-    job.tracker.phase("done")
+    run.tracker.finish()
     return report
 
 
@@ -709,22 +754,10 @@ def raise_on_mismatch(report: TransferReport) -> TransferReport:
 @flow(name="transfer", flow_run_name="transfer-{request.transfer_id}", log_prints=True)
 def transfer(request: TransferRequest) -> TransferReport:
     """Move SRC's tree to DST (see the module docstring); publishes a progress artifact and a report."""
-    log = get_run_logger()
     key = artifact_key("transfer", request.transfer_id)
-    artifact_id = cast(UUID, create_progress_artifact(0.0, key=key, description=f"{request.src} → {request.dst}"))
-
-    def artifact(event: ProgressEvent) -> None:
-        percent = 100.0 * event.bytes_done / event.bytes_total if event.bytes_total else 0.0
-        if event.phase == "done":
-            percent = 100.0
-        description = (
-            f"{event.phase}: {event.files_done}/{event.files_total} files, "
-            f"{human_bytes(event.bytes_done)}/{human_bytes(event.bytes_total)}"
-        )
-        update_progress_artifact(artifact_id, min(percent, 100.0), description=description)
-
-    report = run_transfer(request, listeners=[artifact])
-    log.info(
+    artifact = progress_artifact(key, f"{request.src} → {request.dst}")
+    report = run_transfer(request, subscribers=[artifact, *progress.subscribers()])
+    get_run_logger().info(
         "%s: %d copied (%s), %d skipped, %d deleted, %d mismatches in %.1f s",
         report.direction,
         report.files_copied,

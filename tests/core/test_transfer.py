@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.transfer_helper import multipart_etag
 from core.errors import InvalidInputError
 from core.transfer import (
     MIB,
@@ -21,7 +22,6 @@ from core.transfer import (
     etag_part_sizes,
     etag_parts,
     expectation,
-    multipart_etag,
     parse_location,
     plan_sync,
     safe_relative,

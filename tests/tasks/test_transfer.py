@@ -22,9 +22,11 @@ from botocore.exceptions import ClientError
 from blocks.aws import clear_client_cache, load_account
 from core import tags as t
 from core.errors import InvalidInputError, UsageError
+from core.s3uri import S3Uri
 from core.transfer import (
     INSTANCE_HELPER,
     MIB,
+    PARTIAL_LOCK,
     PARTIAL_PREFIX,
     Checksum,
     PathEscapeError,
@@ -32,9 +34,11 @@ from core.transfer import (
     TransferRequest,
     TransferVerifyError,
     expectation,
+    normalize_etag,
 )
 from flows.transfer import raise_on_mismatch, run_transfer
 from sandbox import Sandbox
+from tasks import copy_engines, local_files
 from tasks import transfer as tx
 from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.s3 import delete_prefix, put_json
@@ -122,7 +126,7 @@ def test_the_python_engine_reports_each_file_as_it_lands(cloud: Sandbox, tmp_pat
             (a, b, p.stat().st_size)
             for a, b, p in zip(local if upload else remote, remote if upload else local, files, strict=True)
         ]
-        tx.copy_pairs(
+        copy_engines.copy_pairs(
             pairs,
             engine="python",
             account=None,
@@ -181,13 +185,13 @@ def test_an_upload_moves_exactly_the_planned_files(
     (src / "a [1]").mkdir(parents=True)
     (src / "a [1]" / "x*?{y}.bin").write_bytes(b"glob")
     (src / ".hidden").write_bytes(b"dot")
-    real_copy = tx.copy_pairs
+    real_copy = copy_engines.copy_pairs
 
     def copy_after_a_late_file(pairs: list[tuple[str, str, int]], **kwargs: Any) -> None:
         (src / "late.bin").write_bytes(b"written after the scan")  # the plan never saw it
         real_copy(pairs, **kwargs)
 
-    monkeypatch.setattr(tx, "copy_pairs", copy_after_a_late_file)
+    monkeypatch.setattr(copy_engines, "copy_pairs", copy_after_a_late_file)
     whole = run_transfer(TransferRequest(src=str(src), dst=f"s3://{BUCKET}/whole/", engine="s5cmd"))
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="whole/")["Contents"]}
     assert keys == {"whole/a [1]/x*?{y}.bin", "whole/.hidden"} and (whole.files_copied, whole.verified) == (2, True)
@@ -246,13 +250,13 @@ def test_a_download_copies_what_it_listed_or_says_the_source_changed(
     dst = tmp_path / "deep" / "er" / "dst"  # a '..' resolved from its partial folder still lands under tmp_path
     dst.mkdir(parents=True)
     (dst / "same.bin").write_bytes(b"stale local copy")
-    real_copy = tx.copy_pairs
+    real_copy = copy_engines.copy_pairs
 
     def change_s3_then_copy(pairs: list[tuple[str, str, int]], **kwargs: Any) -> None:
         change_after_listing(s3, prefix)
         real_copy(pairs, **kwargs)
 
-    monkeypatch.setattr(tx, "copy_pairs", change_s3_then_copy)
+    monkeypatch.setattr(copy_engines, "copy_pairs", change_s3_then_copy)
     report = run_transfer(TransferRequest(src=f"s3://{BUCKET}/{prefix}", dst=str(dst), engine=engine))
 
     assert_changed_objects_named(report)
@@ -296,7 +300,7 @@ def test_a_corrupted_object_is_caught_by_verify(
     make_tree(tmp_path / "src", n=5)
     uri = f"s3://{BUCKET}/corrupt/"
     s3 = cloud.client("s3")
-    real_copy = tx.copy_pairs
+    real_copy = copy_engines.copy_pairs
 
     def copy_then_corrupt(pairs: list[tuple[str, str, int]], **kwargs: object) -> None:
         real_copy(pairs, **kwargs)  # type: ignore[arg-type]
@@ -304,7 +308,7 @@ def test_a_corrupted_object_is_caught_by_verify(
         body = s3.get_object(Bucket=BUCKET, Key="corrupt/big/shard.bin")["Body"].read()
         s3.put_object(Bucket=BUCKET, Key="corrupt/big/shard.bin", Body=bytes([body[0] ^ 1]) + body[1:])
 
-    monkeypatch.setattr(tx, "copy_pairs", copy_then_corrupt)
+    monkeypatch.setattr(copy_engines, "copy_pairs", copy_then_corrupt)
     report = run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=uri))
     assert report.mismatches == ["big/shard.bin"] and not report.verified
     with pytest.raises(TransferVerifyError, match=r"big/shard\.bin"):
@@ -344,14 +348,14 @@ def test_full_object_checksums_check_big_files_and_what_etags_cannot(
     # Uploading: the small file's ETag is computed while the copy runs; the big one is never MD5-hashed (S3 gave
     # it a CRC64NVME, which checks it).
     md5_read: list[str] = []
-    real_md5_range = tx._md5_range
+    real_md5_range = local_files._md5_range
 
     def md5_spy(path: Path, offset: int, length: int) -> bytes:
         md5_read.append(path.name)
         return real_md5_range(path, offset, length)
 
     with monkeypatch.context() as patch:
-        patch.setattr(tx, "_md5_range", md5_spy)
+        patch.setattr(local_files, "_md5_range", md5_spy)
         up = run_transfer(TransferRequest(src=str(tmp_path / "d1"), dst=f"s3://{BUCKET}/up/", part_size_mib=5))
     assert (up.files_copied, up.verified) == (2, True) and md5_read == ["small.bin"]
 
@@ -394,7 +398,7 @@ def test_kms_objects_uploaded_in_parts_by_boto3_are_checked_by_their_composite_c
     corrupt = bytearray(data)
     corrupt[7 * MIB] ^= 1
     (tmp_path / "bad.bin").write_bytes(corrupt)
-    prefix, obj = tx.S3Uri("tx-kms-parts", "ds/"), tx.S3Object(len(data), tx.normalize_etag(head["ETag"]))
+    prefix, obj = S3Uri("tx-kms-parts", "ds/"), tx.S3Object(len(data), normalize_etag(head["ETag"]))
     assert not tx.matches_object(tmp_path / "bad.bin", obj, 5 * MIB, prefix=prefix, rel="shard.bin")
     assert tx.matches_object(tmp_path / "d" / "shard.bin", obj, 5 * MIB, prefix=prefix, rel="shard.bin")
 
@@ -425,7 +429,7 @@ def test_unfinished_uploads_of_a_killed_run_or_a_failed_one_are_aborted(
         start_upload(s3, "failed/big/shard.bin")
         raise TransferError("s5cmd failed on 1 file(s): connection reset")
 
-    monkeypatch.setattr(tx, "copy_pairs", copy_then_fail)
+    monkeypatch.setattr(copy_engines, "copy_pairs", copy_then_fail)
     with pytest.raises(TransferError, match="connection reset"):
         run_transfer(TransferRequest(src=str(tmp_path / "src"), dst=f"s3://{BUCKET}/failed/"))
     assert unfinished_uploads(s3, "failed/") == set()
@@ -460,7 +464,7 @@ def test_bad_input_is_refused_before_anything_moves(
             TransferRequest(src=str(tmp_path / "win"), dst="i-0123456789abcdef0:/data", staging=f"s3://{BUCKET}/st")
         )
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix="st/").get("KeyCount", 0) == 0
-    monkeypatch.setattr(tx, "free_bytes", lambda path: 10)
+    monkeypatch.setattr(local_files, "free_bytes", lambda path: 10)
     s3.put_object(Bucket=BUCKET, Key="space/a.bin", Body=b"x" * 1000)
     with pytest.raises(TransferError, match="not enough space"):
         run_transfer(TransferRequest(src=f"s3://{BUCKET}/space/", dst=str(tmp_path / "d")))
@@ -476,7 +480,7 @@ def test_archives_with_escaping_members_or_links_are_refused(tmp_path: Path) -> 
             info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
             tar.addfile(info, io.BytesIO(b"bad") if kind == tarfile.REGTYPE else None)
         with pytest.raises(UsageError):  # PathEscapeError, or TransferError for the link
-            tx.unpack(archive, tmp_path / "out")
+            local_files.unpack(archive, tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
 
 
@@ -506,11 +510,10 @@ _KILLED_RUN = """
 import os, signal, sys
 from core.transfer import TransferRequest
 from flows.transfer import run_transfer
-from tasks import transfer as tx
-from tasks.s3 import delete_prefix
+from tasks import copy_engines
 
 kill_after, request = int(sys.argv[1]), TransferRequest.model_validate_json(sys.argv[2])
-real_copy = tx.copy_pairs
+real_copy = copy_engines.copy_pairs
 
 def copy_pairs(pairs, *, progress, **options):
     done = 0
@@ -522,7 +525,7 @@ def copy_pairs(pairs, *, progress, **options):
             os.killpg(0, signal.SIGKILL)
     real_copy(pairs, progress=counting, **options)
 
-tx.copy_pairs = copy_pairs
+copy_engines.copy_pairs = copy_pairs
 run_transfer(request)
 """
 
@@ -543,7 +546,7 @@ def killed_half_way(cloud: Sandbox, request: TransferRequest, kill_after: int) -
     assert proc.returncode == -9, f"the transfer was not killed (exit {proc.returncode}): {proc.stderr[-2000:]}"
 
 
-def settled_listing(prefix: tx.S3Uri, quiet_s: float = 1.0, timeout_s: float = 15.0) -> dict[str, tx.S3Object]:
+def settled_listing(prefix: S3Uri, quiet_s: float = 1.0, timeout_s: float = 15.0) -> dict[str, tx.S3Object]:
     """The S3 listing once it has not changed for `quiet_s` (uploads in flight at a kill may still land)."""
     deadline = time.monotonic() + timeout_s
     listing = dict(tx.list_s3_tree.fn(prefix))
@@ -568,7 +571,7 @@ def test_killed_half_way_and_rerun_moves_only_the_rest(cloud: Sandbox, tmp_path:
     killed_half_way(cloud, TransferRequest(src=str(src), dst=uri, concurrency=16, **options), kill_after=150)
     # Requests whose bodies reached the (in-process) server before the kill still complete: count what landed
     # once the listing has stopped changing, as the re-run will see it.
-    landed = settled_listing(tx.S3Uri(BUCKET, "killed"))
+    landed = settled_listing(S3Uri(BUCKET, "killed"))
     assert 150 <= len(landed) < total
     # Nothing partial under a final name: every object there is the whole source file.
     assert sorted(tx.same_as_s3(src, landed, landed, 5 * 1024 * 1024)) == sorted(landed)
@@ -577,7 +580,7 @@ def test_killed_half_way_and_rerun_moves_only_the_rest(cloud: Sandbox, tmp_path:
 
     # S3 → local, killed after 150 files.
     killed_half_way(cloud, TransferRequest(src=uri, dst=str(dst), concurrency=16, **options), kill_after=150)
-    placed = tx.scan_local(dst)
+    placed = local_files.scan_local(dst)
     assert 0 < len(placed) < total
     assert {rel: want[rel] for rel in placed} == {rel: md5((dst / rel).read_bytes()) for rel in placed}
     assert list(dst.glob(PARTIAL_PREFIX + "*")), "the killed run's partial folder should be left behind"
@@ -593,10 +596,10 @@ def test_killed_half_way_and_rerun_moves_only_the_rest(cloud: Sandbox, tmp_path:
 
 
 def test_partial_folders_of_live_runs_are_left_alone(tmp_path: Path) -> None:
-    with tx.partial_folder(tmp_path, "live") as live:
+    with local_files.partial_folder(tmp_path, "live") as live:
         (tmp_path / f"{PARTIAL_PREFIX}dead").mkdir()
-        (tmp_path / f"{PARTIAL_PREFIX}dead" / tx.PARTIAL_LOCK).touch()  # its run was killed: the lock is free
-        with tx.stale_partials(tmp_path) as stale:
+        (tmp_path / f"{PARTIAL_PREFIX}dead" / PARTIAL_LOCK).touch()  # its run was killed: the lock is free
+        with local_files.stale_partials(tmp_path) as stale:
             assert stale == [tmp_path / f"{PARTIAL_PREFIX}dead"]
         assert live.is_dir() and not (tmp_path / f"{PARTIAL_PREFIX}dead").exists()
     assert not live.exists()
@@ -613,16 +616,16 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
         (tmp_path / "root" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "root" / name).write_bytes(data)
     # The published check value of CRC-64/NVME over "123456789" (so the reference itself is right).
-    assert tx.file_checksum(tmp_path / "root" / "digits", "CRC64NVME") == "rosUhgp5mIg="
+    assert local_files.file_checksum(tmp_path / "root" / "digits", "CRC64NVME") == "rosUhgp5mIg="
     expect = {}
     for algorithm in ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1"):
         for name, data in files.items():
-            value = tx.file_checksum(tmp_path / "root" / name, algorithm)
+            value = local_files.file_checksum(tmp_path / "root" / name, algorithm)
             expect[f"{algorithm}/{name}"] = (name, expectation(len(data), checksum=Checksum(algorithm, value)))
     expect["wrong"] = ("blob", expectation(300_000, checksum=Checksum("CRC64NVME", "AAAAAAAAAAA=")))
     # COMPOSITE checksums (boto3's multipart uploads) of 3 parts of 100,000 bytes (the transfer's part size).
     for algorithm in ("CRC32", "CRC32C", "SHA256"):
-        value = tx.composite_checksum(tmp_path / "root" / "blob", algorithm, 100_000)
+        value = local_files.composite_checksum(tmp_path / "root" / "blob", algorithm, 100_000)
         assert value.endswith("-3")
         want = expectation(300_000, checksum=Checksum(algorithm, value), part_size=100_000)
         expect[f"composite/{algorithm}"] = ("blob", want)
@@ -653,15 +656,15 @@ def test_the_instance_helper_checks_every_s3_checksum_algorithm(tmp_path: Path, 
 
 
 def test_a_long_check_in_plain_python_on_the_instance_is_announced(capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.transfer import Remote, _warn_if_checked_slowly
+    from flows.transfer import _warn_if_checked_slowly
 
-    remote = Remote("i-0123456789abcdef0", "/data", tx.S3Uri("b", "staging"))
+    remote = "i-0123456789abcdef0"
     big = {"a": expectation(200 * MIB, checksum=Checksum("CRC64NVME", "x")), "b": expectation(100 * MIB, md5="m")}
     big["c"] = expectation(100 * MIB, checksum=Checksum("CRC32C", "y"))
-    _warn_if_checked_slowly(remote, {"fast_crc": True}, big)
-    _warn_if_checked_slowly(remote, {"fast_crc": False}, {"a": big["a"], "b": big["b"]})  # 200 MiB: no warning
+    _warn_if_checked_slowly(remote, True, big)
+    _warn_if_checked_slowly(remote, False, {"a": big["a"], "b": big["b"]})  # 200 MiB: no warning
     assert capsys.readouterr().out == ""
-    _warn_if_checked_slowly(remote, {"fast_crc": False}, big)  # 300 MiB by CRC (the MD5 one is fast anyway)
+    _warn_if_checked_slowly(remote, False, big)  # 300 MiB by CRC (the MD5 one is fast anyway)
     said = capsys.readouterr().out
     assert "i-0123456789abcdef0 has no awscrt" in said and "300.0 MiB" in said and "about 1 min" in said
 
