@@ -64,6 +64,7 @@ from core.transfer import check_script as instance_check_script
 from flows.reporting import artifact_key, log, markdown_report, progress_artifact
 from tasks import copy_engines, local_files
 from tasks import transfer as transfer_tasks
+from tasks.ec2_instances import resolve_instance
 from tasks.s3 import delete_prefix, get_json, put_json
 from tasks.ssm import run_command, wait_online
 from tasks.transfer import S3Object
@@ -588,7 +589,7 @@ class InstanceEndpoint(Endpoint):
     def opened(self, run: TransferRun) -> Iterator[None]:
         """Find the instance, wait until SSM reaches it; delete every staging object afterwards, whatever happened
         (a failure keeps its own error)."""
-        instance = _run_task(transfer_tasks.resolve_instance, self.location, account=run.account)
+        instance = _run_task(resolve_instance, self.location, account=run.account)
         _run_task(wait_online, instance.id, timeout_s=120, account=run.account)
         self.staging = run.request.staging_prefix(self.location.job or instance.job, self.fallback_bucket)
         self.instance_id = instance.id

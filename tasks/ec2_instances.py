@@ -13,9 +13,10 @@ from pydantic import BaseModel, Field
 
 from blocks.aws import load_account
 from core import tags as t
-from core.errors import AwsError, CapacityRefusedError, InvalidInputError, SafetyRefusalError
+from core.errors import AwsError, CapacityRefusedError, InvalidInputError, SafetyRefusalError, UsageError
 from core.ids import validate_id
 from core.models import Instance, Volume
+from core.transfer import Location
 from tasks.aws import WAIT, aws_task, translate
 from tasks.capacity import offered_zones
 
@@ -461,3 +462,40 @@ def _spot_request_statuses(ec2: Any, request_ids: list[str]) -> dict[str, str]:
                     if code:
                         statuses[request["SpotInstanceRequestId"]] = str(code)
     return statuses
+
+
+@aws_task(name="resolve-instance", tags=["aws-ec2"])
+def resolve_instance(location: Location, *, account: str | None = None) -> Instance:
+    """The running, trainctl-managed instance behind `i-…:/path` or `job:NAME:/path` (clear error otherwise)."""
+    ec2 = load_account(account).client("ec2")
+    if location.instance_id:
+        with translate("ec2:DescribeInstances"):
+            reservations = ec2.describe_instances(InstanceIds=[location.instance_id])["Reservations"]
+        found = [Instance.from_aws(i) for r in reservations for i in r["Instances"]]
+        if not found:
+            raise InvalidInputError("instance", location.instance_id, "an existing instance")
+        instance = found[0]
+    else:
+        filters = [
+            {"Name": f"tag:{t.JOB}", "Values": [location.job]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ]
+        with translate("ec2:DescribeInstances"):
+            pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
+            found = [Instance.from_aws(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        found = [i for i in found if i.managed]
+        if not found:
+            raise UsageError(
+                f"job {location.job!r} has no running trainctl-managed instance",
+                fix="Check `trainctl resources list`; name the instance directly (i-…:/path) if it has no job tag",
+            )
+        instance = max(found, key=lambda i: (i.attempt or 0, i.created_at))
+    if not t.is_managed(instance.tags):
+        raise UsageError(
+            f"{instance.id} was not created by trainctl (no trainctl:managed tag in {t.MANAGED_VALUES}); "
+            "trainctl only runs commands on instances it manages",
+            fix="Launch the instance with trainctl, or copy through S3 yourself",
+        )
+    if instance.state != "running":
+        raise UsageError(f"{instance.id} is {instance.state}; a transfer needs it running", fix="Start it first")
+    return instance

@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.transfer_helper import multipart_etag
-from blocks.aws import load_account
-from core.errors import AwsError, InvalidInputError, UsageError
-from core.models import Instance
+from core.errors import AwsError
 from core.s3uri import S3Uri
-from core.tags import JOB, MANAGED_VALUES, is_managed
 from core.transfer import PARTIAL_LOCK as PARTIAL_LOCK  # re-exported: tests name it here
 from core.transfer import (
     Checksum,
-    Location,
     etag_part_sizes,
     etag_parts,
     is_md5_etag,
@@ -275,40 +271,3 @@ def verify_upload(
 
 
 # -- instances --------------------------------------------------------------------------------------------------
-
-
-@aws_task(name="resolve-instance", tags=["aws-ec2"])
-def resolve_instance(location: Location, *, account: str | None = None) -> Instance:
-    """The running, trainctl-managed instance behind `i-…:/path` or `job:NAME:/path` (clear error otherwise)."""
-    ec2 = load_account(account).client("ec2")
-    if location.instance_id:
-        with translate("ec2:DescribeInstances"):
-            reservations = ec2.describe_instances(InstanceIds=[location.instance_id])["Reservations"]
-        found = [Instance.from_aws(i) for r in reservations for i in r["Instances"]]
-        if not found:
-            raise InvalidInputError("instance", location.instance_id, "an existing instance")
-        instance = found[0]
-    else:
-        filters = [
-            {"Name": f"tag:{JOB}", "Values": [location.job]},
-            {"Name": "instance-state-name", "Values": ["running"]},
-        ]
-        with translate("ec2:DescribeInstances"):
-            pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
-            found = [Instance.from_aws(i) for page in pages for r in page["Reservations"] for i in r["Instances"]]
-        found = [i for i in found if i.managed]
-        if not found:
-            raise UsageError(
-                f"job {location.job!r} has no running trainctl-managed instance",
-                fix="Check `trainctl resources list`; name the instance directly (i-…:/path) if it has no job tag",
-            )
-        instance = max(found, key=lambda i: (i.attempt or 0, i.created_at))
-    if not is_managed(instance.tags):
-        raise UsageError(
-            f"{instance.id} was not created by trainctl (no trainctl:managed tag in {MANAGED_VALUES}); "
-            "trainctl only runs commands on instances it manages",
-            fix="Launch the instance with trainctl, or copy through S3 yourself",
-        )
-    if instance.state != "running":
-        raise UsageError(f"{instance.id} is {instance.state}; a transfer needs it running", fix="Start it first")
-    return instance

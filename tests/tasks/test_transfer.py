@@ -40,7 +40,7 @@ from flows.transfer import raise_on_mismatch, run_transfer
 from sandbox import Sandbox
 from tasks import copy_engines, local_files
 from tasks import transfer as tx
-from tasks.ec2_instances import LaunchRequest, launch_instance
+from tasks.ec2_instances import LaunchRequest, launch_instance, resolve_instance
 from tasks.s3 import delete_prefix, put_json
 from tasks.ssm import wait_online
 
@@ -491,16 +491,16 @@ def test_instances_must_exist_run_and_be_managed(cloud: Sandbox) -> None:
     image = ec2.describe_images()["Images"][0]["ImageId"]
     stray = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]
     with pytest.raises(UsageError, match="not created by trainctl"):
-        tx.resolve_instance.fn(parse_location(f"{stray['InstanceId']}:/data"))
+        resolve_instance.fn(parse_location(f"{stray['InstanceId']}:/data"))
     tags = [{"ResourceType": "instance", "Tags": [{"Key": t.MANAGED, "Value": "true"}, {"Key": t.JOB, "Value": "j1"}]}]
     managed = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=tags)
     iid = managed["Instances"][0]["InstanceId"]
-    assert tx.resolve_instance.fn(parse_location("job:j1:/data")).id == iid
+    assert resolve_instance.fn(parse_location("job:j1:/data")).id == iid
     ec2.stop_instances(InstanceIds=[iid])
     with pytest.raises(UsageError, match=r"stopped|stopping"):
-        tx.resolve_instance.fn(parse_location(f"{iid}:/data"))
+        resolve_instance.fn(parse_location(f"{iid}:/data"))
     with pytest.raises(UsageError, match="no running trainctl-managed instance"):
-        tx.resolve_instance.fn(parse_location("job:j1:/data"))
+        resolve_instance.fn(parse_location("job:j1:/data"))
 
 
 # A transfer in its own process that kills itself — and s5cmd with it, the whole process group, SIGKILL: no
