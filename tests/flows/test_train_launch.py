@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agent.trainctl_agent import pid_alive
+from agent.host import pid_alive
 from cli.main import app
 from core import jobs
 from core import tags as t
