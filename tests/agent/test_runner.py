@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from agent.checkpoints import Checkpoints
 from agent.host import pid_alive
 from agent.layout import (
     AGENT_LOG_FILE,
@@ -41,6 +42,7 @@ from agent.s3 import S3Client
 from agent.spec import AgentSpec
 from sandbox import Sandbox
 from sandbox.runtime import spot_notice
+from tests.agent.conftest import client
 from tests.conftest import ship_agent
 
 pytestmark = pytest.mark.sandbox
@@ -451,3 +453,27 @@ def test_a_secret_that_cannot_be_read_fails_the_attempt_before_the_trainer_runs(
     assert (job_dir / EXIT_CODE_FILE).read_text().strip() == "126"
     log = cloud.client("s3").get_object(Bucket=bucket, Key=key_of(log_uri(bucket, "nosecret", 1)))["Body"].read()
     assert b"ssm:/agent-test/absent" in log and b"ParameterNotFound" in log
+
+
+def test_prefetch_puts_the_latest_checkpoint_in_place_before_the_trainer_starts(
+    cloud: Sandbox, bucket: str, tmp_path: Path
+) -> None:
+    """The `prefetch` verb as launch_attempt runs it on a replacement instance (best effort there, so checked here)."""
+    spec = spec_for(bucket, "pre", 2, ["--steps", "1"])
+    source = tmp_path / "attempt-1"
+    (source / "opt").mkdir(parents=True)
+    (source / "model.pt").write_bytes(b"m" * 100)
+    (source / "opt" / "state.pt").write_bytes(b"o" * 10)
+    assert Checkpoints(client(cloud), AgentSpec.from_dict(spec), source, "i-old").upload() == 1
+    machine = launch(cloud)
+    ship_agent(machine.root / "opt" / "trainctl")
+    (machine.root / "opt" / "trainctl" / "pre.json").write_text(json.dumps(spec))
+    result, code, out, err = machine.agent('prefetch --spec "$TRAINCTL_ROOT/opt/trainctl/pre.json"')
+    assert (result, code) == ("Success", 0), err
+    folder = machine.job_dir("pre") / "checkpoints"
+    answer = json.loads(out)
+    assert (answer["job"], answer["prefetched"], answer["folder"]) == ("pre", 1, str(folder))
+    assert (folder / "model.pt").read_bytes() == b"m" * 100 and (folder / "opt" / "state.pt").read_bytes() == b"o" * 10
+    assert not (machine.job_dir("pre") / PID_FILE).exists()  # nothing started
+    result, code, _, err = machine.agent('prefetch --spec "$TRAINCTL_ROOT/opt/trainctl/missing.json"')
+    assert (result, code) == ("Failed", 2) and "cannot read the spec" in err
