@@ -12,7 +12,7 @@ Mutations of existing EC2 resources are scoped by `aws:ResourceTag/trainctl:mana
 `aws:RequestTag/trainctl:managed` (and tagging by `ec2:CreateAction`), S3 by the buckets' `trainctl/` prefixes
 plus the data prefixes given. Describe* and the SSM command-status actions do not support resource-level
 permissions on AWS, so they are `*`. What each flow calls is in tasks/*.py (each `translate("...")` names it)
-and agent/trainctl_agent.py (the instance side).
+and agent/ (the instance side: s3.py, secret_env.py).
 """
 
 from __future__ import annotations

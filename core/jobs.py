@@ -651,7 +651,7 @@ AgentInt = Annotated[
 
 
 class AgentStatus(BaseModel):
-    """The agent's status document of one attempt (status_uri), as agent/trainctl_agent.py status_document writes
+    """The agent's status document of one attempt (status_uri), as agent/runner.py status_document writes
     it. Unknown keys are ignored (a newer agent may write more)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)

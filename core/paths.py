@@ -10,7 +10,7 @@ NAME_MAX and PATH_MAX), and, across a listing, a name that is both a file and a 
 Everything else is a literal name and copied as such: unicode, spaces, quotes, `*`, `?`, `[`, leading dashes.
 
 The same rule is written out twice more, where core cannot be imported: the instance helper (`inside` in
-core.transfer.INSTANCE_HELPER) and the agent (`path_problem` in agent/trainctl_agent.py);
+core.transfer.INSTANCE_HELPER) and the agent (`path_problem` in agent/paths.py);
 tests/core/test_paths.py runs all three over one table of names.
 """
 

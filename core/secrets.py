@@ -7,7 +7,7 @@ A job's `secret_env` maps a variable name to a reference, never a value:
     secretsmanager:<secret name or ARN>       Secrets Manager: the SecretString as is
     secretsmanager:<secret name or ARN>#key   ... or one key of the JSON object it holds
 
-The agent resolves them on the instance (agent/trainctl_agent.py has a copy of this grammar; tests/agent checks
+The agent resolves them on the instance (agent/spec.py has a copy of this grammar; tests/agent checks
 both agree) and hands the values to the trainer's environment only: job.json, agent-spec.json, logs and S3 show
 the reference. The instance profile needs ssm:GetParameter (+ kms:Decrypt for a customer-managed key) and
 secretsmanager:GetSecretValue on those resources.

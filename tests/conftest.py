@@ -109,20 +109,28 @@ def raw_instance(ec2: Any, tags: dict[str, str], zone: str = "us-east-1a") -> st
     return str(made["Instances"][0]["InstanceId"])
 
 
+def ship_agent(folder: Path) -> None:
+    """The agent as train-launch ships it: package_agent's tarball unpacked into `folder` (`folder/agent/*.py`)."""
+    import tarfile
+
+    from tasks.code import package_agent
+
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(package_agent(f"{tmp}/agent.tar.gz").path) as tar:
+        tar.extractall(folder, filter="data")
+
+
 def start_agent_job(instance_root: str, instance_id: str, job: str, bucket: str, command: list[str]) -> None:
     """A job run by the real agent on a sandbox instance (SSM Online), shipped where train-launch ships it: the
     agent and its spec in the job's folder. The instance is kept when the job ends; `bucket` gets its records."""
     import json
-    import shutil
 
     from core import jobs
-    from core.launch import AGENT_SCRIPT, AGENT_SPEC, start_agent_script
+    from core.launch import AGENT_SPEC, start_agent_script
     from tasks.ssm import run_command
 
     job_dir = Path(instance_root) / jobs.instance_job_dir(job).lstrip("/")
-    (job_dir / AGENT_SCRIPT).parent.mkdir(parents=True, exist_ok=True)
-    (job_dir / jobs.CODE_DIR).mkdir(exist_ok=True)
-    shutil.copy(Path(__file__).resolve().parents[1] / "agent" / "trainctl_agent.py", job_dir / AGENT_SCRIPT)
+    (job_dir / jobs.CODE_DIR).mkdir(parents=True, exist_ok=True)
+    ship_agent(job_dir)
     spec = {"job": job, "attempt": 1, "bucket": bucket, "command": command, "keep_instance": True}
     (job_dir / AGENT_SPEC).write_text(json.dumps(spec))
     run_command.fn(instance_id, start_agent_script(job))

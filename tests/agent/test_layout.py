@@ -1,10 +1,13 @@
-"""The agent's copy of the job layout equals core/jobs.py (the agent is shipped as files and cannot import core)."""
+"""The agent's copies equal trainctl's (the agent is shipped as files and cannot import core): the job layout
+(agent/layout.py, core/jobs.py) and the secret reference grammar (agent/spec.py, core/secrets.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent import trainctl_agent as agent
+from agent import layout
+from agent import spec as agent_spec
+from agent.errors import SpecError
 from core import jobs
 
 NAMES = (
@@ -24,26 +27,26 @@ NAMES = (
 
 @pytest.mark.parametrize("name", NAMES)
 def test_constants_match(name: str) -> None:
-    assert getattr(agent, name) == getattr(jobs, name)
+    assert getattr(layout, name) == getattr(jobs, name)
 
 
 def test_job_name_rule_matches() -> None:
-    assert agent.JOB_NAME.pattern == jobs.JOB_NAME.pattern
+    assert layout.JOB_NAME.pattern == jobs.JOB_NAME.pattern
     for name in ("a", "train-1", "x" * 63, "", "-a", "A", "a_b", "x" * 64, "a/b"):
-        assert bool(agent.JOB_NAME.match(name)) == bool(jobs.JOB_NAME.match(name)), name
+        assert bool(layout.JOB_NAME.match(name)) == bool(jobs.JOB_NAME.match(name)), name
 
 
 @pytest.mark.parametrize(
     ("bucket", "job", "attempt", "instance"), [("bkt", "demo", 1, "i-0abc"), ("my.bucket", "j-2", 12, "i-1")]
 )
 def test_keys_match(bucket: str, job: str, attempt: int, instance: str) -> None:
-    assert agent.log_uri(bucket, job, attempt) == jobs.log_uri(bucket, job, attempt)
-    assert agent.status_uri(bucket, job, attempt) == jobs.status_uri(bucket, job, attempt)
-    assert agent.interruption_uri(bucket, job, instance) == jobs.interruption_uri(bucket, job, instance)
-    assert agent.default_checkpoint_uri(bucket, job) == jobs.default_checkpoint_uri(bucket, job)
-    assert agent.instance_job_dir(job) == jobs.instance_job_dir(job)
+    assert layout.log_uri(bucket, job, attempt) == jobs.log_uri(bucket, job, attempt)
+    assert layout.status_uri(bucket, job, attempt) == jobs.status_uri(bucket, job, attempt)
+    assert layout.interruption_uri(bucket, job, instance) == jobs.interruption_uri(bucket, job, instance)
+    assert layout.default_checkpoint_uri(bucket, job) == jobs.default_checkpoint_uri(bucket, job)
+    assert layout.instance_job_dir(job) == jobs.instance_job_dir(job)
     for seq in (1, 42, 999999):
-        assert agent.checkpoint_folder(seq) == jobs.checkpoint_folder(seq)
+        assert layout.checkpoint_folder(seq) == jobs.checkpoint_folder(seq)
 
 
 @pytest.mark.parametrize(
@@ -72,23 +75,8 @@ def test_secret_reference_grammar_matches(ref: str) -> None:
     except InvalidInputError:
         ours = None
     try:
-        theirs: tuple[str, str, str | None] | None = agent.parse_secret_ref(ref)
-    except agent.SpecError:
+        theirs: tuple[str, str, str | None] | None = agent_spec.parse_secret_ref(ref)
+    except SpecError:
         theirs = None
     assert ours == theirs
-    assert agent.ENV_NAME.pattern == jobs._ENV_NAME.pattern
-
-
-def test_agent_imports_only_the_standard_library() -> None:
-    import ast
-    import sys
-    from pathlib import Path
-
-    source = Path(agent.__file__).read_text()
-    modules: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module.split(".")[0])
-    assert modules <= set(sys.stdlib_module_names), modules - set(sys.stdlib_module_names)
+    assert agent_spec.ENV_NAME.pattern == jobs._ENV_NAME.pattern

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from agent import trainctl_agent as ta
+from agent.checkpoints import Checkpoints
+from agent.layout import LATEST_NAME, MANIFEST_NAME, checkpoint_folder
+from agent.spec import AgentSpec
 
 
 class MemoryS3:
@@ -22,13 +24,13 @@ class MemoryS3:
         self.downloaded: list[str] = []
 
     def put_checkpoint(self, seq: int, files: dict[str, bytes]) -> None:
-        folder = f"ck/{ta.checkpoint_folder(seq)}"
+        folder = f"ck/{checkpoint_folder(seq)}"
         entries = []
         for rel, data in files.items():
             self.objects[folder + rel] = data
             entries.append({"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        self.objects[folder + ta.MANIFEST_NAME] = json.dumps({"seq": seq, "files": entries}).encode()
-        self.objects["ck/" + ta.LATEST_NAME] = json.dumps({"seq": seq}).encode()
+        self.objects[folder + MANIFEST_NAME] = json.dumps({"seq": seq, "files": entries}).encode()
+        self.objects["ck/" + LATEST_NAME] = json.dumps({"seq": seq}).encode()
 
     def get_json(self, bucket: str, key: str) -> Any | None:
         return json.loads(self.objects[key]) if key in self.objects else None
@@ -60,11 +62,11 @@ def test_a_checkpoint_with_an_unsafe_name_is_refused_whole_and_restore_falls_bac
     s3 = MemoryS3()
     s3.put_checkpoint(1, {"model.pt": b"good", "opt/state.pt": b"opt"})
     s3.put_checkpoint(2, bad)
-    spec = ta.AgentSpec.from_dict(
+    spec = AgentSpec.from_dict(
         {"job": "j", "attempt": 2, "bucket": "b", "command": ["x"], "checkpoint_uri": "s3://b/ck/"}
     )
     folder = tmp_path / "job" / "checkpoints"
-    checkpoints = ta.Checkpoints(s3, spec, folder, "i-0123456789abcdef0")  # type: ignore[arg-type]
+    checkpoints = Checkpoints(s3, spec, folder, "i-0123456789abcdef0")  # type: ignore[arg-type]
 
     assert checkpoints.restore() == str(folder)
 

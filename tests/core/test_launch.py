@@ -16,7 +16,6 @@ from core import jobs
 from core.errors import InvalidInputError
 from core.jobs import JobRecord, JobSpec, TemplateSpec
 from core.launch import (
-    AGENT_SCRIPT,
     agent_command_script,
     agent_spec,
     data_mount_script,
@@ -30,6 +29,7 @@ from core.launch import (
 from core.paths import PathEscapeError
 from core.transfer import INSTANCE_HELPER
 from tasks.code import package_code, scan_code_dir
+from tests.conftest import ship_agent
 
 TEMPLATE = TemplateSpec(instance_type="t3.micro")
 
@@ -90,7 +90,7 @@ def test_defaults_follow_the_job_layout() -> None:
 
 
 def test_keep_instance_reaches_the_agent_spec_the_agent_accepts() -> None:
-    from agent.trainctl_agent import AgentSpec
+    from agent.spec import AgentSpec
 
     for keep in (False, True):
         s = spec(keep_instance=True) if keep else spec()
@@ -150,9 +150,6 @@ def test_scripts_quote_paths_and_run_under_the_instance_root(tmp_path: Path) -> 
     )
 
 
-AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agent" / "trainctl_agent.py"
-
-
 def _run_on_instance(script: list[str], root: Path) -> Any:
     run = subprocess.run(
         ["bash", "-c", "\n".join(script)],
@@ -171,8 +168,7 @@ def test_the_poll_runs_the_agent_and_says_when_it_is_not_installed(tmp_path: Pat
     (job_dir / "exit_code").write_text("3\n")
     # A launch killed before its ship step: no agent on the instance, and the answer says so instead of failing.
     assert _run_on_instance(agent_command_script("llm", "poll"), tmp_path) == {"job": "llm", "installed": False}
-    (job_dir / AGENT_SCRIPT).parent.mkdir(parents=True)
-    (job_dir / AGENT_SCRIPT).write_bytes(AGENT_SOURCE.read_bytes())
+    ship_agent(job_dir)
     got = _run_on_instance(agent_command_script("llm", "poll", "--offset", 7, "--limit", 100), tmp_path)
     assert got["installed"] is True and got["exit_code"] == 3 and got["status"] == "failed"
     assert (got["chunk"], got["offset"], got["size"]) == ("step 2\n", 14, 14)

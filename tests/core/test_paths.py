@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import trainctl_agent as agent
+from agent import paths as agent
 from core.paths import PathEscapeError, check_all_safe, path_problem, safe_relative
 from core.transfer import INSTANCE_HELPER, PARTIAL_PREFIX
 from core.transfer import safe_relative as transfer_safe_relative

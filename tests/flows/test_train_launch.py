@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agent.trainctl_agent import pid_alive
+from agent.host import pid_alive
 from blocks.policies import CostPolicy
 from cli.main import app
 from core import jobs

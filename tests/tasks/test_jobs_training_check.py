@@ -8,14 +8,16 @@ from pathlib import Path
 from core import jobs
 from core.launch import AGENT_SCRIPT
 from tasks.jobs import check_script, parse_check
+from tests.conftest import ship_agent
 
-AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agent" / "trainctl_agent.py"
 
-
-def _job(root: Path, job: str, *, agent: bytes | None = AGENT_SOURCE.read_bytes(), pid: int | None = None) -> None:
+def _job(root: Path, job: str, *, agent: bool | bytes = True, pid: int | None = None) -> None:
+    """`agent`: True ships the agent as train-launch does, bytes replace its entry script, False ships none."""
     job_dir = root / jobs.instance_job_dir(job).lstrip("/")
-    (job_dir / AGENT_SCRIPT).parent.mkdir(parents=True)
-    if agent is not None:
+    job_dir.mkdir(parents=True)
+    if agent is not False:
+        ship_agent(job_dir)
+    if isinstance(agent, bytes):
         (job_dir / AGENT_SCRIPT).write_bytes(agent)
     if pid is not None:
         (job_dir / jobs.PID_FILE).write_text(f"{pid}\n")
@@ -34,7 +36,7 @@ def test_the_check_asks_each_jobs_agent(tmp_path: Path) -> None:
     try:
         _job(tmp_path, "live", pid=trainer.pid)
         _job(tmp_path, "ended", pid=2**22 + 7)  # a pid no process has
-        _job(tmp_path, "no-agent", agent=None, pid=trainer.pid)  # no agent shipped: never a trainer of ours
+        _job(tmp_path, "no-agent", agent=False, pid=trainer.pid)  # no agent shipped: never a trainer of ours
         state = parse_check("i-0123456789abcdef0", _check(tmp_path))
         assert (state.status, state.jobs) == ("running", ["live"])
         trainer.kill()
