@@ -45,6 +45,7 @@ from tasks.ebs import (
     describe_volume,
 )
 from tasks.ec2_instances import LaunchRequest, keep_on_termination, launch_instance, resolve_image
+from tasks.pricing import get_products, pricing_client
 from tasks.s3 import delete_prefix, list_prefix, put_json
 from tasks.ssm import run_command, wait_online
 
@@ -286,8 +287,14 @@ def _any_image(world: dict[str, Any]) -> object:
     return resolve_image(LaunchRequest(name="x", role=t.Role.TRAIN, idempotency_key="x", instance_type="t3.micro"))
 
 
+def _ask_prices(world: dict[str, Any]) -> object:
+    # A type never asked before: the answer cannot come from the day's price cache.
+    return get_products(pricing_client(), "AmazonEC2", {"instanceType": f"probe{_next(world)}.large"})
+
+
 CASES: list[Case] = [
     Case(("DescribeEc2",), "ec2:DescribeVolumes", lambda w: describe_volume.fn(w["volume"])),
+    Case(("ReadPrices",), "pricing:GetProducts", _ask_prices),
     Case(("LaunchTaggedInstances", "LaunchFromImagesAndSubnets"), "ec2:RunInstances", _launch(None)),
     Case(("CreateTaggedVolumes", "RestoreManagedSnapshots"), "ec2:CreateVolume", _make_volume),
     Case(
