@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Response
 
-from sandbox.protocol import AwsRequest, json_error, json_response
+from sandbox.protocol import ACCOUNT_ID, AwsRequest, json_error, json_response
 from sandbox.runtime import InstanceDown, InstanceRuntime
 
 if TYPE_CHECKING:
@@ -466,8 +466,6 @@ class RunCommand:
         if not command.bucket:
             return
         from moto.s3.models import s3_backends
-
-        from sandbox.server import ACCOUNT_ID
 
         backend = s3_backends[ACCOUNT_ID]["aws"]  # straight into moto: fault injection must not eat output
         base = "/".join(p for p in (command.prefix, command.id, inv.instance_id, PLUGIN_DIR) if p)
