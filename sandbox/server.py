@@ -347,7 +347,7 @@ class Sandbox:
         self, instance_id: str, *, delay_seconds: float = 120.0, reason: str = "price"
     ) -> dict[str, Any]:
         """A spot interruption: the IMDS notice now, termination (Server.SpotInstanceTermination) after the delay;
-        `reason` ("price" | "capacity") sets the spot request status codes AWS would show (sandbox/ec2.py)."""
+        `reason` ("price" | "capacity") sets the spot request status codes AWS would show (sandbox/ec2_spot.py)."""
         result: dict[str, Any] = self.ec2.interrupt_spot(instance_id, delay_seconds=delay_seconds, reason=reason)
         return result
 
