@@ -26,7 +26,7 @@ from sandbox.ec2_transitions import Transitions
 from sandbox.protocol import AwsRequest, ec2_error
 
 if TYPE_CHECKING:
-    from sandbox.server import Sandbox
+    from sandbox.server import AfterHook, BeforeHook, Sandbox
 
 
 def install_model_overrides() -> None:
@@ -202,11 +202,18 @@ class VolumeRules:
         return body.replace(b"<progress>100%</progress>", b"<progress>0%</progress>", 1)
 
     def register(self) -> None:
-        sb = self.sandbox
-        sb.before("ec2", "DescribeVolumes", self._describe_volumes_before)
-        sb.before("ec2", "AttachVolume", self._attach_before)
-        sb.after("ec2", "AttachVolume", self._attach_after)
-        sb.before("ec2", "DetachVolume", self._detach_before)
-        sb.after("ec2", "DetachVolume", self._detach_after)
-        sb.after("ec2", "CreateVolume", self._create_volume_after)
-        sb.after("ec2", "CreateSnapshot", self._create_snapshot_after)
+        before: dict[str, BeforeHook] = {
+            "DescribeVolumes": self._describe_volumes_before,
+            "AttachVolume": self._attach_before,
+            "DetachVolume": self._detach_before,
+        }
+        after: dict[str, AfterHook] = {
+            "AttachVolume": self._attach_after,
+            "DetachVolume": self._detach_after,
+            "CreateVolume": self._create_volume_after,
+            "CreateSnapshot": self._create_snapshot_after,
+        }
+        for action, hook in before.items():
+            self.sandbox.before("ec2", action, hook)
+        for action, after_hook in after.items():
+            self.sandbox.after("ec2", action, after_hook)
