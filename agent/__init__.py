@@ -12,7 +12,7 @@ library and its siblings:
     s3           the S3 client
     awsjson      the AWS JSON 1.1 client (SSM, Secrets Manager)
     secret_env   secret references resolved into the trainer's environment
-    paths        names from S3 that become paths: core/paths.py's rule, copied
+    paths        names from S3 that become paths: core/paths.py's rule (its copy is in transfer_helper)
     checkpoints  restore, snapshot + upload, verify
     runner       one attempt: start, sync, heartbeat, spot watch, end (and the shutdown)
     state        the job's local state (status, poll)

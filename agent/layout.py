@@ -14,6 +14,7 @@ JOBS_ROOT = "trainctl/jobs"
 INSTANCE_JOBS_DIR = "/var/lib/trainctl/jobs"
 PID_FILE = "pid"
 LOG_FILE = "job.log"
+PROGRESS_FILE = "progress"  # the trainer's step, if it writes one (TRAINCTL_PROGRESS_FILE)
 EXIT_CODE_FILE = "exit_code"
 AGENT_PID_FILE = "agent.pid"
 AGENT_LOG_FILE = "agent.log"

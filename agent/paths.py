@@ -1,33 +1,13 @@
-"""Names from S3 that become paths under a folder: core/paths.py's rule, copied (the agent imports nothing of
-trainctl's; tests/core/test_paths.py runs both over one table of names)."""
+"""Names from S3 that become paths under a folder: core/paths.py's rule, whose agent copy is transfer_helper.py's
+`path_problem` (that file is also sent alone, inline over SSM, so it keeps the rule and this module imports it;
+tests/core/test_paths.py runs both copies over one table of names)."""
 
 from __future__ import annotations
 
 from .errors import IntegrityError
+from .transfer_helper import path_problem
 
-
-def path_problem(rel: str) -> str | None:
-    """Why a name from S3 cannot become a path under a folder, or None."""
-    if not rel:
-        return "is empty"
-    if rel.startswith("/"):
-        return "is absolute"
-    if "\\" in rel:
-        return "contains a backslash"
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in rel):
-        return "contains a control character"
-    try:
-        size = len(rel.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    parts = rel.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        return "has a '..', '.' or empty segment"
-    if any(len(p.encode("utf-8")) > 255 for p in parts):
-        return "has a segment over 255 bytes"
-    if size > 4096:
-        return "is over 4096 bytes"
-    return None
+__all__ = ["check_paths", "path_problem"]
 
 
 def check_paths(rels: list[str]) -> None:

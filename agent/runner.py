@@ -2,7 +2,9 @@
 checkpoint/log/status, heartbeat, watch IMDS for a spot notice or a rebalance recommendation, and end the attempt.
 
 Files it writes in the job dir besides the core layout: `agent-spec.json` (its copy of the spec, used by `stop`
-when the agent is gone), `status.json` (the last status document), `stop_request.json` (from `stop`).
+when the agent is gone), `status.json` (the last status document), `stop_request.json` (from `stop`). The trainer
+may write its step to `progress` (TRAINCTL_PROGRESS_FILE, an integer, replaced atomically): the status carries it
+as `step`, cost-watch's idle check reads it on the instance.
 
 When the job ends (exit 0, non-zero, stopped, or it could not start), the agent uploads the final checkpoint and
 the log, writes the final status, and then shuts the instance down (`shutdown -h now`, else `poweroff`, else
@@ -42,6 +44,7 @@ from .layout import (
     EXIT_CODE_FILE,
     LOG_FILE,
     PID_FILE,
+    PROGRESS_FILE,
     SPEC_COPY_FILE,
     STATUS_FILE,
     STOP_REQUEST_FILE,
@@ -143,10 +146,20 @@ class Agent:
             "checkpoint_uri": self.spec.checkpoint_uri,
             "checkpoint_seq": ckpt.last_seq if ckpt else None,
             "checkpoint_uploaded_at": ckpt.last_uploaded_at if ckpt else None,
+            "step": self.trainer_step(),
             "log_uri": log_uri(self.job_bucket, self.spec.job, self.spec.attempt),
             "instance_action": self.instance_action,
             "instance_action_reason": self.instance_action_reason,
         }
+
+    def trainer_step(self) -> int | None:
+        """The step the trainer last wrote to its progress file; None when there is none or it is not a number."""
+        try:
+            with self.path(PROGRESS_FILE).open("rb") as f:
+                text = f.read(64).strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() and len(text) <= 18 else None
 
     def publish(self, status: str) -> bool:
         """Write the status locally and to S3, and upload the log (best effort: S3 errors are logged). True when
@@ -307,8 +320,12 @@ class Agent:
                 "TRAINCTL_ATTEMPT": str(self.spec.attempt),
                 "TRAINCTL_CHECKPOINT_DIR": str(self.checkpoint_dir),
                 "TRAINCTL_RESUME_FROM": resume_from,
+                "TRAINCTL_PROGRESS_FILE": str(self.path(PROGRESS_FILE)),
             }
         )
+        # The step shown is this attempt's: a file left by an earlier run in this folder is not.
+        with contextlib.suppress(OSError):
+            self.path(PROGRESS_FILE).unlink(missing_ok=True)
         self.started_at = now_iso()
         try:
             with self.path(LOG_FILE).open("ab") as job_log:

@@ -169,8 +169,9 @@ def same(path: str, want: dict[str, Any]) -> bool:
 # -- names --------------------------------------------------------------------------------------------------------
 
 
-def problem(rel: str) -> str | None:
-    """core/paths.py's rule, copied (core is not on the instance); tests/core/test_paths.py compares the two."""
+def path_problem(rel: str) -> str | None:
+    """Why a name from S3 cannot become a path under a folder, or None: core/paths.py's rule, copied (core is not
+    on the instance; tests/core/test_paths.py compares the two). The agent's one copy: agent/paths.py imports it."""
     if not rel:
         return "is empty"
     if rel.startswith("/"):
@@ -190,9 +191,15 @@ def problem(rel: str) -> str | None:
         return "has a segment over 255 bytes"
     if size > 4096:
         return "is over 4096 bytes"
-    if rel.startswith(PARTIAL):
-        return "starts with trainctl's reserved prefix"
     return None
+
+
+def problem(rel: str) -> str | None:
+    """`path_problem`, and a transfer's own partial folders are not names it copies."""
+    why = path_problem(rel)
+    if why is None and rel.startswith(PARTIAL):
+        return "starts with trainctl's reserved prefix"
+    return why
 
 
 def inside(root: str, rel: str) -> str:

@@ -5,9 +5,10 @@ One sample (`SAMPLE_SCRIPT`, sent over SSM to every instance at once) runs
 
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits
 
-and lists, for each job folder on the instance (core/jobs.py layout), the size of the trainer's log. That size is
-the job's progress counter: a trainer that still makes steps prints (examples/train.py prints every step), and the
-agent's status carries no step of the trainer's (its heartbeat has only the checkpoint's seq).
+and lists, for each job folder on the instance (core/jobs.py layout), the job's progress counter: the step the
+trainer last wrote to its progress file (`TRAINCTL_PROGRESS_FILE`, core/jobs.py PROGRESS_FILE) when it writes one,
+else the size of its log (a trainer that still makes steps prints; examples/train.py does both every step). A job
+whose counter changes source between two samples (it started writing its step) counts as moving.
 
 An instance is idle when, over the whole window, every sample read every GPU below the threshold and no job's
 progress moved. A sample that could not read the GPUs (no answer over SSM, no GPU, nvidia-smi failed) is never an
@@ -16,6 +17,7 @@ idle one, and a window the samples do not cover (too new, a gap between passes) 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -23,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.jobs import INSTANCE_JOBS_DIR, JOB_NAME, LOG_FILE
+from core.jobs import INSTANCE_JOBS_DIR, JOB_NAME, LOG_FILE, PROGRESS_FILE
 from core.shell import on_instance
 
 NVIDIA_SMI_QUERY = "nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits"
@@ -34,12 +36,16 @@ SAMPLE_SCRIPT: list[str] = [
     f"echo '{_GPU_MARK}'",
     f'{NVIDIA_SMI_QUERY} 2>&1; echo "{_EXIT_MARK} $?"',
     f"echo '{_JOBS_MARK}'",
-    f"for log in {on_instance(INSTANCE_JOBS_DIR)}/*/{LOG_FILE}; do",
-    '  [ -f "$log" ] || continue',
-    '  folder="${log%/*}"',
-    '  printf "%s %s\\n" "${folder##*/}" "$(wc -c < "$log")"',
+    f"for folder in {on_instance(INSTANCE_JOBS_DIR)}/*/; do",
+    '  folder="${folder%/}"',
+    f'  if [ -f "$folder/{LOG_FILE}" ]; then printf "%s %s\\n" "${{folder##*/}}" "$(wc -c < "$folder/{LOG_FILE}")"; fi',
+    f'  if [ -f "$folder/{PROGRESS_FILE}" ]; then',
+    f'    printf "%s step %s\\n" "${{folder##*/}}" "$(head -c 64 "$folder/{PROGRESS_FILE}" | tr -d "[:space:]")"',
+    "  fi",
     "done",
 ]
+_STEP = "step"
+_COUNT = re.compile(r"[0-9]{1,18}")  # a size or a step as the script prints it
 
 # Passes run every 15 minutes: two samples further apart than a pass and some slack mean a pass was missed, and
 # the time between them was not seen.
@@ -67,6 +73,9 @@ class GpuReading(BaseModel):
     gpus: list[GpuUse] = Field(default_factory=list)
     progress: dict[str, int] = Field(
         default_factory=dict, description="job -> bytes of its trainer's log on the instance (grows while it trains)"
+    )
+    steps: dict[str, int] = Field(
+        default_factory=dict, description="job -> the step its trainer last wrote (TRAINCTL_PROGRESS_FILE), if any"
     )
     detail: str = ""
 
@@ -106,13 +115,20 @@ def _sections(stdout: str) -> tuple[list[str], int | None, list[str]]:
     return gpu, exit_code, jobs
 
 
-def _progress(lines: Iterable[str]) -> dict[str, int]:
+def _progress(lines: Iterable[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """(job -> log size, job -> step) of the job lines: `<job> <bytes>` and `<job> step <step>`; a line that is
+    neither (a step file holding no number, for one) is left out."""
     progress: dict[str, int] = {}
+    steps: dict[str, int] = {}
     for line in lines:
-        job, _, size = line.strip().partition(" ")
-        if JOB_NAME.match(job) and size.strip().isdigit():
-            progress[job] = int(size.strip())
-    return progress
+        cells = line.split()
+        if not cells or not JOB_NAME.match(cells[0]) or not _COUNT.fullmatch(cells[-1]):
+            continue
+        if len(cells) == 2:
+            progress[cells[0]] = int(cells[1])
+        elif len(cells) == 3 and cells[1] == _STEP:
+            steps[cells[0]] = int(cells[2])
+    return progress, steps
 
 
 def parse_sample(instance_id: str, at: datetime, stdout: str) -> GpuReading:
@@ -121,20 +137,20 @@ def parse_sample(instance_id: str, at: datetime, stdout: str) -> GpuReading:
         gpu, exit_code, jobs = _sections(stdout)
     except ValueError:
         return GpuReading(instance_id=instance_id, at=at, state="no-gpu", detail="the sample's output does not parse")
-    progress = _progress(jobs)
+    progress, steps = _progress(jobs)
+    read = {"instance_id": instance_id, "at": at, "progress": progress, "steps": steps}
     said = " ".join(gpu).strip()[:200]
     if exit_code is None:
-        return GpuReading(instance_id=instance_id, at=at, state="no-answer", progress=progress, detail="no output")
+        return GpuReading(**read, state="no-answer", detail="no output")
     if exit_code != 0:
-        detail = f"nvidia-smi exit code {exit_code}: {said or 'no output'}"
-        return GpuReading(instance_id=instance_id, at=at, state="no-gpu", progress=progress, detail=detail)
+        return GpuReading(**read, state="no-gpu", detail=f"nvidia-smi exit code {exit_code}: {said or 'no output'}")
     try:
         gpus = parse_nvidia_smi("\n".join(gpu))
     except ValueError as exc:
-        return GpuReading(instance_id=instance_id, at=at, state="no-gpu", progress=progress, detail=str(exc))
+        return GpuReading(**read, state="no-gpu", detail=str(exc))
     if not gpus:
-        return GpuReading(instance_id=instance_id, at=at, state="no-gpu", progress=progress, detail="no GPU listed")
-    return GpuReading(instance_id=instance_id, at=at, state="ok", gpus=gpus, progress=progress)
+        return GpuReading(**read, state="no-gpu", detail="no GPU listed")
+    return GpuReading(**read, state="ok", gpus=gpus)
 
 
 # -- the history kept between passes (JSON, e.g. in S3 beside the job records) ------------------------------------
@@ -148,10 +164,18 @@ class IdleSample(BaseModel):
     at: datetime
     busiest_gpu: float | None = Field(description="the highest GPU utilisation, percent; None: no GPU reading")
     progress: dict[str, int] = Field(default_factory=dict)
+    steps: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, reading: GpuReading) -> IdleSample:
-        return cls(at=reading.at, busiest_gpu=reading.busiest, progress=reading.progress)
+        return cls(at=reading.at, busiest_gpu=reading.busiest, progress=reading.progress, steps=reading.steps)
+
+    def counters(self) -> dict[str, tuple[str, int]]:
+        """job -> its progress counter: ("step", n) when its trainer writes one, else ("log", bytes)."""
+        return {
+            **{job: ("log", size) for job, size in self.progress.items()},
+            **{j: (_STEP, n) for j, n in self.steps.items()},
+        }
 
 
 class IdleHistory(BaseModel):
@@ -201,7 +225,7 @@ def idle_verdicts(
     verdicts = []
     for instance_id, samples in sorted(history.instances.items()):
         why_not = _why_not_idle(samples, now=now, below=below_percent, window=timedelta(minutes=minutes), gap=max_gap)
-        jobs = sorted(samples[-1].progress) if samples else []
+        jobs = sorted(samples[-1].counters()) if samples else []
         reason = why_not or f"every GPU below {below_percent:g} % for {minutes:g} min, no training progress"
         verdicts.append(IdleVerdict(instance_id=instance_id, idle=why_not is None, reason=reason, jobs=jobs))
     return verdicts
@@ -225,10 +249,9 @@ def _why_not_idle(
             return f"no GPU reading at {sample.at:%H:%M:%S}"
         if sample.busiest_gpu >= below:
             return f"a GPU at {sample.busiest_gpu:g} % at {sample.at:%H:%M:%S}"
-    first = seen[0].progress
-    moved = sorted(
-        {job for s in seen[1:] for job in first.keys() | s.progress.keys() if s.progress.get(job) != first.get(job)}
-    )
+    first = seen[0].counters()
+    counts = [s.counters() for s in seen[1:]]
+    moved = sorted({job for c in counts for job in first.keys() | c.keys() if c.get(job) != first.get(job)})
     if moved:
         return f"training still moves ({', '.join(moved)})"
     return None

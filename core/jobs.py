@@ -54,6 +54,8 @@ JOBS_ROOT = "trainctl/jobs"
 INSTANCE_JOBS_DIR = "/var/lib/trainctl/jobs"
 PID_FILE = "pid"
 LOG_FILE = "job.log"
+# The trainer may write its step here (TRAINCTL_PROGRESS_FILE): the agent's status and cost-watch's idle check read it.
+PROGRESS_FILE = "progress"
 EXIT_CODE_FILE = "exit_code"
 AGENT_PID_FILE = "agent.pid"
 AGENT_LOG_FILE = "agent.log"
@@ -668,6 +670,7 @@ class AgentStatus(BaseModel):
     checkpoint_uri: str | None = None
     checkpoint_seq: AgentInt = None
     checkpoint_uploaded_at: AgentTime = None
+    step: AgentInt = None  # the trainer's last step (PROGRESS_FILE); None when it writes none
     log_uri: str | None = None
     instance_action: Literal["keep", "shutdown"] | None = None
     instance_action_reason: str | None = None

@@ -9,9 +9,9 @@ NAME_MAX and PATH_MAX), and, across a listing, a name that is both a file and a 
 
 Everything else is a literal name and copied as such: unicode, spaces, quotes, `*`, `?`, `[`, leading dashes.
 
-The same rule is written out twice more, where core cannot be imported: the instance helper (`inside` in
-core.transfer.INSTANCE_HELPER) and the agent (`path_problem` in agent/paths.py);
-tests/core/test_paths.py runs all three over one table of names.
+The same rule is written out once more, where core cannot be imported: `path_problem` in agent/transfer_helper.py
+(core.transfer.INSTANCE_HELPER, sent alone to the instance), which agent/paths.py imports for the agent;
+tests/core/test_paths.py runs both over one table of names.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ The contract (DESIGN.md section 5):
 - `TRAINCTL_CHECKPOINT_DIR`: write checkpoints there. Write each file atomically (a temp file in the same
   folder, then rename) so the agent's snapshot never sees half a file; names ending in `.tmp` are not uploaded.
 - `TRAINCTL_RESUME_FROM`: the restored checkpoint folder, or "" on a fresh start. We continue at step + 1.
+- `TRAINCTL_PROGRESS_FILE` (optional): write the step there as an integer after each step, atomically (temp file,
+  then rename). The agent's status shows it as `step`, and cost-watch's idle-GPU stop counts the job as training
+  while it moves; a trainer that does not write it counts as training while its log grows.
 - SIGTERM means "save now and exit" (a spot notice or `trainctl train stop`). We exit 0 only when every step is
   done, else 143 (128 + SIGTERM) so an interrupted run is never mistaken for a finished one.
 
@@ -41,13 +44,21 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         _sigterm_at.append(time.time())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as out:
         out.write(data)
         out.flush()
-        os.fsync(out.fileno())  # the rename must not publish a file whose bytes are still in the page cache
+        if durable:  # the rename must not publish a file whose bytes are still in the page cache
+            os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def report_step(step: int) -> None:
+    """The step for the agent and cost-watch (TRAINCTL_PROGRESS_FILE); readers need the rename, not an fsync."""
+    progress = os.environ.get("TRAINCTL_PROGRESS_FILE")
+    if progress:
+        _write_atomic(Path(progress), f"{step}\n".encode(), durable=False)
 
 
 def save(folder: Path, state: dict[str, Any]) -> None:
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         state.update(step=step, loss=loss)
         state["first_step_at"] = state["first_step_at"] or time.time()
         save(folder, state)
+        report_step(step)
         print(f"step {step}/{args.steps} loss {loss:.4f}", flush=True)
         if step == start:
             write_blob(folder, args.blob_mb)

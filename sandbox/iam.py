@@ -35,7 +35,7 @@ from moto.s3.exceptions import BucketAccessDeniedError, S3AccessDeniedError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from sandbox.protocol import AwsRequest, error_for
+from sandbox.protocol import ACCOUNT_ID, DUMMY_ACCESS_KEY, AwsRequest, error_for
 
 if TYPE_CHECKING:
     from sandbox.server import Sandbox
@@ -188,7 +188,7 @@ def _profile_roles(profile_name: str) -> list[str]:
     from moto.backends import get_backend
 
     try:
-        profile = get_backend("iam")[_account_id()]["aws"].get_instance_profile(profile_name)
+        profile = get_backend("iam")[ACCOUNT_ID]["aws"].get_instance_profile(profile_name)
     except Exception:  # an unknown profile: RunInstances itself answers that
         return []
     return [role.arn for role in profile.roles]
@@ -203,7 +203,7 @@ def _check(req: AwsRequest) -> Response | None:
         headers.setdefault("Content-Length", str(len(req.body)))
     try:
         request = _ActionRequest(
-            account_id=_account_id(),
+            account_id=ACCOUNT_ID,
             method=req.method,
             path=req.path + (f"?{req.query}" if req.query else ""),
             data=req.params,
@@ -224,12 +224,6 @@ def _check(req: AwsRequest) -> Response | None:
         status = exc.code if isinstance(exc, HTTPException) and isinstance(exc.code, int) else 403
         return error_for(req, error_code, str(getattr(exc, "message", exc)), status)
     return None
-
-
-def _account_id() -> str:
-    from sandbox.server import ACCOUNT_ID
-
-    return ACCOUNT_ID
 
 
 # What the SSM agent calls to register and to receive commands (the sandbox's stand-in for the agent's needs).
@@ -269,7 +263,7 @@ class InstanceCredentials:
             return False
         from moto.backends import get_backend
 
-        iam = get_backend("iam")[_account_id()]["aws"]
+        iam = get_backend("iam")[ACCOUNT_ID]["aws"]
         policies: list[Any] = [iam.get_role_policy(role.name, n)[1] for n in iam.list_role_policies(role.name)]
         policies += iam.list_attached_role_policies(role.name)[0]
         return all(_allows(policies, action, None) for action in SSM_AGENT_ACTIONS)
@@ -286,7 +280,7 @@ class InstanceCredentials:
         role = self._role(instance_id, region)
         if role is None:
             return None
-        sts = get_backend("sts")[_account_id()]["aws"]
+        sts = get_backend("sts")[ACCOUNT_ID]["aws"]
         session = sts.assume_role(
             region_name=region,
             role_session_name=instance_id,
@@ -307,8 +301,6 @@ class InstanceCredentials:
 
 
 def install(sandbox: Sandbox, *, enforce: bool) -> InstanceCredentials:
-    from sandbox.server import DUMMY_ACCESS_KEY
-
     set_enforcement(enforce, root_key=DUMMY_ACCESS_KEY)
     sandbox.before("*", "*", _check)
     credentials = InstanceCredentials(sandbox)

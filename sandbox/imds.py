@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Response
 
-from sandbox.protocol import AwsRequest
+from sandbox.protocol import ACCOUNT_ID, AwsRequest
 from sandbox.runtime import InstanceRecord, InstanceRuntime, iso_z, new_token
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Imds:
             return json.dumps(current.rebalance) if current and current.rebalance else None
 
         identity = {
-            "accountId": _account_id(),
+            "accountId": str(ACCOUNT_ID),
             "architecture": "x86_64",
             "availabilityZone": rec.availability_zone,
             "billingProducts": None,
@@ -170,12 +170,6 @@ class Imds:
 def _user_data(rec: InstanceRecord) -> str | None:
     path = rec.root / "var" / "lib" / "cloud" / "instance" / "user-data.txt"
     return path.read_text(errors="replace") if path.exists() else None
-
-
-def _account_id() -> str:
-    from sandbox.server import ACCOUNT_ID
-
-    return str(ACCOUNT_ID)
 
 
 def install(sandbox: Sandbox) -> Imds:

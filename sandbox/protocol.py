@@ -16,11 +16,18 @@ from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
+from moto.core import DEFAULT_ACCOUNT_ID
 from werkzeug.wrappers import Response
 
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request")
 
 EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
+# The sandbox's one account (moto's backends live under it) and the keys of its own callers. Here, not in
+# server.py, so the components the server installs need not import the server.
+ACCOUNT_ID = DEFAULT_ACCOUNT_ID
+DUMMY_ACCESS_KEY = "sandbox-access-key"
+DUMMY_SECRET_KEY = "sandbox-secret-key"
 
 
 @dataclass

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.protocol import AwsRequest
+from sandbox.protocol import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, AwsRequest
 
 if TYPE_CHECKING:
     from sandbox.server import Sandbox
@@ -209,8 +209,6 @@ class InstanceRuntime:
         rec = self.record(instance_id)
         region = rec.region if rec else self.sandbox.region
         root = self.instance_root(instance_id)
-        from sandbox.server import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
-
         path = os.pathsep.join(
             [str(self.shims_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
         )

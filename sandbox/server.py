@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -36,11 +35,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
 
-from sandbox.protocol import AwsRequest, parse_request
-
-ACCOUNT_ID = DEFAULT_ACCOUNT_ID
-DUMMY_ACCESS_KEY = "sandbox-access-key"
-DUMMY_SECRET_KEY = "sandbox-secret-key"
+from sandbox.protocol import ACCOUNT_ID, DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, AwsRequest, parse_request
 
 BeforeHook = Callable[[AwsRequest], Response | None]
 AfterHook = Callable[[AwsRequest, int, bytes], bytes | None]
@@ -352,7 +347,7 @@ class Sandbox:
         self, instance_id: str, *, delay_seconds: float = 120.0, reason: str = "price"
     ) -> dict[str, Any]:
         """A spot interruption: the IMDS notice now, termination (Server.SpotInstanceTermination) after the delay;
-        `reason` ("price" | "capacity") sets the spot request status codes AWS would show (sandbox/ec2.py)."""
+        `reason` ("price" | "capacity") sets the spot request status codes AWS would show (sandbox/ec2_spot.py)."""
         result: dict[str, Any] = self.ec2.interrupt_spot(instance_id, delay_seconds=delay_seconds, reason=reason)
         return result
 

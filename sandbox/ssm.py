@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Response
 
-from sandbox.protocol import AwsRequest, json_error, json_response
-from sandbox.runtime import InstanceDown, InstanceRuntime
+from sandbox.protocol import ACCOUNT_ID, AwsRequest, json_error, json_response
+from sandbox.runtime import InstanceDown, InstanceRecord, InstanceRuntime
 
 if TYPE_CHECKING:
     from sandbox.server import Sandbox
@@ -139,28 +139,39 @@ class RunCommand:
     # -- API -----------------------------------------------------------------------------------------------
     def send_command(self, req: AwsRequest) -> Response:
         body: dict[str, Any] = req.json or {}
-        document = str(body.get("DocumentName", ""))
-        if document != DOCUMENT and not document.endswith(f":document/{DOCUMENT}"):
-            return json_error("InvalidDocument", f"Document {document} does not exist in your account.")
-        parameters: dict[str, list[str]] = {k: [str(x) for x in v] for k, v in (body.get("Parameters") or {}).items()}
-        commands = parameters.get("commands")
-        if not commands:
-            return json_error("InvalidParameters", "Parameter commands is required by the document.")
-        unknown = set(parameters) - {"commands", "executionTimeout", "workingDirectory"}
-        if unknown:
-            return json_error("InvalidParameters", f"Parameters {sorted(unknown)} are not defined in {DOCUMENT}.")
-        try:
-            execution_timeout = int((parameters.get("executionTimeout") or [str(DEFAULT_EXECUTION_TIMEOUT)])[0])
-        except ValueError:
-            execution_timeout = -1
-        if not 1 <= execution_timeout <= MAX_EXECUTION_TIMEOUT:
-            return json_error("InvalidParameters", "executionTimeout must be an integer from 1 to 172800.")
-        instance_ids = [str(i) for i in body.get("InstanceIds") or []]
+        checked = _send_parameters(body)
+        if isinstance(checked, Response):
+            return checked
+        parameters, execution_timeout = checked
         targets = list(body.get("Targets") or [])
+        instance_ids = self._send_targets(body, targets, req.region)
+        if isinstance(instance_ids, Response):
+            return instance_ids
+        command = Command(
+            id=str(uuid.uuid4()),
+            comment=str(body.get("Comment", "")),
+            parameters=parameters,
+            instance_ids=instance_ids,
+            targets=targets,
+            requested=datetime.now(UTC),
+            timeout_seconds=int(body.get("TimeoutSeconds") or 3600),
+            execution_timeout=execution_timeout,
+            working_directory=(parameters.get("workingDirectory") or [""])[0],
+            bucket=str(body.get("OutputS3BucketName") or ""),
+            prefix=str(body.get("OutputS3KeyPrefix") or "").strip("/"),
+            s3_region=str(body.get("OutputS3Region") or req.region),
+        )
+        with self._lock:
+            self._start(command)
+            return json_response({"Command": self._command_json(command)})
+
+    def _send_targets(self, body: dict[str, Any], targets: list[dict[str, Any]], region: str) -> list[str] | Response:
+        """The instances a SendCommand runs on (those of Targets that are online), or SSM's refusal."""
+        instance_ids = [str(i) for i in body.get("InstanceIds") or []]
         if instance_ids and targets:
             return json_error("InvalidParameters", "Specify either InstanceIds or Targets, not both.")
         if targets:
-            instance_ids = self._resolve_targets(targets, req.region)
+            instance_ids = self._resolve_targets(targets, region)
         elif not instance_ids:
             return json_error("InvalidParameters", "InstanceIds or Targets is required.")
         if len(set(instance_ids)) != len(instance_ids):
@@ -173,42 +184,26 @@ class RunCommand:
             return json_error(
                 "InvalidInstanceId", f"Instances [[{', '.join(offline)}]] not in a valid state for account."
             )
-        instance_ids = [i for i in instance_ids if i not in offline]
-        timeout_seconds = int(body.get("TimeoutSeconds") or 3600)
-        command = Command(
-            id=str(uuid.uuid4()),
-            comment=str(body.get("Comment", "")),
-            parameters=parameters,
-            instance_ids=instance_ids,
-            targets=targets,
-            requested=datetime.now(UTC),
-            timeout_seconds=timeout_seconds,
-            execution_timeout=execution_timeout,
-            working_directory=(parameters.get("workingDirectory") or [""])[0],
-            bucket=str(body.get("OutputS3BucketName") or ""),
-            prefix=str(body.get("OutputS3KeyPrefix") or "").strip("/"),
-            s3_region=str(body.get("OutputS3Region") or req.region),
-        )
-        with self._lock:
-            for instance_id in instance_ids:
-                workdir = (
-                    self.runtime.instance_root(instance_id)
-                    / "var/lib/amazon/ssm"
-                    / instance_id
-                    / "document/orchestration"
-                    / command.id
-                    / PLUGIN_DIR
-                )
-                command.invocations[instance_id] = Invocation(
-                    command, instance_id, workdir, uploading=bool(command.bucket)
-                )
-            self.commands[command.id] = command
-            for inv in command.invocations.values():
-                thread = threading.Thread(target=self._run, args=(inv,), name=f"ssm-{command.id[:8]}", daemon=True)
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.append(thread)
-                thread.start()
-            return json_response({"Command": self._command_json(command)})
+        return [i for i in instance_ids if i not in offline]
+
+    def _start(self, command: Command) -> None:
+        """Record the command and run it on each of its instances, in the background (under self._lock)."""
+        for instance_id in command.instance_ids:
+            workdir = (
+                self.runtime.instance_root(instance_id)
+                / "var/lib/amazon/ssm"
+                / instance_id
+                / "document/orchestration"
+                / command.id
+                / PLUGIN_DIR
+            )
+            command.invocations[instance_id] = Invocation(command, instance_id, workdir, uploading=bool(command.bucket))
+        self.commands[command.id] = command
+        for inv in command.invocations.values():
+            thread = threading.Thread(target=self._run, args=(inv,), name=f"ssm-{command.id[:8]}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+            thread.start()
 
     def _resolve_targets(self, targets: list[dict[str, Any]], region: str) -> list[str]:
         """Targets by `InstanceIds` or `tag:Key` (read from moto's EC2 backend)."""
@@ -316,19 +311,9 @@ class RunCommand:
 
     def describe_instance_information(self, req: AwsRequest) -> Response:
         body: dict[str, Any] = req.json or {}
-        wanted: dict[str, set[str]] = {}
-        for item in body.get("InstanceInformationFilterList") or []:
-            key = str(item.get("key", ""))
-            if key not in _INFO_FILTER_KEYS:
-                return json_error("InvalidInstanceInformationFilterValue", f"Invalid filter key {key}.")
-            wanted.setdefault(key, set()).update(str(v) for v in item.get("valueSet") or [])
-        for item in body.get("Filters") or []:
-            key = str(item.get("Key", ""))
-            if key not in _INFO_FILTER_KEYS and not key.startswith("tag:"):
-                return json_error("InvalidFilterKey", f"Invalid filter key {key}.")
-            if key.startswith("tag:"):
-                continue  # tag filters are accepted and ignored (not modelled)
-            wanted.setdefault(key, set()).update(str(v) for v in item.get("Values") or [])
+        wanted = _info_filters(body)
+        if isinstance(wanted, Response):
+            return wanted
         max_results = body.get("MaxResults")
         if max_results is not None and not 5 <= int(max_results) <= 50:
             return json_error("ValidationException", "MaxResults must be between 5 and 50.")
@@ -336,32 +321,12 @@ class RunCommand:
         with self.runtime._lock:
             records = [r for r in self.runtime.instances.values() if r.region == req.region]
         for rec in records:
-            if rec.state == "terminated":
+            info = self._instance_information(rec)
+            if info is None:
                 continue
-            if rec.state == "running":
-                if not self.runtime.is_online(rec.id):
-                    continue  # still booting: the agent has not registered yet
-                ping = "Online"
-            else:
-                ping = "ConnectionLost"
-            info = {
-                "InstanceId": rec.id,
-                "PingStatus": ping,
-                "LastPingDateTime": time.time(),
-                "AgentVersion": "3.3.1142.0",
-                "IsLatestVersion": True,
-                "PlatformType": "Linux",
-                "PlatformName": "Amazon Linux",
-                "PlatformVersion": "2023",
-                "ResourceType": "EC2Instance",
-                "IPAddress": rec.private_ip,
-                "ComputerName": rec.hostname,
-                "SourceId": rec.id,
-                "SourceType": "AWS::EC2::Instance",
-            }
             checks = {
                 "InstanceIds": rec.id,
-                "PingStatus": ping,
+                "PingStatus": info["PingStatus"],
                 "PlatformTypes": "Linux",
                 "ResourceType": "EC2Instance",
                 "AgentVersion": info["AgentVersion"],
@@ -376,6 +341,32 @@ class RunCommand:
         if token:
             payload["NextToken"] = token
         return json_response(payload)
+
+    def _instance_information(self, rec: InstanceRecord) -> dict[str, Any] | None:
+        """What SSM knows of an instance's agent; None when it has not registered (booting) or is terminated."""
+        if rec.state == "terminated":
+            return None
+        if rec.state == "running":
+            if not self.runtime.is_online(rec.id):
+                return None  # still booting: the agent has not registered yet
+            ping = "Online"
+        else:
+            ping = "ConnectionLost"
+        return {
+            "InstanceId": rec.id,
+            "PingStatus": ping,
+            "LastPingDateTime": time.time(),
+            "AgentVersion": "3.3.1142.0",
+            "IsLatestVersion": True,
+            "PlatformType": "Linux",
+            "PlatformName": "Amazon Linux",
+            "PlatformVersion": "2023",
+            "ResourceType": "EC2Instance",
+            "IPAddress": rec.private_ip,
+            "ComputerName": rec.hostname,
+            "SourceId": rec.id,
+            "SourceType": "AWS::EC2::Instance",
+        }
 
     # -- execution -----------------------------------------------------------------------------------------
     def _run(self, inv: Invocation) -> None:
@@ -466,8 +457,6 @@ class RunCommand:
         if not command.bucket:
             return
         from moto.s3.models import s3_backends
-
-        from sandbox.server import ACCOUNT_ID
 
         backend = s3_backends[ACCOUNT_ID]["aws"]  # straight into moto: fault injection must not eat output
         base = "/".join(p for p in (command.prefix, command.id, inv.instance_id, PLUGIN_DIR) if p)
@@ -602,6 +591,44 @@ _INFO_FILTER_KEYS = frozenset(
     {"InstanceIds", "AgentVersion", "PingStatus", "PlatformTypes", "ActivationIds", "IamRole", "ResourceType"}
     | {"AssociationStatus"}
 )
+
+
+def _send_parameters(body: dict[str, Any]) -> tuple[dict[str, list[str]], int] | Response:
+    """SendCommand's document parameters and execution timeout, or SSM's refusal of them."""
+    document = str(body.get("DocumentName", ""))
+    if document != DOCUMENT and not document.endswith(f":document/{DOCUMENT}"):
+        return json_error("InvalidDocument", f"Document {document} does not exist in your account.")
+    parameters: dict[str, list[str]] = {k: [str(x) for x in v] for k, v in (body.get("Parameters") or {}).items()}
+    if not parameters.get("commands"):
+        return json_error("InvalidParameters", "Parameter commands is required by the document.")
+    unknown = set(parameters) - {"commands", "executionTimeout", "workingDirectory"}
+    if unknown:
+        return json_error("InvalidParameters", f"Parameters {sorted(unknown)} are not defined in {DOCUMENT}.")
+    try:
+        execution_timeout = int((parameters.get("executionTimeout") or [str(DEFAULT_EXECUTION_TIMEOUT)])[0])
+    except ValueError:
+        execution_timeout = -1
+    if not 1 <= execution_timeout <= MAX_EXECUTION_TIMEOUT:
+        return json_error("InvalidParameters", "executionTimeout must be an integer from 1 to 172800.")
+    return parameters, execution_timeout
+
+
+def _info_filters(body: dict[str, Any]) -> dict[str, set[str]] | Response:
+    """DescribeInstanceInformation's filters (both forms) as key -> values; tag filters are accepted and ignored."""
+    wanted: dict[str, set[str]] = {}
+    for item in body.get("InstanceInformationFilterList") or []:
+        key = str(item.get("key", ""))
+        if key not in _INFO_FILTER_KEYS:
+            return json_error("InvalidInstanceInformationFilterValue", f"Invalid filter key {key}.")
+        wanted.setdefault(key, set()).update(str(v) for v in item.get("valueSet") or [])
+    for item in body.get("Filters") or []:
+        key = str(item.get("Key", ""))
+        if key not in _INFO_FILTER_KEYS and not key.startswith("tag:"):
+            return json_error("InvalidFilterKey", f"Invalid filter key {key}.")
+        if key.startswith("tag:"):
+            continue  # tag filters are accepted and ignored (not modelled)
+        wanted.setdefault(key, set()).update(str(v) for v in item.get("Values") or [])
+    return wanted
 
 
 def _paginate(items: list[Any], body: dict[str, Any], *, default: int) -> tuple[list[Any] | Response, str | None]:

@@ -19,6 +19,7 @@ import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MOUNT_FAILURE = 32  # mount(8), umount(8) and mountpoint(1) exit status for "failure"
@@ -425,47 +426,50 @@ def _instance_info() -> dict[str, object]:
         return {}
 
 
-def lsblk(argv: list[str]) -> int:
-    as_json = no_headings = in_bytes = full_paths = pairs = raw = False
-    columns = list(_DEFAULT_COLUMNS)
-    positional: list[str] = []
+# lsblk's output options, by long and by short name ("raw": --raw, --list, -r, -l).
+_LSBLK_LONG = {"json": "json", "noheadings": "noheadings", "bytes": "bytes", "paths": "paths", "pairs": "pairs"}
+_LSBLK_LONG |= {"raw": "raw", "list": "raw"}
+_LSBLK_SHORT = {"J": "json", "n": "noheadings", "b": "bytes", "p": "paths", "P": "pairs", "r": "raw", "l": "raw"}
+
+
+@dataclass
+class _LsblkArgs:
+    columns: list[str] = field(default_factory=lambda: list(_DEFAULT_COLUMNS))
+    positional: list[str] = field(default_factory=list)
+    options: set[str] = field(default_factory=set)  # values of _LSBLK_LONG
+
+
+def _lsblk_args(argv: list[str]) -> _LsblkArgs:
+    args = _LsblkArgs()
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg.startswith("--output="):
-            columns = arg.split("=", 1)[1].upper().split(",")
+            args.columns = arg.split("=", 1)[1].upper().split(",")
         elif arg in ("-o", "--output") and i + 1 < len(argv):
-            columns = argv[i + 1].upper().split(",")
+            args.columns = argv[i + 1].upper().split(",")
             i += 1
         elif arg.startswith("-o") and len(arg) > 2:
-            columns = arg[2:].upper().split(",")
+            args.columns = arg[2:].upper().split(",")
         elif arg.startswith("--"):
-            flag = arg[2:]
-            as_json |= flag == "json"
-            no_headings |= flag == "noheadings"
-            in_bytes |= flag == "bytes"
-            full_paths |= flag == "paths"
-            pairs |= flag == "pairs"
-            raw |= flag in ("raw", "list")
+            if arg[2:] in _LSBLK_LONG:
+                args.options.add(_LSBLK_LONG[arg[2:]])
         elif arg.startswith("-"):
-            letters = arg[1:]
-            as_json |= "J" in letters
-            no_headings |= "n" in letters
-            in_bytes |= "b" in letters
-            full_paths |= "p" in letters
-            pairs |= "P" in letters
-            raw |= "r" in letters or "l" in letters
+            args.options.update(_LSBLK_SHORT[letter] for letter in arg[1:] if letter in _LSBLK_SHORT)
         else:
-            positional.append(arg)
+            args.positional.append(arg)
         i += 1
+    return args
 
+
+def _lsblk_rows(positional: list[str]) -> list[dict[str, object]] | int:
+    """The root disk and every attached volume (only the named ones, if any); an exit code for an unknown one."""
     info = _instance_info()
-    rows: list[dict[str, object]] = []
     root_size = int(str(info.get("root_size", 8))) * 1024**3
     root_serial = str(info.get("root_volume_id", "vol-00000000000000000")).replace("-", "")
-    rows.append(
+    rows: list[dict[str, object]] = [
         {"dev": "/dev/nvme0n1", "size": root_size, "serial": root_serial, "mount": "/", "fstype": "xfs", "uuid": ""}
-    )
+    ]
     for name, vol in devices():
         rows.append(
             {
@@ -478,98 +482,186 @@ def lsblk(argv: list[str]) -> int:
                 "label": vol.label,
             }
         )
-    if positional:
-        wanted: set[str] = set()
-        for spec in positional:
-            found = resolve(spec)
-            if found is None:
-                if guest(host(spec)) == "/dev/nvme0n1":
-                    wanted.add("/dev/nvme0n1")
-                    continue
-                print(f"lsblk: {spec}: not a block device", file=sys.stderr)
-                return 32
-            wanted.add(found[0])
-        rows = [r for r in rows if r["dev"] in wanted]
+    if not positional:
+        return rows
+    wanted: set[str] = set()
+    for spec in positional:
+        found = resolve(spec)
+        if found is None:
+            if guest(host(spec)) == "/dev/nvme0n1":
+                wanted.add("/dev/nvme0n1")
+                continue
+            print(f"lsblk: {spec}: not a block device", file=sys.stderr)
+            return 32
+        wanted.add(found[0])
+    return [r for r in rows if r["dev"] in wanted]
 
-    def value(row: dict[str, object], column: str) -> object:
-        dev = str(row["dev"])
-        m = _NVME.match(dev.rsplit("/", 1)[-1])
-        number = int(m.group(1)) if m else 0
-        size = int(str(row["size"]))
-        getters: dict[str, Callable[[], object]] = {
-            "NAME": lambda: dev if full_paths else dev.rsplit("/", 1)[-1],
-            "KNAME": lambda: dev.rsplit("/", 1)[-1],
-            "PATH": lambda: dev,
-            "MAJ:MIN": lambda: f"259:{number}",
-            "RM": lambda: False,
-            "RO": lambda: False,
-            "SIZE": lambda: size if in_bytes else _human(size),
-            "TYPE": lambda: "disk",
-            "SERIAL": lambda: row["serial"],
-            "MODEL": lambda: "Amazon Elastic Block Store",
-            "MOUNTPOINT": lambda: row["mount"],
-            "MOUNTPOINTS": lambda: [row["mount"]],
-            "FSTYPE": lambda: row.get("fstype"),
-            "UUID": lambda: row.get("uuid") or None,
-            "LABEL": lambda: row.get("label") or None,
-        }
-        getter = getters.get(column)
-        return getter() if getter else None
 
-    for column in columns:
-        if column not in _COLUMNS:
-            return err("lsblk", f"unknown column: {column}", 1)
+def _lsblk_value(row: dict[str, object], column: str, args: _LsblkArgs) -> object:
+    dev = str(row["dev"])
+    m = _NVME.match(dev.rsplit("/", 1)[-1])
+    number = int(m.group(1)) if m else 0
+    size = int(str(row["size"]))
+    getters: dict[str, Callable[[], object]] = {
+        "NAME": lambda: dev if "paths" in args.options else dev.rsplit("/", 1)[-1],
+        "KNAME": lambda: dev.rsplit("/", 1)[-1],
+        "PATH": lambda: dev,
+        "MAJ:MIN": lambda: f"259:{number}",
+        "RM": lambda: False,
+        "RO": lambda: False,
+        "SIZE": lambda: size if "bytes" in args.options else _human(size),
+        "TYPE": lambda: "disk",
+        "SERIAL": lambda: row["serial"],
+        "MODEL": lambda: "Amazon Elastic Block Store",
+        "MOUNTPOINT": lambda: row["mount"],
+        "MOUNTPOINTS": lambda: [row["mount"]],
+        "FSTYPE": lambda: row.get("fstype"),
+        "UUID": lambda: row.get("uuid") or None,
+        "LABEL": lambda: row.get("label") or None,
+    }
+    getter = getters.get(column)
+    return getter() if getter else None
 
-    if as_json:
-        devices_json = [{c.lower(): value(r, c) for c in columns} for r in rows]
-        print(json.dumps({"blockdevices": devices_json}, indent=3))
-        return 0
 
-    def text(v: object) -> str:
-        if isinstance(v, bool):
-            return "1" if v else "0"
-        if isinstance(v, list):
-            return "\n".join(text(x) for x in v if x is not None)
-        return "" if v is None else str(v)
+def _lsblk_text(v: object) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, list):
+        return "\n".join(_lsblk_text(x) for x in v if x is not None)
+    return "" if v is None else str(v)
 
-    table = [[text(value(r, c)) for c in columns] for r in rows]
-    if pairs:
+
+def _lsblk_print(table: list[list[str]], args: _LsblkArgs) -> None:
+    """The text forms: pairs, raw, or aligned columns."""
+    columns = args.columns
+    if "pairs" in args.options:
         for line in table:
             print(" ".join(f'{c.replace(":", "_")}="{v}"' for c, v in zip(columns, line, strict=True)))
-        return 0
-    if raw:
-        if not no_headings:
+        return
+    if "raw" in args.options:
+        if "noheadings" not in args.options:
             print(" ".join(columns))
         for line in table:
             print(" ".join(line))
-        return 0
+        return
     widths = [max([len(c)] + [len(line[k]) for line in table]) for k, c in enumerate(columns)]
-    out: list[list[str]] = ([] if no_headings else [columns]) + table
+    out: list[list[str]] = ([] if "noheadings" in args.options else [columns]) + table
     for line in out:
         cells = [
             cell.rjust(widths[k]) if columns[k] in ("SIZE", "RM", "RO") else cell.ljust(widths[k])
             for k, cell in enumerate(line)
         ]
         print(" ".join(cells).rstrip())
+
+
+def lsblk(argv: list[str]) -> int:
+    args = _lsblk_args(argv)
+    rows = _lsblk_rows(args.positional)
+    if isinstance(rows, int):
+        return rows
+    for column in args.columns:
+        if column not in _COLUMNS:
+            return err("lsblk", f"unknown column: {column}", 1)
+    if "json" in args.options:
+        devices_json = [{c.lower(): _lsblk_value(r, c, args) for c in args.columns} for r in rows]
+        print(json.dumps({"blockdevices": devices_json}, indent=3))
+        return 0
+    _lsblk_print([[_lsblk_text(_lsblk_value(r, c, args)) for c in args.columns] for r in rows], args)
     return 0
 
 
 # -- nvidia-smi ----------------------------------------------------------------------------------------------
-def nvidia_smi(argv: list[str]) -> int:
+_SMI_FAILED = (
+    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+    "Make sure that the latest NVIDIA driver is installed and running."
+)
+
+
+@dataclass
+class _Gpus:
+    """The instance's fake GPUs (`.sandbox/gpu.json`, written by the runtime)."""
+
+    count: int
+    utils: list[float]
+    total: int
+    name: str
+
+    @property
+    def used_by(self) -> list[int]:
+        return [int(self.total * 0.9 * u / 100) for u in self.utils]
+
+    def uuid(self, k: int) -> str:
+        return f"GPU-{uuid.UUID(int=k + 1)}"
+
+
+def _gpus() -> _Gpus | None:
     try:
         gpu = json.loads(Path(host("/.sandbox/gpu.json")).read_text())
     except (OSError, ValueError):
-        print(
-            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
-            "Make sure that the latest NVIDIA driver is installed and running.",
-        )
-        return 9
+        return None
     count = int(gpu.get("count", 1))
     given = gpu.get("utilization", 0.0)  # one value for every GPU, or one per GPU
     utils = [float(u) for u in given] if isinstance(given, list) else [float(given)] * count
-    total = int(gpu.get("memory_total", 23028))
-    used_by = [int(total * 0.9 * u / 100) for u in utils]
-    name = str(gpu.get("name", "NVIDIA A10G"))
+    return _Gpus(count, utils, int(gpu.get("memory_total", 23028)), str(gpu.get("name", "NVIDIA A10G")))
+
+
+def _smi_query(gpus: _Gpus, query: list[str], fmt: list[str]) -> int:
+    """`--query-gpu=...`: one CSV row per GPU (a header unless `noheader`, units unless `nounits`)."""
+    used_by = gpus.used_by
+    fields: dict[str, tuple[str, Callable[[int], str]]] = {
+        "index": ("", str),
+        "name": ("", lambda _: gpus.name),
+        "uuid": ("", gpus.uuid),
+        "count": ("", lambda _: str(gpus.count)),
+        "driver_version": ("", lambda _: "550.54.15"),
+        "utilization.gpu": ("%", lambda k: f"{gpus.utils[k]:.0f}"),
+        "utilization.memory": ("%", lambda k: f"{gpus.utils[k] * 0.6:.0f}"),
+        "memory.used": ("MiB", lambda k: str(used_by[k])),
+        "memory.total": ("MiB", lambda _: str(gpus.total)),
+        "memory.free": ("MiB", lambda k: str(gpus.total - used_by[k])),
+        "temperature.gpu": ("", lambda k: str(30 + int(gpus.utils[k] * 0.4))),
+        "power.draw": ("W", lambda k: f"{25 + gpus.utils[k] * 2:.2f}"),
+    }
+    for key in query:
+        if key.strip() not in fields:
+            print(f'Field "{key}" is not a valid field to query.', file=sys.stderr)
+            return 2
+    units = "nounits" not in fmt
+    if "noheader" not in fmt:
+        print(", ".join(f"{k} [{fields[k.strip()][0]}]" if fields[k.strip()][0] else k for k in query))
+    for gpu_index in range(gpus.count):
+        cells = []
+        for key in query:
+            unit, get = fields[key.strip()]
+            cell = get(gpu_index)
+            cells.append(f"{cell} {unit}" if units and unit else cell)
+        print(", ".join(cells))
+    return 0
+
+
+def _smi_table(gpus: _Gpus) -> None:
+    """nvidia-smi without arguments: its summary table."""
+    used_by = gpus.used_by
+    print("+-----------------------------------------------------------------------------------------+")
+    print("| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |")
+    print("|-----------------------------------------+------------------------+----------------------+")
+    print("| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |")
+    print("| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |")
+    print("|=========================================+========================+======================|")
+    for k in range(gpus.count):
+        memory = f"{used_by[k]}MiB / {gpus.total}MiB"
+        print(f"| {k:>3}  {gpus.name[:20]:<20}           On  |   00000000:00:1E.0 Off |                    0 |")
+        util = gpus.utils[k]
+        temp, power = 30 + int(util * 0.4), 25 + util * 2
+        print(f"|  0%  {temp:>3}C    P0    {power:>5.0f}W / 300W | {memory:>22} | {util:>6.0f}%      Default |")
+    print("+-----------------------------------------------------------------------------------------+")
+
+
+def nvidia_smi(argv: list[str]) -> int:
+    gpus = _gpus()
+    if gpus is None:
+        print(_SMI_FAILED)
+        return 9
     query: list[str] = []
     fmt: list[str] = []
     i = 0
@@ -586,52 +678,13 @@ def nvidia_smi(argv: list[str]) -> int:
             fmt = argv[i + 1].split(",")
             i += 1
         elif arg in ("-L", "--list-gpus"):
-            for k in range(count):
-                print(f"GPU {k}: {name} (UUID: GPU-{uuid.UUID(int=k + 1)})")
+            for k in range(gpus.count):
+                print(f"GPU {k}: {gpus.name} (UUID: {gpus.uuid(k)})")
             return 0
         i += 1
     if query:
-        units = "nounits" not in fmt
-        fields: dict[str, tuple[str, Callable[[int], str]]] = {
-            "index": ("", str),
-            "name": ("", lambda _: name),
-            "uuid": ("", lambda k: f"GPU-{uuid.UUID(int=k + 1)}"),
-            "count": ("", lambda _: str(count)),
-            "driver_version": ("", lambda _: "550.54.15"),
-            "utilization.gpu": ("%", lambda k: f"{utils[k]:.0f}"),
-            "utilization.memory": ("%", lambda k: f"{utils[k] * 0.6:.0f}"),
-            "memory.used": ("MiB", lambda k: str(used_by[k])),
-            "memory.total": ("MiB", lambda _: str(total)),
-            "memory.free": ("MiB", lambda k: str(total - used_by[k])),
-            "temperature.gpu": ("", lambda k: str(30 + int(utils[k] * 0.4))),
-            "power.draw": ("W", lambda k: f"{25 + utils[k] * 2:.2f}"),
-        }
-        for key in query:
-            if key.strip() not in fields:
-                print(f'Field "{key}" is not a valid field to query.', file=sys.stderr)
-                return 2
-        if "noheader" not in fmt:
-            print(", ".join(f"{k} [{fields[k.strip()][0]}]" if fields[k.strip()][0] else k for k in query))
-        for gpu_index in range(count):
-            cells = []
-            for key in query:
-                unit, get = fields[key.strip()]
-                cell = get(gpu_index)
-                cells.append(f"{cell} {unit}" if units and unit else cell)
-            print(", ".join(cells))
-        return 0
-    print("+-----------------------------------------------------------------------------------------+")
-    print("| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |")
-    print("|-----------------------------------------+------------------------+----------------------+")
-    print("| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |")
-    print("| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |")
-    print("|=========================================+========================+======================|")
-    for k in range(count):
-        memory = f"{used_by[k]}MiB / {total}MiB"
-        print(f"| {k:>3}  {name[:20]:<20}           On  |   00000000:00:1E.0 Off |                    0 |")
-        temp, power = 30 + int(utils[k] * 0.4), 25 + utils[k] * 2
-        print(f"|  0%  {temp:>3}C    P0    {power:>5.0f}W / 300W | {memory:>22} | {utils[k]:>6.0f}%      Default |")
-    print("+-----------------------------------------------------------------------------------------+")
+        return _smi_query(gpus, query, fmt)
+    _smi_table(gpus)
     return 0
 
 

@@ -15,6 +15,7 @@ NAMES = (
     "INSTANCE_JOBS_DIR",
     "PID_FILE",
     "LOG_FILE",
+    "PROGRESS_FILE",
     "EXIT_CODE_FILE",
     "AGENT_PID_FILE",
     "AGENT_LOG_FILE",

@@ -30,6 +30,7 @@ from agent.layout import (
     LOG_FILE,
     MANIFEST_NAME,
     PID_FILE,
+    PROGRESS_FILE,
     checkpoint_folder,
     default_checkpoint_uri,
     instance_job_dir,
@@ -40,6 +41,7 @@ from agent.layout import (
 from agent.runner import Agent, keep_instance_reason
 from agent.s3 import S3Client
 from agent.spec import AgentSpec
+from core.jobs import AgentStatus
 from sandbox import Sandbox
 from sandbox.runtime import spot_notice
 from tests.agent.conftest import client
@@ -187,6 +189,7 @@ def test_run_to_completion_then_a_second_attempt_resumes(cloud: Sandbox, bucket:
     assert started["job"] == "resnet" and started["agent_pid"] > 0
     status = wait_status(cloud, bucket, "resnet", 1)
     assert (status["status"], status["exit_code"], status["instance_id"]) == ("succeeded", 0, machine.instance_id)
+    assert status["step"] == 3  # the trainer's last step, from the file TRAINCTL_PROGRESS_FILE named
     seq, manifest, state = latest_checkpoint(cloud, bucket, "resnet")
     assert state["step"] == 3 and state["resumed_from_step"] is None
     assert sorted(f["path"] for f in manifest["files"]) == ["state.json", "weights.bin"]
@@ -214,7 +217,7 @@ def test_run_to_completion_then_a_second_attempt_resumes(cloud: Sandbox, bucket:
     second = launch(cloud)
     second.start(spec_for(bucket, "resnet", 2, ["--steps", "5", "--step-seconds", "0.1"]))
     status = wait_status(cloud, bucket, "resnet", 2)
-    assert (status["status"], status["exit_code"]) == ("succeeded", 0)
+    assert (status["status"], status["exit_code"], status["step"]) == ("succeeded", 0, 5)
     seq2, _, state = latest_checkpoint(cloud, bucket, "resnet")
     assert seq2 > seq and state["step"] == 5 and state["resumed_from_step"] == 3
     log = s3.get_object(Bucket=bucket, Key=key_of(log_uri(bucket, "resnet", 2)))["Body"].read().decode()
@@ -439,6 +442,25 @@ def test_the_shutdown_decision(tmp_path: Path) -> None:
     assert "no-such-shutdown-command-here" in agent.instance_action_reason
     # The decision is in the job log.
     assert "kept: the shutdown failed" in (tmp_path / LOG_FILE).read_text()
+
+
+def test_the_status_carries_the_step_the_trainer_last_wrote(tmp_path: Path) -> None:
+    spec = AgentSpec.from_dict({"job": "j", "attempt": 1, "bucket": "b", "command": ["true"]})
+    agent = Agent(spec, s3=S3Client(endpoint_url="http://127.0.0.1:9", attempts=1), job_dir=tmp_path)
+    assert agent.status_document("running")["step"] is None  # a trainer that writes no step
+    progress = tmp_path / PROGRESS_FILE
+    for text, step in (("41\n", 41), ("0", 0), ("", None), ("-3", None), ("12 steps", None), ("9" * 40, None)):
+        progress.write_text(text)
+        assert agent.status_document("running")["step"] == step, text
+    progress.write_text("41\n")
+    document = agent.status_document("running")
+    parsed = AgentStatus.parse(document)
+    assert parsed is not None and parsed.step == 41  # what trainctl reads of it
+    lenient = AgentStatus.parse({**document, "step": "41"})
+    assert lenient is not None and lenient.step is None  # like the other numbers: only a number the agent wrote
+    progress.unlink()
+    progress.mkdir()  # unreadable as a file
+    assert agent.status_document("running")["step"] is None
 
 
 def test_a_secret_that_cannot_be_read_fails_the_attempt_before_the_trainer_runs(cloud: Sandbox, bucket: str) -> None:

@@ -38,6 +38,14 @@ def test_a_sample_reads_every_gpu_and_each_jobs_progress() -> None:
     assert reading.progress == {"llm": 120, "bert": 4096}  # only job names with a size
 
 
+def test_a_sample_reads_a_trainers_step_and_counts_it_before_the_log_size() -> None:
+    jobs = "llm 120\nllm step 7\nbert 4096\nbert step\nvit 5\nvit step 12abc\nNot_A_Job step 3"
+    reading = parse_sample(A, T0, output("3, 512", jobs=jobs))
+    assert reading.progress == {"llm": 120, "bert": 4096, "vit": 5}
+    assert reading.steps == {"llm": 7}  # an empty or unreadable step file is no step
+    assert IdleSample.of(reading).counters() == {"llm": ("step", 7), "bert": ("log", 4096), "vit": ("log", 5)}
+
+
 @pytest.mark.parametrize(
     ("stdout", "state", "says"),
     [
@@ -66,6 +74,12 @@ def test_the_sample_script_runs_as_the_parser_reads_it(tmp_path: Path) -> None:
     (jobs / "llm").mkdir(parents=True)
     (jobs / "llm/job.log").write_text("starting from scratch\n")
     (jobs / "no-log-yet").mkdir()
+    (jobs / "bert").mkdir()
+    (jobs / "bert/job.log").write_text("x\n")
+    (jobs / "bert/progress").write_text("42\n")
+    (jobs / "vit").mkdir()
+    (jobs / "vit/job.log").write_text("ab")
+    (jobs / "vit/progress").write_text("")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text('#!/bin/sh\necho "4, 100"\necho "0, 0"\n')
@@ -73,7 +87,8 @@ def test_the_sample_script_runs_as_the_parser_reads_it(tmp_path: Path) -> None:
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TRAINCTL_ROOT": str(tmp_path / "root")}
     run = subprocess.run(["sh", "-c", "\n".join(SAMPLE_SCRIPT)], capture_output=True, text=True, env=env, check=True)
     reading = parse_sample(A, T0, run.stdout)
-    assert (reading.state, reading.busiest, reading.progress) == ("ok", 4, {"llm": 22})
+    assert (reading.state, reading.busiest, reading.progress) == ("ok", 4, {"llm": 22, "bert": 2, "vit": 2})
+    assert reading.steps == {"bert": 42}
     (bin_dir / "nvidia-smi").unlink()
     run = subprocess.run(["sh", "-c", "\n".join(SAMPLE_SCRIPT)], capture_output=True, text=True, env=env, check=True)
     assert parse_sample(A, T0, run.stdout).state == "no-gpu"
@@ -93,6 +108,12 @@ def test_parse_nvidia_smi_refuses_what_it_does_not_know() -> None:
 
 def s(minutes: float, busiest: float | None = 2.0, **progress: int) -> IdleSample:
     return IdleSample(at=T0 + timedelta(minutes=minutes), busiest_gpu=busiest, progress=progress or {"llm": 100})
+
+
+def stepped(minutes: float, step: int | None, log: int) -> IdleSample:
+    """A sample of job llm whose trainer wrote `step` (None: it writes none) and whose log is `log` bytes."""
+    steps = {} if step is None else {"llm": step}
+    return IdleSample(at=T0 + timedelta(minutes=minutes), busiest_gpu=2.0, progress={"llm": log}, steps=steps)
 
 
 def verdict(samples: list[IdleSample], *, below: float = 10, minutes: float = 30) -> tuple[bool, str]:
@@ -117,6 +138,15 @@ def verdict(samples: list[IdleSample], *, below: float = 10, minutes: float = 30
         pytest.param([s(0), s(15, llm=150), s(30, llm=150)], False, "training still moves (llm)", id="log-grew"),
         pytest.param([s(0), s(15), s(30, llm=100, bert=3)], False, "still moves (bert)", id="a-job-started"),
         pytest.param([s(0, llm=7), s(15, llm=7), s(30, llm=7)], True, "below", id="still-log"),
+        pytest.param(
+            [stepped(0, 5, 100), stepped(15, 6, 100), stepped(30, 6, 100)], False, "still moves (llm)", id="step-moved"
+        ),
+        pytest.param(
+            [stepped(0, 5, 100), stepped(15, 5, 200), stepped(30, 5, 300)], True, "below", id="step-still-log-grows"
+        ),
+        pytest.param(
+            [stepped(0, None, 1), stepped(15, 1, 1), stepped(30, 1, 1)], False, "still moves (llm)", id="step-appears"
+        ),
     ],
 )
 def test_idle_only_when_every_sample_of_the_window_says_so(samples: list[IdleSample], idle: bool, says: str) -> None:
