@@ -41,21 +41,24 @@ def _money(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"${value:,.{digits}f}"
 
 
-def _rows_table(title: str, rows: list[CostRow], first: str) -> Table:
+def _rows_table(title: str, rows: list[CostRow], *, per_job: bool) -> Table:
     table = Table(title=title)
-    table.add_column(first, no_wrap=True, style="bold")
-    for column in ("KIND", "JOB", "DETAIL", "$/HOUR", "SINCE CREATION", "TODAY", "MONTH (PROJ.)", "SOURCE"):
-        table.add_column(
-            column, overflow="fold", justify="right" if column.startswith(("$", "S", "T", "M")) else "left"
-        )
+    table.add_column("JOB" if per_job else "ID", no_wrap=True, style="bold")
+    labels = ["DETAIL"] if per_job else ["KIND", "JOB", "DETAIL"]
+    for column in labels:
+        table.add_column(column, overflow="fold")
+    for column in ("$/HOUR", "SINCE CREATION", "TODAY", "MONTH (PROJ.)"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("SOURCE", overflow="fold")
     for r in rows:
         price = [_money(r.hourly_usd), _money(r.accumulated_usd), _money(r.today_usd), _money(r.end_of_month_usd, 2)]
-        if r.unknown and r.kind != "job":
+        if r.unknown and not per_job:
             price = ["price unknown", "", "", ""]
         source = r.source or ""
         if r.unknown:
             source = f"{source} ({r.unknown})" if source else r.unknown
-        table.add_row(r.id, r.kind, r.job or "", r.detail, *price, source)
+        labels = [r.detail] if per_job else [r.kind, r.job or "", r.detail]
+        table.add_row(r.id, *labels, *price, source)
     return table
 
 
@@ -64,8 +67,8 @@ def render(report: CostReport) -> None:
     if report.nothing_running or report.totals is None:
         console.print(f"Nothing running in {report.region}: no managed resource and no active job.", highlight=False)
         return
-    console.print(_rows_table(f"cost per job in {report.region}", report.jobs, "JOB"))
-    console.print(_rows_table("cost per resource (price unknown last)", report.resources, "ID"))
+    console.print(_rows_table(f"cost per job in {report.region}", report.jobs, per_job=True))
+    console.print(_rows_table("cost per resource (price unknown last)", report.resources, per_job=False))
     s = report.totals
     lines = [
         f"burn rate ${s.hourly_usd:,.4f}/hour; since creation ${s.accumulated_usd:,.2f}; last 24 h "

@@ -500,13 +500,17 @@ def _row(line: CostLine, now: datetime) -> CostRow:
 def _job_row(name: str, summary: CostSummary, records: dict[str, JobRecord]) -> CostRow:
     record = records.get(name)
     budget = record.spec.budget_usd if record is not None and record.spec is not None else None
-    status = record.status.value if record is not None else "no record in the watched buckets"
+    detail = (
+        f"{record.status.value}; {len(record.attempts)} attempt(s)"
+        if record is not None
+        else "no record in the watched buckets"
+    )
     unknown = f"{summary.unknown} resource(s) of price unknown, not counted" if summary.unknown else None
     return CostRow(
         id=name,
         kind="job",
         job=name,
-        detail=f"{status}; {len(record.attempts) if record else 0} attempt(s)",
+        detail=detail,
         hourly_usd=round(summary.hourly_usd, 4),
         accumulated_usd=round(summary.accumulated_usd, 4),
         today_usd=round(summary.today_usd, 4),
