@@ -13,12 +13,11 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from cli.output import as_input_error, aws_scope, emit_json, flow_console, info, state_of, stdout_console
+from cli.output import as_input_error, aws_scope, emit_json, run_pass, state_of, stdout_console
 from core.jobs import validate_job_name
-from core.s3uri import validate_bucket
 
 if TYPE_CHECKING:
-    from flows.cost_watch import CostReport, CostRow
+    from flows.cost_watch import CostReport, CostRow, CostWatchRequest
 
 BucketsOption = Annotated[
     list[str] | None,
@@ -90,6 +89,21 @@ def render(report: CostReport) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+def _request(
+    ctx: typer.Context, buckets: list[str] | None, region: str | None, cost_policy: str | None, json_output: bool
+) -> CostWatchRequest:
+    """The pass's request from the options (checked before Prefect is imported); `--region` as the global one."""
+    state = state_of(ctx, json_output=json_output)
+    if region is not None:
+        state.region = region
+    from flows.cost_watch import CostWatchRequest  # imports Prefect (~2 s): only when a command needs AWS
+
+    try:
+        return CostWatchRequest(buckets=list(buckets or []), cost_policy=cost_policy, account=state.account)
+    except ValidationError as exc:
+        raise as_input_error(exc) from None
+
+
 def cost(
     ctx: typer.Context,
     job: Annotated[str | None, typer.Option("--job", help="Only this job (priced across all its attempts).")] = None,
@@ -99,16 +113,14 @@ def cost(
     json_output: JsonOption = False,
 ) -> None:
     """What trainctl's jobs and resources cost: per job and resource, burn rate, projections, thresholds."""
-    state = state_of(ctx, json_output=json_output)
-    if region is not None:
-        state.region = region
+    state_of(ctx, json_output=json_output)
     if job is not None:
         validate_job_name(job, field="--job")
-    wanted = sorted({validate_bucket(b, field="--bucket") for b in buckets or []})
+    request = _request(ctx, buckets, region, cost_policy, json_output)
     with aws_scope(ctx) as account:
-        from flows.cost_watch import cost_report  # imports Prefect (~2 s): only when a command needs AWS
+        from flows.cost_watch import cost_report
 
-        report = cost_report(wanted, account=account, job=job, cost_policy=cost_policy)
+        report = cost_report(request.model_copy(update={"account": account}), job=job)
     if json_output:
         emit_json(report.model_dump(mode="json"))
     else:
@@ -123,21 +135,10 @@ def cost_watch_command(
     json_output: JsonOption = False,
 ) -> None:
     """Run one cost-watch pass: price, check thresholds (events once per crossing), act as the policy says."""
-    state = state_of(ctx, json_output=json_output)
-    if region is not None:
-        state.region = region
-    from flows.cost_watch import CostWatchRequest, cost_watch
+    request = _request(ctx, buckets, region, cost_policy, json_output)
+    from flows.cost_watch import cost_watch
 
-    try:
-        request = CostWatchRequest(buckets=list(buckets or []), cost_policy=cost_policy, account=state.account)
-    except ValidationError as exc:
-        raise as_input_error(exc) from None
-    with aws_scope(ctx) as account:
-        request = request.model_copy(update={"account": account})
-        if not json_output:
-            info("running one cost-watch pass (a Prefect flow run)")
-        with flow_console(state, quiet=False):
-            report = cost_watch(request)
+    report = run_pass(ctx, "cost-watch", request, cost_watch)
     if json_output:
         emit_json(report.model_dump(mode="json"))
         return

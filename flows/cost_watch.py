@@ -27,11 +27,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from blocks.aws import check_region, load_account
 from blocks.policies import CostPolicy
@@ -56,7 +57,7 @@ from core.errors import InvalidInputError
 from core.idle import GpuReading, IdleHistory, IdleVerdict, idle_verdicts, merge_history
 from core.jobs import JobRecord, StopReason
 from core.models import Instance, Inventory, Snapshot, StoredObject, Volume
-from core.s3uri import parse_s3_uri, validate_bucket
+from core.s3uri import parse_s3_uri, validate_buckets
 from core.teardown import TeardownPolicy, find_orphans
 from flows.reporting import artifact_key
 from tasks.gpu import sample_gpus
@@ -75,7 +76,7 @@ class CostWatchRequest(BaseModel):
         default=None,
         description="the region to watch; it must be the account's (one deployment per region). Default: the account's",
     )
-    buckets: list[str] = Field(
+    buckets: Annotated[list[str], AfterValidator(validate_buckets)] = Field(
         default_factory=list,
         description="job buckets whose records are priced (trainctl/jobs/); the buckets training instances' "
         "trainctl:bucket tags name are added. The first keeps the pass's state (trainctl/cost-watch/state.json)",
@@ -85,11 +86,6 @@ class CostWatchRequest(BaseModel):
         description="CostPolicy block name; default: $50/hour, $100/day, $500 accumulated, no action taken",
     )
     account: str | None = Field(default=None, description="AwsAccount block name; default: the AWS environment")
-
-    @field_validator("buckets")
-    @classmethod
-    def _buckets(cls, value: list[str]) -> list[str]:
-        return sorted({validate_bucket(b, field="buckets") for b in value})
 
     @field_validator("region")
     @classmethod
@@ -297,21 +293,15 @@ def price_lines(
     return lines + inventory_lines(inventory.instances, rest_volumes, rest_snapshots, book, now=now, priced=priced)
 
 
-def observe_costs(
-    buckets: list[str],
-    *,
-    account: str | None = None,
-    region: str | None = None,
-    job: str | None = None,
-    now: datetime | None = None,
-) -> CostView:
+def observe_costs(request: CostWatchRequest, *, job: str | None = None, now: datetime | None = None) -> CostView:
     """Inventory, job records and prices of one region (module docstring, steps 1 and 2). `job`: that job is
     priced whatever its state (the CLI's `--job`)."""
     now = now or datetime.now(UTC)
-    watched = watched_region(region, account)
+    account = request.account
+    watched = watched_region(request.region, account)
     inventory = collect_inventory(load_account(account), now=now)
     tagged = {i.tags[t.BUCKET] for i in inventory.instances if i.tags.get(t.BUCKET)}
-    all_buckets = sorted({*buckets, *tagged})
+    all_buckets = sorted({*request.buckets, *tagged})
     with_resources = {r.job for r in inventory.resources() if r.job}
     skipped: list[str] = []
 
@@ -387,7 +377,7 @@ def cost_pass(
 ) -> PassResult:
     """Observe, price, sample the GPUs (when the policy stops idle instances), check the thresholds and keep the
     new state (module docstring). Says and does nothing: the flow emits and acts on the result."""
-    view = observe_costs(request.buckets, account=request.account, region=request.region, now=now)
+    view = observe_costs(request, now=now)
     report = build_report(view)
     result = PassResult(view, report)
     if not view.buckets:
@@ -591,22 +581,15 @@ def build_report(view: CostView, *, job: str | None = None) -> CostReport:
     return report
 
 
-def cost_report(
-    buckets: list[str],
-    *,
-    account: str | None = None,
-    job: str | None = None,
-    cost_policy: str | None = None,
-    now: datetime | None = None,
-) -> CostReport:
+def cost_report(request: CostWatchRequest, *, job: str | None = None, now: datetime | None = None) -> CostReport:
     """What `trainctl cost` prints, without a Prefect run: the pass's figures (`job`: that job's, whatever its
     state) and the thresholds above their limit now, since when the stored state says. Reads only: the state
     is cost-watch's to write, and no event is emitted."""
-    view = observe_costs(buckets, account=account, job=job, now=now)
+    view = observe_costs(request, job=job, now=now)
     report = build_report(view, job=job)
     if view.lines:
-        limits = thresholds_of(CostPolicy.load_or_default(cost_policy), view.records)
-        state = read_state(view.buckets[0], account)[0] if view.buckets else CostWatchState()
+        limits = thresholds_of(CostPolicy.load_or_default(request.cost_policy), view.records)
+        state = read_state(view.buckets[0], request.account)[0] if view.buckets else CostWatchState()
         rows = threshold_rows(state.thresholds, [], view.total(), view.by_job(), limits)
         report.thresholds = [r for r in rows if job is None or r.job in {None, job}]
     return report
@@ -672,16 +655,8 @@ def _stop(report: CostReport, record: JobRecord, reason: StopReason, account: st
         get_run_logger().warning("job %s not stopped (%s): %s", record.name, reason.value, exc)
         report.actions.append(ActionRow(job=record.name, reason=reason.value, outcome="failed", detail=str(exc)))
         return
-    report.actions.append(
-        ActionRow(
-            job=record.name,
-            reason=reason.value,
-            outcome=done.outcome,
-            instance_id=done.instance_id,
-            checkpoint_verified=done.checkpoint_verified,
-            detail=f"{why}; {done.detail}",
-        )
-    )
+    taken = done.model_dump(include={"job", "outcome", "instance_id", "checkpoint_verified"})
+    report.actions.append(ActionRow(**taken, reason=reason.value, detail=f"{why}; {done.detail}"))
     if done.outcome != "stopped":
         return
     emit_event(

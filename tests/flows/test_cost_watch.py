@@ -22,6 +22,7 @@ from flows import cost_watch as cost_watch_module
 from flows.cost_watch import STATE_KEY, CostWatchRequest, cost_watch
 from flows.train_launch import train_launch
 from sandbox import Sandbox
+from tests.flows.conftest import record_events
 from tests.flows.test_spot_watch import _artifact_rows
 from tests.flows.test_train_launch import _code_dir, _get_json
 
@@ -33,16 +34,7 @@ UNPRICED_TYPE = "m6i.large"  # moto runs it; the sandbox's Pricing API lists no 
 
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every event the passes emit, as Prefect receives them."""
-    emitted: list[dict[str, Any]] = []
-    real = cost_watch_module.emit_event
-
-    def record(**kwargs: Any) -> Any:
-        emitted.append(kwargs)
-        return real(**kwargs)
-
-    monkeypatch.setattr(cost_watch_module, "emit_event", record)
-    return emitted
+    return record_events(monkeypatch, cost_watch_module)
 
 
 def _launch(cloud: Sandbox, code: str, name: str, budget_usd: float) -> str:
