@@ -7,6 +7,7 @@ Few runs, many checks each: a launch costs a few seconds, a pass about one."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,21 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return record_events(monkeypatch, cost_watch_module)
 
 
-def _launch(cloud: Sandbox, code: str, name: str, budget_usd: float) -> str:
-    """A job on a g5.xlarge with its own budget, launched without waiting; returns its instance once it trains."""
+def _launch(cloud: Sandbox, code: str, name: str, *, budget_usd: float | None = None, step_seconds: float = 0.1) -> str:
+    """A job on a g5.xlarge, launched without waiting; returns its instance once its trainer has started."""
     spec = JobSpec(
         name=name,
         bucket=BUCKET,
         template=TemplateSpec(instance_type="g5.xlarge"),
         code_dir=code,
-        command=["python3", "train.py", "--steps", "100000", "--step-seconds", "0.1"],
-        sync_interval_s=300,  # the checkpoint the budget stop makes is the first one uploaded
+        command=["python3", "train.py", "--steps", "100000", "--step-seconds", str(step_seconds)],
+        sync_interval_s=300,  # the checkpoint a cost-watch stop makes is the first one uploaded
         budget_usd=budget_usd,
     )
     instance_id = str(train_launch(spec).instance_id)
     log = Path(cloud.runtime.instance_root(instance_id)) / jobs.instance_job_dir(name).lstrip("/") / jobs.LOG_FILE
-    assert cloud.wait_for(lambda: log.exists() and "step 2/" in log.read_text(), 30)
+    ready = "step 2/" if step_seconds < 1 else "starting from scratch"  # a slow trainer: in its first step
+    assert cloud.wait_for(lambda: log.exists() and ready in log.read_text(), 30)
     return instance_id
 
 
@@ -157,3 +159,34 @@ def test_a_job_over_budget_is_stopped_with_its_checkpoint_verified_when_the_poli
     stopped = [e for e in events if e["event"] == "trainctl.cost.job-stopped"]
     assert [e["payload"]["reason"] for e in stopped] == ["budget"] and stopped[0]["payload"]["checkpoint_verified"]
     assert not [e for e in events if e["event"] == "trainctl.cost.threshold"]  # $0.05 is not crossed yet
+
+
+def test_an_instance_whose_gpu_stays_idle_has_its_job_stopped_with_its_checkpoint_a_busy_one_trains_on(
+    cloud: Sandbox, tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    cloud.client("s3").create_bucket(Bucket=BUCKET)
+    # A window of 3 s instead of 30 minutes: two passes 3 s apart see the whole window.
+    CostPolicy(stop_idle_instances=True, idle_gpu_percent=10, idle_minutes=0.05).save("cost-watch-idle", overwrite=True)
+    code = _code_dir(tmp_path)
+    stuck = _launch(cloud, code, "stuck", step_seconds=3600)  # hung in its first step: its log does not grow
+    busy = _launch(cloud, code, "busy", step_seconds=3600)
+    cloud.set_gpu_utilization(stuck, 3)
+    cloud.set_gpu_utilization(busy, 95)
+    request = CostWatchRequest(buckets=[BUCKET], cost_policy="cost-watch-idle")
+
+    first = cost_watch(request)
+    assert first.actions == [] and {v.instance_id: v.idle for v in first.idle} == {stuck: False, busy: False}
+    assert set(_state(cloud)["idle"]["instances"]) == {stuck, busy}  # the samples, kept for the next pass
+    time.sleep(3.5)
+    second = cost_watch(request)
+    verdicts = {v.instance_id: v for v in second.idle}
+    assert verdicts[stuck].idle and "a GPU at 95 %" in verdicts[busy].reason
+    assert [(a.job, a.reason, a.outcome, a.checkpoint_verified) for a in second.actions] == [
+        ("stuck", "idle-gpu", "stopped", True)
+    ]
+    record = _record(cloud, "stuck")
+    assert (record.status, record.current.stop_reason) == ("stopped", StopReason.IDLE_GPU)
+    assert _state_of(cloud, stuck) == "terminated" and _state_of(cloud, busy) == "running"
+    assert _record(cloud, "busy").status == "running"
+    stopped = [e["payload"]["job"] for e in events if e["event"] == "trainctl.cost.job-stopped"]
+    assert stopped == ["stuck"]
