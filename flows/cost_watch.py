@@ -391,9 +391,11 @@ def cost_pass(
     if view.nothing_running and not state.thresholds.above and not state.idle.instances:
         return result  # nothing to price, nothing to re-arm: no write
     limits = thresholds_of(policy, view.records)
-    total, per_job = (view.total(), view.by_job()) if view.lines else (summarize([], now=view.now), {})
+    total, per_job = view.total(), view.by_job()
     new_thresholds, result.crossings = check_thresholds(state.thresholds, total, per_job, limits)
-    idle = _idle_history(view, policy, state.idle, sample) if policy.stop_idle_instances else IdleHistory()
+    idle, sampled_at = IdleHistory(), view.now
+    if policy.stop_idle_instances:
+        idle, sampled_at = _idle_history(view, policy, state.idle, sample)
     new_state = CostWatchState(thresholds=new_thresholds, idle=idle, updated_at=view.now)
     if (
         put_json_if(report.state_uri, new_state.model_dump(mode="json"), expected_etag=etag, account=request.account)
@@ -409,7 +411,7 @@ def cost_pass(
         result.stop_over_budget = [active[name] for name in late if name in active]
     if policy.stop_idle_instances:
         report.idle = idle_verdicts(
-            idle, now=view.now, below_percent=policy.idle_gpu_percent, minutes=policy.idle_minutes
+            idle, now=sampled_at, below_percent=policy.idle_gpu_percent, minutes=policy.idle_minutes
         )
         result.stop_idle = _idle_jobs(report.idle, view, {r.name for r in result.stop_over_budget})
     return result
@@ -421,14 +423,18 @@ def _training_instances(view: CostView) -> list[str]:
     ]
 
 
-def _idle_history(view: CostView, policy: CostPolicy, history: IdleHistory, sample: Sampler | None) -> IdleHistory:
-    """This pass's GPU readings of the running training instances merged into the kept history."""
+def _idle_history(
+    view: CostView, policy: CostPolicy, history: IdleHistory, sample: Sampler | None
+) -> tuple[IdleHistory, datetime]:
+    """This pass's GPU readings of the running training instances merged into the kept history, and when they
+    were taken (the time the verdicts are for: this pass's samples are then inside their window)."""
     instance_ids = _training_instances(view)
     if not instance_ids:
-        return IdleHistory()
+        return IdleHistory(), view.now
     readings = (sample or (lambda ids: sample_gpus.fn(ids)))(instance_ids)
+    sampled_at = max((r.at for r in readings), default=view.now)
     window = timedelta(minutes=policy.idle_minutes)
-    return merge_history(history, readings, now=view.now, window=window)
+    return merge_history(history, readings, now=sampled_at, window=window), sampled_at
 
 
 def _idle_jobs(verdicts: list[IdleVerdict], view: CostView, already: set[str]) -> list[tuple[JobRecord, IdleVerdict]]:

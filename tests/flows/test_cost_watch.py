@@ -176,7 +176,8 @@ def test_an_instance_whose_gpu_stays_idle_has_its_job_stopped_with_its_checkpoin
 
     first = cost_watch(request)
     assert first.actions == [] and {v.instance_id: v.idle for v in first.idle} == {stuck: False, busy: False}
-    assert set(_state(cloud)["idle"]["instances"]) == {stuck, busy}  # the samples, kept for the next pass
+    kept = _state(cloud)["idle"]["instances"]
+    assert {i: len(samples) for i, samples in kept.items()} == {stuck: 1, busy: 1}  # kept for the next pass
     time.sleep(3.5)
     second = cost_watch(request)
     verdicts = {v.instance_id: v for v in second.idle}
@@ -184,6 +185,7 @@ def test_an_instance_whose_gpu_stays_idle_has_its_job_stopped_with_its_checkpoin
     assert [(a.job, a.reason, a.outcome, a.checkpoint_verified) for a in second.actions] == [
         ("stuck", "idle-gpu", "stopped", True)
     ]
+    assert {i: len(samples) for i, samples in _state(cloud)["idle"]["instances"].items()} == {stuck: 2, busy: 2}
     record = _record(cloud, "stuck")
     assert (record.status, record.current.stop_reason) == ("stopped", StopReason.IDLE_GPU)
     assert _state_of(cloud, stuck) == "terminated" and _state_of(cloud, busy) == "running"
