@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-exhaustive test-slow bench-transfer bench-recovery lint typecheck pytest install clean
+.PHONY: demo test test-exhaustive test-slow bench-transfer bench-recovery bench-inventory lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-transfer: $(STAMP)
 # Spot notice → training resumed in the sandbox (1 GB checkpoint, 2-minute window): a few minutes, prints targets.
 bench-recovery: $(STAMP)
 	$(BIN)/python -m bench.recovery $(BENCH_ARGS)
+
+# One cost-watch pass over 1,000 managed resources in the sandbox: AWS calls per type and our CPU seconds (~20 s).
+bench-inventory: $(STAMP)
+	$(BIN)/python -m bench.inventory $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -66,7 +66,11 @@ class CostPolicy(Block):
     idle_minutes: float = Field(
         default=30, description="An instance whose GPUs all stay idle this long is stopped (checkpoint first)."
     )
-    stop_idle_instances: bool = Field(default=False, description="Stop managed instances that run no job.")
+    stop_idle_instances: bool = Field(
+        default=False,
+        description="Stop the job of a training instance whose GPUs stay idle and whose trainer makes no progress "
+        "(checkpoint first).",
+    )
     checkpoint_and_stop_over_budget: bool = Field(
         default=False, description="Ask an over-budget job to checkpoint, then stop its instance."
     )

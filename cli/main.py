@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from cli import ebs, iam, resources, sandbox, spot_watch, teardown, train, transfer
+from cli import cost, ebs, iam, resources, sandbox, spot_watch, teardown, train, transfer
 from cli.output import CliState, ErrorHandlingGroup, emit_json, state_of, stdout_console
 from cli.prefect_server import tie_temporary_server
 
@@ -36,6 +36,8 @@ app.command("teardown")(teardown.teardown)
 app.add_typer(train.app, name="train")
 app.command("transfer")(transfer.transfer_command)
 app.command("spot-watch")(spot_watch.spot_watch_command)
+app.command("cost")(cost.cost)
+app.command("cost-watch")(cost.cost_watch_command)
 
 
 @app.callback()

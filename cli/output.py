@@ -13,14 +13,14 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
@@ -30,6 +30,9 @@ from core.names import NameKind, validate_name
 
 if TYPE_CHECKING:
     from blocks.aws import AwsAccount
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
 
 @dataclass
@@ -228,6 +231,18 @@ def aws_scope(ctx: typer.Context) -> Iterator[str | None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def run_pass(ctx: typer.Context, name: str, request: M, run: Callable[[M], R]) -> R:
+    """One pass of a watch flow (spot-watch, cost-watch) as a Prefect flow run, with this run's AWS options:
+    `request` is the flow's model; its `account` becomes the one aws_scope gives."""
+    state = state_of(ctx)
+    with aws_scope(ctx) as account:
+        request = request.model_copy(update={"account": account})
+        if not state.json:
+            info(f"running one {name} pass (a Prefect flow run)")
+        with flow_console(state, quiet=False):
+            return run(request)
 
 
 class _WithoutTraceback(logging.Formatter):

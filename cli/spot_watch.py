@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from cli.output import as_input_error, aws_scope, emit_json, flow_console, info, state_of, stdout_console
+from cli.output import as_input_error, emit_json, run_pass, state_of, stdout_console
 
 
 def spot_watch_command(
@@ -36,12 +36,7 @@ def spot_watch_command(
         request = SpotWatchRequest(buckets=list(buckets or []), account=state.account)
     except ValidationError as exc:
         raise as_input_error(exc) from None
-    with aws_scope(ctx) as account:
-        request = request.model_copy(update={"account": account})
-        if not json_output:
-            info("running one spot-watch pass (a Prefect flow run)")
-        with flow_console(state, quiet=False):
-            report = spot_watch(request)
+    report = run_pass(ctx, "spot-watch", request, spot_watch)
     if json_output:
         emit_json(report.model_dump(mode="json"))
     else:

@@ -461,7 +461,8 @@ def inventory_lines(
         if inst.state in {"pending", "running"}:
             start = inst.created_at
             zone, capacity = inst.availability_zone, inst.lifecycle
-            lines.append(instance_line(inst.id, inst.instance_type, zone, capacity, start, None, book, now=now))
+            line = instance_line(inst.id, inst.instance_type, zone, capacity, start, None, book, now=now, job=inst.job)
+            lines.append(line)
         else:
             lines.append(CostLine(inst.id, "instance", f"{inst.instance_type} {inst.state}", inst.job))
     lines += [volume_line(v, book, now=now) for v in volumes if v.id not in skip]

@@ -55,3 +55,8 @@ def validate_bucket(value: str, *, field: str = "bucket") -> str:
     if not _BUCKET.fullmatch(name) or _IP.fullmatch(name) or ".." in name:
         raise InvalidInputError(field, value, "a bucket name: 3–63 lowercase letters, digits, dots or hyphens")
     return name
+
+
+def validate_buckets(values: list[str]) -> list[str]:
+    """Bucket names (a request's `buckets`): each as validate_bucket takes it, sorted, once each."""
+    return sorted({validate_bucket(b, field="buckets") for b in values})

@@ -3,7 +3,7 @@
 Scheduling needs a real Prefect server (the ephemeral one has no scheduler): run `prefect server start`, set
 `PREFECT_API_URL`, then serve. For work pools (process, ECS, Kubernetes) use `prefect deploy --all` with
 deployments/prefect.yaml instead. spot-watch runs every minute, one run at a time: a run due while one still runs
-is cancelled (CANCEL_NEW), never queued behind it. cost-watch (every 15 minutes) joins this list when written.
+is cancelled (CANCEL_NEW), never queued behind it; cost-watch runs every 15 minutes, one run at a time too.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 
+from flows.cost_watch import PASS_INTERVAL, cost_watch
 from flows.prewarm import prewarm
 from flows.spot_watch import spot_watch
 from flows.teardown import safe_teardown
@@ -22,6 +23,7 @@ from flows.transfer import transfer
 
 TAGS = ["trainctl"]
 SPOT_WATCH_INTERVAL_S = 60
+COST_WATCH_INTERVAL_S = int(PASS_INTERVAL.total_seconds())  # 900: a budget is checked against the next pass
 # One pass at a time: two would each read the records and race for the same claims (harmless, but wasted).
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
@@ -38,6 +40,12 @@ def deployments() -> list[RunnerDeployment]:
             RunnerDeployment,
             spot_watch.to_deployment(
                 name="spot-watch", tags=TAGS, interval=SPOT_WATCH_INTERVAL_S, concurrency_limit=ONE_AT_A_TIME
+            ),
+        ),
+        cast(
+            RunnerDeployment,
+            cost_watch.to_deployment(
+                name="cost-watch", tags=TAGS, interval=COST_WATCH_INTERVAL_S, concurrency_limit=ONE_AT_A_TIME
             ),
         ),
     ]

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from blocks.aws import load_account
 from core import jobs
@@ -39,7 +39,7 @@ from core.jobs import AgentStatus, AttemptRecord, JobRecord, JobStatus, Recovery
 from core.launch import launch_key
 from core.models import Instance
 from core.recovery import Act, CapacityView, Decision, Observation, decide
-from core.s3uri import validate_bucket
+from core.s3uri import validate_buckets
 from core.spot import SpotInterruption, spot_interruption
 from flows.launch_attempt import AttemptRequest, launch_attempt
 from flows.reporting import artifact_key
@@ -63,16 +63,11 @@ _UP = frozenset({"pending", "running"})
 
 
 class SpotWatchRequest(BaseModel):
-    buckets: list[str] = Field(
+    buckets: Annotated[list[str], AfterValidator(validate_buckets)] = Field(
         default_factory=list,
         description="job buckets to watch; every bucket a training instance's trainctl:bucket tag names is added",
     )
     account: str | None = Field(default=None, description="AwsAccount block name; default: the AWS environment")
-
-    @field_validator("buckets")
-    @classmethod
-    def _buckets(cls, value: list[str]) -> list[str]:
-        return sorted({validate_bucket(b, field="buckets") for b in value})
 
 
 class JobPass(BaseModel):

@@ -25,12 +25,8 @@ from core.s3uri import parse_s3_uri
 from core.shell import quote
 from tasks.aws import aws_task, translate
 from tasks.ec2_instances import find_launched, terminate_instance
-from tasks.s3 import client, get_json, is_missing, list_common_prefixes, list_objects
+from tasks.s3 import LOST_RACE_CODES, client, get_json, is_missing, list_common_prefixes, list_objects
 from tasks.ssm import CommandFailedError, CommandResult, run_script
-
-# S3's answers to a conditional write that lost: 412 (the ETag or existence check failed) and 409 (another
-# conditional write to the key was in flight). With IfMatch, a key deleted meanwhile answers NoSuchKey.
-_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
 class JobChangedError(UsageError):
@@ -93,7 +89,7 @@ def write_record(record: JobRecord, *, expected_etag: str | None, account: str |
             put = s3.put_object(Bucket=s3_bucket, Key=key, Body=body, ContentType="application/json", **condition)
     except Exception as exc:
         code = getattr(exc, "code", "")
-        if code in _LOST_RACE or (expected_etag is not None and code in {"NoSuchKey", "404"}):
+        if code in LOST_RACE_CODES or (expected_etag is not None and code in {"NoSuchKey", "404"}):
             mine = _already_written(s3, s3_bucket, key, body)
             if mine is not None:
                 return mine

@@ -21,6 +21,9 @@ from tasks.aws import aws_task, translate
 
 # What S3 answers for an object that is not there: NoSuchKey to a GET, a bare 404 / NotFound to a HEAD.
 MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# S3's answers to a conditional write that lost: 412 (the ETag or existence check failed) and 409 (another
+# conditional write to the key was in flight). With IfMatch, a key deleted meanwhile answers NoSuchKey.
+LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
 class PrefixListing(BaseModel):
@@ -137,6 +140,40 @@ def get_json(uri: str, *, missing_ok: bool = False, account: str | None = None) 
             return None
         raise
     return json.loads(body)
+
+
+def get_tagged(uri: str, *, account: str | None = None) -> tuple[bytes | None, str | None]:
+    """The object at `uri` and its ETag, for a conditional write after it; (None, None) when there is none."""
+    parsed = parse_s3_uri(uri)
+    try:
+        with translate("s3:GetObject"):
+            got = client(account).get_object(Bucket=parsed.bucket, Key=parsed.key)
+            return got["Body"].read(), str(got["ETag"])
+    except AwsError as exc:
+        if is_missing(exc):
+            return None, None
+        raise
+
+
+def put_json_if(uri: str, payload: Any, *, expected_etag: str | None, account: str | None = None) -> str | None:
+    """Write `payload` at `uri` only if the object is still the one read (`expected_etag`; None: only if there is
+    none yet). Returns the new ETag, or None when another writer changed it first (nothing was written)."""
+    parsed = parse_s3_uri(uri)
+    condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
+    try:
+        with translate("s3:PutObject"):
+            put = client(account).put_object(
+                Bucket=parsed.bucket,
+                Key=parsed.key,
+                Body=json.dumps(payload, indent=2, default=str).encode(),
+                ContentType="application/json",
+                **condition,
+            )
+    except AwsError as exc:
+        if exc.code in LOST_RACE_CODES or (expected_etag is not None and is_missing(exc)):
+            return None
+        raise
+    return str(put["ETag"])
 
 
 # -- deletions and unfinished uploads -----------------------------------------------------------------------------

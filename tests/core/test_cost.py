@@ -271,6 +271,7 @@ def test_inventory_lines_price_what_no_job_line_covers() -> None:
         availability_zone=ZONE,
         instance_type="g5.xlarge",
         lifecycle="spot",
+        tags={"trainctl:job": "orphaned"},  # a job whose record is not read: its instance still counts for it
     )
     stopped = spot.model_copy(update={"id": "i-00000000000000008", "state": "stopped", "lifecycle": "on-demand"})
     covered = spot.model_copy(update={"id": "i-00000000000000001"})  # attempt 1's: priced by its job line
@@ -281,3 +282,4 @@ def test_inventory_lines_price_what_no_job_line_covers() -> None:
     assert set(by_id) == {spot.id, stopped.id, _volume().id}
     assert by_id[spot.id].cost(T0, now) == pytest.approx(2 * 0.40 + 4 * 0.50) and by_id[spot.id].hourly_usd == 0.50
     assert by_id[stopped.id].hourly_usd == 0.0 and by_id[stopped.id].unknown is None  # bills nothing now
+    assert by_id[spot.id].job == "orphaned" and by_id[stopped.id].job == "orphaned"

@@ -15,6 +15,7 @@ from core.launch import LaunchOptions
 from core.prewarm import PrewarmSpec
 from core.transfer import TransferRequest
 from deployments.serve import deployments
+from flows.cost_watch import CostWatchRequest
 from flows.spot_watch import SpotWatchRequest
 from flows.teardown import TeardownRequest
 
@@ -26,7 +27,10 @@ MODELS: dict[str, dict[str, type[BaseModel]]] = {
     "transfer": {"request": TransferRequest},
     "safe-teardown": {"request": TeardownRequest},
     "spot-watch": {"request": SpotWatchRequest},
+    "cost-watch": {"request": CostWatchRequest},
 }
+# The scheduled ones: interval (seconds), and one run at a time (a run due while one runs is cancelled).
+SCHEDULED = {"spot-watch": 60, "cost-watch": 900}
 
 
 def test_every_flow_deploys_with_its_model_as_parameters_every_field_described(prefect_harness: None) -> None:
@@ -39,7 +43,7 @@ def test_every_flow_deploys_with_its_model_as_parameters_every_field_described(p
             return [await client.read_deployment(i) for i in ids]
 
     found = {d.name: d for d in asyncio.run(read())}
-    assert set(found) == {"prewarm", "train-launch", "transfer", "safe-teardown", "spot-watch"}
+    assert set(found) == {"prewarm", "train-launch", "transfer", "safe-teardown", "spot-watch", "cost-watch"}
     for name, params in MODELS.items():
         # Each parameter is its model, rendered as a form in the UI: every field there, every field described.
         schema = found[name].parameter_openapi_schema
@@ -53,10 +57,12 @@ def test_every_flow_deploys_with_its_model_as_parameters_every_field_described(p
             undescribed = sorted(f for f, field in fields.items() if not field.get("description"))
             assert undescribed == [], f"{name}: {model_name} fields without a description"
     assert all("trainctl" in d.tags for d in found.values())
-    watch = found["spot-watch"]
-    assert [s.schedule.interval.total_seconds() for s in watch.schedules] == [60]
-    assert watch.global_concurrency_limit is not None and watch.global_concurrency_limit.limit == 1
-    assert watch.concurrency_options is not None and watch.concurrency_options.collision_strategy == "CANCEL_NEW"
+    for name, interval in SCHEDULED.items():
+        watch = found[name]
+        assert [s.schedule.interval.total_seconds() for s in watch.schedules] == [interval], name
+        assert watch.global_concurrency_limit is not None and watch.global_concurrency_limit.limit == 1
+        assert watch.concurrency_options is not None and watch.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert not any(found[name].schedules for name in set(found) - set(SCHEDULED))
 
 
 def test_prefect_yaml_names_the_same_entrypoints() -> None:
@@ -64,4 +70,17 @@ def test_prefect_yaml_names_the_same_entrypoints() -> None:
     for entry in config["deployments"]:
         module, _, name = entry["entrypoint"].partition(":")
         assert (REPO / module).exists() and f"def {name}(" in (REPO / module).read_text()
-    assert {e["name"] for e in config["deployments"]} == {d.name for d in deployments()}
+    served = {d.name: d for d in deployments()}
+    assert {e["name"] for e in config["deployments"]} == set(served)
+    # The same schedules and limits as serve's (one definition, two ways to deploy it).
+    for entry in config["deployments"]:
+        intervals = [s["interval"] for s in entry.get("schedules", [])]
+        assert intervals == ([SCHEDULED[entry["name"]]] if entry["name"] in SCHEDULED else []), entry["name"]
+        deployment = served[entry["name"]]
+        options = deployment.concurrency_options
+        expected = (
+            None
+            if deployment.concurrency_limit is None or options is None
+            else {"limit": deployment.concurrency_limit, "collision_strategy": options.collision_strategy.value}
+        )
+        assert entry.get("concurrency_limit") == expected, entry["name"]

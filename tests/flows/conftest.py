@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -21,3 +23,16 @@ def cloud(sandbox_env: Sandbox) -> Sandbox:
     """Each test starts from an empty cloud (the sandbox keeps running; resetting it takes milliseconds)."""
     sandbox_env.reset()
     return sandbox_env
+
+
+def record_events(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[dict[str, Any]]:
+    """Every event `module` emits (name, resource, related, payload), recorded as Prefect receives them."""
+    emitted: list[dict[str, Any]] = []
+    real = module.emit_event
+
+    def record(**kwargs: Any) -> Any:
+        emitted.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(module, "emit_event", record)
+    return emitted

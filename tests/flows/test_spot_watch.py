@@ -30,6 +30,7 @@ from sandbox import Sandbox
 from tasks.ebs import create_volume
 from tasks.ec2_instances import launch_instance
 from tasks.jobs import read_record, write_record
+from tests.flows.conftest import record_events
 
 pytestmark = pytest.mark.sandbox
 BUCKET = "watch-jobs"
@@ -123,15 +124,7 @@ def _artifact_rows(key: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every event the passes emit (name, resource, related, payload), recorded as Prefect receives them."""
-    emitted: list[dict[str, Any]] = []
-    real = spot_watch_module.emit_event
-
-    def record(**kwargs: Any) -> Any:
-        emitted.append(kwargs)
-        return real(**kwargs)
-
-    monkeypatch.setattr(spot_watch_module, "emit_event", record)
-    return emitted
+    return record_events(monkeypatch, spot_watch_module)
 
 
 def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_racing_or_killed_passes(

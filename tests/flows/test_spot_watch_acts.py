@@ -22,6 +22,7 @@ from flows.train_launch import train_launch
 from sandbox import Sandbox
 from tasks.ebs import create_volume
 from tasks.jobs import read_record, write_record
+from tests.flows.conftest import record_events
 from tests.flows.test_launch_attempt import Killed
 from tests.flows.test_launch_kills import _kill_after
 from tests.flows.test_spot_watch import (
@@ -43,15 +44,7 @@ AZ = "us-east-1a"
 @pytest.fixture
 def emitted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every event the passes emit, as Prefect receives them."""
-    found: list[dict[str, Any]] = []
-    real = spot_watch_module.emit_event
-
-    def record(**kwargs: Any) -> Any:
-        found.append(kwargs)
-        return real(**kwargs)
-
-    monkeypatch.setattr(spot_watch_module, "emit_event", record)
-    return found
+    return record_events(monkeypatch, spot_watch_module)
 
 
 def _rewrite(job: str, **attempt: Any) -> None:
