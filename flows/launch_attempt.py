@@ -52,7 +52,6 @@ from core.prewarm import unmount_script
 from core.recovery import Capacity
 from core.s3uri import parse_s3_uri
 from flows.reporting import StepProgress, artifact_key, markdown_report
-from tasks.code import copy_staged, upload_file
 from tasks.ebs import attach_volume, describe_volume, detach_volume
 from tasks.ebs import move_volume as move_volume_task
 from tasks.ec2_instances import (
@@ -65,6 +64,7 @@ from tasks.ec2_instances import (
 )
 from tasks.ec2_instances import terminate_instance as terminate
 from tasks.jobs import JobChangedError, read_agent_status, read_interruption, read_record, write_record
+from tasks.s3 import copy_staged, upload_file
 from tasks.ssm import CommandFailedError, run_command, wait_online
 
 STEPS = ["record", "launch", "ssm online", "wait previous", "attach", "mount", "ship", "start"]

@@ -53,7 +53,7 @@ from flows.launch_attempt import (
     release_volume,
 )
 from flows.reporting import StepProgress, artifact_key, markdown_report
-from tasks.code import CodePackage, check_bucket, package_agent, package_code, upload_file
+from tasks.code import CodePackage, package_agent, package_code
 from tasks.ebs import describe_volume
 from tasks.ec2_instances import LaunchRequest, describe_instance, find_launched, subnet_zone, validate_request
 from tasks.ec2_instances import terminate_instance as terminate
@@ -67,6 +67,7 @@ from tasks.jobs import (
     write_record,
 )
 from tasks.pricing import checked_launch_price
+from tasks.s3 import check_bucket, upload_file
 from tasks.ssm import CommandFailedError
 
 __all__ = ["JobFailedError", "LaunchFailedError", "LaunchReport", "train_launch"]
