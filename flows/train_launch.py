@@ -43,6 +43,7 @@ from core.launch import (
 )
 from core.models import Instance, Volume
 from core.recovery import launch_capacity
+from flows.cleanup import cleanup_on_failure
 from flows.launch_attempt import (
     AttemptReport,
     AttemptRequest,
@@ -397,12 +398,16 @@ def _launch(
 def _stage(request: AttemptRequest, code: CodePackage, agent: CodePackage, staging: str) -> None:
     """Upload code and agent into the attempt's staging prefix (launch_attempt ships them from there)."""
     account = request.spec.account
-    try:
+    with cleanup_on_failure(
+        f"launch of {request.spec.name}",
+        lambda: "launch",
+        lambda: ["nothing launched"],
+        lambda failure: fail_attempt(request, failure.step, failure.error, failure.cleaned),
+        failed=LaunchFailedError,
+        catch=(Exception,),
+    ):
         upload_file(code.path, staging + CODE_TARBALL, account=account)
         upload_file(agent.path, staging + AGENT_TARBALL, account=account)
-    except Exception as exc:
-        fail_attempt(request, "launch", exc, ["nothing launched"])
-        raise LaunchFailedError(f"launch of {request.spec.name} failed at step 'launch': {exc}") from exc
 
 
 def _launch_with_fallback(request: AttemptRequest) -> AttemptReport:
