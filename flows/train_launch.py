@@ -317,18 +317,9 @@ def _launch(
     started: float,
     progress: StepProgress,
 ) -> LaunchReport:
-    log = get_run_logger()
-
+    """The runbook after validation: claim the attempt, launch it, announce it, optionally wait, report."""
     progress.step("record")
-    if plan.unfinished is not None and plan.previous is not None:
-        _end_unfinished(spec, plan.previous, plan.unfinished, plan.volume)
-    attempt = next_attempt(plan.previous)
-    staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
-    record = _claimed_record(spec, plan, attempt)
-    # The claim: of two launches of this name that read the same record, only one gets past this write, before
-    # anything is launched; the other fails with JobChangedError.
-    _save(spec, record, plan.etag)
-    log.info("job %s attempt %d recorded at %s", spec.name, attempt, jobs.job_record_uri(spec.bucket, spec.name))
+    attempt = _claim(spec, plan)
 
     progress.step("launch")
     request = AttemptRequest(
@@ -340,9 +331,43 @@ def _launch(
         move_to=plan.move_to,
         launched_by="train-launch",
     )
+    staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
     _stage(request, code, agent, staging)
     launched = _launch_with_fallback(request)
+
     progress.step("start")
+    _announce(spec, attempt, launched)
+    report = _running_report(spec, plan, code, launched, staging)
+    if options.wait:
+        progress.step("wait")
+        report = _wait_for_end(spec, options, report)
+        progress.step("finish")
+        if options.terminate_when_done and not spec.keep_instance:
+            report.instance_terminated = _finish(spec, launched.volume_id, launched.instance_id, attempt)
+    report.seconds = round(time.monotonic() - started, 1)
+    progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
+    markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", report.model_dump())
+    _raise_for_end(spec, report)
+    return report
+
+
+def _claim(spec: JobSpec, plan: _Plan) -> int:
+    """End an unfinished previous attempt, then claim the next one in the record; returns its number."""
+    if plan.unfinished is not None and plan.previous is not None:
+        _end_unfinished(spec, plan.previous, plan.unfinished, plan.volume)
+    attempt = next_attempt(plan.previous)
+    record = _claimed_record(spec, plan, attempt)
+    # The claim: of two launches of this name that read the same record, only one gets past this write, before
+    # anything is launched; the other fails with JobChangedError.
+    _save(spec, record, plan.etag)
+    get_run_logger().info(
+        "job %s attempt %d recorded at %s", spec.name, attempt, jobs.job_record_uri(spec.bucket, spec.name)
+    )
+    return attempt
+
+
+def _announce(spec: JobSpec, attempt: int, launched: AttemptReport) -> None:
+    """The `trainctl.job.launched` event (automations and the UI follow jobs by it)."""
     emit_event(
         event="trainctl.job.launched",
         resource={"prefect.resource.id": f"trainctl.job.{spec.name}", "prefect.resource.name": spec.name},
@@ -359,9 +384,13 @@ def _launch(
         },
     )
 
-    report = LaunchReport(
+
+def _running_report(
+    spec: JobSpec, plan: _Plan, code: CodePackage, launched: AttemptReport, staging: str
+) -> LaunchReport:
+    return LaunchReport(
         job=spec.name,
-        attempt=attempt,
+        attempt=launched.attempt,
         instance_id=launched.instance_id,
         instance_type=launched.instance_type,
         availability_zone=launched.availability_zone,
@@ -369,7 +398,7 @@ def _launch(
         volume_id=launched.volume_id,
         mount_point=spec.resolved_mount_point,
         checkpoint_uri=spec.resolved_checkpoint_uri,
-        log_uri=jobs.log_uri(spec.bucket, spec.name, attempt),
+        log_uri=jobs.log_uri(spec.bucket, spec.name, launched.attempt),
         staging_uri=staging,
         code_files=code.files,
         code_bytes=code.bytes,
@@ -378,21 +407,14 @@ def _launch(
         hourly_usd=plan.price.usd_per_hour if plan.price else None,
         price_source=plan.price.source if plan.price else None,
     )
-    if options.wait:
-        progress.step("wait")
-        # The record as launch_attempt left it, and its ETag: the wait records the end on it.
-        stored, etag = read_record(spec.bucket, spec.name, account=spec.account)
-        if stored is None or etag is None or stored.attempt != attempt:
-            raise JobChangedError(spec.name, spec.bucket)
-        report = _wait(spec, options, stored, etag, report)
-        progress.step("finish")
-        if options.terminate_when_done and not spec.keep_instance:
-            report.instance_terminated = _finish(spec, launched.volume_id, launched.instance_id, attempt)
-    report.seconds = round(time.monotonic() - started, 1)
-    progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
-    markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", report.model_dump())
-    _raise_for_end(spec, report)
-    return report
+
+
+def _wait_for_end(spec: JobSpec, options: LaunchOptions, report: LaunchReport) -> LaunchReport:
+    """Follow the job to its end, recording the end on the record as launch_attempt left it (and its ETag)."""
+    stored, etag = read_record(spec.bucket, spec.name, account=spec.account)
+    if stored is None or etag is None or stored.attempt != report.attempt:
+        raise JobChangedError(spec.name, spec.bucket)
+    return _wait(spec, options, stored, etag, report)
 
 
 def _stage(request: AttemptRequest, code: CodePackage, agent: CodePackage, staging: str) -> None:
