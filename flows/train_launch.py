@@ -188,33 +188,7 @@ def _plan(spec: JobSpec) -> _Plan:
     unfinished = _unfinished_attempt(spec, previous)
     template_zone = subnet_zone(template.subnet_id, account=spec.account) if template.subnet_id else None
     template_zone = template_zone or template.availability_zone
-    volume: Volume | None = None
-    move_to: str | None = None
-    zone = template_zone
-    if spec.data_volume_id:
-        volume = describe_volume(spec.data_volume_id, account=spec.account)
-        if not volume.managed:
-            raise UsageError(
-                f"{volume.id} was not created by trainctl", fix="Adopt it first: trainctl ebs attach --adopt …"
-            )
-        if volume.attached_instance_id and not (unfinished and volume.attached_instance_id == unfinished.id):
-            raise UsageError(
-                f"{volume.id} is in use by {volume.attached_instance_id}",
-                fix=f"Detach it first: trainctl ebs detach {volume.id}",
-            )
-        if template_zone and volume.availability_zone != template_zone:
-            if not spec.move_volume_if_needed:
-                raise InvalidInputError(
-                    "data_volume_id",
-                    volume.id,
-                    f"a volume in {template_zone}, where the template launches; it is in {volume.availability_zone}",
-                    fix=f"Move it (snapshot + restore): trainctl ebs move {volume.id} {template_zone}, or pass "
-                    "move_volume_if_needed=True (--move-volume), or drop the template's subnet/AZ so the "
-                    "instance follows the volume.",
-                )
-            move_to = template_zone
-        else:
-            zone = volume.availability_zone  # the instance follows the data
+    volume, move_to, zone = _data_volume(spec, template_zone, unfinished)
     capacity = launch_capacity(spec.spot, spec.resume, spot_refused=False) or "spot"
     request = launch_request(spec, template, zone=zone, capacity=capacity)
     validate_request(request, account=spec.account)
@@ -237,6 +211,37 @@ def _plan(spec: JobSpec) -> _Plan:
         unfinished=unfinished,
         price=price,
     )
+
+
+def _data_volume(
+    spec: JobSpec, template_zone: str | None, unfinished: Instance | None
+) -> tuple[Volume | None, str | None, str | None]:
+    """The data volume (managed, free), where it must move to (the template fixes another AZ), and the AZ the
+    instance launches in (the volume's, unless it moves)."""
+    if not spec.data_volume_id:
+        return None, None, template_zone
+    volume = describe_volume(spec.data_volume_id, account=spec.account)
+    if not volume.managed:
+        raise UsageError(
+            f"{volume.id} was not created by trainctl", fix="Adopt it first: trainctl ebs attach --adopt …"
+        )
+    if volume.attached_instance_id and not (unfinished and volume.attached_instance_id == unfinished.id):
+        raise UsageError(
+            f"{volume.id} is in use by {volume.attached_instance_id}",
+            fix=f"Detach it first: trainctl ebs detach {volume.id}",
+        )
+    if not template_zone or volume.availability_zone == template_zone:
+        return volume, None, volume.availability_zone  # the instance follows the data
+    if not spec.move_volume_if_needed:
+        raise InvalidInputError(
+            "data_volume_id",
+            volume.id,
+            f"a volume in {template_zone}, where the template launches; it is in {volume.availability_zone}",
+            fix=f"Move it (snapshot + restore): trainctl ebs move {volume.id} {template_zone}, or pass "
+            "move_volume_if_needed=True (--move-volume), or drop the template's subnet/AZ so the "
+            "instance follows the volume.",
+        )
+    return volume, template_zone, template_zone
 
 
 def _claimed_record(spec: JobSpec, plan: _Plan, attempt: int) -> JobRecord:
