@@ -132,36 +132,39 @@ def launch(
     state = state_of(ctx, json_output=json_output)
     fields = _spec_file(spec_file)
     inline = _given(
-        instance_type=instance_type,
-        image_id=image_id,
-        availability_zone=az,
-        subnet_id=subnet,
-        instance_profile=instance_profile,
+        {
+            "instance_type": instance_type,
+            "image_id": image_id,
+            "availability_zone": az,
+            "subnet_id": subnet,
+            "instance_profile": instance_profile,
+        }
     )
     if template and inline:
         raise UsageError("give --template or inline template options (--instance-type …), not both")
-    fields.update(
-        _given(
-            name=name,
-            bucket=bucket,
-            template=template or (inline or None),
-            code_dir=code_dir,
-            max_price=max_price,
-            data_volume_id=volume,
-            mount_point=mount_point,
-            checkpoint_uri=checkpoint_uri,
-            max_runtime_minutes=max_runtime,
-            sync_interval_s=sync_interval,
-            command=list(command) if command else None,
-            env={**fields.get("env", {}), **_env_pairs(env or [])} if env else None,
-            secret_env=(
-                {**fields.get("secret_env", {}), **_env_pairs(secret_env, "--secret-env")} if secret_env else None
-            ),
-        )
-    )
+    overrides: dict[str, Any] = {
+        "name": name,
+        "bucket": bucket,
+        "template": template or (inline or None),
+        "code_dir": code_dir,
+        "max_price": max_price,
+        "data_volume_id": volume,
+        "mount_point": mount_point,
+        "checkpoint_uri": checkpoint_uri,
+        "max_runtime_minutes": max_runtime,
+        "sync_interval_s": sync_interval,
+        "command": list(command) if command else None,
+        "env": {**fields.get("env", {}), **_env_pairs(env or [])} if env else None,
+        "secret_env": (
+            {**fields.get("secret_env", {}), **_env_pairs(secret_env, "--secret-env")} if secret_env else None
+        ),
+    }
+    fields.update(_given(overrides))
     if on_demand:
         fields["spot"] = False
-    policy = _given(strategy=resume, max_attempts=max_attempts, on_demand_fallback=True if fallback else None)
+    policy = _given(
+        {"strategy": resume, "max_attempts": max_attempts, "on_demand_fallback": True if fallback else None}
+    )
     if policy:
         fields["resume"] = {**fields.get("resume", {}), **policy}
     if move_volume:
@@ -179,7 +182,7 @@ def launch(
     _run_launch(ctx, state, spec, wait=wait, json_output=json_output)
 
 
-def _given(**values: Any) -> dict[str, Any]:
+def _given(values: dict[str, Any]) -> dict[str, Any]:
     """The options given (None: not given, the spec file's value or the default applies)."""
     return {k: v for k, v in values.items() if v is not None}
 

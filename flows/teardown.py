@@ -246,17 +246,13 @@ class _Acting:
     timeout_s: float
 
     @property
-    def account(self) -> str | None:
-        return self.request.account
-
-    @property
     def min_age(self) -> timedelta:
         return timedelta(0) if self.request.force else self.policy.min_age
 
 
 def _wait_training(op: Operation, act: _Acting) -> tuple[str, str]:
     assert op.instance_id
-    state: TrainingState = wait_training_done(op.instance_id, timeout_s=act.timeout_s, account=act.account)
+    state: TrainingState = wait_training_done(op.instance_id, timeout_s=act.timeout_s, account=act.request.account)
     if state.status != "idle":
         raise TrainctlError(f"training still {state.status} on {op.instance_id} after {act.timeout_s:.0f} s")
     return "done", "training ended"
@@ -265,10 +261,10 @@ def _wait_training(op: Operation, act: _Acting) -> tuple[str, str]:
 def _stop_jobs(op: Operation, act: _Acting) -> tuple[str, str]:
     assert op.instance_id
     # Through each job's agent (tasks/jobs.py): the trainer saves, the status says `stopped`.
-    found = check_training(op.instance_id, account=act.account)
+    found = check_training(op.instance_id, account=act.request.account)
     if found.status == "unknown":
         raise TrainctlError(f"could not ask the agents on {op.instance_id}: {found.detail}")
-    lines = stop_instance_jobs(op.instance_id, found.jobs, bucket=act.request.bucket, account=act.account)
+    lines = stop_instance_jobs(op.instance_id, found.jobs, bucket=act.request.bucket, account=act.request.account)
     return "done", "; ".join(lines) or "no job of ours was running"
 
 
@@ -276,7 +272,7 @@ def _flush(op: Operation, act: _Acting) -> tuple[str, str]:
     assert op.instance_id
     # The agent's stop ends with the checkpoint, log and final status in S3: an agent still alive has not finished
     # that, and the terminate must wait for it.
-    after = check_training(op.instance_id, account=act.account)
+    after = check_training(op.instance_id, account=act.request.account)
     if after.status == "unknown" or after.jobs:
         still = ", ".join(after.jobs) or after.detail
         raise TrainctlError(f"not every job on {op.instance_id} has ended after the stop ({still})")
@@ -285,18 +281,18 @@ def _flush(op: Operation, act: _Acting) -> tuple[str, str]:
 
 def _keep_on_termination(op: Operation, act: _Acting) -> tuple[str, str]:
     assert op.instance_id
-    keep_on_termination(op.instance_id, op.target, account=act.account)
+    keep_on_termination(op.instance_id, op.target, account=act.request.account)
     return "done", f"DeleteOnTermination off on {op.instance_id}"
 
 
 def _detach(op: Operation, act: _Acting) -> tuple[str, str]:
     assert op.instance_id
     try:
-        keep_on_termination(op.instance_id, op.target, account=act.account)
+        keep_on_termination(op.instance_id, op.target, account=act.request.account)
     except Exception as exc:
         if not _not_found(exc):  # the instance is gone already: nothing can delete the volume now
             raise
-    volume = detach_volume(op.target, account=act.account)
+    volume = detach_volume(op.target, account=act.request.account)
     return "done", f"{volume.id} {volume.state}"
 
 
@@ -309,27 +305,27 @@ def _terminate(op: Operation, act: _Acting) -> tuple[str, str]:
         for o in act.plan.ops_in(step)
     )
     if not handled and not act.request.force_training:
-        now_state = check_training(op.target, account=act.account)
+        now_state = check_training(op.target, account=act.request.account)
         if now_state.status == "running":
             raise TrainctlError(
                 f"training started on {op.target} after the plan was made ({', '.join(now_state.jobs)}); not terminated"
             )
-    done = terminate_instance(op.target, wait=False, account=act.account)
+    done = terminate_instance(op.target, wait=False, account=act.request.account)
     return ("done", "terminating") if done else ("already-done", "already terminated")
 
 
 def _wait_terminated(op: Operation, act: _Acting) -> tuple[str, str]:
-    wait_terminated(op.target, account=act.account)
+    wait_terminated(op.target, account=act.request.account)
     return "done", "terminated"
 
 
 def _delete_volume(op: Operation, act: _Acting) -> tuple[str, str]:
-    result = delete_volume(op.target, min_age=act.min_age, now=act.plan.now, account=act.account)
+    result = delete_volume(op.target, min_age=act.min_age, now=act.plan.now, account=act.request.account)
     return ("already-done", "already gone") if result.already_gone else ("done", "; ".join(result.notes))
 
 
 def _delete_snapshot(op: Operation, act: _Acting) -> tuple[str, str]:
-    gone = delete_snapshot(op.target, min_age=act.min_age, now=act.plan.now, account=act.account)
+    gone = delete_snapshot(op.target, min_age=act.min_age, now=act.plan.now, account=act.request.account)
     return ("done", "") if gone else ("already-done", "already gone")
 
 
@@ -337,7 +333,7 @@ def _delete_objects(op: Operation, act: _Acting) -> tuple[str, str]:
     assert op.bucket
     entry = act.plan.entry(op.target)
     window = act.policy.checkpoint_recency if entry and entry.kind == "checkpoint" else act.min_age
-    out = delete_objects(op.bucket, op.object_keys, not_after=act.plan.now - window, account=act.account)
+    out = delete_objects(op.bucket, op.object_keys, not_after=act.plan.now - window, account=act.request.account)
     if out["skipped"]:
         raise TrainctlError(f"{len(out['skipped'])} object(s) were rewritten since the plan; kept")
     return "done", f"{len(out['deleted'])} object(s)"
@@ -345,7 +341,7 @@ def _delete_objects(op: Operation, act: _Acting) -> tuple[str, str]:
 
 def _abort_upload(op: Operation, act: _Acting) -> tuple[str, str]:
     assert op.bucket and op.upload_id
-    aborted = abort_upload(op.bucket, op.object_keys[0], op.upload_id, account=act.account)
+    aborted = abort_upload(op.bucket, op.object_keys[0], op.upload_id, account=act.request.account)
     return ("done", "aborted") if aborted else ("already-done", "completed or aborted since")
 
 
