@@ -558,6 +558,19 @@ def _prewarm_spec(**fields: Any) -> PrewarmSpec:
         raise as_input_error(exc) from None
 
 
+def _new_volume(
+    name: str | None, size: int | None, volume_type: VolumeTypeChoice, *, iops: int | None, throughput: int | None
+) -> VolumeSpec | None:
+    """The spec of `--new NAME --size GIB` (None for an existing volume, which takes no size or performance)."""
+    if name is None:
+        if size is not None or iops is not None or throughput is not None:
+            raise UsageError("--size, --iops and --throughput apply to --new volumes only")
+        return None
+    if size is None:
+        raise UsageError("--new needs --size GIB")
+    return _spec(name=name, size_gib=size, volume_type=volume_type.value, iops=iops, throughput=throughput)
+
+
 @app.command("prewarm")
 def prewarm(
     ctx: typer.Context,
@@ -590,13 +603,7 @@ def prewarm(
     # The whole spec is built and checked before Prefect starts or AWS is asked anything.
     if (volume_id is None) == (new_name is None):
         raise UsageError("give exactly one of --volume VOL_ID (existing) and --new NAME --size GIB (new volume)")
-    volume = None
-    if new_name is not None:
-        if size is None:
-            raise UsageError("--new needs --size GIB")
-        volume = _spec(name=new_name, size_gib=size, volume_type=volume_type.value, iops=iops, throughput=throughput)
-    elif size is not None or iops is not None or throughput is not None:
-        raise UsageError("--size, --iops and --throughput apply to --new volumes only")
+    volume = _new_volume(new_name, size, volume_type, iops=iops, throughput=throughput)
     spec = _prewarm_spec(
         source=source,
         volume=volume,

@@ -59,13 +59,7 @@ def teardown(
     state = state_of(ctx, json_output=json_output)
     if job and ids:
         raise UsageError("give either --job or IDs, not both")
-    for resource_id in ids or []:
-        # A typo is a usage error here, before anything starts; a well-formed ID that does not exist (or is not
-        # trainctl's) becomes a "keep" line in the plan with its reason.
-        if kind_of(resource_id) not in {"instance", "volume", "snapshot"}:
-            raise InvalidInputError(
-                "ids", resource_id, "an instance, volume or snapshot ID such as vol-0123456789abcdef0"
-            )
+    _check_ids(ids or [])
     from flows.teardown import TeardownRequest
 
     try:
@@ -83,11 +77,7 @@ def teardown(
             account=state.account,
         )
     except ValidationError as exc:
-        cause = (exc.errors()[0].get("ctx") or {}).get("error")
-        if isinstance(cause, TrainctlError):  # a field our validators refused: its own message names it
-            raise cause from None
-        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UsageError(message, fix="e.g. trainctl teardown --job my-job, or trainctl teardown --sweep") from None
+        raise _refused(exc) from None
     with aws_scope(ctx) as account:
         request = request.model_copy(update={"account": account})
         from flows.teardown import safe_teardown
@@ -104,6 +94,25 @@ def teardown(
         _render(report)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _check_ids(ids: list[str]) -> None:
+    """A typo is a usage error here, before anything starts; a well-formed ID that does not exist (or is not
+    trainctl's) becomes a "keep" line in the plan with its reason."""
+    for resource_id in ids:
+        if kind_of(resource_id) not in {"instance", "volume", "snapshot"}:
+            raise InvalidInputError(
+                "ids", resource_id, "an instance, volume or snapshot ID such as vol-0123456789abcdef0"
+            )
+
+
+def _refused(exc: ValidationError) -> TrainctlError:
+    """The request's first refusal: a field our validators refused keeps its own message (it names the field)."""
+    cause = (exc.errors()[0].get("ctx") or {}).get("error")
+    if isinstance(cause, TrainctlError):
+        return cause
+    message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+    return UsageError(message, fix="e.g. trainctl teardown --job my-job, or trainctl teardown --sweep")
 
 
 def _render(report: TeardownReport) -> None:

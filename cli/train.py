@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.output import as_input_error, aws_scope, emit_json, flow_console, info, state_of, stdout_console
+from cli.output import CliState, as_input_error, aws_scope, emit_json, flow_console, info, state_of, stdout_console
 from core import jobs
 from core.errors import InvalidInputError, UsageError
 from core.s3uri import validate_bucket
@@ -130,23 +130,16 @@ def launch(
 ) -> None:
     """Launch a training job: `trainctl train launch --name llm --bucket b --instance-type g5.xlarge -- python t.py`."""
     state = state_of(ctx, json_output=json_output)
-    fields: dict[str, Any] = {}
-    if spec_file is not None:
-        try:
-            fields = json.loads(spec_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError("--spec", str(spec_file), f"a readable JobSpec JSON file ({exc})") from None
-    inline = {
-        k: v
-        for k, v in {
+    fields = _spec_file(spec_file)
+    inline = _given(
+        {
             "instance_type": instance_type,
             "image_id": image_id,
             "availability_zone": az,
             "subnet_id": subnet,
             "instance_profile": instance_profile,
-        }.items()
-        if v is not None
-    }
+        }
+    )
     if template and inline:
         raise UsageError("give --template or inline template options (--instance-type …), not both")
     overrides: dict[str, Any] = {
@@ -166,30 +159,19 @@ def launch(
             {**fields.get("secret_env", {}), **_env_pairs(secret_env, "--secret-env")} if secret_env else None
         ),
     }
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+    fields.update(_given(overrides))
     if on_demand:
         fields["spot"] = False
-    policy = {
-        k: v
-        for k, v in {
-            "strategy": resume,
-            "max_attempts": max_attempts,
-            "on_demand_fallback": True if fallback else None,
-        }.items()
-        if v is not None
-    }
+    policy = _given(
+        {"strategy": resume, "max_attempts": max_attempts, "on_demand_fallback": True if fallback else None}
+    )
     if policy:
         fields["resume"] = {**fields.get("resume", {}), **policy}
     if move_volume:
         fields["move_volume_if_needed"] = True
     if keep_instance:
         fields["keep_instance"] = True
-    for required in ("name", "bucket", "template", "command"):
-        if not fields.get(required):
-            hint = "--template or --instance-type" if required == "template" else f"--{required}"
-            if required == "command":
-                hint = "the command after `--`"
-            raise UsageError(f"a job needs {required}: give {hint} (or put it in --spec)")
+    _require_job_fields(fields)
     fields["account"] = state.account
     spec = _job_spec(fields)
     _warn_secret_like(spec.env)
@@ -197,6 +179,36 @@ def launch(
     from flows.jobs import check_code_dir
 
     check_code_dir(spec.code_dir, limit_bytes=spec.code_limit_bytes)
+    _run_launch(ctx, state, spec, wait=wait, json_output=json_output)
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """The options given (None: not given, the spec file's value or the default applies)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _spec_file(spec_file: Path | None) -> dict[str, Any]:
+    if spec_file is None:
+        return {}
+    try:
+        fields: dict[str, Any] = json.loads(spec_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError("--spec", str(spec_file), f"a readable JobSpec JSON file ({exc})") from None
+    return fields
+
+
+def _require_job_fields(fields: dict[str, Any]) -> None:
+    """What no default can fill, named by the option that gives it."""
+    for required in ("name", "bucket", "template", "command"):
+        if not fields.get(required):
+            hint = "--template or --instance-type" if required == "template" else f"--{required}"
+            if required == "command":
+                hint = "the command after `--`"
+            raise UsageError(f"a job needs {required}: give {hint} (or put it in --spec)")
+
+
+def _run_launch(ctx: typer.Context, state: CliState, spec: Any, *, wait: bool, json_output: bool) -> None:
+    """Run the train-launch flow and render its report; a waited-for job's failure exits with its exit code."""
     with aws_scope(ctx) as account:
         spec = spec.model_copy(update={"account": account})
         from core.launch import LaunchOptions

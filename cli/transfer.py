@@ -16,7 +16,7 @@ import typer
 
 from cli.output import aws_scope, emit_json, flow_console, info, state_of, stderr_console, stdout_console
 from core.errors import InvalidInputError
-from core.transfer import TransferRequest, human_bytes
+from core.transfer import TransferReport, TransferRequest, human_bytes
 
 if TYPE_CHECKING:
     from core.progress import ProgressEvent
@@ -134,6 +134,11 @@ def transfer_command(
     if json_output:
         emit_json(report.model_dump(mode="json"))
         return
+    _print_report(report)
+
+
+def _print_report(report: TransferReport) -> None:
+    """What moved (or, on a dry run, what would), one line per file only on a dry run."""
     console = stdout_console()
     if report.dry_run:
         for rel in report.would_copy:

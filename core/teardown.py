@@ -25,7 +25,7 @@ checkpoint; the property tests in tests/core/test_teardown.py hold it to that.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Literal
@@ -521,165 +521,22 @@ def plan_teardown(
     `prices`: the price book the monthly savings come from (core/cost.py); default: its dated fallback table.
     """
     policy = policy or TeardownPolicy()
-    training = training or {}
-    unmanaged = unmanaged or {}
     b = _Builder(prices or fallback_book(inventory.region))
-    by_id: dict[str, ManagedResource] = {r.id: r for r in inventory.resources()}
+    rules = _Rules(inventory, {r.id: r for r in inventory.resources()}, now, policy, force)
     jobs = {s.job: s for s in storage}
 
-    # 1. What is in scope (instances first: their volumes follow them).
-    instances: set[str] = set()
-    volumes: set[str] = set()
-    snapshots: set[str] = set()
-    scoped_jobs: set[str] = set()
-    swept: set[str] = set()
-    if scope.all_managed:
-        instances |= {i.id for i in inventory.instances}
-        volumes |= {v.id for v in inventory.volumes}
-        snapshots |= {s.id for s in inventory.snapshots}
-        scoped_jobs |= set(jobs) | {r.job for r in inventory.resources() if r.job}
-    if scope.job:
-        scoped_jobs.add(scope.job)
-        for r in inventory.of_job(scope.job):
-            {"instance": instances, "volume": volumes, "snapshot": snapshots}[r.kind.value].add(r.id)
-        if not inventory.of_job(scope.job) and scope.job not in jobs:
-            b.add(
-                Entry(
-                    id=f"job:{scope.job}",
-                    kind="job",
-                    action=Action.KEEP,
-                    job=scope.job,
-                    reasons=[
-                        ReasonNote(
-                            reason=Reason.NOT_FOUND.value,
-                            detail=f"no managed resource or job record of job {scope.job!r} in {inventory.region}",
-                        )
-                    ],
-                )
-            )
-    named_snapshots: set[str] = set()
-    for rid in sorted(set(scope.ids)):
-        found = by_id.get(rid)
-        if found is None:
-            b.add(_missing(rid, inventory.region, unmanaged))
-            continue
-        {"instance": instances, "volume": volumes, "snapshot": snapshots}[found.kind.value].add(rid)
-        if found.kind.value == "snapshot":
-            named_snapshots.add(rid)
-    # Held to an orphan rule's age: what only the sweep brings in (in scope otherwise, the usual rules apply).
-    young: dict[str, list[Blocker]] = {}
-    staging_jobs: set[str] = set()
+    # 1. What is in scope (instances first: their volumes follow them), and what the sweep adds.
+    found = _in_scope(b, rules, scope, jobs, unmanaged or {})
     if sweep:
-        in_scope = instances | volumes
-        b.orphans = find_orphans(inventory, storage, now=now, policy=policy)
-        for rid, orphan in b.orphans.items():
-            (instances if by_id[rid].kind.value == "instance" else volumes).add(rid)
-            swept.add(rid)
-            if rid not in in_scope:
-                young[rid] = orphan.youth(policy, force=force)
-        by_volume: dict[str, list[Snapshot]] = {}
-        for s in inventory.snapshots:
-            by_volume.setdefault(s.volume_id or "", []).append(s)
-        for group in by_volume.values():
-            group.sort(key=lambda s: (s.created_at, s.id), reverse=True)  # newest first; keep the first N
-            for s in group[policy.snapshot_retention :]:
-                snapshots.add(s.id)
-                swept.add(s.id)
-                named_snapshots.add(s.id)  # beyond retention: a deletion candidate like a named one
-        scoped_jobs |= {s.job for s in storage if s.finished}
-        staging_jobs = {s.job for s in storage if s.attempt is not None}  # their staging may be abandoned
-
-    # 2. Instances: terminate unless a rule keeps them; running training needs its own flag.
-    terminating: set[str] = set()
-    for iid in sorted(instances):
-        inst = by_id[iid]
-        assert isinstance(inst, Instance)
-        if inst.state in GONE_STATES:
-            b.op(OpKind.WAIT_TERMINATED, iid, instance_id=iid)
-            terminating.add(iid)
-            b.add(_entry(b.prices, inst, Action.TERMINATE, now=now, notes=["already terminating"], sweep=iid in swept))
-            continue
-        blockers = cleanup_blockers(inst, now=now, min_age=policy.min_age, force=force) + young.get(iid, [])
-        state = training.get(iid)
-        first: list[str] = []
-        notes: list[str] = []
-        if inst.state in {"pending", "running"}:
-            status = state.status if state else None
-            running_jobs = state.jobs if state else []
-            blockers += training_blockers(
-                iid, status, running_jobs, wait_for_training=wait_for_training, force_training=force_training
-            )
-            busy = status != "idle"
-            if not blockers and busy and force_training:
-                stop = b.op(OpKind.STOP_JOB, iid, instance_id=iid)
-                first = [b.op(OpKind.FLUSH, iid, instance_id=iid, depends_on=[stop])]
-                notes.append("force_training: the job is stopped (SIGTERM: save and exit) and its checkpoint flushed")
-                for job in running_jobs:
-                    b.add(
-                        Entry(
-                            id=f"job:{job}",
-                            kind="job",
-                            action=Action.STOP,
-                            job=job,
-                            notes=[f"running on {iid}; stopped because force_training was given"],
-                        )
-                    )
-            elif not blockers and busy and wait_for_training:
-                first = [b.op(OpKind.WAIT_TRAINING, iid, instance_id=iid)]
-                notes.append("wait_for_training: terminates after the job ends (or is skipped at the timeout)")
-        if blockers:
-            b.add(_entry(b.prices, inst, Action.KEEP, now=now, blockers=blockers, sweep=iid in swept))
-            continue
-        terminating.add(iid)
-        b.add(_entry(b.prices, inst, Action.TERMINATE, now=now, notes=notes, sweep=iid in swept))
-        _instance_ops(b, inst, inventory, first=first, now=now, policy=policy, force=force)
-
-    # 3. Volumes not attached to a terminating instance (those were decided with their instance).
-    for vid in sorted(volumes):
-        if vid in b.entries:
-            continue
-        vol = by_id[vid]
-        assert isinstance(vol, Volume)
-        if vol.state in {"deleting", "deleted"}:
-            continue
-        blockers = cleanup_blockers(vol, now=now, min_age=policy.min_age, force=force) + young.get(vid, [])
-        if vol.attached:
-            blockers.append(
-                Blocker(
-                    Reason.ATTACHED,
-                    f"{vid} is attached to {vol.attached_instance_id}, which is not being terminated",
-                    None,
-                )
-            )
-        info = _snapshot_info(vol)
-        if blockers:
-            b.add(_entry(b.prices, vol, Action.KEEP, now=now, blockers=blockers, info=info, sweep=vid in swept))
-            continue
-        b.add(_entry(b.prices, vol, Action.DELETE, now=now, info=info, sweep=vid in swept))
-        b.op(OpKind.DELETE_VOLUME, vid)
-
-    # 4. Snapshots: deleted only when named or beyond the sweep's retention; otherwise they are the backups.
-    for sid in sorted(snapshots):
-        snap = by_id[sid]
-        assert isinstance(snap, Snapshot)
-        if sid not in named_snapshots:
-            retained = Blocker(
-                Reason.RETAINED,
-                f"{sid} is a backup; snapshots go only when named or beyond the sweep's retention",
-                None,
-            )
-            b.add(_entry(b.prices, snap, Action.KEEP, now=now, blockers=[retained]))
-            continue
-        blockers = cleanup_blockers(snap, now=now, min_age=policy.min_age, force=force)
-        if blockers:
-            b.add(_entry(b.prices, snap, Action.KEEP, now=now, blockers=blockers, sweep=sid in swept))
-            continue
-        notes = [f"beyond the retention of {policy.snapshot_retention} per volume"] if sid in swept else []
-        b.add(_entry(b.prices, snap, Action.DELETE, now=now, notes=notes, sweep=sid in swept))
-        b.op(OpKind.DELETE_SNAPSHOT, sid)
-
+        _sweep(b, found, rules, storage)
+    # 2-4. Instances, then volumes not decided with their instance, then snapshots.
+    terminating = _plan_instances(
+        b, found, rules, training or {}, wait_for_training=wait_for_training, force_training=force_training
+    )
+    _plan_volumes(b, found, rules)
+    _plan_snapshots(b, found, rules)
     # 5. S3: checkpoints (rule 7) and staging objects of the jobs in scope; what killed copies left.
-    for job in sorted(scoped_jobs | staging_jobs):
+    for job in sorted(found.jobs | found.staging_jobs):
         if job in jobs:
             _storage_ops(
                 b,
@@ -690,7 +547,7 @@ def plan_teardown(
                 policy=policy,
                 force=force,
                 sweep=sweep,
-                checkpoints=job in scoped_jobs,
+                checkpoints=job in found.jobs,
             )
     for left in leftovers if sweep else ():
         _leftover_ops(b, left, now=now, policy=policy, force=force)
@@ -698,6 +555,223 @@ def plan_teardown(
     ordered = sorted(b.ops.values(), key=lambda o: (STEPS.index(o.step), o.target, o.id))
     entries = sorted(b.entries.values(), key=lambda e: (_KIND_ORDER.get(e.kind, 9), e.id))
     return Plan(region=inventory.region, now=now, scope=scope, sweep=sweep, entries=entries, operations=ordered)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What every resource is judged by: the inventory, the clock, the policy and `force`."""
+
+    inventory: Inventory
+    by_id: dict[str, ManagedResource]
+    now: datetime
+    policy: TeardownPolicy
+    force: bool
+
+
+@dataclass
+class _InScope:
+    """What the plan covers: resources by kind, the jobs whose checkpoints and staging it plans, and what the sweep
+    brought in (`swept`; `young`: held to an orphan rule's age, for what only the sweep brings in)."""
+
+    instances: set[str] = field(default_factory=set)
+    volumes: set[str] = field(default_factory=set)
+    snapshots: set[str] = field(default_factory=set)
+    jobs: set[str] = field(default_factory=set)
+    named_snapshots: set[str] = field(default_factory=set)  # deletion candidates (named, or beyond retention)
+    swept: set[str] = field(default_factory=set)
+    young: dict[str, list[Blocker]] = field(default_factory=dict)
+    staging_jobs: set[str] = field(default_factory=set)  # the sweep: their staging may be abandoned
+
+    def add(self, resource: ManagedResource) -> None:
+        {"instance": self.instances, "volume": self.volumes, "snapshot": self.snapshots}[resource.kind.value].add(
+            resource.id
+        )
+
+
+def _in_scope(
+    b: _Builder, rules: _Rules, scope: Scope, jobs: Mapping[str, JobStorage], unmanaged: Mapping[str, ManagedResource]
+) -> _InScope:
+    """What the user's scope names. A job or ID we cannot act on gets its entry (kept, with why) here."""
+    inventory = rules.inventory
+    found = _InScope()
+    if scope.all_managed:
+        found.instances |= {i.id for i in inventory.instances}
+        found.volumes |= {v.id for v in inventory.volumes}
+        found.snapshots |= {s.id for s in inventory.snapshots}
+        found.jobs |= set(jobs) | {r.job for r in inventory.resources() if r.job}
+    if scope.job:
+        found.jobs.add(scope.job)
+        for r in inventory.of_job(scope.job):
+            found.add(r)
+        if not inventory.of_job(scope.job) and scope.job not in jobs:
+            detail = f"no managed resource or job record of job {scope.job!r} in {inventory.region}"
+            b.add(
+                Entry(
+                    id=f"job:{scope.job}",
+                    kind="job",
+                    action=Action.KEEP,
+                    job=scope.job,
+                    reasons=[ReasonNote(reason=Reason.NOT_FOUND.value, detail=detail)],
+                )
+            )
+    for rid in sorted(set(scope.ids)):
+        resource = rules.by_id.get(rid)
+        if resource is None:
+            b.add(_missing(rid, inventory.region, unmanaged))
+            continue
+        found.add(resource)
+        if resource.kind.value == "snapshot":
+            found.named_snapshots.add(rid)
+    return found
+
+
+def _sweep(b: _Builder, found: _InScope, rules: _Rules, storage: Sequence[JobStorage]) -> None:
+    """The sweep's additions: every orphan (held to its rule's age unless the scope named it already), snapshots
+    beyond the retention, the S3 of ended jobs and the staging of jobs that may be abandoned."""
+    in_scope = found.instances | found.volumes
+    b.orphans = find_orphans(rules.inventory, storage, now=rules.now, policy=rules.policy)
+    for rid, orphan in b.orphans.items():
+        (found.instances if rules.by_id[rid].kind.value == "instance" else found.volumes).add(rid)
+        found.swept.add(rid)
+        if rid not in in_scope:
+            found.young[rid] = orphan.youth(rules.policy, force=rules.force)
+    by_volume: dict[str, list[Snapshot]] = {}
+    for s in rules.inventory.snapshots:
+        by_volume.setdefault(s.volume_id or "", []).append(s)
+    for group in by_volume.values():
+        group.sort(key=lambda s: (s.created_at, s.id), reverse=True)  # newest first; keep the first N
+        for s in group[rules.policy.snapshot_retention :]:
+            found.snapshots.add(s.id)
+            found.swept.add(s.id)
+            found.named_snapshots.add(s.id)  # beyond retention: a deletion candidate like a named one
+    found.jobs |= {s.job for s in storage if s.finished}
+    found.staging_jobs = {s.job for s in storage if s.attempt is not None}
+
+
+def _plan_instances(
+    b: _Builder,
+    found: _InScope,
+    rules: _Rules,
+    training: Mapping[str, TrainingState],
+    *,
+    wait_for_training: bool,
+    force_training: bool,
+) -> set[str]:
+    """Terminate each instance in scope unless a rule keeps it; running training needs its own flag. Returns the
+    instances that will be gone (terminated by the plan, or terminating already)."""
+    now, policy = rules.now, rules.policy
+    terminating: set[str] = set()
+    for iid in sorted(found.instances):
+        inst = rules.by_id[iid]
+        assert isinstance(inst, Instance)
+        swept = iid in found.swept
+        if inst.state in GONE_STATES:
+            b.op(OpKind.WAIT_TERMINATED, iid, instance_id=iid)
+            terminating.add(iid)
+            b.add(_entry(b.prices, inst, Action.TERMINATE, now=now, notes=["already terminating"], sweep=swept))
+            continue
+        blockers = cleanup_blockers(inst, now=now, min_age=policy.min_age, force=rules.force) + found.young.get(iid, [])
+        first: list[str] = []
+        notes: list[str] = []
+        if inst.state in {"pending", "running"}:
+            blockers, first, notes = _training_first(
+                b, inst, training.get(iid), blockers, wait_for_training=wait_for_training, force_training=force_training
+            )
+        if blockers:
+            b.add(_entry(b.prices, inst, Action.KEEP, now=now, blockers=blockers, sweep=swept))
+            continue
+        terminating.add(iid)
+        b.add(_entry(b.prices, inst, Action.TERMINATE, now=now, notes=notes, sweep=swept))
+        _instance_ops(b, inst, rules.inventory, first=first, now=now, policy=policy, force=rules.force)
+    return terminating
+
+
+def _training_first(
+    b: _Builder,
+    inst: Instance,
+    state: TrainingState | None,
+    blockers: list[Blocker],
+    *,
+    wait_for_training: bool,
+    force_training: bool,
+) -> tuple[list[Blocker], list[str], list[str]]:
+    """A live instance's training (rule 2): it blocks termination, unless force_training stops it first (and
+    flushes its checkpoint) or wait_for_training waits for its end. Returns every blocker, the operations that go
+    before terminate, and the notes."""
+    status = state.status if state else None
+    running_jobs = state.jobs if state else []
+    blockers = blockers + training_blockers(
+        inst.id, status, running_jobs, wait_for_training=wait_for_training, force_training=force_training
+    )
+    busy = status != "idle"
+    if blockers or not busy:
+        return blockers, [], []
+    if force_training:
+        stop = b.op(OpKind.STOP_JOB, inst.id, instance_id=inst.id)
+        first = [b.op(OpKind.FLUSH, inst.id, instance_id=inst.id, depends_on=[stop])]
+        for job in running_jobs:
+            b.add(
+                Entry(
+                    id=f"job:{job}",
+                    kind="job",
+                    action=Action.STOP,
+                    job=job,
+                    notes=[f"running on {inst.id}; stopped because force_training was given"],
+                )
+            )
+        return (
+            blockers,
+            first,
+            ["force_training: the job is stopped (SIGTERM: save and exit) and its checkpoint flushed"],
+        )
+    if wait_for_training:
+        first = [b.op(OpKind.WAIT_TRAINING, inst.id, instance_id=inst.id)]
+        return blockers, first, ["wait_for_training: terminates after the job ends (or is skipped at the timeout)"]
+    return blockers, [], []
+
+
+def _plan_volumes(b: _Builder, found: _InScope, rules: _Rules) -> None:
+    """Volumes not attached to a terminating instance (those were decided with their instance): delete unless a
+    rule keeps them; an attached one is never deleted (rule 5)."""
+    now = rules.now
+    for vid in sorted(found.volumes):
+        if vid in b.entries:
+            continue
+        vol = rules.by_id[vid]
+        assert isinstance(vol, Volume)
+        if vol.state in {"deleting", "deleted"}:
+            continue
+        blockers = cleanup_blockers(vol, now=now, min_age=rules.policy.min_age, force=rules.force)
+        blockers += found.young.get(vid, [])
+        if vol.attached:
+            detail = f"{vid} is attached to {vol.attached_instance_id}, which is not being terminated"
+            blockers.append(Blocker(Reason.ATTACHED, detail, None))
+        info = _snapshot_info(vol)
+        if blockers:
+            b.add(_entry(b.prices, vol, Action.KEEP, now=now, blockers=blockers, info=info, sweep=vid in found.swept))
+            continue
+        b.add(_entry(b.prices, vol, Action.DELETE, now=now, info=info, sweep=vid in found.swept))
+        b.op(OpKind.DELETE_VOLUME, vid)
+
+
+def _plan_snapshots(b: _Builder, found: _InScope, rules: _Rules) -> None:
+    """Snapshots are deleted only when named or beyond the sweep's retention; otherwise they are the backups."""
+    now, policy = rules.now, rules.policy
+    for sid in sorted(found.snapshots):
+        snap = rules.by_id[sid]
+        assert isinstance(snap, Snapshot)
+        swept = sid in found.swept
+        if sid not in found.named_snapshots:
+            detail = f"{sid} is a backup; snapshots go only when named or beyond the sweep's retention"
+            b.add(_entry(b.prices, snap, Action.KEEP, now=now, blockers=[Blocker(Reason.RETAINED, detail, None)]))
+            continue
+        blockers = cleanup_blockers(snap, now=now, min_age=policy.min_age, force=rules.force)
+        if blockers:
+            b.add(_entry(b.prices, snap, Action.KEEP, now=now, blockers=blockers, sweep=swept))
+            continue
+        notes = [f"beyond the retention of {policy.snapshot_retention} per volume"] if swept else []
+        b.add(_entry(b.prices, snap, Action.DELETE, now=now, notes=notes, sweep=swept))
+        b.op(OpKind.DELETE_SNAPSHOT, sid)
 
 
 _KIND_ORDER = {
@@ -788,12 +862,23 @@ def _storage_ops(
     sweep: bool,
     checkpoints: bool = True,
 ) -> None:
+    """A job's S3: its checkpoints (when the job is in scope) and its staging, deleted once its instances are gone."""
     # The job's instances still alive after this plan: staging must outlive them (they may re-read the code).
     job_instances = [i.id for i in inventory.instances if i.job == store.job]
     alive = [i for i in job_instances if i not in terminating]
     waits = [f"{OpKind.WAIT_TERMINATED.value}:{i}" for i in job_instances if i in terminating]
+    if checkpoints:
+        _checkpoint_ops(b, store, waits, now=now, policy=policy, sweep=sweep)
+    if store.staging:
+        _staging_ops(b, store, alive, waits, now=now, policy=policy, force=force, sweep=sweep)
+
+
+def _checkpoint_ops(
+    b: _Builder, store: JobStorage, waits: list[str], *, now: datetime, policy: TeardownPolicy, sweep: bool
+) -> None:
+    """Rule 7: recent checkpoints and the latest complete one are kept; superseded ones go only in the sweep."""
     latest = store.latest_complete
-    for ckpt in sorted(store.checkpoints if checkpoints else [], key=lambda c: c.seq):
+    for ckpt in sorted(store.checkpoints, key=lambda c: c.seq):
         age = ckpt.newest_age(now)
         blockers = [
             ReasonNote.of(x)
@@ -822,39 +907,26 @@ def _storage_ops(
         )
         b.add(entry)
         if not blockers:
-            b.op(
-                OpKind.DELETE_OBJECTS,
-                ckpt.uri,
-                job=store.job,
-                bucket=store.bucket,
-                keys=sorted(o.key for o in ckpt.objects),
-                depends_on=waits,
-            )
-    if not store.staging:
-        return
+            keys = sorted(o.key for o in ckpt.objects)
+            b.op(OpKind.DELETE_OBJECTS, ckpt.uri, job=store.job, bucket=store.bucket, keys=keys, depends_on=waits)
+
+
+def _staging_ops(
+    b: _Builder,
+    store: JobStorage,
+    alive: list[str],
+    waits: list[str],
+    *,
+    now: datetime,
+    policy: TeardownPolicy,
+    force: bool,
+    sweep: bool,
+) -> None:
+    """The job's staged code: kept while the job may resume or an instance of it remains, and while young."""
     uri = f"s3://{store.bucket}/{store.staging_prefix}"
     newest = max(o.last_modified for o in store.staging)
     age = max(timedelta(0), _aware(now) - _aware(newest))
-    reasons: list[ReasonNote] = []
-    # The sweep: an unfinished job none of whose instances remains has no use for its staging (a launch, a resume
-    # included, stages its code again under its own attempt); held to the orphan instance age, as its launch is.
-    orphan: Orphan | None = None
-    if sweep and not alive and store.finished:
-        orphan = Orphan(Reason.JOB_ENDED, f"job {store.job} is {store.status}", age)
-    elif sweep and not alive and store.attempt is not None:
-        detail = f"job {store.job} is {store.status} but no instance of it remains (its launch was killed?)"
-        orphan = Orphan(Reason.STAGING_ABANDONED, detail, age)
-    if not store.finished and orphan is None:
-        reasons.append(
-            ReasonNote(
-                reason=Reason.JOB_UNFINISHED.value,
-                detail=f"job {store.job} is {store.status or 'without a record'}; a resume needs its staged code",
-            )
-        )
-    if alive:
-        reasons.append(
-            ReasonNote(reason=Reason.JOB_UNFINISHED.value, detail=f"instance(s) {', '.join(alive)} of the job remain")
-        )
+    reasons, orphan = _staging_reasons(store, alive, age, sweep=sweep)
     if age < policy.min_age and not force:
         reasons.append(
             ReasonNote(
@@ -880,14 +952,35 @@ def _storage_ops(
         )
     )
     if not reasons:
-        b.op(
-            OpKind.DELETE_OBJECTS,
-            uri,
-            job=store.job,
-            bucket=store.bucket,
-            keys=sorted(o.key for o in store.staging),
-            depends_on=waits,
+        keys = sorted(o.key for o in store.staging)
+        b.op(OpKind.DELETE_OBJECTS, uri, job=store.job, bucket=store.bucket, keys=keys, depends_on=waits)
+
+
+def _staging_reasons(
+    store: JobStorage, alive: list[str], age: timedelta, *, sweep: bool
+) -> tuple[list[ReasonNote], Orphan | None]:
+    """Why the job still needs its staging, and the sweep's orphan rule when it applies."""
+    reasons: list[ReasonNote] = []
+    # The sweep: an unfinished job none of whose instances remains has no use for its staging (a launch, a resume
+    # included, stages its code again under its own attempt); held to the orphan instance age, as its launch is.
+    orphan: Orphan | None = None
+    if sweep and not alive and store.finished:
+        orphan = Orphan(Reason.JOB_ENDED, f"job {store.job} is {store.status}", age)
+    elif sweep and not alive and store.attempt is not None:
+        detail = f"job {store.job} is {store.status} but no instance of it remains (its launch was killed?)"
+        orphan = Orphan(Reason.STAGING_ABANDONED, detail, age)
+    if not store.finished and orphan is None:
+        reasons.append(
+            ReasonNote(
+                reason=Reason.JOB_UNFINISHED.value,
+                detail=f"job {store.job} is {store.status or 'without a record'}; a resume needs its staged code",
+            )
         )
+    if alive:
+        reasons.append(
+            ReasonNote(reason=Reason.JOB_UNFINISHED.value, detail=f"instance(s) {', '.join(alive)} of the job remain")
+        )
+    return reasons, orphan
 
 
 def _leftover_ops(b: _Builder, left: BucketLeftovers, *, now: datetime, policy: TeardownPolicy, force: bool) -> None:

@@ -51,8 +51,8 @@ from core.models import Instance, Volume
 from core.prewarm import unmount_script
 from core.recovery import Capacity
 from core.s3uri import parse_s3_uri
+from flows.cleanup import cleanup_on_failure
 from flows.reporting import StepProgress, artifact_key, markdown_report
-from tasks.code import copy_staged, upload_file
 from tasks.ebs import attach_volume, describe_volume, detach_volume
 from tasks.ebs import move_volume as move_volume_task
 from tasks.ec2_instances import (
@@ -65,6 +65,7 @@ from tasks.ec2_instances import (
 )
 from tasks.ec2_instances import terminate_instance as terminate
 from tasks.jobs import JobChangedError, read_agent_status, read_interruption, read_record, write_record
+from tasks.s3 import copy_staged, upload_file
 from tasks.ssm import CommandFailedError, run_command, wait_online
 
 STEPS = ["record", "launch", "ssm online", "wait previous", "attach", "mount", "ship", "start"]
@@ -267,7 +268,17 @@ def launch_attempt(request: AttemptRequest) -> AttemptReport:
     key = launch_key(spec.name, request.attempt)
     held = _Held()
     try:
-        report = _launch(request, stored, held, progress)
+        # Anything else ending the process (a kill, SIGTERM) cleans nothing: a re-run finds the instance by its key.
+        with cleanup_on_failure(
+            f"launch of {spec.name}",
+            lambda: progress.current,
+            lambda: cleanup(spec, held.volume_id, held.instance, key),
+            lambda failure: fail_attempt(request, failure.step, failure.error, failure.cleaned),
+            failed=LaunchFailedError,
+            catch=(Exception, KeyboardInterrupt),
+            passes=(CapacityRefusedError,),
+        ):
+            report = _launch(request, stored, held, progress)
     except CapacityRefusedError as refused:
         # The AZ tried is the attempt's: a retry (or a move away from it) starts from there.
         tried = refused.availability_zone
@@ -279,16 +290,6 @@ def launch_attempt(request: AttemptRequest) -> AttemptReport:
             },
         )
         get_run_logger().warning("%s refused in %s: %s", request.capacity, refused.availability_zone, refused.code)
-        raise
-    except (Exception, KeyboardInterrupt) as exc:
-        # Anything else ending the process (a kill) cleans nothing: a re-run finds the instance by its key.
-        cleaned = cleanup(spec, held.volume_id, held.instance, key)
-        fail_attempt(request, progress.current, exc, cleaned)
-        if isinstance(exc, Exception):
-            raise LaunchFailedError(
-                f"launch of {spec.name} failed at step '{progress.current}': {exc}. "
-                f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
-            ) from exc
         raise
     report.seconds = round(time.monotonic() - started, 1)
     progress.finish(f"{spec.name} attempt {request.attempt}: running on {report.instance_id}")

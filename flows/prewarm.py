@@ -14,13 +14,12 @@ print what is needed (core/iam.py); tests/flows/test_iam_enforced.py runs this f
 from __future__ import annotations
 
 import json
-import signal
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
-from prefect.exceptions import ExternalSignal
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -43,6 +42,7 @@ from core.prewarm import (
     verify_script,
 )
 from core.s3uri import parse_s3_uri
+from flows.cleanup import Failure, cleanup_on_failure
 from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.ebs import (
     adopt_volume,
@@ -81,19 +81,6 @@ class PrewarmInterruptedError(TerminatedError):
     """A termination signal stopped the prewarm; the message says at which step and what was cleaned up."""
 
 
-def termination_in(exc: BaseException) -> BaseException | None:
-    """The termination signal (Prefect's TerminationSignal, or SystemExit/KeyboardInterrupt) that `exc` is or
-    was raised while handling, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ExternalSignal | KeyboardInterrupt | SystemExit):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
 def _existing_volume(spec: PrewarmSpec) -> Volume:
     assert spec.volume_id is not None
     volume = describe_volume(spec.volume_id, account=spec.account)
@@ -108,92 +95,41 @@ def _given_instance(spec: PrewarmSpec, volume_zone: str | None) -> Instance:
     return instance
 
 
+@dataclass
+class _Held:
+    """What the run holds so far (the volume as last seen, the instance once there): what a failure releases."""
+
+    volume: Volume
+    instance: Instance | None
+
+
 @flow(name="prewarm", flow_run_name="prewarm-{spec.source}", log_prints=True)
 def prewarm(spec: PrewarmSpec) -> PrewarmReport:
-    log = get_run_logger()
     started = time.monotonic()
     progress = StepProgress(artifact_key("prewarm", str(flow_run.id or uuid.uuid4())), STEPS)
-    account = spec.account
-
-    # Everything that can be refused is checked before the first mutation.
     progress.step("check source")
-    listing = list_prefix(spec.source, account=account)
-    log.info("source %s: %d objects, %d bytes", spec.source, listing.count, listing.total_bytes)
-    check_keys(spec.source, listing.objects, spec.target_dir)
-    existing_volume = _existing_volume(spec) if spec.volume_id else None
-    zone = existing_volume.availability_zone if existing_volume else spec.availability_zone
-    given_instance = _given_instance(spec, zone) if spec.instance_id else None
-    if given_instance and not zone:
-        zone = given_instance.availability_zone
-
+    listing, existing_volume, given_instance, zone = _checked(spec)
     progress.step("volume")
-    if existing_volume is not None:
-        volume = existing_volume
-        if not volume.managed:  # spec.adopt (checked above): tagged now, after every check passed
-            volume = adopt_volume(volume.id, account=account)
-    else:
-        assert spec.volume is not None
-        volume = create_volume(
-            spec.volume,
-            availability_zone=zone,
-            instance_type=None if zone else spec.instance_type,
-            job=spec.job,
-            extra_tags={t.PREWARM: t.PREWARM_PENDING},  # until verified and detached (the sweep reports it)
-            adopt=spec.adopt,
-            account=account,
-        )
-    log.info("volume %s in %s", volume.id, volume.availability_zone)
-
-    launch_key = f"prewarm:{flow_run.id or uuid.uuid4()}:{volume.id}"
-    instance: Instance | None = given_instance
-
-    try:
-        progress.step("instance")
-        if instance is None:
-            instance = launch_instance(_temporary_instance(spec, volume, launch_key), account=account)
-            log.info("temporary instance %s in %s", instance.id, instance.availability_zone)
-
-        progress.step("ssm online")
-        wait_online(instance.id, timeout_s=spec.online_timeout_s, account=account)
-
-        progress.step("attach")
-        volume = attach_volume(volume.id, instance.id, account=account)
-        device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
-
-        progress.step("mount")
-        out = run_command(instance.id, mount_script(volume.id, device, spec.filesystem), what="mount", account=account)
-        log.info(out.stdout.strip())
-
-        progress.step("sync")
-        _sync(spec, instance.id, volume.id, listing)
-
-        progress.step("verify")
-        out = run_command(instance.id, verify_script(volume.id, spec.target_dir), what="verify", account=account)
-        found = VerifyResult.model_validate_json(out.stdout.strip().splitlines()[-1])
-        problems = compare(listing.objects, found)
-        if problems:
-            raise UsageError(f"verification against {spec.source} failed: {'; '.join(problems)}")
-        log.info("verified: %d files, %d bytes match S3", found.files, found.bytes)
-
-        progress.step("finish")
-        manifest = _manifest(spec, volume, listing)
-        run_command(instance.id, finish_script(volume.id, manifest), what="manifest and unmount", account=account)
-
-        progress.step("detach")
-        volume = detach_volume(volume.id, account=account)
-        mark_prewarmed(volume.id, account=account)
-    except BaseException as exc:
-        cleaned = _cleanup(spec, volume, instance, launch_key, temporary=given_instance is None)
-        failure = _failure(spec, volume.id, progress.current, cleaned, exc)
-        if failure is None:
-            raise
-        raise failure from exc
+    held = _Held(_volume(spec, existing_volume, zone), given_instance)
+    launch_key = f"prewarm:{flow_run.id or uuid.uuid4()}:{held.volume.id}"
+    temporary = given_instance is None
+    with cleanup_on_failure(
+        "prewarm",
+        lambda: progress.current,
+        lambda: _cleanup(spec, held.volume, held.instance, launch_key, temporary=temporary),
+        lambda failure: _report_failure(spec, held.volume.id, failure),
+        failed=PrewarmFailedError,
+        interrupted=PrewarmInterruptedError,
+    ):
+        _fill(spec, held, listing, launch_key, progress)
+    volume, instance = held.volume, held.instance
+    assert instance is not None
     terminated = False
-    if given_instance is None:
-        terminated = terminate_instance(instance.id, idempotency_key=launch_key, account=account)
+    if temporary:
+        terminated = terminate_instance(instance.id, idempotency_key=launch_key, account=spec.account)
     snapshot_id = None
     if spec.snapshot:
-        snapshot_id = create_snapshot(volume.id, description=f"prewarm of {spec.source}", account=account).id
+        snapshot_id = create_snapshot(volume.id, description=f"prewarm of {spec.source}", account=spec.account).id
     report = PrewarmReport(
         source=spec.source,
         volume_id=volume.id,
@@ -209,6 +145,86 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     progress.finish(f"{listing.count} files on {volume.id}")
     markdown_report(artifact_key("prewarm", volume.id), f"prewarm of {spec.source}", report.model_dump())
     return report
+
+
+def _checked(spec: PrewarmSpec) -> tuple[PrefixListing, Volume | None, Instance | None, str | None]:
+    """Everything that can be refused, before the first mutation: the source's listing and keys, the existing
+    volume and the given instance (with the AZ they fix)."""
+    listing = list_prefix(spec.source, account=spec.account)
+    get_run_logger().info("source %s: %d objects, %d bytes", spec.source, listing.count, listing.total_bytes)
+    check_keys(spec.source, listing.objects, spec.target_dir)
+    existing_volume = _existing_volume(spec) if spec.volume_id else None
+    zone = existing_volume.availability_zone if existing_volume else spec.availability_zone
+    given_instance = _given_instance(spec, zone) if spec.instance_id else None
+    if given_instance and not zone:
+        zone = given_instance.availability_zone
+    return listing, existing_volume, given_instance, zone
+
+
+def _volume(spec: PrewarmSpec, existing_volume: Volume | None, zone: str | None) -> Volume:
+    """The volume to fill: the existing one (adopted now, after every check passed), or a new one."""
+    if existing_volume is not None:
+        volume = existing_volume
+        if not volume.managed:  # spec.adopt (checked above)
+            volume = adopt_volume(volume.id, account=spec.account)
+    else:
+        assert spec.volume is not None
+        volume = create_volume(
+            spec.volume,
+            availability_zone=zone,
+            instance_type=None if zone else spec.instance_type,
+            job=spec.job,
+            extra_tags={t.PREWARM: t.PREWARM_PENDING},  # until verified and detached (the sweep reports it)
+            adopt=spec.adopt,
+            account=spec.account,
+        )
+    get_run_logger().info("volume %s in %s", volume.id, volume.availability_zone)
+    return volume
+
+
+def _fill(spec: PrewarmSpec, held: _Held, listing: PrefixListing, launch_key: str, progress: StepProgress) -> None:
+    """Instance → SSM online → attach → mount → sync → verify → manifest and unmount → detach."""
+    log, account = get_run_logger(), spec.account
+    progress.step("instance")
+    if held.instance is None:
+        held.instance = launch_instance(_temporary_instance(spec, held.volume, launch_key), account=account)
+        log.info("temporary instance %s in %s", held.instance.id, held.instance.availability_zone)
+    instance = held.instance
+
+    progress.step("ssm online")
+    wait_online(instance.id, timeout_s=spec.online_timeout_s, account=account)
+
+    progress.step("attach")
+    volume = held.volume = attach_volume(held.volume.id, instance.id, account=account)
+    device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
+
+    progress.step("mount")
+    out = run_command(instance.id, mount_script(volume.id, device, spec.filesystem), what="mount", account=account)
+    log.info(out.stdout.strip())
+
+    progress.step("sync")
+    _sync(spec, instance.id, volume.id, listing)
+
+    progress.step("verify")
+    _verify(spec, instance.id, volume.id, listing)
+
+    progress.step("finish")
+    manifest = _manifest(spec, volume, listing)
+    run_command(instance.id, finish_script(volume.id, manifest), what="manifest and unmount", account=account)
+
+    progress.step("detach")
+    held.volume = detach_volume(volume.id, account=account)
+    mark_prewarmed(volume.id, account=account)
+
+
+def _verify(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixListing) -> None:
+    """What is on the volume matches the S3 listing, file by file."""
+    out = run_command(instance_id, verify_script(volume_id, spec.target_dir), what="verify", account=spec.account)
+    found = VerifyResult.model_validate_json(out.stdout.strip().splitlines()[-1])
+    problems = compare(listing.objects, found)
+    if problems:
+        raise UsageError(f"verification against {spec.source} failed: {'; '.join(problems)}")
+    get_run_logger().info("verified: %d files, %d bytes match S3", found.files, found.bytes)
 
 
 def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixListing) -> None:
@@ -239,36 +255,13 @@ def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixLi
     get_run_logger().info("synced %d files onto %s", result["placed"], volume_id)
 
 
-def _stopped_by(stopped: BaseException) -> str:
-    if isinstance(stopped, KeyboardInterrupt):
-        return "Ctrl-C"
-    number = getattr(stopped, "signal", None)
-    return signal.Signals(number).name if isinstance(number, int) else "a termination signal"
-
-
-def _failure(
-    spec: PrewarmSpec, volume_id: str, step: str, cleaned: list[str], exc: BaseException
-) -> BaseException | None:
-    """Publish what happened and return the error to raise; None: re-raise `exc` itself (a signal Prefect must
-    see, now carrying the sentence as a note for the CLI)."""
-    stopped = termination_in(exc)
-    what = f"was interrupted by {_stopped_by(stopped)}" if stopped else "failed"
+def _report_failure(spec: PrewarmSpec, volume_id: str, failure: Failure) -> None:
     markdown_report(
         artifact_key("prewarm-failed", volume_id),
-        f"prewarm of {spec.source} {what}",
-        {"step": step, "error": str(stopped or exc), "volume": volume_id},
-        notes=cleaned,
+        f"prewarm of {spec.source} {failure.verb}",
+        {"step": failure.step, "error": str(failure.stopped or failure.error), "volume": volume_id},
+        notes=failure.cleaned,
     )
-    message = f"prewarm {what} at step '{step}'"
-    done = f"Cleaned up: {'; '.join(cleaned) or 'nothing to clean'}"
-    if stopped is exc:
-        exc.add_note(f"{message}. {done}")
-        return None
-    if stopped is not None:  # it landed inside Prefect's task machinery, which replaced it ("Task run is not set")
-        return PrewarmInterruptedError(f"{message}. {done}")
-    if isinstance(exc, Exception):
-        return PrewarmFailedError(f"{message}: {exc}. {done}")
-    return None
 
 
 def _temporary_instance(spec: PrewarmSpec, volume: Volume, launch_key: str) -> LaunchRequest:

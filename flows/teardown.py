@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -235,97 +236,135 @@ def _not_found(exc: BaseException) -> bool:
     return code.endswith("NotFound") or code in {"NoSuchKey", "InvalidVolume.NotFound"}
 
 
-def _runner(
-    op: Operation, plan: Plan, policy: TeardownPolicy, request: TeardownRequest, timeout_s: float
-) -> Callable[[], tuple[str, str]]:
-    """The call that carries out one operation: returns (status, detail)."""
-    account = request.account
-    min_age = timedelta(0) if request.force else policy.min_age
+@dataclass(frozen=True)
+class _Acting:
+    """What every operation is carried out with: the plan, the policy, the request and the training wait."""
 
-    def run() -> tuple[str, str]:
-        match op.kind:
-            case OpKind.WAIT_TRAINING:
-                assert op.instance_id
-                state: TrainingState = wait_training_done(op.instance_id, timeout_s=timeout_s, account=account)
-                if state.status != "idle":
-                    raise TrainctlError(f"training still {state.status} on {op.instance_id} after {timeout_s:.0f} s")
-                return "done", "training ended"
-            case OpKind.STOP_JOB:
-                assert op.instance_id
-                # Through each job's agent (tasks/jobs.py): the trainer saves, the status says `stopped`.
-                found = check_training(op.instance_id, account=account)
-                if found.status == "unknown":
-                    raise TrainctlError(f"could not ask the agents on {op.instance_id}: {found.detail}")
-                lines = stop_instance_jobs(op.instance_id, found.jobs, bucket=request.bucket, account=account)
-                return "done", "; ".join(lines) or "no job of ours was running"
-            case OpKind.FLUSH:
-                assert op.instance_id
-                # The agent's stop ends with the checkpoint, log and final status in S3: an agent still alive has
-                # not finished that, and the terminate must wait for it.
-                after = check_training(op.instance_id, account=account)
-                if after.status == "unknown" or after.jobs:
-                    still = ", ".join(after.jobs) or after.detail
-                    raise TrainctlError(f"not every job on {op.instance_id} has ended after the stop ({still})")
-                return "done", "every job's agent ended: checkpoints, logs and statuses are in S3"
-            case OpKind.KEEP_ON_TERMINATION:
-                assert op.instance_id
-                keep_on_termination(op.instance_id, op.target, account=account)
-                return "done", f"DeleteOnTermination off on {op.instance_id}"
-            case OpKind.DETACH:
-                assert op.instance_id
-                try:
-                    keep_on_termination(op.instance_id, op.target, account=account)
-                except Exception as exc:
-                    if not _not_found(exc):  # the instance is gone already: nothing can delete the volume now
-                        raise
-                volume = detach_volume(op.target, account=account)
-                return "done", f"{volume.id} {volume.state}"
-            case OpKind.TERMINATE:
-                # Training was checked when the plan was made; a job may have started since (or during an
-                # approval pause). Unless this plan stops or waits for the jobs itself, look again right before.
-                handled = any(
-                    o.kind in {OpKind.STOP_JOB, OpKind.WAIT_TRAINING} and o.instance_id == op.target
-                    for step in STEPS
-                    for o in plan.ops_in(step)
-                )
-                if not handled and not request.force_training:
-                    now_state = check_training(op.target, account=account)
-                    if now_state.status == "running":
-                        raise TrainctlError(
-                            f"training started on {op.target} after the plan was made ({', '.join(now_state.jobs)})"
-                            "; not terminated"
-                        )
-                done = terminate_instance(op.target, wait=False, account=account)
-                return ("done", "terminating") if done else ("already-done", "already terminated")
-            case OpKind.WAIT_TERMINATED:
-                wait_terminated(op.target, account=account)
-                return "done", "terminated"
-            case OpKind.DELETE_VOLUME:
-                result = delete_volume(op.target, min_age=min_age, now=plan.now, account=account)
-                return ("already-done", "already gone") if result.already_gone else ("done", "; ".join(result.notes))
-            case OpKind.DELETE_SNAPSHOT:
-                gone = delete_snapshot(op.target, min_age=min_age, now=plan.now, account=account)
-                return ("done", "") if gone else ("already-done", "already gone")
-            case OpKind.DELETE_OBJECTS:
-                assert op.bucket
-                entry = plan.entry(op.target)
-                window = policy.checkpoint_recency if entry and entry.kind == "checkpoint" else min_age
-                out = delete_objects(op.bucket, op.object_keys, not_after=plan.now - window, account=account)
-                if out["skipped"]:
-                    raise TrainctlError(f"{len(out['skipped'])} object(s) were rewritten since the plan; kept")
-                return "done", f"{len(out['deleted'])} object(s)"
-            case OpKind.ABORT_UPLOAD:
-                assert op.bucket and op.upload_id
-                aborted = abort_upload(op.bucket, op.object_keys[0], op.upload_id, account=account)
-                return ("done", "aborted") if aborted else ("already-done", "completed or aborted since")
-        raise AssertionError(f"unknown operation {op.kind}")
+    plan: Plan
+    policy: TeardownPolicy
+    request: TeardownRequest
+    timeout_s: float
 
-    return run
+    @property
+    def min_age(self) -> timedelta:
+        return timedelta(0) if self.request.force else self.policy.min_age
+
+
+def _wait_training(op: Operation, act: _Acting) -> tuple[str, str]:
+    assert op.instance_id
+    state: TrainingState = wait_training_done(op.instance_id, timeout_s=act.timeout_s, account=act.request.account)
+    if state.status != "idle":
+        raise TrainctlError(f"training still {state.status} on {op.instance_id} after {act.timeout_s:.0f} s")
+    return "done", "training ended"
+
+
+def _stop_jobs(op: Operation, act: _Acting) -> tuple[str, str]:
+    assert op.instance_id
+    # Through each job's agent (tasks/jobs.py): the trainer saves, the status says `stopped`.
+    found = check_training(op.instance_id, account=act.request.account)
+    if found.status == "unknown":
+        raise TrainctlError(f"could not ask the agents on {op.instance_id}: {found.detail}")
+    lines = stop_instance_jobs(op.instance_id, found.jobs, bucket=act.request.bucket, account=act.request.account)
+    return "done", "; ".join(lines) or "no job of ours was running"
+
+
+def _flush(op: Operation, act: _Acting) -> tuple[str, str]:
+    assert op.instance_id
+    # The agent's stop ends with the checkpoint, log and final status in S3: an agent still alive has not finished
+    # that, and the terminate must wait for it.
+    after = check_training(op.instance_id, account=act.request.account)
+    if after.status == "unknown" or after.jobs:
+        still = ", ".join(after.jobs) or after.detail
+        raise TrainctlError(f"not every job on {op.instance_id} has ended after the stop ({still})")
+    return "done", "every job's agent ended: checkpoints, logs and statuses are in S3"
+
+
+def _keep_on_termination(op: Operation, act: _Acting) -> tuple[str, str]:
+    assert op.instance_id
+    keep_on_termination(op.instance_id, op.target, account=act.request.account)
+    return "done", f"DeleteOnTermination off on {op.instance_id}"
+
+
+def _detach(op: Operation, act: _Acting) -> tuple[str, str]:
+    assert op.instance_id
+    try:
+        keep_on_termination(op.instance_id, op.target, account=act.request.account)
+    except Exception as exc:
+        if not _not_found(exc):  # the instance is gone already: nothing can delete the volume now
+            raise
+    volume = detach_volume(op.target, account=act.request.account)
+    return "done", f"{volume.id} {volume.state}"
+
+
+def _terminate(op: Operation, act: _Acting) -> tuple[str, str]:
+    # Training was checked when the plan was made; a job may have started since (or during an approval pause).
+    # Unless this plan stops or waits for the jobs itself, look again right before.
+    handled = any(
+        o.kind in {OpKind.STOP_JOB, OpKind.WAIT_TRAINING} and o.instance_id == op.target
+        for step in STEPS
+        for o in act.plan.ops_in(step)
+    )
+    if not handled and not act.request.force_training:
+        now_state = check_training(op.target, account=act.request.account)
+        if now_state.status == "running":
+            raise TrainctlError(
+                f"training started on {op.target} after the plan was made ({', '.join(now_state.jobs)}); not terminated"
+            )
+    done = terminate_instance(op.target, wait=False, account=act.request.account)
+    return ("done", "terminating") if done else ("already-done", "already terminated")
+
+
+def _wait_terminated(op: Operation, act: _Acting) -> tuple[str, str]:
+    wait_terminated(op.target, account=act.request.account)
+    return "done", "terminated"
+
+
+def _delete_volume(op: Operation, act: _Acting) -> tuple[str, str]:
+    result = delete_volume(op.target, min_age=act.min_age, now=act.plan.now, account=act.request.account)
+    return ("already-done", "already gone") if result.already_gone else ("done", "; ".join(result.notes))
+
+
+def _delete_snapshot(op: Operation, act: _Acting) -> tuple[str, str]:
+    gone = delete_snapshot(op.target, min_age=act.min_age, now=act.plan.now, account=act.request.account)
+    return ("done", "") if gone else ("already-done", "already gone")
+
+
+def _delete_objects(op: Operation, act: _Acting) -> tuple[str, str]:
+    assert op.bucket
+    entry = act.plan.entry(op.target)
+    window = act.policy.checkpoint_recency if entry and entry.kind == "checkpoint" else act.min_age
+    out = delete_objects(op.bucket, op.object_keys, not_after=act.plan.now - window, account=act.request.account)
+    if out["skipped"]:
+        raise TrainctlError(f"{len(out['skipped'])} object(s) were rewritten since the plan; kept")
+    return "done", f"{len(out['deleted'])} object(s)"
+
+
+def _abort_upload(op: Operation, act: _Acting) -> tuple[str, str]:
+    assert op.bucket and op.upload_id
+    aborted = abort_upload(op.bucket, op.object_keys[0], op.upload_id, account=act.request.account)
+    return ("done", "aborted") if aborted else ("already-done", "completed or aborted since")
+
+
+# The call that carries out each kind of operation: returns (status, detail).
+_RUNNERS: dict[OpKind, Callable[[Operation, _Acting], tuple[str, str]]] = {
+    OpKind.WAIT_TRAINING: _wait_training,
+    OpKind.STOP_JOB: _stop_jobs,
+    OpKind.FLUSH: _flush,
+    OpKind.KEEP_ON_TERMINATION: _keep_on_termination,
+    OpKind.DETACH: _detach,
+    OpKind.TERMINATE: _terminate,
+    OpKind.WAIT_TERMINATED: _wait_terminated,
+    OpKind.DELETE_VOLUME: _delete_volume,
+    OpKind.DELETE_SNAPSHOT: _delete_snapshot,
+    OpKind.DELETE_OBJECTS: _delete_objects,
+    OpKind.ABORT_UPLOAD: _abort_upload,
+}
 
 
 def execute_plan(plan: Plan, request: TeardownRequest, policy: TeardownPolicy, timeout_s: float) -> list[OpResult]:
     """Every operation in step order; an operation whose dependency did not succeed is skipped, never forced."""
     log = get_run_logger()
+    act = _Acting(plan, policy, request, timeout_s)
     results: dict[str, OpResult] = {}
     for step in STEPS:
         for op in plan.ops_in(step):
@@ -336,7 +375,7 @@ def execute_plan(plan: Plan, request: TeardownRequest, policy: TeardownPolicy, t
                 log.warning("skipped %s (%s)", op.id, detail)
                 continue
             try:
-                status, detail = _runner(op, plan, policy, request, timeout_s)()
+                status, detail = _RUNNERS[op.kind](op, act)
             except Exception as exc:
                 status, detail = ("already-done", "not found") if _not_found(exc) else ("failed", str(exc))
             results[op.id] = OpResult(id=op.id, step=step, status=status, detail=detail)

@@ -43,6 +43,7 @@ from core.launch import (
 )
 from core.models import Instance, Volume
 from core.recovery import launch_capacity
+from flows.cleanup import cleanup_on_failure
 from flows.launch_attempt import (
     AttemptReport,
     AttemptRequest,
@@ -53,7 +54,7 @@ from flows.launch_attempt import (
     release_volume,
 )
 from flows.reporting import StepProgress, artifact_key, markdown_report
-from tasks.code import CodePackage, check_bucket, package_agent, package_code, upload_file
+from tasks.code import CodePackage, package_agent, package_code
 from tasks.ebs import describe_volume
 from tasks.ec2_instances import LaunchRequest, describe_instance, find_launched, subnet_zone, validate_request
 from tasks.ec2_instances import terminate_instance as terminate
@@ -67,6 +68,7 @@ from tasks.jobs import (
     write_record,
 )
 from tasks.pricing import checked_launch_price
+from tasks.s3 import check_bucket, upload_file
 from tasks.ssm import CommandFailedError
 
 __all__ = ["JobFailedError", "LaunchFailedError", "LaunchReport", "train_launch"]
@@ -186,33 +188,7 @@ def _plan(spec: JobSpec) -> _Plan:
     unfinished = _unfinished_attempt(spec, previous)
     template_zone = subnet_zone(template.subnet_id, account=spec.account) if template.subnet_id else None
     template_zone = template_zone or template.availability_zone
-    volume: Volume | None = None
-    move_to: str | None = None
-    zone = template_zone
-    if spec.data_volume_id:
-        volume = describe_volume(spec.data_volume_id, account=spec.account)
-        if not volume.managed:
-            raise UsageError(
-                f"{volume.id} was not created by trainctl", fix="Adopt it first: trainctl ebs attach --adopt …"
-            )
-        if volume.attached_instance_id and not (unfinished and volume.attached_instance_id == unfinished.id):
-            raise UsageError(
-                f"{volume.id} is in use by {volume.attached_instance_id}",
-                fix=f"Detach it first: trainctl ebs detach {volume.id}",
-            )
-        if template_zone and volume.availability_zone != template_zone:
-            if not spec.move_volume_if_needed:
-                raise InvalidInputError(
-                    "data_volume_id",
-                    volume.id,
-                    f"a volume in {template_zone}, where the template launches; it is in {volume.availability_zone}",
-                    fix=f"Move it (snapshot + restore): trainctl ebs move {volume.id} {template_zone}, or pass "
-                    "move_volume_if_needed=True (--move-volume), or drop the template's subnet/AZ so the "
-                    "instance follows the volume.",
-                )
-            move_to = template_zone
-        else:
-            zone = volume.availability_zone  # the instance follows the data
+    volume, move_to, zone = _data_volume(spec, template_zone, unfinished)
     capacity = launch_capacity(spec.spot, spec.resume, spot_refused=False) or "spot"
     request = launch_request(spec, template, zone=zone, capacity=capacity)
     validate_request(request, account=spec.account)
@@ -235,6 +211,37 @@ def _plan(spec: JobSpec) -> _Plan:
         unfinished=unfinished,
         price=price,
     )
+
+
+def _data_volume(
+    spec: JobSpec, template_zone: str | None, unfinished: Instance | None
+) -> tuple[Volume | None, str | None, str | None]:
+    """The data volume (managed, free), where it must move to (the template fixes another AZ), and the AZ the
+    instance launches in (the volume's, unless it moves)."""
+    if not spec.data_volume_id:
+        return None, None, template_zone
+    volume = describe_volume(spec.data_volume_id, account=spec.account)
+    if not volume.managed:
+        raise UsageError(
+            f"{volume.id} was not created by trainctl", fix="Adopt it first: trainctl ebs attach --adopt …"
+        )
+    if volume.attached_instance_id and not (unfinished and volume.attached_instance_id == unfinished.id):
+        raise UsageError(
+            f"{volume.id} is in use by {volume.attached_instance_id}",
+            fix=f"Detach it first: trainctl ebs detach {volume.id}",
+        )
+    if not template_zone or volume.availability_zone == template_zone:
+        return volume, None, volume.availability_zone  # the instance follows the data
+    if not spec.move_volume_if_needed:
+        raise InvalidInputError(
+            "data_volume_id",
+            volume.id,
+            f"a volume in {template_zone}, where the template launches; it is in {volume.availability_zone}",
+            fix=f"Move it (snapshot + restore): trainctl ebs move {volume.id} {template_zone}, or pass "
+            "move_volume_if_needed=True (--move-volume), or drop the template's subnet/AZ so the "
+            "instance follows the volume.",
+        )
+    return volume, template_zone, template_zone
 
 
 def _claimed_record(spec: JobSpec, plan: _Plan, attempt: int) -> JobRecord:
@@ -315,18 +322,9 @@ def _launch(
     started: float,
     progress: StepProgress,
 ) -> LaunchReport:
-    log = get_run_logger()
-
+    """The runbook after validation: claim the attempt, launch it, announce it, optionally wait, report."""
     progress.step("record")
-    if plan.unfinished is not None and plan.previous is not None:
-        _end_unfinished(spec, plan.previous, plan.unfinished, plan.volume)
-    attempt = next_attempt(plan.previous)
-    staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
-    record = _claimed_record(spec, plan, attempt)
-    # The claim: of two launches of this name that read the same record, only one gets past this write, before
-    # anything is launched; the other fails with JobChangedError.
-    _save(spec, record, plan.etag)
-    log.info("job %s attempt %d recorded at %s", spec.name, attempt, jobs.job_record_uri(spec.bucket, spec.name))
+    attempt = _claim(spec, plan)
 
     progress.step("launch")
     request = AttemptRequest(
@@ -338,9 +336,43 @@ def _launch(
         move_to=plan.move_to,
         launched_by="train-launch",
     )
+    staging = jobs.staging_prefix(spec.bucket, spec.name, attempt)
     _stage(request, code, agent, staging)
     launched = _launch_with_fallback(request)
+
     progress.step("start")
+    _announce(spec, attempt, launched)
+    report = _running_report(spec, plan, code, launched, staging)
+    if options.wait:
+        progress.step("wait")
+        report = _wait_for_end(spec, options, report)
+        progress.step("finish")
+        if options.terminate_when_done and not spec.keep_instance:
+            report.instance_terminated = _finish(spec, launched.volume_id, launched.instance_id, attempt)
+    report.seconds = round(time.monotonic() - started, 1)
+    progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
+    markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", report.model_dump())
+    _raise_for_end(spec, report)
+    return report
+
+
+def _claim(spec: JobSpec, plan: _Plan) -> int:
+    """End an unfinished previous attempt, then claim the next one in the record; returns its number."""
+    if plan.unfinished is not None and plan.previous is not None:
+        _end_unfinished(spec, plan.previous, plan.unfinished, plan.volume)
+    attempt = next_attempt(plan.previous)
+    record = _claimed_record(spec, plan, attempt)
+    # The claim: of two launches of this name that read the same record, only one gets past this write, before
+    # anything is launched; the other fails with JobChangedError.
+    _save(spec, record, plan.etag)
+    get_run_logger().info(
+        "job %s attempt %d recorded at %s", spec.name, attempt, jobs.job_record_uri(spec.bucket, spec.name)
+    )
+    return attempt
+
+
+def _announce(spec: JobSpec, attempt: int, launched: AttemptReport) -> None:
+    """The `trainctl.job.launched` event (automations and the UI follow jobs by it)."""
     emit_event(
         event="trainctl.job.launched",
         resource={"prefect.resource.id": f"trainctl.job.{spec.name}", "prefect.resource.name": spec.name},
@@ -357,9 +389,13 @@ def _launch(
         },
     )
 
-    report = LaunchReport(
+
+def _running_report(
+    spec: JobSpec, plan: _Plan, code: CodePackage, launched: AttemptReport, staging: str
+) -> LaunchReport:
+    return LaunchReport(
         job=spec.name,
-        attempt=attempt,
+        attempt=launched.attempt,
         instance_id=launched.instance_id,
         instance_type=launched.instance_type,
         availability_zone=launched.availability_zone,
@@ -367,7 +403,7 @@ def _launch(
         volume_id=launched.volume_id,
         mount_point=spec.resolved_mount_point,
         checkpoint_uri=spec.resolved_checkpoint_uri,
-        log_uri=jobs.log_uri(spec.bucket, spec.name, attempt),
+        log_uri=jobs.log_uri(spec.bucket, spec.name, launched.attempt),
         staging_uri=staging,
         code_files=code.files,
         code_bytes=code.bytes,
@@ -376,32 +412,29 @@ def _launch(
         hourly_usd=plan.price.usd_per_hour if plan.price else None,
         price_source=plan.price.source if plan.price else None,
     )
-    if options.wait:
-        progress.step("wait")
-        # The record as launch_attempt left it, and its ETag: the wait records the end on it.
-        stored, etag = read_record(spec.bucket, spec.name, account=spec.account)
-        if stored is None or etag is None or stored.attempt != attempt:
-            raise JobChangedError(spec.name, spec.bucket)
-        report = _wait(spec, options, stored, etag, report)
-        progress.step("finish")
-        if options.terminate_when_done and not spec.keep_instance:
-            report.instance_terminated = _finish(spec, launched.volume_id, launched.instance_id, attempt)
-    report.seconds = round(time.monotonic() - started, 1)
-    progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
-    markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", report.model_dump())
-    _raise_for_end(spec, report)
-    return report
+
+
+def _wait_for_end(spec: JobSpec, options: LaunchOptions, report: LaunchReport) -> LaunchReport:
+    """Follow the job to its end, recording the end on the record as launch_attempt left it (and its ETag)."""
+    stored, etag = read_record(spec.bucket, spec.name, account=spec.account)
+    if stored is None or etag is None or stored.attempt != report.attempt:
+        raise JobChangedError(spec.name, spec.bucket)
+    return _wait(spec, options, stored, etag, report)
 
 
 def _stage(request: AttemptRequest, code: CodePackage, agent: CodePackage, staging: str) -> None:
     """Upload code and agent into the attempt's staging prefix (launch_attempt ships them from there)."""
     account = request.spec.account
-    try:
+    with cleanup_on_failure(
+        f"launch of {request.spec.name}",
+        lambda: "launch",
+        lambda: ["nothing launched"],
+        lambda failure: fail_attempt(request, failure.step, failure.error, failure.cleaned),
+        failed=LaunchFailedError,
+        catch=(Exception,),
+    ):
         upload_file(code.path, staging + CODE_TARBALL, account=account)
         upload_file(agent.path, staging + AGENT_TARBALL, account=account)
-    except Exception as exc:
-        fail_attempt(request, "launch", exc, ["nothing launched"])
-        raise LaunchFailedError(f"launch of {request.spec.name} failed at step 'launch': {exc}") from exc
 
 
 def _launch_with_fallback(request: AttemptRequest) -> AttemptReport:

@@ -1,6 +1,6 @@
-"""Shipping a job's code: scan the local code dir (.gitignore honoured, size limit), pack it, stage it in S3.
+"""Shipping a job's code: scan the local code dir (.gitignore honoured, size limit) and pack it.
 
-Packing reads only local files; the S3 calls are tasks like every other AWS call.
+Packing reads only local files; staging the tarballs in S3 is tasks/s3.py's (upload_file, copy_objects).
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ from pydantic import BaseModel, Field
 from core.errors import InvalidInputError, UsageError
 from core.launch import IgnoreMatcher, gitignore_matcher
 from core.paths import check_all_safe
-from core.s3uri import parse_s3_uri
-from tasks.aws import aws_task, translate
-from tasks.s3 import client
 
 
 class CodeListing(BaseModel):
@@ -135,39 +132,3 @@ def package_agent(dest: str) -> CodePackage:
     size = sum((folder / n).stat().st_size for n in files)
     digest = hashlib.sha256(Path(dest).read_bytes()).hexdigest()
     return CodePackage(path=dest, files=len(files), bytes=size, compressed_bytes=os.path.getsize(dest), sha256=digest)
-
-
-# -- S3 ---------------------------------------------------------------------------------------------------------
-
-
-@aws_task(name="check-bucket", tags=["aws-s3"])
-def check_bucket(bucket: str, *, account: str | None = None) -> None:
-    """The job's bucket exists and is reachable (checked before anything is launched)."""
-    try:
-        with translate("s3:ListBucket"):  # the IAM action HeadBucket needs
-            client(account).head_bucket(Bucket=bucket)
-    except Exception as exc:
-        if getattr(exc, "code", "") in {"404", "NoSuchBucket", "NotFound"}:
-            raise InvalidInputError(
-                "bucket", bucket, "an existing bucket", fix=f"Create it first: aws s3 mb s3://{bucket}"
-            ) from exc
-        raise
-
-
-@aws_task(name="upload-file", tags=["aws-s3"])
-def upload_file(path: str, uri: str, *, account: str | None = None) -> str:
-    parsed = parse_s3_uri(uri)
-    with translate("s3:PutObject"):
-        client(account).upload_file(path, parsed.bucket, parsed.key)
-    return str(parsed)
-
-
-@aws_task(name="copy-staged", tags=["aws-s3"])
-def copy_staged(source_prefix: str, dest_prefix: str, names: list[str], *, account: str | None = None) -> None:
-    """Copy the named objects from one staging prefix to another inside S3 (no download): a resume ships an
-    earlier attempt's code without the user's code folder."""
-    s3 = client(account)
-    for name in names:
-        source, dest = parse_s3_uri(source_prefix + name), parse_s3_uri(dest_prefix + name)
-        with translate("s3:PutObject"):  # CopyObject: s3:GetObject on the source, s3:PutObject here
-            s3.copy_object(Bucket=dest.bucket, Key=dest.key, CopySource={"Bucket": source.bucket, "Key": source.key})

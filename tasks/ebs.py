@@ -214,6 +214,19 @@ def create_volume(
             f"a trainctl volume named {spec.name!r} already exists: {existing.id} in {existing.availability_zone}",
             fix="Choose another name, use the existing volume, or delete it first.",
         )
+    request = _volume_request(spec, zone, token, job=job, extra_tags=extra_tags)
+    if source is not None:
+        request["SnapshotId"] = source.id
+        _require_managed(source, action="restore a volume from", adopt=adopt, ec2=ec2)
+    with translate("CreateVolume"):
+        created = ec2.create_volume(**request)
+    return wait_volume(ec2, created["VolumeId"], "volume_available")
+
+
+def _volume_request(
+    spec: VolumeSpec, zone: str, token: str, *, job: str | None, extra_tags: dict[str, str] | None
+) -> dict[str, Any]:
+    """The CreateVolume request: the spec's type and performance, tagged at creation."""
     tag_map = t.managed_tags(
         job=job,
         role=t.Role.DATA,
@@ -237,12 +250,7 @@ def create_volume(
         request["Throughput"] = spec.throughput
     if spec.kms_key_id:
         request["KmsKeyId"] = spec.kms_key_id
-    if source is not None:
-        request["SnapshotId"] = source.id
-        _require_managed(source, action="restore a volume from", adopt=adopt, ec2=ec2)
-    with translate("CreateVolume"):
-        created = ec2.create_volume(**request)
-    return wait_volume(ec2, created["VolumeId"], "volume_available")
+    return request
 
 
 def wait_volume(ec2: Any, volume_id: str, waiter: str) -> Volume:

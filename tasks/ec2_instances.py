@@ -211,12 +211,28 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
     any mutation. Spot refused for capacity or price raises CapacityRefusedError (EC2's code and the AZ): whether
     to ask on-demand instead is the caller's decision (core.recovery.launch_capacity)."""
     image = validate_request(request, account=account)
-    root_size = request.root_volume_gib or image.root_size_gib
     ec2 = _ec2(account)
-    token = request.client_token
-    existing = _existing_launch(ec2, token)
+    existing = _existing_launch(ec2, request.client_token)
     if existing is not None:
         return wait_running(ec2, existing.id)
+    params = {**_run_params(request, image), **_placement_params(request), **_capacity_params(request)}
+    try:
+        with translate("RunInstances"):
+            launched = ec2.run_instances(**params)["Instances"][0]
+    except AwsError as exc:
+        if request.spot and exc.code in SPOT_UNAVAILABLE:
+            zone = request.availability_zone
+            raise CapacityRefusedError(
+                exc.operation, exc.code, exc.aws_message, capacity="spot", availability_zone=zone, fix=exc.fix
+            ) from exc
+        raise
+    return wait_running(ec2, launched["InstanceId"])
+
+
+def _run_params(request: LaunchRequest, image: ImageInfo) -> dict[str, Any]:
+    """What every launch asks: the image, type, token, IMDSv2, tags at creation and an encrypted root volume."""
+    token = request.client_token
+    root_size = request.root_volume_gib or image.root_size_gib
     tag_map = t.managed_tags(
         job=request.job,
         role=request.role,
@@ -226,7 +242,7 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         client_token=token,
         extra=request.extra_tags,
     )
-    params: dict[str, Any] = {
+    return {
         "ImageId": image.image_id,
         "InstanceType": request.instance_type,
         "MinCount": 1,
@@ -251,6 +267,11 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
             }
         ],
     }
+
+
+def _placement_params(request: LaunchRequest) -> dict[str, Any]:
+    """Where and as what it runs: subnet or AZ, security groups, profile, shutdown behaviour, user data."""
+    params: dict[str, Any] = {}
     if request.subnet_id:
         params["SubnetId"] = validate_id("subnet", request.subnet_id)
     elif request.availability_zone:
@@ -264,27 +285,20 @@ def launch_instance(request: LaunchRequest, *, account: str | None = None) -> In
         params["InstanceInitiatedShutdownBehavior"] = request.shutdown_behavior
     if request.user_data:
         params["UserData"] = base64.b64encode(request.user_data.encode()).decode()
+    return params
+
+
+def _capacity_params(request: LaunchRequest) -> dict[str, Any]:
+    """Spot (one-time, terminated on interruption, under the max price) or on-demand."""
     if request.spot:
         spot_options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
         if request.max_price:
             spot_options["MaxPrice"] = request.max_price
-        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot_options}
-    else:
-        # Another token: AWS ties a ClientToken to the parameters of its first call, and a spot job's key may have
-        # been refused spot first. Same client-token tag, so a retry of this task and terminate_instance
-        # still recognise the instance.
-        params["ClientToken"] = client_token_for(request.idempotency_key + ":on-demand")
-    try:
-        with translate("RunInstances"):
-            launched = ec2.run_instances(**params)["Instances"][0]
-    except AwsError as exc:
-        if request.spot and exc.code in SPOT_UNAVAILABLE:
-            zone = request.availability_zone
-            raise CapacityRefusedError(
-                exc.operation, exc.code, exc.aws_message, capacity="spot", availability_zone=zone, fix=exc.fix
-            ) from exc
-        raise
-    return wait_running(ec2, launched["InstanceId"])
+        return {"InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": spot_options}}
+    # Another token: AWS ties a ClientToken to the parameters of its first call, and a spot job's key may have been
+    # refused spot first. Same client-token tag, so a retry of this task and terminate_instance still recognise
+    # the instance.
+    return {"ClientToken": client_token_for(request.idempotency_key + ":on-demand")}
 
 
 def wait_running(ec2: Any, instance_id: str) -> Instance:

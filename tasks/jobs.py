@@ -25,7 +25,7 @@ from core.s3uri import parse_s3_uri
 from core.shell import quote
 from tasks.aws import aws_task, translate
 from tasks.ec2_instances import find_launched, terminate_instance
-from tasks.s3 import LOST_RACE_CODES, client, get_json, is_missing, list_common_prefixes, list_objects
+from tasks.s3 import LOST_RACE_CODES, client, get_json, is_missing, list_common_prefixes, list_objects, put_conditional
 from tasks.ssm import CommandFailedError, CommandResult, run_script
 
 
@@ -81,12 +81,10 @@ def write_record(record: JobRecord, *, expected_etag: str | None, account: str |
     """Write the record if it is still as read (`expected_etag`; None: only if there is no record yet). Returns
     the new ETag, the one the next write of this writer expects. Raises JobChangedError when another won."""
     s3_bucket, key = _location(record.bucket, record.name)
-    condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
     body = json.dumps(record.model_dump(mode="json"), indent=2).encode()
     s3 = client(account)
     try:
-        with translate("s3:PutObject"):
-            put = s3.put_object(Bucket=s3_bucket, Key=key, Body=body, ContentType="application/json", **condition)
+        return put_conditional(s3, s3_bucket, key, body, expected_etag=expected_etag)
     except Exception as exc:
         code = getattr(exc, "code", "")
         if code in LOST_RACE_CODES or (expected_etag is not None and code in {"NoSuchKey", "404"}):
@@ -95,7 +93,6 @@ def write_record(record: JobRecord, *, expected_etag: str | None, account: str |
                 return mine
             raise JobChangedError(record.name, record.bucket) from exc
         raise
-    return str(put["ETag"])
 
 
 def _already_written(s3: Any, bucket: str, key: str, body: bytes) -> str | None:

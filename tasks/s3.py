@@ -108,6 +108,51 @@ def list_prefix(uri: str, *, require_objects: bool = True, account: str | None =
     return listing
 
 
+# -- buckets and single objects -------------------------------------------------------------------------------
+
+
+@aws_task(name="check-bucket", tags=["aws-s3"])
+def check_bucket(bucket: str, *, account: str | None = None) -> None:
+    """The job's bucket exists and is reachable (checked before anything is launched)."""
+    try:
+        with translate("s3:ListBucket"):  # the IAM action HeadBucket needs
+            client(account).head_bucket(Bucket=bucket)
+    except Exception as exc:
+        if getattr(exc, "code", "") in {"404", "NoSuchBucket", "NotFound"}:
+            raise InvalidInputError(
+                "bucket", bucket, "an existing bucket", fix=f"Create it first: aws s3 mb s3://{bucket}"
+            ) from exc
+        raise
+
+
+@aws_task(name="upload-file", tags=["aws-s3"])
+def upload_file(path: str, uri: str, *, account: str | None = None) -> str:
+    parsed = parse_s3_uri(uri)
+    with translate("s3:PutObject"):
+        client(account).upload_file(path, parsed.bucket, parsed.key)
+    return str(parsed)
+
+
+@aws_task(name="copy-staged", tags=["aws-s3"])
+def copy_staged(source_prefix: str, dest_prefix: str, names: list[str], *, account: str | None = None) -> None:
+    """Copy the named objects from one staging prefix to another inside S3 (no download): a resume ships an
+    earlier attempt's code without the user's code folder."""
+    s3 = client(account)
+    for name in names:
+        source, dest = parse_s3_uri(source_prefix + name), parse_s3_uri(dest_prefix + name)
+        with translate("s3:PutObject"):  # CopyObject: s3:GetObject on the source, s3:PutObject here
+            s3.copy_object(Bucket=dest.bucket, Key=dest.key, CopySource={"Bucket": source.bucket, "Key": source.key})
+
+
+def put_conditional(s3: Any, bucket: str, key: str, body: bytes, *, expected_etag: str | None) -> str:
+    """PutObject only if the object is still as read (`expected_etag`; None: only if there is none yet), so one
+    writer wins a race and no update is lost. Returns the new ETag; the refusal is raised as S3 answers it."""
+    condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
+    with translate("s3:PutObject"):
+        put = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+    return str(put["ETag"])
+
+
 # -- JSON documents -------------------------------------------------------------------------------------------
 
 
@@ -159,21 +204,13 @@ def put_json_if(uri: str, payload: Any, *, expected_etag: str | None, account: s
     """Write `payload` at `uri` only if the object is still the one read (`expected_etag`; None: only if there is
     none yet). Returns the new ETag, or None when another writer changed it first (nothing was written)."""
     parsed = parse_s3_uri(uri)
-    condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
+    body = json.dumps(payload, indent=2, default=str).encode()
     try:
-        with translate("s3:PutObject"):
-            put = client(account).put_object(
-                Bucket=parsed.bucket,
-                Key=parsed.key,
-                Body=json.dumps(payload, indent=2, default=str).encode(),
-                ContentType="application/json",
-                **condition,
-            )
+        return put_conditional(client(account), parsed.bucket, parsed.key, body, expected_etag=expected_etag)
     except AwsError as exc:
         if exc.code in LOST_RACE_CODES or (expected_etag is not None and is_missing(exc)):
             return None
         raise
-    return str(put["ETag"])
 
 
 # -- deletions and unfinished uploads -----------------------------------------------------------------------------

@@ -169,38 +169,8 @@ def run_script(
     if not script:
         raise UsageError("an empty script was given to run on the instance")
     ssm = load_account(account).client("ssm")
-    request: dict[str, Any] = {
-        "InstanceIds": [instance_id],
-        "DocumentName": "AWS-RunShellScript",
-        "Parameters": {"commands": script, "executionTimeout": [str(int(timeout_s))]},
-        "Comment": comment[:80],
-        "TimeoutSeconds": 600,
-    }
-    if output_s3_uri:
-        out = parse_s3_uri(output_s3_uri, field="output_s3_uri")
-        request["OutputS3BucketName"] = out.bucket
-        if out.key:
-            request["OutputS3KeyPrefix"] = out.key.rstrip("/")
-    command_id = _send_once(account, instance_id, request)
-    deadline = time.monotonic() + timeout_s + 660
-    attempt = 0
-    while True:
-        time.sleep(_poll_delay(attempt))
-        attempt = min(attempt + 1, 5)
-        try:
-            inv = _call_tolerating_transient(
-                ssm.get_command_invocation,
-                "GetCommandInvocation",
-                CommandId=command_id,
-                InstanceId=instance_id,
-            )
-        except Exception as exc:
-            # Right after SendCommand the invocation may not exist yet: that is not a failure.
-            if getattr(exc, "code", "") == "InvocationDoesNotExist" and time.monotonic() < deadline:
-                continue
-            raise
-        if inv["Status"] in TERMINAL or inv.get("StatusDetails") in TERMINAL_DETAILS or time.monotonic() > deadline:
-            break
+    command_id = _send_once(account, instance_id, _send_request(instance_id, script, timeout_s, output_s3_uri, comment))
+    inv = _wait_invocation(ssm, command_id, instance_id, deadline=time.monotonic() + timeout_s + 660)
     stdout, stderr = inv.get("StandardOutputContent", ""), inv.get("StandardErrorContent", "")
     if len(stdout) >= SSM_INLINE_LIMIT and output_s3_uri:
         stdout = _read_s3_output(account, inv.get("StandardOutputUrl", "")) or stdout
@@ -216,6 +186,47 @@ def run_script(
         stdout=stdout,
         stderr=stderr,
     )
+
+
+def _send_request(
+    instance_id: str, script: list[str], timeout_s: int, output_s3_uri: str | None, comment: str
+) -> dict[str, Any]:
+    """The SendCommand request; output beyond SSM's inline limit goes to `output_s3_uri` when given."""
+    request: dict[str, Any] = {
+        "InstanceIds": [instance_id],
+        "DocumentName": "AWS-RunShellScript",
+        "Parameters": {"commands": script, "executionTimeout": [str(int(timeout_s))]},
+        "Comment": comment[:80],
+        "TimeoutSeconds": 600,
+    }
+    if output_s3_uri:
+        out = parse_s3_uri(output_s3_uri, field="output_s3_uri")
+        request["OutputS3BucketName"] = out.bucket
+        if out.key:
+            request["OutputS3KeyPrefix"] = out.key.rstrip("/")
+    return request
+
+
+def _wait_invocation(ssm: Any, command_id: str, instance_id: str, *, deadline: float) -> dict[str, Any]:
+    """Poll GetCommandInvocation with backoff until the command ends (or the deadline); its last answer."""
+    attempt = 0
+    while True:
+        time.sleep(_poll_delay(attempt))
+        attempt = min(attempt + 1, 5)
+        try:
+            inv: dict[str, Any] = _call_tolerating_transient(
+                ssm.get_command_invocation,
+                "GetCommandInvocation",
+                CommandId=command_id,
+                InstanceId=instance_id,
+            )
+        except Exception as exc:
+            # Right after SendCommand the invocation may not exist yet: that is not a failure.
+            if getattr(exc, "code", "") == "InvocationDoesNotExist" and time.monotonic() < deadline:
+                continue
+            raise
+        if inv["Status"] in TERMINAL or inv.get("StatusDetails") in TERMINAL_DETAILS or time.monotonic() > deadline:
+            return inv
 
 
 @aws_task(name="run-command", tags=["aws-ssm"], retries=0)

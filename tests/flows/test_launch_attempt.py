@@ -20,9 +20,10 @@ from core.launch import AGENT_TARBALL, CODE_TARBALL
 from flows.launch_attempt import AttemptRequest, launch_attempt
 from flows.train_launch import train_launch
 from sandbox import Sandbox
-from tasks.code import package_agent, package_code, upload_file
+from tasks.code import package_agent, package_code
 from tasks.ebs import create_volume
 from tasks.jobs import read_record, write_record
+from tasks.s3 import upload_file
 from tests.flows.test_train_launch import BUCKET, _code_dir, _get_json, _job_record, _live_instances, _spec
 
 pytestmark = pytest.mark.sandbox

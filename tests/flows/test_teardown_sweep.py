@@ -36,10 +36,10 @@ from core.prewarm import mount_script, sync_manifest, sync_script
 from core.teardown import Action
 from flows.teardown import TeardownReport, TeardownRequest, safe_teardown
 from sandbox import Sandbox
-from tasks.code import package_agent, package_code, upload_file
+from tasks.code import package_agent, package_code
 from tasks.ebs import attach_volume, create_volume
 from tasks.ec2_instances import LaunchRequest, launch_instance
-from tasks.s3 import put_json, staging_uri
+from tasks.s3 import put_json, staging_uri, upload_file
 from tasks.ssm import run_command, wait_online
 from tests.conftest import exported_sandbox
 
