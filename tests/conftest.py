@@ -134,3 +134,10 @@ def start_agent_job(instance_root: str, instance_id: str, job: str, bucket: str,
     spec = {"job": job, "attempt": 1, "bucket": bucket, "command": command, "keep_instance": True}
     (job_dir / AGENT_SPEC).write_text(json.dumps(spec))
     run_command.fn(instance_id, start_agent_script(job))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Flow tests first. `make test` runs files in parallel (`--dist loadfile`), handing them out in this order: the
+    sandbox flow files take 30-130 s each, the rest a few seconds, so starting the long ones first keeps one of
+    them from running alone at the end."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/flows/") else 1)

@@ -99,6 +99,9 @@ def _final_checkpoint(cloud: Sandbox, name: str) -> tuple[int, dict[str, Any], d
     return int(latest["seq"]), _get_json(cloud, ckpt + latest["prefix"] + "state.json"), written
 
 
+# make test walks the idle stop through the flow (tests/flows/test_cost_watch.py); this one's extra cases (a GPU
+# idle while its trainer steps, no GPU, an unknown instance) run in make test-exhaustive.
+@pytest.mark.exhaustive
 def test_the_idle_gpu_is_found_over_ssm_and_stopped_with_its_checkpoint_busy_or_training_ones_are_not(
     cloud: Sandbox, tmp_path: Path
 ) -> None:

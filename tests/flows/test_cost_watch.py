@@ -138,6 +138,9 @@ def test_thresholds_fire_once_with_their_state_in_s3_nothing_stops_without_the_a
     assert code == 2 and output.count("\n") == 1 and "--job" in output, output
 
 
+# The stop itself (checkpoint verified before the instance ends, spot-watch leaving the job stopped) is walked in
+# make test by tests/flows/test_cost_actions.py; this one, the flow's wiring of it, runs in make test-exhaustive.
+@pytest.mark.exhaustive
 def test_a_job_over_budget_is_stopped_with_its_checkpoint_verified_when_the_policy_says_so(
     cloud: Sandbox, tmp_path: Path, events: list[dict[str, Any]]
 ) -> None:
