@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-exhaustive test-slow bench-transfer bench-recovery bench-inventory lint typecheck pytest install clean
+.PHONY: up down demo test test-exhaustive test-slow bench-transfer bench-recovery bench-inventory lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,14 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# The product on this machine: Prefect server (or PREFECT_API_URL), sandbox, blocks, deployments, automations and a
+# worker, in the background; prints what to open. `make down` stops what `make up` started (deployments/up.py).
+up: $(STAMP)
+	$(BIN)/python -m deployments.up
+
+down:
+	$(BIN)/python -m deployments.up --down
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

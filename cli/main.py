@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from cli import cost, ebs, iam, resources, sandbox, spot_watch, teardown, train, transfer
+from cli import cost, deploy, ebs, iam, resources, sandbox, spot_watch, teardown, train, transfer
 from cli.output import CliState, ErrorHandlingGroup, emit_json, state_of, stdout_console
 from cli.prefect_server import tie_temporary_server
 
@@ -38,6 +38,7 @@ app.command("transfer")(transfer.transfer_command)
 app.command("spot-watch")(spot_watch.spot_watch_command)
 app.command("cost")(cost.cost)
 app.command("cost-watch")(cost.cost_watch_command)
+app.command("deploy")(deploy.deploy_command)
 
 
 @app.callback()

@@ -1,55 +1,59 @@
-"""Every flow as a Prefect deployment, served from this process: `python -m deployments.serve`.
+"""Every trainctl deployment served from this process, no worker needed: `python -m deployments.serve`.
 
-Scheduling needs a real Prefect server (the ephemeral one has no scheduler): run `prefect server start`, set
-`PREFECT_API_URL`, then serve. For work pools (process, ECS, Kubernetes) use `prefect deploy --all` with
-deployments/prefect.yaml instead. spot-watch runs every minute, one run at a time: a run due while one still runs
-is cancelled (CANCEL_NEW), never queued behind it; cost-watch runs every 15 minutes, one run at a time too.
+The deployments are deployments/definitions.py's, the same `trainctl deploy` and the root prefect.yaml put on the
+work pool. Serving and a work pool cannot share a deployment name (Prefect keys a deployment by flow and name:
+the second one silently takes over the first's schedules). So serve refuses, before registering anything, when a
+deployment of that name is on a work pool: the work pool is the product's way (`make up`, `trainctl deploy`;
+it scales out to ECS or Kubernetes), serve is for a quick look on one machine. `trainctl deploy` refuses the
+other way round. Scheduling needs a real Prefect server (`trainctl server up`, or PREFECT_API_URL).
 """
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+import sys
 
 from prefect import serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import RunnerDeployment
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 
-from flows.cost_watch import PASS_INTERVAL, cost_watch
-from flows.prewarm import prewarm
-from flows.spot_watch import spot_watch
-from flows.teardown import safe_teardown
-from flows.train_launch import train_launch
-from flows.transfer import transfer
-
-TAGS = ["trainctl"]
-SPOT_WATCH_INTERVAL_S = 60
-COST_WATCH_INTERVAL_S = int(PASS_INTERVAL.total_seconds())  # 900: a budget is checked against the next pass
-# One pass at a time: two would each read the records and race for the same claims (harmless, but wasted).
-ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+from core.errors import UsageError
+from deployments.definitions import DEFINITIONS, runner_deployment
 
 
-def deployments() -> list[RunnerDeployment]:
-    """One deployment per flow; parameters are the flows' pydantic models, so the UI renders their forms."""
-    # to_deployment is sync-compatible: called from sync code it returns the deployment itself.
-    return [
-        cast(RunnerDeployment, prewarm.to_deployment(name="prewarm", tags=TAGS)),
-        cast(RunnerDeployment, train_launch.to_deployment(name="train-launch", tags=TAGS)),
-        cast(RunnerDeployment, transfer.to_deployment(name="transfer", tags=TAGS)),
-        cast(RunnerDeployment, safe_teardown.to_deployment(name="safe-teardown", tags=TAGS)),
-        cast(
-            RunnerDeployment,
-            spot_watch.to_deployment(
-                name="spot-watch", tags=TAGS, interval=SPOT_WATCH_INTERVAL_S, concurrency_limit=ONE_AT_A_TIME
-            ),
-        ),
-        cast(
-            RunnerDeployment,
-            cost_watch.to_deployment(
-                name="cost-watch", tags=TAGS, interval=COST_WATCH_INTERVAL_S, concurrency_limit=ONE_AT_A_TIME
-            ),
-        ),
-    ]
+async def on_work_pools() -> dict[str, str]:
+    """The definitions' deployments that exist on a work pool: full name → pool."""
+    found: dict[str, str] = {}
+    async with get_client() as client:
+        for definition in DEFINITIONS:
+            try:
+                existing = await client.read_deployment_by_name(definition.full_name)
+            except ObjectNotFound:
+                continue
+            if existing.work_pool_name:
+                found[definition.full_name] = existing.work_pool_name
+    return found
+
+
+def check_servable(on_pools: dict[str, str]) -> None:
+    if on_pools:
+        names = ", ".join(f"{name} (pool {pool})" for name, pool in sorted(on_pools.items()))
+        raise UsageError(
+            f"these deployments are on a work pool, and serving them would take them over: {names}",
+            fix="Start a worker instead (`prefect worker start --pool trainctl`), or delete them first "
+            "(`prefect deployment delete NAME`) to serve",
+        )
+
+
+def main() -> int:
+    try:
+        check_servable(asyncio.run(on_work_pools()))
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    serve(*[runner_deployment(d, on_work_pool=False) for d in DEFINITIONS])
+    return 0
 
 
 if __name__ == "__main__":
-    serve(*deployments())
+    raise SystemExit(main())

@@ -606,7 +606,10 @@ def cost_report(request: CostWatchRequest, *, job: str | None = None, now: datet
 
 @flow(name="cost-watch", flow_run_name="cost-watch", log_prints=True)
 def cost_watch(request: CostWatchRequest | None = None) -> CostReport:
-    """One pass (module docstring)."""
+    """One cost-watch pass: price what runs, check the thresholds, stop what the policy says to stop.
+
+    What a pass observes, prices and acts on is in the module docstring.
+    """
     request = request or CostWatchRequest()
     policy = CostPolicy.load_or_default(request.cost_policy)
     result = cost_pass(request, policy, sample=lambda ids: sample_gpus(ids, account=request.account))

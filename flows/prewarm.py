@@ -105,6 +105,10 @@ class _Held:
 
 @flow(name="prewarm", flow_run_name="prewarm-{spec.source}", log_prints=True)
 def prewarm(spec: PrewarmSpec) -> PrewarmReport:
+    """Put a dataset from S3 onto a persistent EBS volume, verified; the helper instance never outlives the run.
+
+    The runbook is in the module docstring.
+    """
     started = time.monotonic()
     progress = StepProgress(artifact_key("prewarm", str(flow_run.id or uuid.uuid4())), STEPS)
     progress.step("check source")

@@ -118,7 +118,10 @@ def _now() -> datetime:
 
 @flow(name="spot-watch", flow_run_name="spot-watch", log_prints=True)
 def spot_watch(request: SpotWatchRequest | None = None) -> SpotWatchReport:
-    """One pass (module docstring)."""
+    """One spot-watch pass: record ended and interrupted jobs, resume them as their policy says.
+
+    What a pass observes, decides and emits is in the module docstring.
+    """
     request = request or SpotWatchRequest()
     account = request.account
     looked, instances = _observe_instances(account)

@@ -411,6 +411,11 @@ def summarize(plan: Plan, results: list[OpResult], *, executed: bool, approved: 
 
 @flow(name="safe-teardown", flow_run_name="teardown-{request.label}", log_prints=True)
 def safe_teardown(request: TeardownRequest) -> TeardownReport:
+    """Remove what a job (or IDs, or the sweep's orphans) left behind, keep what must survive; dry run by default.
+
+    The plan (every resource, its action and why) is published before anything is done; the runbook is in the
+    module docstring.
+    """
     log = get_run_logger()
     run_id = str(flow_run.id or uuid.uuid4())
     policy, wait_timeout_s = _policy(request)
