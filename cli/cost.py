@@ -117,6 +117,10 @@ def cost(
     if job is not None:
         validate_job_name(job, field="--job")
     request = _request(ctx, buckets, region, cost_policy, json_output)
+    if cost_policy is not None:  # a block to read: from the Prefect API the flow commands use
+        from cli.local_server import choose_prefect_api
+
+        choose_prefect_api()
     with aws_scope(ctx) as account:
         from flows.cost_watch import cost_report
 

@@ -63,6 +63,9 @@ class CliState:
             env_names = {"region": "AWS_REGION", "profile": "AWS_PROFILE", "endpoint_url": "AWS_ENDPOINT_URL"}
             return AwsAccount.from_env({**os.environ, **{env_names[k]: v for k, v in overrides.items()}})
         validate_name(NameKind.BLOCK, self.account, field="--account")  # before Prefect is asked for it
+        from cli.local_server import choose_prefect_api
+
+        choose_prefect_api()  # the block is read where the flow runs will read it
         account = load_account(self.account)
         # A copy, not a mutation: a loaded block may be reused elsewhere in the process. The values were checked
         # above, which model_copy (no validation) would not do.
@@ -278,6 +281,10 @@ def flow_console(state: CliState, *, quiet: bool) -> Iterator[None]:
     task and once for the flow) stay on the run's page in the UI, and other lines carry no tracebacks. `quiet`:
     only warnings and errors, for a progress bar that owns the terminal (INFO lines would tear through it)."""
     from prefect.logging.handlers import PrefectConsoleHandler
+
+    from cli.local_server import choose_prefect_api
+
+    choose_prefect_api()  # every flow command runs its flow in here: the one place its Prefect API is chosen
 
     handlers = [
         h

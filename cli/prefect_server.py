@@ -1,5 +1,8 @@
 """The temporary Prefect server a command starts dies with the command, however the command ends.
 
+Flow commands use the local server (cli/local_server.py); a temporary one is started only with
+TRAINCTL_PREFECT_SERVER=temporary.
+
 Prefect starts its temporary server (`SubprocessASGIServer`, when PREFECT_API_URL is unset) with `subprocess.Popen`
 in `prefect.server.api.server`, and stops it from an atexit hook: a killed command (kill -9, OOM) left the server
 running under PID 1. `tie_temporary_server()` gives that one module a `subprocess` whose Popen runs Prefect's own

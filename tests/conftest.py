@@ -36,11 +36,16 @@ _ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
     # Price answers are cached on disk for a day (tasks/pricing.py): in the test run's folder, not the user's.
     "TRAINCTL_CACHE_DIR": str(_ROOT / "cache"),
+    # The local Prefect server's files (cli/local_server.py) in the test run's folder; a flow command outside the
+    # harness keeps Prefect's temporary server (tests/cli/test_server_command.py asks for the local one itself).
+    "TRAINCTL_DATA_DIR": str(_ROOT / "data"),
+    "TRAINCTL_PREFECT_SERVER": "temporary",
 }
 _CLEARED = (
     "PREFECT_API_URL",
     "PREFECT_API_KEY",
     "PREFECT_PROFILE",
+    "TRAINCTL_PREFECT_PORT",
     "AWS_PROFILE",
     "AWS_DEFAULT_PROFILE",
     "AWS_ENDPOINT_URL",

@@ -111,6 +111,7 @@ def test_kill_9_of_a_flow_command_takes_its_temporary_prefect_server_along() -> 
         black_hole.listen(64)
         endpoint = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the temporary server, not a harness
+        env["TRAINCTL_PREFECT_SERVER"] = "temporary"  # the opt-out from the local server this test is about
         command = [sys.executable, "-m", "cli.main", "--endpoint-url", endpoint, "teardown", "--job", "j", "--json"]
         cli = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         tree: list[int] = []

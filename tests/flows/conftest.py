@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -12,9 +13,21 @@ from sandbox import Sandbox
 from tests.conftest import exported_sandbox
 
 
+@contextmanager
+def _cli_default_prefect_api() -> Iterator[None]:
+    """The CLI's default choice of Prefect API (cli/local_server.py) for the flow commands these tests run: it must
+    take the harness's URL, so no local server may have been started by the end."""
+    from cli import local_server
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(local_server.MODE_ENV, "local")
+        yield
+    assert local_server.read_state() is None, "a flow command under the test harness started the local server"
+
+
 @pytest.fixture(scope="module")
 def sandbox_env(prefect_harness: None) -> Iterator[Sandbox]:
-    with exported_sandbox(boot_delay=0.2) as sandbox:
+    with _cli_default_prefect_api(), exported_sandbox(boot_delay=0.2) as sandbox:
         yield sandbox
 
 
