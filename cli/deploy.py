@@ -1,5 +1,6 @@
 """`trainctl deploy [--pool trainctl] [--notify TYPE/NAME]`: the work pool, the concurrency limits, every deployment
-and the automations on the Prefect server PREFECT_API_URL names (deployments/setup.py). Run it again at any time:
+and the automations on the Prefect server PREFECT_API_URL names, else on the local server (`trainctl server up`;
+started if it is not up), as flow commands do (deployments/setup.py). Run it again at any time:
 what is already as defined is left alone, and the output says so.
 """
 
@@ -34,7 +35,10 @@ def deploy_command(
 ) -> None:
     """Create or update the work pool, concurrency limits, deployments and automations on the Prefect server."""
     state_of(ctx, json_output=json_output)
+    from cli.local_server import choose_prefect_api
     from deployments.setup import deploy  # Prefect and the flows: only this command needs them
+
+    choose_prefect_api()  # PREFECT_API_URL when set, else the local server (started if it is not up)
 
     changes = asyncio.run(deploy(pool=pool, notify=notify))
     if json_output:
