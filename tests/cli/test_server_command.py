@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def cloud_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     data_dir = tmp_path_factory.mktemp("data")
     env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", local_server.MODE_ENV}}
     env.update({local_server.DATA_ENV: str(data_dir), local_server.PORT_ENV: str(_free_port())})
+    # The server's scheduler looks for due deployments every second, not every minute (the test's wait, not a fix).
+    env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "1"
     with Sandbox(boot_delay=0.1) as cloud:
         env.update(cloud.env)
         try:
@@ -146,6 +149,27 @@ def test_prefect_api_url_in_the_environment_wins(cloud_env: dict[str, str], tmp_
     assert done.returncode == 0, done.stderr
     assert STARTED not in done.stderr and not (tmp_path / "prefect-server").exists()
     assert _flow_runs(api_url)["teardown-elsewhere"] == "COMPLETED"
+
+
+def test_deploy_on_the_local_server_gets_spot_watch_scheduled_by_its_scheduler(cloud_env: dict[str, str]) -> None:
+    """The schedules run, not only exist: the local server's scheduler puts spot-watch's minute runs on the work
+    pool. (With SQLAlchemy 2.1 Prefect 3.8.8's scheduler failed on every loop and nothing was ever scheduled.)"""
+    done = _cli(cloud_env, "deploy", "--json")
+    assert done.returncode == 0, done.stderr
+    api_url = _state(Path(cloud_env[local_server.DATA_ENV]))["url"] + "/api"
+    body = {
+        "deployments": {"name": {"any_": ["spot-watch"]}},
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+    }
+    deadline = time.monotonic() + 90
+    scheduled: list[Any] = []
+    while not scheduled and time.monotonic() < deadline:
+        time.sleep(1)
+        response = httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=10, trust_env=False)
+        scheduled = response.json()
+    assert len(scheduled) >= 2, "the scheduler made no spot-watch run in 90 s (see the server's log)"
+    starts = sorted(run["expected_start_time"] for run in scheduled)
+    assert starts[0] != starts[1]  # one run a minute, not one
 
 
 def test_down_ends_the_process_and_a_second_down_is_fine(cloud_env: dict[str, str]) -> None:
