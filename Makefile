@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up down demo test test-exhaustive test-slow bench-transfer bench-recovery bench-inventory lint typecheck pytest install clean
+.PHONY: up down demo test test-exhaustive test-slow test-ui bench-transfer bench-recovery bench-inventory lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ test: lint typecheck pytest
 # Every kill -9 point of the launch and spot-watch walks (make test runs one or two of each): ~2.5 minutes.
 test-exhaustive: $(STAMP)
 	$(BIN)/pytest -q -n 4 --dist load -m exhaustive
+
+# The browser tour of the Prefect UI (tests/ui/): a real Prefect server, the served deployments, a teardown dry run
+# and a paused one, seen through Debian's headless chromium (installed here when missing and run as root); the
+# screenshots land in docs/ui/ for the README. Not in `make test`.
+test-ui: $(STAMP)
+	test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get update -qq && apt-get install -y -qq chromium; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,ui]'
+	$(BIN)/pytest -q -p no:xdist -m ui tests/ui
 
 # Transfer throughput vs aws-cli (needs `aws` on PATH) and s5cmd at the issue's sizes; minutes, prints ratios.
 bench-transfer: $(STAMP)

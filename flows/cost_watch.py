@@ -16,7 +16,7 @@ A pass (`cost_pass`, plain functions: the CLI and the bench call it without a Pr
 
 The flow then emits `trainctl.cost.threshold` once per crossing, takes the actions the policy enables (a job over
 budget before the next pass, an instance whose GPUs stayed idle: checkpoint, verified in S3, then stop —
-tasks/jobs.checkpoint_then_stop; `trainctl.cost.job-stopped` for each) and writes the table artifact
+tasks/jobs.checkpoint_then_stop; `trainctl.job.stopped` for each) and writes the table artifact
 `cost-watch-<region>-<bucket>` (per job and per resource, by cost, with the price source, the resources whose
 price is unknown, and cleanup advice with monthly savings).
 """
@@ -31,11 +31,11 @@ from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.events import emit_event
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from blocks.aws import check_region, load_account
 from blocks.policies import CostPolicy
+from core import events as ev
 from core import jobs
 from core import tags as t
 from core.cost import (
@@ -54,11 +54,13 @@ from core.cost import (
     summarize,
 )
 from core.errors import InvalidInputError
+from core.events import MAX_RELATED
 from core.idle import GpuReading, IdleHistory, IdleVerdict, idle_verdicts, merge_history
 from core.jobs import JobRecord, StopReason
 from core.models import Instance, Inventory, Snapshot, StoredObject, Volume
 from core.s3uri import parse_s3_uri, validate_buckets
 from core.teardown import TeardownPolicy, find_orphans
+from flows.events import emit, emit_job
 from flows.reporting import artifact_key
 from tasks.gpu import sample_gpus
 from tasks.inventory import collect_inventory
@@ -68,7 +70,6 @@ from tasks.s3 import client, get_tagged, list_objects, put_json_if
 
 PASS_INTERVAL = timedelta(minutes=15)  # the deployment's schedule: a budget is checked against the next pass
 STATE_KEY = "trainctl/cost-watch/state.json"
-MAX_RELATED = 20  # resources named in one event (a threshold over 1,000 resources names the costliest)
 
 
 class CostWatchRequest(BaseModel):
@@ -624,23 +625,12 @@ def cost_watch(request: CostWatchRequest | None = None) -> CostReport:
     return report
 
 
-def _related(resource_ids: Iterable[str]) -> list[dict[str, str]]:
-    kinds = {"i-": "instance", "vol-": "volume", "snap-": "snapshot"}
-    related = []
-    for rid in list(resource_ids)[:MAX_RELATED]:
-        kind = next((k for prefix, k in kinds.items() if rid.startswith(prefix)), None)
-        if kind is not None:
-            related.append({"prefect.resource.id": f"aws.ec2.{kind}.{rid}", "prefect.resource.role": kind})
-    return related
-
-
 def _emit_threshold(report: CostReport, crossing: Crossing, view: CostView) -> None:
-    what = f"trainctl.job.{crossing.job}" if crossing.job else f"trainctl.cost.{view.region}"
-    emit_event(
-        event="trainctl.cost.threshold",
-        resource={"prefect.resource.id": what, "prefect.resource.name": crossing.job or view.region},
-        related=_related(crossing.resources),
-        payload={
+    emit(
+        ev.COST_THRESHOLD,
+        ev.job_resource(crossing.job) if crossing.job else ev.region_resource(view.region),
+        ev.related(crossing.resources),
+        {
             "threshold": crossing.threshold,
             "key": crossing.key,
             "amount_usd": crossing.amount_usd,
@@ -668,18 +658,17 @@ def _stop(report: CostReport, record: JobRecord, reason: StopReason, account: st
     report.actions.append(ActionRow(**taken, reason=reason.value, detail=f"{why}; {done.detail}"))
     if done.outcome != "stopped":
         return
-    emit_event(
-        event="trainctl.cost.job-stopped",
-        resource={"prefect.resource.id": f"trainctl.job.{record.name}", "prefect.resource.name": record.name},
-        related=_related([done.instance_id] if done.instance_id else []),
-        payload={
-            "job": record.name,
-            "bucket": record.bucket,
-            "reason": reason.value,
-            "why": why,
-            "checkpoint_verified": done.checkpoint_verified,
-            "checkpoint_uri": done.checkpoint_uri,
-        },
+    emit_job(
+        ev.JOB_STOPPED,
+        record.name,
+        bucket=record.bucket,
+        resource_ids=[done.instance_id, record.volume_id],
+        attempt=record.attempt,
+        by="cost-watch",
+        reason=reason.value,
+        why=why,
+        checkpoint_verified=done.checkpoint_verified,
+        checkpoint_uri=done.checkpoint_uri,
     )
 
 

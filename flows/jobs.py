@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core import events as ev
 from core import jobs
 from core.errors import UsageError
 from core.jobs import JobRecord
+from flows.events import emit_job
 from tasks.code import CodeListing, scan_code_dir
 from tasks.ec2_instances import describe_instance
 from tasks.jobs import JobStopReport, current_record, poll_agent, read_agent_status, read_log
@@ -118,5 +120,18 @@ def stream_log(
 def stop_job(
     bucket: str, job: str, *, grace_s: float = 30.0, keep_instance: bool = False, account: str | None = None
 ) -> JobStopReport:
-    """Stop the job's current attempt through its agent, whatever its state (tasks.jobs.stop_job)."""
-    return stop_job_task.fn(bucket, job, grace_s=grace_s, keep_instance=keep_instance, account=account)
+    """Stop the job's current attempt through its agent, whatever its state (tasks.jobs.stop_job), and tell it
+    (`trainctl.job.stopped`) when it was stopped now."""
+    report = stop_job_task.fn(bucket, job, grace_s=grace_s, keep_instance=keep_instance, account=account)
+    if report.outcome == "stopped":
+        emit_job(
+            ev.JOB_STOPPED,
+            job,
+            bucket=bucket,
+            resource_ids=[report.instance_id],
+            attempt=report.attempt,
+            by="trainctl job stop",
+            reason="asked",
+            why=report.detail,
+        )
+    return report

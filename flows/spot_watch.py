@@ -12,8 +12,9 @@ A pass:
    pass. A resume claims attempt n+1 (`resuming`) by such a write before anything is launched, so two passes at
    the same moment launch once; the launch's idempotency key is job + attempt, so a retried launch finds its
    instance;
-3. emits events (trainctl.spot.warning / .interrupted, trainctl.job.resumed / .gave-up / .ended) and writes the
-   job's history (`job-<name>-history`) when the job changed, and the pass's own table (`spot-watch`).
+3. emits events (trainctl.spot.warning; trainctl.job.finished / .failed / .stopped / .interrupted / .resumed /
+   .gave-up, through flows/events.py) and writes the job's history (`job-<name>-history`) when the job changed,
+   and the pass's own table (`spot-watch`).
 
 A moved volume's original is kept (tasks/ebs.move_volume renames it `<name>@<old-az>`; DESIGN.md section 3):
 deleting it is the user's call, or teardown's.
@@ -27,10 +28,10 @@ from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.events import emit_event
 from pydantic import AfterValidator, BaseModel, Field
 
 from blocks.aws import load_account
+from core import events as ev
 from core import jobs
 from core import tags as t
 from core.errors import CapacityRefusedError
@@ -41,6 +42,7 @@ from core.models import Instance
 from core.recovery import Act, CapacityView, Decision, Observation, decide
 from core.s3uri import validate_buckets
 from core.spot import SpotInterruption, spot_interruption
+from flows.events import emit_job
 from flows.launch_attempt import AttemptRequest, launch_attempt
 from flows.reporting import artifact_key
 from tasks.capacity import placement_scores, zones_offering
@@ -283,14 +285,23 @@ def _record_end(job: _Job, decision: Decision, report: SpotWatchReport, account:
         JobStatus(agent.status), exit_code=agent.exit_code, finished_at=agent.ended_at or _now()
     )
     _save(job, updated, account)
-    _emit(report, "trainctl.job.ended", updated, decision.reason, instance_id=updated.instance_id)
+    event = _END_EVENTS.get(updated.status, ev.JOB_FAILED)
+    _emit(report, event, updated, decision.reason, updated.instance_id, updated.volume_id)
     return True
+
+
+# How an attempt that ended by itself is told (anything else that ended it is a failure).
+_END_EVENTS = {
+    JobStatus.SUCCEEDED: ev.JOB_FINISHED,
+    JobStatus.STOPPED: ev.JOB_STOPPED,
+    JobStatus.INTERRUPTED: ev.JOB_INTERRUPTED,
+}
 
 
 def _record_lost(job: _Job, decision: Decision, report: SpotWatchReport, account: str | None) -> bool:
     updated = job.record.with_status(JobStatus.FAILED, message=decision.reason, finished_at=_now())
     _save(job, updated, account)
-    _emit(report, "trainctl.job.ended", updated, decision.reason, instance_id=updated.instance_id)
+    _emit(report, ev.JOB_FAILED, updated, decision.reason, updated.instance_id, updated.volume_id)
     return True
 
 
@@ -299,21 +310,14 @@ def _record_interruption(job: _Job, decision: Decision, report: SpotWatchReport,
     ended = (seen.job_exited_at or seen.notice_seen_at) if seen else None
     updated = job.record.with_status(JobStatus.INTERRUPTED, message=decision.reason, finished_at=ended or _now())
     _save(job, updated, account)
-    _emit(
-        report,
-        "trainctl.spot.interrupted",
-        updated,
-        decision.reason,
-        instance_id=updated.instance_id,
-        volume_id=updated.volume_id,
-    )
+    _emit(report, ev.JOB_INTERRUPTED, updated, decision.reason, updated.instance_id, updated.volume_id)
     return True
 
 
 def _give_up(job: _Job, decision: Decision, report: SpotWatchReport, account: str | None) -> bool:
     updated = job.record.with_status(JobStatus.GAVE_UP, message=decision.reason)
     _save(job, updated, account)
-    _emit(report, "trainctl.job.gave-up", updated, decision.reason, volume_id=updated.volume_id)
+    _emit(report, ev.JOB_GAVE_UP, updated, decision.reason, updated.volume_id)
     return False
 
 
@@ -333,7 +337,7 @@ def _abandon_launch(job: _Job, decision: Decision, report: SpotWatchReport, acco
         terminate_instance(instance.id, idempotency_key=key, account=account)
     updated = record.with_status(JobStatus.FAILED, message=decision.reason, finished_at=_now())
     _save(job, updated, account)
-    _emit(report, "trainctl.job.ended", updated, decision.reason, instance_id=instance.id if instance else None)
+    _emit(report, ev.JOB_FAILED, updated, decision.reason, instance.id if instance else None, updated.volume_id)
     return False
 
 
@@ -367,11 +371,11 @@ def _resume(job: _Job, decision: Decision, report: SpotWatchReport, account: str
     _record_time_lost(job, decision.attempt, account)
     _emit(
         report,
-        "trainctl.job.resumed",
+        ev.JOB_RESUMED,
         record,
         decision.reason,
-        instance_id=launched.instance_id,
-        volume_id=launched.volume_id,
+        launched.instance_id,
+        launched.volume_id,
         attempt=decision.attempt,
     )
     job.changed = True
@@ -426,13 +430,13 @@ def _warn_of_notice(job: _Job, decision: Decision, report: SpotWatchReport) -> N
     """A spot notice on a live attempt (EC2 marked the instance, or the agent recorded it), once per pass."""
     observation = job.observation
     instance = observation.instance
-    if f"trainctl.spot.warning {job.record.name}" in report.events or instance is None or instance.state not in _UP:
+    if f"{ev.SPOT_WARNING} {job.record.name}" in report.events or instance is None or instance.state not in _UP:
         return
     if job.before not in {JobStatus.PENDING.value, JobStatus.RUNNING.value}:
         return
     noticed = spot_interruption(instance) == SpotInterruption.BEING_INTERRUPTED or observation.interruption
     if noticed and instance.id == job.record.instance_id:
-        _emit(report, "trainctl.spot.warning", job.record, decision.reason, instance_id=instance.id)
+        _emit(report, ev.SPOT_WARNING, job.record, decision.reason, instance.id, job.record.volume_id)
 
 
 def _emit(
@@ -440,22 +444,17 @@ def _emit(
     event: str,
     record: JobRecord,
     reason: str,
-    *,
-    instance_id: str | None = None,
-    volume_id: str | None = None,
-    snapshot_id: str | None = None,
+    *resource_ids: str | None,
     attempt: int | None = None,
 ) -> None:
-    related = [
-        {"prefect.resource.id": f"aws.ec2.{kind}.{rid}", "prefect.resource.role": kind}
-        for kind, rid in (("instance", instance_id), ("volume", volume_id), ("snapshot", snapshot_id))
-        if rid
-    ]
-    emit_event(
-        event=event,
-        resource={"prefect.resource.id": f"trainctl.job.{record.name}", "prefect.resource.name": record.name},
-        related=related,
-        payload={"job": record.name, "bucket": record.bucket, "attempt": attempt or record.attempt, "reason": reason},
+    """The job's event (flows/events.py), noted in the pass's report."""
+    emit_job(
+        event,
+        record.name,
+        bucket=record.bucket,
+        resource_ids=resource_ids,
+        attempt=attempt or record.attempt,
+        reason=reason,
     )
     report.events.append(f"{event} {record.name}")
 

@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, model_validator
 
 from blocks.policies import SafetyPolicy
+from core import events as ev
 from core.errors import TrainctlError
 from core.jobs import validate_job_name
 from core.models import Inventory, ManagedResource
@@ -35,6 +36,7 @@ from core.safety import Reason
 from core.teardown import (
     STEPS,
     Action,
+    Entry,
     JobStorage,
     Operation,
     OpKind,
@@ -45,6 +47,7 @@ from core.teardown import (
     TrainingState,
     plan_teardown,
 )
+from flows.events import emit_job
 from flows.reporting import artifact_key
 from tasks.checkpoints import list_bucket_leftovers, list_job_storage
 from tasks.ebs import delete_snapshot, delete_volume, detach_volume
@@ -472,7 +475,33 @@ def safe_teardown(request: TeardownRequest) -> TeardownReport:
 
     # 6. Act, in order.
     results = execute_plan(plan, request, policy, wait_timeout_s)
-    return _finish(summarize(plan, results, executed=True, approved=approved), run_id)
+    report = summarize(plan, results, executed=True, approved=approved)
+    _announce_torn_down(report, request.bucket)
+    return _finish(report, run_id)
+
+
+def _announce_torn_down(report: TeardownReport, bucket: str | None) -> None:
+    """`trainctl.job.torn-down` for each job this run changed something of (a dry run never gets here): what was
+    acted on is related, the payload says what is gone, what failed and what was kept."""
+    acted = {r.id.split(":", 1)[1] for r in report.results if r.status == "done"}
+    by_job: dict[str, list[Entry]] = {}
+    for entry in report.plan.entries:
+        if entry.job:
+            by_job.setdefault(entry.job, []).append(entry)
+    for job, entries in sorted(by_job.items()):
+        ids = [e.id for e in entries]
+        if not acted.intersection(ids):
+            continue
+        emit_job(
+            ev.JOB_TORN_DOWN,
+            job,
+            bucket=bucket,
+            resource_ids=[i for i in ids if i in acted],
+            deleted=[i for i in ids if i in report.deleted],
+            failed=[r.id for r in report.failed if r.id.split(":", 1)[1] in ids],
+            kept=[k.id for k in report.kept if k.id in ids],
+            approved=report.approved,
+        )
 
 
 def _finish(report: TeardownReport, run_id: str) -> TeardownReport:

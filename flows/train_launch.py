@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from blocks.templates import load_template
+from core import events as ev
 from core import jobs
 from core.cost import LaunchPrice
 from core.errors import AwsError, CapacityRefusedError, InvalidInputError, TrainctlError, UsageError
@@ -44,6 +44,7 @@ from core.launch import (
 from core.models import Instance, Volume
 from core.recovery import launch_capacity
 from flows.cleanup import cleanup_on_failure
+from flows.events import emit_job
 from flows.launch_attempt import (
     AttemptReport,
     AttemptRequest,
@@ -373,20 +374,15 @@ def _claim(spec: JobSpec, plan: _Plan) -> int:
 
 def _announce(spec: JobSpec, attempt: int, launched: AttemptReport) -> None:
     """The `trainctl.job.launched` event (automations and the UI follow jobs by it)."""
-    emit_event(
-        event="trainctl.job.launched",
-        resource={"prefect.resource.id": f"trainctl.job.{spec.name}", "prefect.resource.name": spec.name},
-        related=[
-            {"prefect.resource.id": f"aws.ec2.instance.{launched.instance_id}", "prefect.resource.role": "instance"}
-        ],
-        payload={
-            "job": spec.name,
-            "attempt": attempt,
-            "instance_id": launched.instance_id,
-            "capacity_type": launched.capacity_type,
-            "availability_zone": launched.availability_zone,
-            "bucket": spec.bucket,
-        },
+    emit_job(
+        ev.JOB_LAUNCHED,
+        spec.name,
+        bucket=spec.bucket,
+        resource_ids=[launched.instance_id, launched.volume_id],
+        attempt=attempt,
+        instance_id=launched.instance_id,
+        capacity_type=launched.capacity_type,
+        availability_zone=launched.availability_zone,
     )
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+import flows.events
 from sandbox import Sandbox
 from tests.conftest import exported_sandbox
 
@@ -38,9 +38,11 @@ def cloud(sandbox_env: Sandbox) -> Sandbox:
     return sandbox_env
 
 
-def record_events(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[dict[str, Any]]:
-    """Every event `module` emits (name, resource, related, payload), recorded as Prefect receives them."""
+def record_events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every event trainctl emits (all go through flows/events.py): name, resource, related and payload, recorded
+    as Prefect receives them."""
     emitted: list[dict[str, Any]] = []
+    module = flows.events
     real = module.emit_event
 
     def record(**kwargs: Any) -> Any:

@@ -19,7 +19,6 @@ from cli.main import app
 from core import jobs
 from core import tags as t
 from core.jobs import JobRecord, JobSpec, StopReason, TemplateSpec
-from flows import cost_watch as cost_watch_module
 from flows.cost_watch import STATE_KEY, CostWatchRequest, cost_watch
 from flows.train_launch import train_launch
 from sandbox import Sandbox
@@ -35,7 +34,7 @@ UNPRICED_TYPE = "m6i.large"  # moto runs it; the sandbox's Pricing API lists no 
 
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    return record_events(monkeypatch, cost_watch_module)
+    return record_events(monkeypatch)
 
 
 def _launch(cloud: Sandbox, code: str, name: str, *, budget_usd: float | None = None, step_seconds: float = 0.1) -> str:
@@ -159,8 +158,10 @@ def test_a_job_over_budget_is_stopped_with_its_checkpoint_verified_when_the_poli
     assert _state_of(cloud, instance_id) == "terminated"
     latest = _get_json(cloud, jobs.default_checkpoint_uri(BUCKET, "costly") + jobs.LATEST_NAME)
     assert _get_json(cloud, jobs.default_checkpoint_uri(BUCKET, "costly") + latest["prefix"] + jobs.MANIFEST_NAME)
-    stopped = [e for e in events if e["event"] == "trainctl.cost.job-stopped"]
+    stopped = [e for e in events if e["event"] == "trainctl.job.stopped"]
     assert [e["payload"]["reason"] for e in stopped] == ["budget"] and stopped[0]["payload"]["checkpoint_verified"]
+    assert stopped[0]["resource"]["prefect.resource.id"] == "trainctl.job.costly"
+    assert f"aws.ec2.instance.{instance_id}" in {r["prefect.resource.id"] for r in stopped[0]["related"]}
     assert not [e for e in events if e["event"] == "trainctl.cost.threshold"]  # $0.05 is not crossed yet
 
 
@@ -193,5 +194,5 @@ def test_an_instance_whose_gpu_stays_idle_has_its_job_stopped_with_its_checkpoin
     assert (record.status, record.current.stop_reason) == ("stopped", StopReason.IDLE_GPU)
     assert _state_of(cloud, stuck) == "terminated" and _state_of(cloud, busy) == "running"
     assert _record(cloud, "busy").status == "running"
-    stopped = [e["payload"]["job"] for e in events if e["event"] == "trainctl.cost.job-stopped"]
+    stopped = [e["payload"]["job"] for e in events if e["event"] == "trainctl.job.stopped"]
     assert stopped == ["stuck"]

@@ -23,6 +23,7 @@ from sandbox import Sandbox
 from tasks.ebs import create_volume
 from tasks.ec2_instances import LaunchRequest, launch_instance
 from tasks.jobs import write_record
+from tests.flows.conftest import record_events
 from tests.flows.test_train_launch import BUCKET, _code_dir, _final_state, _get_json, _spec
 
 pytestmark = pytest.mark.sandbox
@@ -48,7 +49,14 @@ def _stop(name: str, *options: str) -> str:
     return str(result.stdout)
 
 
-def test_train_stop_checkpoints_records_stopped_and_ends_the_instance(cloud: Sandbox, tmp_path: Path) -> None:
+def _related(event: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(r["prefect.resource.role"], r["prefect.resource.id"]) for r in event["related"]}
+
+
+def test_train_stop_checkpoints_records_stopped_and_ends_the_instance(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = record_events(monkeypatch)
     cloud.client("s3").create_bucket(Bucket=BUCKET)
     volume = create_volume.fn(VolumeSpec(name="stop-data", size_gib=10), availability_zone="us-east-1a")
     code = _code_dir(tmp_path)
@@ -79,6 +87,22 @@ def test_train_stop_checkpoints_records_stopped_and_ends_the_instance(cloud: San
     before = _get_json(cloud, jobs.job_record_uri(BUCKET, "stop-me"))
     assert "already ended (stopped): nothing to stop" in _stop("stop-me")
     assert _get_json(cloud, jobs.job_record_uri(BUCKET, "stop-me")) == before
+    # The job's life as events: launched, then stopped once (the second stop changed nothing, so said nothing).
+    told = [(e["event"], e["resource"]["prefect.resource.id"]) for e in events]
+    assert told == [
+        ("trainctl.job.launched", "trainctl.job.stop-me"),
+        ("trainctl.job.launched", "trainctl.job.stop-kept"),
+        ("trainctl.job.stopped", "trainctl.job.stop-me"),
+        ("trainctl.job.stopped", "trainctl.job.stop-kept"),
+    ]
+    launched, stopped = events[0], events[2]
+    assert _related(launched) == {
+        ("instance", f"aws.ec2.instance.{ended.instance_id}"),
+        ("volume", f"aws.ec2.volume.{volume.id}"),
+        ("bucket", f"aws.s3.bucket.{BUCKET}"),
+    }
+    assert ("instance", f"aws.ec2.instance.{ended.instance_id}") in _related(stopped)
+    assert stopped["payload"]["by"] == "trainctl job stop" and stopped["payload"]["attempt"] == 1
 
 
 def _killed_launch(name: str, *, recorded_instance: bool) -> str:
@@ -115,9 +139,14 @@ def test_train_stop_after_a_launch_killed_before_the_ship_step_ends_its_instance
         assert (record.status, record.attempt) == ("stopped", 1)
 
 
-def test_teardown_stops_a_job_through_its_agent(cloud: Sandbox, tmp_path: Path) -> None:
+def test_teardown_stops_a_job_through_its_agent(
+    cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cloud.client("s3").create_bucket(Bucket=BUCKET)
     report = _launch_long(cloud, _code_dir(tmp_path), "torn")
+    events = record_events(monkeypatch)
+    planned = safe_teardown(TeardownRequest(job="torn", bucket=BUCKET, force=True, force_training=True))
+    assert planned.plan.operations and events == []  # a dry run tells nothing happened, since nothing did
     done = safe_teardown(TeardownRequest(job="torn", bucket=BUCKET, dry_run=False, force=True, force_training=True))
     assert not done.failed, done.failed
     status = _get_json(cloud, jobs.status_uri(BUCKET, "torn", 1))
@@ -126,3 +155,7 @@ def test_teardown_stops_a_job_through_its_agent(cloud: Sandbox, tmp_path: Path) 
     assert state["sigterm_received_at"] is not None and state["step"] >= 2  # saved on the stop
     assert _get_json(cloud, jobs.job_record_uri(BUCKET, "torn"))["status"] == "stopped"
     assert _state(cloud, report.instance_id) == "terminated"
+    [torn] = [e for e in events if e["event"] == "trainctl.job.torn-down"]
+    assert torn["resource"]["prefect.resource.id"] == "trainctl.job.torn"
+    assert ("instance", f"aws.ec2.instance.{report.instance_id}") in _related(torn)
+    assert report.instance_id in torn["payload"]["deleted"] and torn["payload"]["failed"] == []

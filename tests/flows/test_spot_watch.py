@@ -124,7 +124,11 @@ def _artifact_rows(key: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every event the passes emit (name, resource, related, payload), recorded as Prefect receives them."""
-    return record_events(monkeypatch, spot_watch_module)
+    return record_events(monkeypatch)
+
+
+def _related(event: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(r["prefect.resource.role"], r["prefect.resource.id"]) for r in event["related"]}
 
 
 def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_racing_or_killed_passes(
@@ -156,12 +160,21 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_
     # What was said about it: the events, the job's history artifact, `train status`.
     said = {(e["event"], e["resource"]["prefect.resource.id"]) for e in events}
     assert {
-        ("trainctl.spot.interrupted", "trainctl.job.resumes"),
+        ("trainctl.job.interrupted", "trainctl.job.resumes"),
         ("trainctl.job.resumed", "trainctl.job.resumes"),
     } <= said
+    interrupted_event = next(e for e in events if e["event"] == "trainctl.job.interrupted")
+    assert _related(interrupted_event) >= {
+        ("instance", f"aws.ec2.instance.{first.instance_id}"),
+        ("volume", f"aws.ec2.volume.{volume.id}"),
+        ("bucket", f"aws.s3.bucket.{BUCKET}"),
+    }
     resumed_event = next(e for e in events if e["event"] == "trainctl.job.resumed")
     assert resumed_event["payload"]["attempt"] == 2
-    assert f"aws.ec2.instance.{new.instance_id}" in {r["prefect.resource.id"] for r in resumed_event["related"]}
+    assert _related(resumed_event) >= {
+        ("instance", f"aws.ec2.instance.{new.instance_id}"),
+        ("volume", f"aws.ec2.volume.{volume.id}"),
+    }
     history = _artifact_rows("job-resumes-history")
     assert [(r["attempt"], r["instance"]) for r in history] == [("1", first.instance_id), ("2", new.instance_id)]
     out = CliRunner().invoke(app, ["train", "status", "resumes", "--bucket", BUCKET])
@@ -177,7 +190,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_on_its_volume_once_with_
     assert {j.after for r in throttled for j in r.jobs} <= {"running"}  # judged running, or skipped this pass
     assert [i["InstanceId"] for i in _live_instances(cloud, "resumes")] == [new.instance_id]
     assert _record(cloud, "resumes").attempt == 2
-    assert [e["event"] for e in events].count("trainctl.spot.interrupted") == 1
+    assert [e["event"] for e in events].count("trainctl.job.interrupted") == 1
 
     # Attempt 2 is interrupted too, and a pass was killed after recording it: two passes then run at the same
     # moment, both read the `interrupted` record, both decide to resume; one claims attempt 3, one instance.

@@ -16,7 +16,6 @@ from core import jobs
 from core.ebs import VolumeSpec
 from core.jobs import JobSpec, JobStatus, ResumePolicy
 from core.recovery import INSTANCE_END_GRACE
-from flows import spot_watch as spot_watch_module
 from flows.spot_watch import JobPass, SpotWatchRequest, spot_watch
 from flows.train_launch import train_launch
 from sandbox import Sandbox
@@ -44,7 +43,7 @@ AZ = "us-east-1a"
 @pytest.fixture
 def emitted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every event the passes emit, as Prefect receives them."""
-    return record_events(monkeypatch, spot_watch_module)
+    return record_events(monkeypatch)
 
 
 def _rewrite(job: str, **attempt: Any) -> None:
@@ -126,8 +125,18 @@ def test_a_pass_ends_a_kept_instance_abandons_a_dead_launch_and_gives_up_after_t
     gave_up = [e for e in emitted if e["event"] == "trainctl.job.gave-up"]
     assert [e["resource"]["prefect.resource.id"] for e in gave_up] == ["trainctl.job.last"]
     assert "all 1 attempts used" in gave_up[0]["payload"]["reason"]
-    ended = {e["payload"]["job"]: e for e in emitted if e["event"] == "trainctl.job.ended"}
-    assert f"aws.ec2.instance.{dead}" in {r["prefect.resource.id"] for r in ended["dead"]["related"]}
+    failed = {e["payload"]["job"]: e for e in emitted if e["event"] == "trainctl.job.failed"}
+    assert {r["prefect.resource.id"] for r in failed["dead"]["related"]} >= {
+        f"aws.ec2.instance.{dead}",
+        f"aws.ec2.volume.{dead_volume.id}",
+    }
+    [finished_event] = [e for e in emitted if e["event"] == "trainctl.job.finished"]
+    assert finished_event["resource"] == {"prefect.resource.id": "trainctl.job.kept", "prefect.resource.name": "kept"}
+    assert {(r["prefect.resource.role"], r["prefect.resource.id"]) for r in finished_event["related"]} == {
+        ("instance", f"aws.ec2.instance.{kept.instance_id}"),
+        ("volume", f"aws.ec2.volume.{kept_volume.id}"),
+        ("bucket", f"aws.s3.bucket.{BUCKET}"),
+    }
 
     # kept, past the grace: its instance is ended; its data volume survives the termination.
     finished = _record(cloud, "kept").current.finished_at

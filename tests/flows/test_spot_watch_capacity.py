@@ -17,7 +17,6 @@ from core import jobs
 from core import tags as t
 from core.ebs import VolumeSpec
 from core.jobs import JobStatus, RecoveryStrategy, ResumePolicy, TemplateSpec
-from flows import spot_watch as spot_watch_module
 from flows.spot_watch import SpotWatchReport
 from flows.train_launch import train_launch
 from sandbox import Sandbox
@@ -43,7 +42,7 @@ pytestmark = pytest.mark.sandbox
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every event the passes emit, recorded as Prefect receives them."""
-    return record_events(monkeypatch, spot_watch_module)
+    return record_events(monkeypatch)
 
 
 def test_no_capacity_in_the_volumes_az_moves_the_volume_or_resumes_on_demand(
@@ -148,8 +147,13 @@ def test_a_pass_records_ended_jobs_and_reports_unreadable_records(
     assert _volume(cloud, volume.id)["State"] == "available"
     assert _get_json(cloud, jobs.default_checkpoint_uri(BUCKET, "ends") + jobs.LATEST_NAME)["seq"] >= 1
     assert {(e["event"], e["payload"]["job"]) for e in events} >= {
-        ("trainctl.job.ended", "ends"),
-        ("trainctl.job.ended", "ends-bad"),
+        ("trainctl.job.finished", "ends"),
+        ("trainctl.job.failed", "ends-bad"),
+    }
+    finished = next(e for e in events if e["event"] == "trainctl.job.finished")
+    assert {r["prefect.resource.id"] for r in finished["related"]} >= {
+        f"aws.ec2.instance.{done.instance_id}",
+        f"aws.ec2.volume.{volume.id}",
     }
     # The unreadable records: reported in the pass's artifact, left byte for byte as they were.
     assert s3.get_object(Bucket=BUCKET, Key=corrupt_key)["Body"].read() == b'{"name": "corrupt", "status": '
