@@ -626,6 +626,8 @@ def cost_watch(request: CostWatchRequest | None = None) -> CostReport:
 
 
 def _emit_threshold(report: CostReport, crossing: Crossing, view: CostView) -> None:
+    # The job's bucket rides along: the automation's dry-run teardown then plans with the job's S3 state too.
+    bucket = next((r.bucket for r in view.records if crossing.job and r.name == crossing.job), None)
     emit(
         ev.COST_THRESHOLD,
         ev.job_resource(crossing.job) if crossing.job else ev.region_resource(view.region),
@@ -636,6 +638,7 @@ def _emit_threshold(report: CostReport, crossing: Crossing, view: CostView) -> N
             "amount_usd": crossing.amount_usd,
             "limit_usd": crossing.limit_usd,
             "job": crossing.job,
+            "bucket": bucket,
             "region": view.region,
             "resources": list(crossing.resources[:MAX_RELATED]),
         },

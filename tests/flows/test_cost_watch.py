@@ -101,6 +101,7 @@ def test_thresholds_fire_once_with_their_state_in_s3_nothing_stops_without_the_a
     assert hourly["limit_usd"] == 0.1 and hourly["amount_usd"] >= 0.2  # the g5.xlarge on spot; the m6i: no price
     budget = fired["job-budget:pricey"]
     assert budget["payload"]["job"] == "pricey" and budget["resource"]["prefect.resource.id"] == "trainctl.job.pricey"
+    assert budget["payload"]["bucket"] == BUCKET and hourly["bucket"] is None  # the automation's teardown needs it
     assert f"aws.ec2.instance.{instance_id}" in {r["prefect.resource.id"] for r in budget["related"]}
     assert unpriced not in budget["payload"]["resources"]
     above = _state(cloud)["thresholds"]["above"]
