@@ -3,7 +3,7 @@ detached, on 127.0.0.1; every later flow command talks to it, so none pays a ser
 its UI. `PREFECT_API_URL` (environment or the active Prefect profile) always wins; `TRAINCTL_PREFECT_SERVER=temporary`
 keeps Prefect's temporary server per command (cli/prefect_server.py ties it to the command).
 
-Its files live in `$TRAINCTL_DATA_DIR/prefect-server/` (default `${XDG_DATA_HOME:-~/.local/share}/trainctl/`): the
+Its files live in `$TRAINCTL_DATA_HOME/prefect-server/` (default `${XDG_DATA_HOME:-~/.local/share}/trainctl/`): the
 server's PREFECT_HOME (its database), `server.log`, and `server.json` (URL and PID). Standard library only: `up`,
 `down` and `status` never import Prefect (~2 s).
 """
@@ -29,7 +29,7 @@ from core.errors import InvalidInputError, TrainctlError, UsageError
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 MODE_ENV = "TRAINCTL_PREFECT_SERVER"
-DATA_ENV = "TRAINCTL_DATA_DIR"
+DATA_ENV = "TRAINCTL_DATA_HOME"  # not TRAINCTL_DATA_DIR: that names a job's dataset on its instance
 PORT_ENV = "TRAINCTL_PREFECT_PORT"
 MODES = ("local", "temporary")
 STARTUP_TIMEOUT_S = 120.0  # 8-20 s measured on 2 busy cores; a first start also creates the database

@@ -44,7 +44,7 @@ _ENV = {
     "TRAINCTL_CACHE_DIR": str(_ROOT / "cache"),
     # The local Prefect server's files (cli/local_server.py) in the test run's folder; a flow command outside the
     # harness keeps Prefect's temporary server (tests/cli/test_server_command.py asks for the local one itself).
-    "TRAINCTL_DATA_DIR": str(_ROOT / "data"),
+    "TRAINCTL_DATA_HOME": str(_ROOT / "data"),
     "TRAINCTL_PREFECT_SERVER": "temporary",
 }
 _CLEARED = (
