@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up down demo test test-exhaustive test-slow test-ui bench-transfer bench-recovery bench-inventory lint typecheck pytest install clean
+.PHONY: up down demo test test-exhaustive test-slow test-ui bench-transfer bench-recovery bench-inventory bench-cli lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench-recovery: $(STAMP)
 # One cost-watch pass over 1,000 managed resources in the sandbox: AWS calls per type and our CPU seconds (~20 s).
 bench-inventory: $(STAMP)
 	$(BIN)/python -m bench.inventory $(BENCH_ARGS)
+
+# trainctl's commands as whole processes (--help, resources list, ebs attach/detach, train status, a teardown dry
+# run), without a Prefect server and with one it starts on a free port: medians against issue 17's targets (~4 min).
+bench-cli: $(STAMP)
+	$(BIN)/python -m bench.cli $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,11 @@
-"""The AWS account block: the only place that builds boto3 sessions, clients and s3fs filesystems.
+"""The AWS account: the only place that builds boto3 sessions, clients and s3fs filesystems.
 
 Configuration is checked up front (region known, profile present, credentials whole, endpoint an http(s) URL)
 so a typo is reported before any AWS call, naming the field or environment variable and the fix.
+
+`AwsConfig` is the account as a plain pydantic model: what the AWS environment gives, with no Prefect import
+(~1 s a command that runs no flow does not pay, issue 17). The saved Prefect block `AwsAccount` is the same model
+as a Block (blocks/account.py), imported only when a block is named.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import threading
 from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
-from typing import Any, ClassVar, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from urllib.parse import urlparse
 
 import boto3
@@ -21,11 +25,15 @@ import botocore.session
 import botocore.utils
 from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from core.errors import ConfigurationError
 from core.names import NameKind, validate_name
+
+if TYPE_CHECKING:
+    from prefect.blocks.core import Block
+
+    from blocks.account import AwsAccount as AwsAccount  # re-exported lazily: see __getattr__ at the end
 
 # Environment variables botocore reads on its own; clients built from the environment are cached per value of
 # these (hashed), so a changed environment (a test, a rotated key) never gets a stale client.
@@ -47,7 +55,7 @@ _ENV_KEYS = (
     "AWS_EC2_METADATA_DISABLED",
 )
 
-B = TypeVar("B", bound=Block)
+B = TypeVar("B", bound="Block")
 
 _CREDENTIALS_FIX = (
     "Provide credentials: `aws configure` (or AWS_PROFILE=<profile>), AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -94,7 +102,7 @@ def clear_client_cache() -> None:
 @cache
 def known_regions() -> frozenset[str]:
     """Every region botocore knows EC2 in, across partitions (aws, aws-cn, aws-us-gov, ...)."""
-    session = botocore.session.get_session()
+    session = _botocore_session()  # the shared loader: the EC2 model read here is the one the EC2 client uses
     regions: set[str] = set()
     for partition in session.get_available_partitions():
         regions.update(session.get_available_regions("ec2", partition_name=partition, allow_non_regional=False))
@@ -139,14 +147,8 @@ def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-class AwsAccount(Block):
+class AwsConfig(BaseModel):
     """Where and as whom trainctl calls AWS: region, profile or keys, optional role and endpoint (sandbox)."""
-
-    _block_type_name: ClassVar[str | None] = "Trainctl AWS Account"
-    _description: ClassVar[str | None] = (
-        "Region, credentials and endpoint trainctl uses to call AWS. Unset fields fall back to the standard "
-        "AWS environment (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, ~/.aws)."
-    )
 
     region: str | None = Field(default=None, description="AWS region, e.g. us-east-1. Default: the environment.")
     profile: str | None = Field(default=None, description="A profile from ~/.aws/config.")
@@ -193,7 +195,7 @@ class AwsAccount(Block):
         return self
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsAccount:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         """The standard AWS environment as an account (no saved block): AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL."""
         env = os.environ if environ is None else environ
         profile = env.get("AWS_PROFILE") or None
@@ -348,10 +350,12 @@ class AwsAccount(Block):
         return check_region(region, source)
 
 
-def load_account(name: str | None = None) -> AwsAccount:
-    """The saved AwsAccount block `name`, or the standard AWS environment when no name is given."""
+def load_account(name: str | None = None) -> AwsConfig:
+    """The saved AwsAccount block `name`, or the standard AWS environment when no name is given (no Prefect)."""
     if name is None:
-        return AwsAccount.from_env()
+        return AwsConfig.from_env()
+    from blocks.account import AwsAccount as AwsAccount  # re-exported lazily: see __getattr__ at the end
+
     return load_block(AwsAccount, name)
 
 
@@ -370,3 +374,12 @@ def load_block(cls: type[B], name: str) -> B:
             fix=f"Create and save it (`{cls.__name__}(...).save({name!r})`, or in the Prefect UI), "
             "list saved blocks with `prefect block ls`, or leave the name out to use the defaults/environment",
         ) from exc
+
+
+def __getattr__(name: str) -> Any:
+    """`from blocks.aws import AwsAccount` keeps working, importing Prefect only then (PEP 562)."""
+    if name == "AwsAccount":
+        from blocks.account import AwsAccount
+
+        return AwsAccount
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

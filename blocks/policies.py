@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from blocks.aws import load_block
 from core.cost import Thresholds
 from core.jobs import MAX_LAUNCH_HOURLY_USD
+from core.safety import DEFAULT_MIN_AGE_MINUTES
 
 
 class SafetyPolicy(Block):
@@ -19,7 +20,9 @@ class SafetyPolicy(Block):
     _block_type_name: ClassVar[str | None] = "Trainctl Safety Policy"
     _description: ClassVar[str | None] = "Safety thresholds for teardown and cleanup (DESIGN.md section 3)."
 
-    min_age_minutes: float = Field(default=5, ge=0, description="Resources younger than this need force to be deleted.")
+    min_age_minutes: float = Field(
+        default=DEFAULT_MIN_AGE_MINUTES, ge=0, description="Resources younger than this need force to be deleted."
+    )
     checkpoint_recency_minutes: float = Field(
         default=60, ge=0, description="Checkpoint objects younger than this are never deleted by cleanup."
     )

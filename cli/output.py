@@ -29,7 +29,7 @@ from core.errors import InvalidInputError, TerminatedError, TrainctlError, Usage
 from core.names import NameKind, validate_name
 
 if TYPE_CHECKING:
-    from blocks.aws import AwsAccount
+    from blocks.aws import AwsConfig
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -46,9 +46,9 @@ class CliState:
     debug: bool = False
     json: bool = False
 
-    def aws(self) -> AwsAccount:
-        """The AwsAccount to use: the named block (or the environment), with this run's overrides applied."""
-        from blocks.aws import AwsAccount, check_endpoint, check_profile, check_region, load_account
+    def aws(self) -> AwsConfig:
+        """The AWS account to use: the named block (or the environment), with this run's overrides applied."""
+        from blocks.aws import AwsConfig, check_endpoint, check_profile, check_region, load_account
 
         # Checked here, before the block or the environment, so the message names the option the user typed.
         overrides: dict[str, str] = {}
@@ -61,7 +61,7 @@ class CliState:
         if self.account is None:
             # The environment, with this run's options taking the place of the variables they override.
             env_names = {"region": "AWS_REGION", "profile": "AWS_PROFILE", "endpoint_url": "AWS_ENDPOINT_URL"}
-            return AwsAccount.from_env({**os.environ, **{env_names[k]: v for k, v in overrides.items()}})
+            return AwsConfig.from_env({**os.environ, **{env_names[k]: v for k, v in overrides.items()}})
         validate_name(NameKind.BLOCK, self.account, field="--account")  # before Prefect is asked for it
         from cli.local_server import choose_prefect_api
 

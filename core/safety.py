@@ -15,6 +15,9 @@ from enum import StrEnum
 from core.errors import ADOPT_MEANS, SafetyRefusalError
 from core.models import ManagedResource, Snapshot, Volume
 
+# Rule 6: younger than this needs `force` (SafetyPolicy.min_age_minutes' default, readable without Prefect).
+DEFAULT_MIN_AGE_MINUTES = 5.0
+
 
 class Reason(StrEnum):
     NOT_MANAGED = "not managed"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from blocks.aws import load_account
-from blocks.policies import SafetyPolicy
 from core.prewarm import PrewarmSpec, check_existing_volume, check_given_instance
+from core.safety import DEFAULT_MIN_AGE_MINUTES
 from tasks import ebs
 from tasks.ebs import DeleteResult, VolumeDeletePlan, plan_volume_delete
 from tasks.ec2_instances import get_instance
@@ -45,8 +45,8 @@ move_volume = ebs.move_volume.fn
 
 
 def default_min_age() -> timedelta:
-    """The SafetyPolicy default (5 minutes). Built, not loaded: a default block needs no Prefect API."""
-    return timedelta(minutes=SafetyPolicy.load_or_default(None).min_age_minutes)
+    """The SafetyPolicy default (5 minutes), read without Prefect: the CLI names no policy block here."""
+    return timedelta(minutes=DEFAULT_MIN_AGE_MINUTES)
 
 
 def check_prewarm_targets(spec: PrewarmSpec) -> None:

@@ -7,11 +7,11 @@ answer in about a second.
 
 from __future__ import annotations
 
-from blocks.aws import AwsAccount
+from blocks.aws import AwsConfig
 from core.models import Inventory
 from tasks import inventory as inventory_tasks
 
 
-def take_inventory(aws: AwsAccount, *, include_terminated: bool = False) -> Inventory:
+def take_inventory(aws: AwsConfig, *, include_terminated: bool = False) -> Inventory:
     """Every managed instance, volume and snapshot of `aws`'s region, linked (one query per page and filter set)."""
     return inventory_tasks.collect_inventory(aws, include_terminated=include_terminated)

@@ -8,11 +8,14 @@ as one of our errors, carrying the AWS code and a sentence the user can act on.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import (
@@ -27,11 +30,6 @@ from botocore.exceptions import (
     WaiterError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
-from prefect.tasks import exponential_backoff
 
 from core.errors import (
     AwsError,
@@ -41,6 +39,13 @@ from core.errors import (
     TrainctlError,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    # Types only: `import prefect` costs ~1 s, which a command that runs no flow never pays (issue 17).
+    from prefect import Task
+    from prefect.client.schemas.objects import TaskRun
+    from prefect.futures import PrefectFuture, PrefectFutureList
+    from prefect.states import State
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -261,30 +266,99 @@ def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) 
     return exc is not None and is_transient(exc)
 
 
-def aws_task(**kwargs: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+class AwsTask(Generic[P, R]):
+    """A Prefect task built on first use. `.fn` is the plain function (translated errors, no Prefect import): what
+    the CLI's operations call. Calling it, `.submit`, `.map`, `.with_options` and every other Task attribute build
+    the real `prefect.Task` once and delegate to it, so a flow gets real task runs with retries."""
+
+    def __init__(self, fn: Callable[P, R], options: dict[str, Any]) -> None:
+        self.fn = fn
+        self._options = options
+        self._task: Task[P, R] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def task(self) -> Task[P, R]:
+        """The real Prefect task (built once, thread-safe: flows submit from several threads)."""
+        with self._lock:
+            if self._task is None:
+                from prefect import task as prefect_task
+                from prefect.cache_policies import NO_CACHE
+                from prefect.tasks import exponential_backoff
+
+                options: dict[str, Any] = {
+                    "cache_policy": NO_CACHE,
+                    "retries": DEFAULT_RETRIES,
+                    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+                    "retry_jitter_factor": 0.5,
+                    "retry_condition_fn": retry_transient,
+                    **self._options,
+                }
+                self._task = prefect_task(**options)(self.fn)
+            return self._task
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.task(*args, **kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> PrefectFuture[R]:
+        return self.task.submit(*args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> PrefectFutureList[R]:
+        return self.task.map(*args, **kwargs)
+
+    def with_options(self, **kwargs: Any) -> Task[P, R]:
+        return self.task.with_options(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only attributes not found on this object reach here (name, tags, retries, ...): the real task's.
+        if name.startswith("__") or name in {"fn", "_options", "_task", "_lock"}:
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+    def __repr__(self) -> str:
+        return f"AwsTask({self._options.get('name') or self.fn.__name__!r})"
+
+
+def aws_task(**kwargs: Any) -> Callable[[Callable[P, R]], AwsTask[P, R]]:
     """`prefect.task` with trainctl's AWS policy: no caching, retries of transient errors only, backoff + jitter.
 
     The body runs inside `translate(<task name>)`, so whatever botocore raises reaches the caller as a trainctl
     error. Callers pass `name=` and `tags=` (`aws-ec2`, `aws-ssm`: the concurrency-limit keys); any other
-    `prefect.task` option overrides the defaults.
+    `prefect.task` option overrides the defaults. The task is an `AwsTask`: Prefect is imported only when a flow
+    (or anyone) uses it as a task; `.fn` runs without it.
     """
-    options: dict[str, Any] = {
-        "cache_policy": NO_CACHE,
-        "retries": DEFAULT_RETRIES,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=1),
-        "retry_jitter_factor": 0.5,
-        "retry_condition_fn": retry_transient,
-        **kwargs,
-    }
 
-    def decorate(fn: Callable[P, R]) -> Task[P, R]:
-        operation = str(options.get("name") or fn.__name__)
+    def decorate(fn: Callable[P, R]) -> AwsTask[P, R]:
+        operation = str(kwargs.get("name") or fn.__name__)
 
         @functools.wraps(fn)
         def run(*args: P.args, **kw: P.kwargs) -> R:
             with translate(operation):
                 return fn(*args, **kw)
 
-        return task(**options)(run)
+        return AwsTask(run, dict(kwargs))
 
     return decorate
+
+
+def current_task_run_id() -> str | None:
+    """The ID of the Prefect task run this code runs in, or None outside one. Without Prefect imported there is
+    no run, and nothing is imported to find that out."""
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    return str(context.task_run.id) if context is not None else None
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a flow or task run (its lines reach the run's page), else a plain logger."""
+    if "prefect" in sys.modules:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if TaskRunContext.get() is not None or FlowRunContext.get() is not None:
+            from prefect import get_run_logger
+
+            return get_run_logger()
+    return logging.getLogger("trainctl")

@@ -26,7 +26,7 @@ from core.ids import validate_availability_zone, validate_id
 from core.models import Instance, Snapshot, Volume
 from core.names import NameKind, validate_device_name, validate_name
 from core.safety import Verdict, snapshot_delete_verdict, volume_delete_verdict
-from tasks.aws import WAIT, aws_task, translate
+from tasks.aws import WAIT, aws_task, current_task_run_id, translate
 from tasks.ec2_instances import get_instance
 
 SNAPSHOT_WAIT = {"Delay": 5, "MaxAttempts": 720}
@@ -50,14 +50,7 @@ def _ec2(account: str | None) -> Any:
 def _client_token(seed: str, key: str | None = None) -> str:
     """Stable across Prefect retries of one task run (the run ID), or across runs for one caller's idempotency
     `key` (a killed flow's re-run finds what the first run made); unique per call otherwise (64 chars max)."""
-    run_id = None
-    if key is None:
-        try:
-            from prefect.runtime import task_run
-
-            run_id = task_run.id
-        except Exception:  # outside Prefect, or an older runtime API: one token per call is still idempotent
-            run_id = None
+    run_id = current_task_run_id() if key is None else None  # outside a run: one token per call, still idempotent
     basis = f"{seed}|{key or run_id or uuid.uuid4()}"
     return "trainctl-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
 

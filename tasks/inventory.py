@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from blocks.aws import AwsAccount, load_account
+from blocks.aws import AwsConfig, load_account
 from core import tags as t
 from core.ids import kind_of
 from core.models import Instance, Inventory, ManagedResource, Snapshot, Volume
@@ -36,7 +36,7 @@ def _pages(ec2: Any, operation: str, extra_filters: list[dict[str, Any]], **para
         )
 
 
-def collect_inventory(aws: AwsAccount, *, now: datetime | None = None, include_terminated: bool = False) -> Inventory:
+def collect_inventory(aws: AwsConfig, *, now: datetime | None = None, include_terminated: bool = False) -> Inventory:
     """List the managed resources of `aws` and link them (volume → instance, snapshot → volume)."""
     taken_at = now or datetime.now(UTC)
     region = aws.resolved_region()

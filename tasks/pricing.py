@@ -30,8 +30,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
-
 from blocks.aws import load_account
 from blocks.policies import CostPolicy
 from core.cost import (
@@ -49,7 +47,7 @@ from core.cost import (
     spot_key,
 )
 from core.errors import AwsError, EndpointUnreachableError
-from tasks.aws import TRANSIENT_CODES, aws_task, translate
+from tasks.aws import TRANSIENT_CODES, aws_task, run_logger, translate
 
 PRICING_REGION = "us-east-1"  # the Pricing API's endpoint (it also has ap-south-1 and eu-central-1)
 PRICE_TTL = timedelta(days=1)
@@ -439,6 +437,6 @@ def checked_launch_price(
     limit = max_hourly_cost if max_hourly_cost is not None else CostPolicy.load_or_default(cost_policy).max_hourly_cost
     price = launch_price(instance_type, spot=spot, availability_zone=availability_zone, account=account)
     limit_text = f"; limit ${limit:.4f}/hour" if limit is not None else ""
-    get_run_logger().info("hourly price: %s%s", price.describe(), limit_text)
+    run_logger().info("hourly price: %s%s", price.describe(), limit_text)
     refuse_above(price, limit)
     return price

@@ -15,6 +15,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     WaiterError,
 )
+from prefect import Task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, Failed
 from prefect.task_engine import SyncTaskRunEngine
@@ -211,15 +212,24 @@ def test_task_options() -> None:
     assert aws_task(name="x", retries=1)(lambda: None).retries == 1
 
 
+def test_the_prefect_task_is_built_on_first_use_and_kept() -> None:
+    lazy = aws_task(name="lazy", tags=["aws-s3"])(lambda x: x * 2)
+    assert lazy._task is None and lazy.fn(2) == 4  # the plain function needs no Prefect task
+    built = lazy.task
+    assert isinstance(built, Task) and lazy.task is built and lazy._task is built
+    assert (built.name, built.tags, built.retries) == ("lazy", {"aws-s3"}, 4)
+    assert lazy.with_options(retries=0).retries == 0 and built.retries == 4
+
+
 def _task_run() -> TaskRun:
     return TaskRun(task_key="probe", dynamic_key="0", name="probe-0")
 
 
 def test_retry_condition_reads_the_failed_state() -> None:
     task_run = _task_run()
-    assert retry_transient(probe, task_run, Failed(data=client_error("Throttling", 400)))
-    assert not retry_transient(probe, task_run, Failed(data=client_error("InvalidVolume.NotFound", 400)))
-    assert not retry_transient(probe, task_run, Completed(data=1))
+    assert retry_transient(probe.task, task_run, Failed(data=client_error("Throttling", 400)))
+    assert not retry_transient(probe.task, task_run, Failed(data=client_error("InvalidVolume.NotFound", 400)))
+    assert not retry_transient(probe.task, task_run, Completed(data=1))
 
 
 @pytest.mark.parametrize(
@@ -234,7 +244,7 @@ def test_retry_condition_reads_the_failed_state() -> None:
 def test_prefect_engine_asks_our_condition(code: str, status: int, retried: bool) -> None:
     # Prefect's own retry decision (SyncTaskRunEngine.can_retry), without a server: it only calls a
     # retry_condition_fn that passes inspect.isfunction, so this proves ours is wired the way Prefect runs it.
-    engine = SyncTaskRunEngine(task=probe, parameters={"code": code, "status": status})
+    engine = SyncTaskRunEngine(task=probe.task, parameters={"code": code, "status": status})
     engine.task_run = _task_run()
     with pytest.raises(AwsError) as info:
         probe.fn(code, status)
