@@ -342,8 +342,10 @@ def stop(
     if grace < 0:
         raise InvalidInputError("--grace", grace, "seconds >= 0")
     with aws_scope(ctx) as account:
+        from cli.local_server import choose_prefect_api
         from flows.jobs import stop_job
 
+        choose_prefect_api()  # the stop is told as an event (trainctl.job.stopped): to the server the flows use
         report = stop_job(bucket, job, grace_s=grace, keep_instance=keep_instance, account=account)
     if json_output:
         emit_json(report.model_dump(mode="json"))

@@ -16,7 +16,6 @@ from core import events as ev
 from core import jobs
 from core.errors import UsageError
 from core.jobs import JobRecord
-from flows.events import emit_job
 from tasks.code import CodeListing, scan_code_dir
 from tasks.ec2_instances import describe_instance
 from tasks.jobs import JobStopReport, current_record, poll_agent, read_agent_status, read_log
@@ -124,6 +123,8 @@ def stop_job(
     (`trainctl.job.stopped`) when it was stopped now."""
     report = stop_job_task.fn(bucket, job, grace_s=grace_s, keep_instance=keep_instance, account=account)
     if report.outcome == "stopped":
+        from flows.events import emit_job  # Prefect: only when there is something to tell, not for status or logs
+
         emit_job(
             ev.JOB_STOPPED,
             job,
