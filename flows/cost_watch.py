@@ -606,7 +606,12 @@ def cost_report(request: CostWatchRequest, *, job: str | None = None, now: datet
 
 @flow(name="cost-watch", flow_run_name="cost-watch", log_prints=True)
 def cost_watch(request: CostWatchRequest | None = None) -> CostReport:
-    """One pass (module docstring)."""
+    """One pass over what trainctl runs: price it, add up each job's cost across attempts, report thresholds
+    crossed (events, a table artifact with cleanup advice) and apply the policy's stops (module docstring).
+
+    Args:
+        request: The region and job buckets to price, the CostPolicy block and the AWS account.
+    """
     request = request or CostWatchRequest()
     policy = CostPolicy.load_or_default(request.cost_policy)
     result = cost_pass(request, policy, sample=lambda ids: sample_gpus(ids, account=request.account))

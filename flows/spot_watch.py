@@ -118,7 +118,12 @@ def _now() -> datetime:
 
 @flow(name="spot-watch", flow_run_name="spot-watch", log_prints=True)
 def spot_watch(request: SpotWatchRequest | None = None) -> SpotWatchReport:
-    """One pass (module docstring)."""
+    """One pass over the training jobs: notice spot interruptions and ended instances, resume each job by its
+    policy (same AZ, move, on-demand) or give up, and record what happened (module docstring).
+
+    Args:
+        request: Which job buckets to watch (those the instances' tags name are added) and the AWS account.
+    """
     request = request or SpotWatchRequest()
     account = request.account
     looked, instances = _observe_instances(account)
