@@ -98,6 +98,11 @@ class PrewarmSpec(BaseModel):
             validate_name(NameKind.JOB, self.job, field="job")
         return self
 
+    @property
+    def scope(self) -> str:
+        """What the prewarm is for, in its reports' keys: the job, else the volume (its name, or its ID)."""
+        return self.job or (self.volume.name if self.volume else str(self.volume_id))
+
 
 def check_existing_volume(volume: Volume, spec: PrewarmSpec) -> None:
     """An existing volume prewarm may fill: trainctl's own (or adopted), and free or on the given instance."""

@@ -268,27 +268,73 @@ class Plan(BaseModel):
     def edges(self) -> list[tuple[str, str]]:
         return [(dep, op.id) for op in self.operations for dep in op.depends_on]
 
-    def mermaid(self) -> str:
-        """The dependency graph (operations in step order, and the kept resources with their first reason)."""
-        node = {op.id: f"n{i}" for i, op in enumerate(self.operations)}
-        lines = ["graph TD"]
-        for step in STEPS:
-            ops = self.ops_in(step)
-            if not ops:
-                continue
-            lines.append(f'  subgraph s{STEPS.index(step)}["{STEPS.index(step) + 1}. {step.value}"]')
-            lines += [f'    {node[o.id]}["{_mermaid_text(o.kind.value + " " + o.target)}"]' for o in ops]
-            lines.append("  end")
-        lines += [f"  {node[a]} --> {node[b]}" for a, b in self.edges() if a in node and b in node]
-        kept = [e for e in self.entries if e.action is Action.KEEP]
-        for i, e in enumerate(kept):
-            why = next((r.reason for r in e.reasons if r.blocking), "kept")
-            lines.append(f'  k{i}(["keep {_mermaid_text(e.id)}: {_mermaid_text(why)}"])')
-        return "\n".join(lines)
+
+# -- the plan as markdown (what the Prefect UI renders: nested lists, not mermaid) ---------------------------------
 
 
-def _mermaid_text(text: str) -> str:
-    return text.replace('"', "'").replace("[", "(").replace("]", ")")
+def _entry_line(entry: Entry, parent_outside: str | None) -> str:
+    why = "; ".join(f"{r.reason}: {r.detail}" if r.detail else r.reason for r in entry.reasons)
+    saves = f", saves ${entry.monthly_usd:.2f}/month" if entry.monthly_usd and entry.action is not Action.KEEP else ""
+    where = f", on `{parent_outside}`" if parent_outside else ""
+    job = f", job {entry.job}" if entry.job else ""
+    return f"**{entry.action.value}** `{entry.id}` ({entry.kind}{job}{where}){saves}" + (f" — {why}" if why else "")
+
+
+def plan_outline(plan: Plan, inventory: Inventory) -> list[str]:
+    """Every entry as a nested markdown list: each instance, its volumes under it, their snapshots under them."""
+    parent: dict[str, str] = {v.id: v.attached_instance_id for v in inventory.volumes if v.attached_instance_id}
+    parent |= {s.id: s.volume_id for s in inventory.snapshots if s.volume_id}
+    in_plan = {e.id for e in plan.entries}
+    children: dict[str | None, list[Entry]] = {}
+    for e in plan.entries:
+        up = parent.get(e.id)
+        children.setdefault(up if up in in_plan else None, []).append(e)
+    lines: list[str] = []
+
+    def walk(entry: Entry, depth: int) -> None:
+        up = parent.get(entry.id)
+        lines.append("  " * depth + "- " + _entry_line(entry, up if up and up not in in_plan else None))
+        for child in children.get(entry.id, []):
+            walk(child, depth + 1)
+
+    for top in children.get(None, []):
+        walk(top, 0)
+    return lines
+
+
+def plan_steps(plan: Plan) -> list[str]:
+    """The operations step by step (a numbered list), each with the operations it waits for: what blocks what."""
+    lines: list[str] = []
+    for n, step in enumerate(STEPS):
+        ops = plan.ops_in(step)
+        lines.append(f"{n + 1}. **{step.value}**" + ("" if ops else ": nothing"))
+        for op in ops:
+            after = f" — after {', '.join(f'`{d}`' for d in op.depends_on)}" if op.depends_on else ""
+            lines.append(f"    - {op.kind.value} `{op.target}`{after}")
+    return lines
+
+
+def plan_markdown(plan: Plan, inventory: Inventory) -> str:
+    """The whole plan for a reader: what happens to each resource and why, the savings, the steps in order."""
+    head = f"{plan.scope.describe()}{' + sweep' if plan.sweep else ''}"
+    acting = sum(1 for e in plan.entries if e.action is not Action.KEEP)
+    return "\n".join(
+        [
+            f"# teardown plan: {head}",
+            "",
+            f"Region {plan.region}, planned at {plan.now.isoformat(timespec='seconds')}: {acting} of "
+            f"{len(plan.entries)} resources acted on, saves about ${plan.monthly_savings:.2f}/month.",
+            "",
+            "## What happens to each resource, and why",
+            "",
+            *(plan_outline(plan, inventory) or ["- nothing in scope"]),
+            "",
+            "## The steps, in order (an operation runs only after those it names)",
+            "",
+            *plan_steps(plan),
+            "",
+        ]
+    )
 
 
 def _aware(value: datetime) -> datetime:

@@ -332,6 +332,14 @@ class TransferRequest(BaseModel):
         return Filters(tuple(self.include), tuple(self.exclude))
 
     @property
+    def scope(self) -> str:
+        """What the transfer is about, in its reports' keys: a job side's job, else the S3 bucket, else the
+        instance (so repeated transfers of one job share a history)."""
+        sides = (self.source(), self.destination())
+        named = [s.job for s in sides if s.job] + [s.s3.bucket for s in sides if s.s3]
+        return (named + [s.instance_id for s in sides if s.instance_id] + [self.transfer_id])[0]
+
+    @property
     def direction(self) -> str:
         return f"{self.source().kind}->{self.destination().kind}"
 

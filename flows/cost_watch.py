@@ -607,9 +607,11 @@ def cost_report(request: CostWatchRequest, *, job: str | None = None, now: datet
 
 @flow(name="cost-watch", flow_run_name="cost-watch", log_prints=True)
 def cost_watch(request: CostWatchRequest | None = None) -> CostReport:
-    """One cost-watch pass: price what runs, check the thresholds, stop what the policy says to stop.
+    """One pass over what trainctl runs: price it, add up each job's cost across attempts, report thresholds
+    crossed (events, a table artifact with cleanup advice) and apply the policy's stops (module docstring).
 
-    What a pass observes, prices and acts on is in the module docstring.
+    Args:
+        request: The region and job buckets to price, the CostPolicy block and the AWS account.
     """
     request = request or CostWatchRequest()
     policy = CostPolicy.load_or_default(request.cost_policy)

@@ -20,14 +20,12 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.templates import load_template
@@ -259,11 +257,14 @@ class _Held(BaseModel):
 
 @flow(name="launch-attempt", flow_run_name="launch-{request.spec.name}-attempt-{request.attempt}", log_prints=True)
 def launch_attempt(request: AttemptRequest) -> AttemptReport:
-    """Launch the claimed attempt `request.attempt` of `request.spec` and start its agent (module docstring)."""
+    """Launch the claimed attempt `request.attempt` of `request.spec` and start its agent (module docstring).
+
+    Args:
+        request: The job as recorded, the attempt claimed for it, the capacity and AZ, and the volume to carry over.
+    """
     spec = request.spec
     started = time.monotonic()
-    run_id = str(flow_run.id or uuid.uuid4())
-    progress = StepProgress(artifact_key("launch-attempt", spec.name, str(request.attempt), run_id), STEPS)
+    progress = StepProgress(artifact_key("launch-attempt-progress", spec.name), STEPS)
     stored = _claimed(request)
     key = launch_key(spec.name, request.attempt)
     held = _Held()

@@ -105,12 +105,14 @@ class _Held:
 
 @flow(name="prewarm", flow_run_name="prewarm-{spec.source}", log_prints=True)
 def prewarm(spec: PrewarmSpec) -> PrewarmReport:
-    """Put a dataset from S3 onto a persistent EBS volume, verified; the helper instance never outlives the run.
+    """Fill an EBS volume from S3 with a temporary instance (or a given one), verify it, and detach it ready for
+    training; optionally snapshot it. Whatever fails, the temporary instance is ended and the volume kept.
 
-    The runbook is in the module docstring.
+    Args:
+        spec: The S3 source, the volume (a new one or an existing ID), the temporary instance and the timeouts.
     """
     started = time.monotonic()
-    progress = StepProgress(artifact_key("prewarm", str(flow_run.id or uuid.uuid4())), STEPS)
+    progress = StepProgress(artifact_key("prewarm-progress", spec.scope), STEPS)
     progress.step("check source")
     listing, existing_volume, given_instance, zone = _checked(spec)
     progress.step("volume")
@@ -147,7 +149,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
         seconds=round(time.monotonic() - started, 1),
     )
     progress.finish(f"{listing.count} files on {volume.id}")
-    markdown_report(artifact_key("prewarm", volume.id), f"prewarm of {spec.source}", report.model_dump())
+    markdown_report(artifact_key("prewarm", spec.scope), f"prewarm of {spec.source}", report.model_dump())
     return report
 
 
@@ -261,7 +263,7 @@ def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixLi
 
 def _report_failure(spec: PrewarmSpec, volume_id: str, failure: Failure) -> None:
     markdown_report(
-        artifact_key("prewarm-failed", volume_id),
+        artifact_key("prewarm-failed", spec.scope),
         f"prewarm of {spec.source} {failure.verb}",
         {"step": failure.step, "error": str(failure.stopped or failure.error), "volume": volume_id},
         notes=failure.cleaned,

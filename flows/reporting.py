@@ -4,6 +4,7 @@ and markdown reports."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import cast
 from uuid import UUID
 
@@ -25,9 +26,11 @@ from core.transfer import human_bytes
 
 
 def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    """The one sanitizer of names Prefect restricts (artifact keys; also our concurrency-limit names): lowercase
+    ASCII letters, digits and single dashes. Keys name the scope (`teardown-plan-<job>`), never the run, so the
+    Artifacts page keeps a history per job."""
     raw = "-".join(parts).lower()
-    return "".join(c if c.isalnum() else "-" for c in raw).strip("-")[:100]
+    return re.sub(r"[^a-z0-9]+", "-", raw).strip("-")[:100].rstrip("-")
 
 
 def log(message: str, *, level: int = logging.INFO) -> None:

@@ -120,9 +120,11 @@ def _now() -> datetime:
 
 @flow(name="spot-watch", flow_run_name="spot-watch", log_prints=True)
 def spot_watch(request: SpotWatchRequest | None = None) -> SpotWatchReport:
-    """One spot-watch pass: record ended and interrupted jobs, resume them as their policy says.
+    """One pass over the training jobs: notice spot interruptions and ended instances, resume each job by its
+    policy (same AZ, move, on-demand) or give up, and record what happened (module docstring).
 
-    What a pass observes, decides and emits is in the module docstring.
+    Args:
+        request: Which job buckets to watch (those the instances' tags name are added) and the AWS account.
     """
     request = request or SpotWatchRequest()
     account = request.account

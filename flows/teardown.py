@@ -3,8 +3,14 @@
 Runbook: inventory → the jobs' S3 state (records, agent heartbeats, checkpoints, staging; for the sweep also
 transfer staging and unfinished multipart uploads) → training check over SSM (running managed instances the plan
 would otherwise terminate) → plan (core/teardown.py: every resource gets an action and its reasons) →
-publish the plan (table + mermaid dependency graph) → stop here on a dry run (the default) → optional approval
-in the UI → execute step by step in DESIGN.md order → report deleted / kept (with reasons) / failed.
+publish the plan (table + the plan as a nested list: instance → volumes → snapshots, and the steps with what each
+waits for) → stop here on a dry run (the default) → optional approval in the UI (the form shows the plan) →
+execute step by step in DESIGN.md order → report deleted / kept (with reasons) / failed, and the approver's note.
+
+Artifacts are keyed by the scope (`teardown-plan-<job>`, `teardown-report-<job>`, `…-sweep`), so the Artifacts
+page keeps each job's history. Runs that act (not dry runs) take one global concurrency slot per scope
+(`teardown-<job>`): a second teardown of the same job waits for the first to end, then plans from AWS as the first
+left it, so two never act on one job at once.
 
 Every operation is idempotent (NotFound = done) and re-checks its precondition when it acts; an operation whose
 dependency did not succeed is skipped and reported, never forced. So a run killed at any point converges when
@@ -13,8 +19,8 @@ run again: the next inventory simply shows less to do.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -22,12 +28,11 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.input import RunInput
-from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, model_validator
 
 from blocks.policies import SafetyPolicy
 from core import events as ev
-from core.errors import TrainctlError
+from core.errors import InvalidInputError, TrainctlError
 from core.jobs import validate_job_name
 from core.models import Inventory, ManagedResource
 from core.names import NameKind, validate_name
@@ -45,6 +50,7 @@ from core.teardown import (
     Step,
     TeardownPolicy,
     TrainingState,
+    plan_markdown,
     plan_teardown,
 )
 from flows.events import emit_job
@@ -81,16 +87,29 @@ class TeardownRequest(BaseModel):
     )
     # The sweep's orphan rules (core/teardown.py TeardownPolicy.rule_age): how old an orphan must be.
     prewarm_max_age_hours: float = Field(default=1.0, ge=0, description="A prewarm instance older is an orphan.")
-    orphan_volume_age_hours: float = Field(default=24.0, ge=0, description="An unattached ephemeral volume older.")
-    orphan_instance_age_minutes: float = Field(default=15.0, ge=0, description="so a launch in progress is safe")
-    heartbeat_timeout_minutes: float = Field(default=15.0, ge=0, description="an agent silent longer is gone")
-    stale_staging_age_hours: float = Field(default=24.0, ge=0, description="A transfer's staging folder older.")
-    upload_max_age_hours: float = Field(default=24.0, ge=0, description="An unfinished multipart upload older.")
+    orphan_volume_age_hours: float = Field(
+        default=24.0, ge=0, description="An unattached ephemeral volume older is an orphan."
+    )
+    orphan_instance_age_minutes: float = Field(
+        default=15.0,
+        ge=0,
+        description="An instance no job record names, older, is an orphan (younger: a launch in progress).",
+    )
+    heartbeat_timeout_minutes: float = Field(
+        default=15.0, ge=0, description="An instance whose agent has been silent longer is an orphan."
+    )
+    stale_staging_age_hours: float = Field(
+        default=24.0, ge=0, description="A transfer's staging folder older is removed by the sweep."
+    )
+    upload_max_age_hours: float = Field(
+        default=24.0, ge=0, description="An unfinished multipart upload older is aborted by the sweep."
+    )
     snapshot_retention: int = Field(default=3, ge=0, description="Snapshots kept per volume by the sweep.")
     account: str | None = Field(default=None, description="AwsAccount block name; None = the AWS environment.")
-    now: datetime | None = Field(
+    as_of: datetime | None = Field(
         default=None,
-        description="Plan as of this time (a rehearsal: what would the sweep remove in two hours?); None = now.",
+        description="A rehearsal, with dry_run only: plan as if it were this time (what would the sweep remove in "
+        "two hours?); ages and the sweep's rules count up to it. Empty: now, as AWS reports it.",
     )
 
     @model_validator(mode="after")
@@ -103,11 +122,21 @@ class TeardownRequest(BaseModel):
             self.bucket = validate_bucket(self.bucket, field="bucket")
         if self.policy is not None:
             validate_name(NameKind.BLOCK, self.policy, field="policy")
+        if self.as_of is not None and not self.dry_run:
+            # A plan for another time would act on what is young now: a rehearsal never acts.
+            raise InvalidInputError(
+                "as_of", self.as_of.isoformat(), "empty when not a dry run", fix="Rehearse with dry_run=True"
+            )
         return self
 
     @property
     def label(self) -> str:
         return self.job or (",".join(self.ids[:3]) if self.ids else "all" if self.all_managed else "sweep")
+
+    @property
+    def scope_key(self) -> str:
+        """The scope in artifact keys and the concurrency limit's name: the job, the IDs, `all` or `sweep`."""
+        return artifact_key(self.label)
 
     def scope(self) -> Scope:
         return Scope(job=self.job, ids=[i.strip() for i in self.ids], all_managed=self.all_managed)
@@ -135,13 +164,20 @@ class TeardownReport(BaseModel):
     kept: list[KeptResource] = Field(default_factory=list)
     failed: list[OpResult] = Field(default_factory=list)
     monthly_savings_usd: float = 0.0
+    approval_note: str = ""
 
 
 class TeardownApproval(RunInput):
-    """What the UI asks before a teardown acts (only with require_approval=True)."""
+    """What the UI asks before a teardown acts (only with require_approval=True); the form shows the plan."""
 
-    approve: bool = False
-    note: str = ""
+    approve: bool = Field(default=False, description="Act on the plan shown above.")
+    note: str = Field(default="", description="Why (kept in the teardown report and the run's log).")
+
+
+# How often a paused run asks whether it was answered (Prefect's default); a module constant so tests can shorten it.
+APPROVAL_POLL_S = 10
+# How long a teardown waits for another one of the same scope to end: its approval may take the pause's hour.
+TURN_WAIT_S = 2 * 3600
 
 
 def _policy(request: TeardownRequest) -> tuple[TeardownPolicy, float]:
@@ -196,6 +232,11 @@ def _instances_to_check(
     ]
 
 
+def planning_time(request: TeardownRequest, inventory: Inventory) -> datetime:
+    """The time ages are counted up to: AWS's (the inventory's), or the rehearsal's `as_of`."""
+    return request.as_of or inventory.taken_at
+
+
 def _storage(request: TeardownRequest, inventory: Inventory) -> list[JobStorage]:
     if not request.bucket:
         return []
@@ -206,8 +247,9 @@ def _storage(request: TeardownRequest, inventory: Inventory) -> list[JobStorage]
     return []
 
 
-def publish_plan(plan: Plan, run_id: str) -> None:
-    """The plan as a table (every entry with its reasons) and as a mermaid dependency graph."""
+def publish_plan(plan: Plan, inventory: Inventory, scope_key: str) -> str:
+    """The plan as a table (every entry with its reasons) and as markdown a reader follows (returned: the approval
+    form shows it too): each resource under its owner with its action and reasons, then the steps in order."""
     rows = [
         {
             "resource": e.id,
@@ -222,16 +264,10 @@ def publish_plan(plan: Plan, run_id: str) -> None:
         }
         for e in plan.entries
     ]
-    create_table_artifact(rows, key=artifact_key("teardown-plan", run_id), description="teardown plan")
-    steps = "\n".join(
-        f"{n + 1}. **{s.value}**: {', '.join(o.target for o in plan.ops_in(s)) or '—'}" for n, s in enumerate(STEPS)
-    )
-    text = (
-        f"# teardown plan: {plan.scope.describe()}{' + sweep' if plan.sweep else ''}\n\n"
-        f"Region {plan.region}, planned at {plan.now.isoformat()}; saves ${plan.monthly_savings}/month.\n\n"
-        f"{steps}\n\n```mermaid\n{plan.mermaid()}\n```\n"
-    )
-    create_markdown_artifact(text, key=artifact_key("teardown-graph", run_id), description="teardown graph")
+    create_table_artifact(rows, key=artifact_key("teardown-plan", scope_key), description="teardown plan")
+    text = plan_markdown(plan, inventory)
+    create_markdown_artifact(text, key=artifact_key("teardown-graph", scope_key), description="teardown graph")
+    return text
 
 
 def _not_found(exc: BaseException) -> bool:
@@ -412,20 +448,63 @@ def summarize(plan: Plan, results: list[OpResult], *, executed: bool, approved: 
     )
 
 
+@contextmanager
+def one_at_a_time(name: str) -> Iterator[None]:
+    """Hold the one slot of the global concurrency limit `name` (created with limit 1 if missing) while acting.
+
+    A second run waits for the slot rather than refusing: it then plans from AWS as the first run left it, so the
+    user's second request still converges (a re-run is always safe). Prefect does not create a missing limit on
+    acquire (without `strict` it silently does not limit at all), hence the create here.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # a concurrent run made it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    holding = False
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=TURN_WAIT_S, strict=True):
+            holding = True
+            yield
+    except TimeoutError as exc:
+        if holding:
+            raise
+        raise TrainctlError(
+            f"another teardown of {name.removeprefix('teardown-')} has been acting for {TURN_WAIT_S // 60} min",
+            fix=f"Look at the running safe-teardown runs (an approval may be waiting), or free the {name} "
+            "concurrency limit if its run crashed; then run again",
+        ) from exc
+
+
 @flow(name="safe-teardown", flow_run_name="teardown-{request.label}", log_prints=True)
 def safe_teardown(request: TeardownRequest) -> TeardownReport:
-    """Remove what a job (or IDs, or the sweep's orphans) left behind, keep what must survive; dry run by default.
+    """Tear down what a job (or a list of IDs, or everything managed, or the orphan sweep) left behind, keeping what
+    must survive: persistent and protected volumes, running training, recent checkpoints. Publishes the plan first;
+    acts only when not a dry run, one teardown per job at a time, after approval in the UI if asked.
 
-    The plan (every resource, its action and why) is published before anything is done; the runbook is in the
-    module docstring.
+    Args:
+        request: What to tear down (job, IDs, all managed, sweep) and how carefully (dry run, approval, force,
+            the safety policy and the sweep's age rules).
     """
+    if request.dry_run:
+        return _teardown(request)  # changes nothing: no turn to wait for
+    with one_at_a_time(artifact_key("teardown", request.scope_key)):
+        return _teardown(request)
+
+
+def _teardown(request: TeardownRequest) -> TeardownReport:
     log = get_run_logger()
-    run_id = str(flow_run.id or uuid.uuid4())
     policy, wait_timeout_s = _policy(request)
 
     # 1. What exists (managed), and what the user named that is not ours.
     inventory = inventory_task(request.account)
-    now = request.now or inventory.taken_at
+    now = planning_time(request, inventory)
     missing = [i for i in request.ids if inventory.get(i.strip()) is None]
     unmanaged: dict[str, ManagedResource] = describe_unmanaged(missing, account=request.account) if missing else {}
 
@@ -457,27 +536,26 @@ def safe_teardown(request: TeardownRequest) -> TeardownReport:
         sweep=request.sweep,
         leftovers=leftovers,
     )
-    publish_plan(plan, run_id)
+    text = publish_plan(plan, inventory, request.scope_key)
     log.info("plan: %d entries, %d operations", len(plan.entries), len(plan.operations))
     if request.dry_run or not plan.operations:
-        return _finish(summarize(plan, [], executed=False, approved=None), run_id)
+        return _finish(summarize(plan, [], executed=False, approved=None), request.scope_key)
 
     # 5. Optional approval in the UI (blocks until someone answers, or the timeout).
     approved: bool | None = None
+    note = ""
     if request.require_approval:
-        from prefect.flow_runs import pause_flow_run
-
-        answer = pause_flow_run(wait_for_input=TeardownApproval.with_initial_data(approve=False), timeout=3600)
-        approved = bool(answer.approve)
+        approved, note = _ask_approval(text)
         if not approved:
             log.warning("teardown not approved: nothing was changed")
-            return _finish(summarize(plan, [], executed=False, approved=False), run_id)
+            report = summarize(plan, [], executed=False, approved=False)
+            return _finish(report.model_copy(update={"approval_note": note}), request.scope_key)
 
     # 6. Act, in order.
     results = execute_plan(plan, request, policy, wait_timeout_s)
     report = summarize(plan, results, executed=True, approved=approved)
     _announce_torn_down(report, request.bucket)
-    return _finish(report, run_id)
+    return _finish(report.model_copy(update={"approval_note": note}), request.scope_key)
 
 
 def _announce_torn_down(report: TeardownReport, bucket: str | None) -> None:
@@ -504,10 +582,30 @@ def _announce_torn_down(report: TeardownReport, bucket: str | None) -> None:
         )
 
 
-def _finish(report: TeardownReport, run_id: str) -> TeardownReport:
+def _ask_approval(plan_text: str) -> tuple[bool, str]:
+    """Pause for the UI's answer; the form shows the plan (Prefect keeps it as the pause's description)."""
+    from prefect.flow_runs import pause_flow_run
+
+    # No initial data beyond the description: re-declared fields would lose their descriptions in the form.
+    form = TeardownApproval.with_initial_data(
+        description=f"{plan_text}\n**Approve** to carry out this plan; the note is kept in the teardown report."
+    )
+    answer = pause_flow_run(wait_for_input=form, timeout=3600, poll_interval=APPROVAL_POLL_S)
+    approved, note = bool(answer.approve), answer.note.strip()
+    get_run_logger().info("teardown %s%s", "approved" if approved else "refused", f": {note}" if note else "")
+    return approved, note
+
+
+def _finish(report: TeardownReport, scope_key: str) -> TeardownReport:
+    approval = (
+        []
+        if report.approved is None
+        else [f"- {'approved' if report.approved else 'not approved'}; note: {report.approval_note or '(none)'}"]
+    )
     lines = [
         f"# teardown {'done' if report.executed else 'not approved' if report.approved is False else 'planned'}",
         "",
+        *approval,
         f"- deleted/terminated: {', '.join(report.deleted) or 'nothing'}",
         f"- failed or skipped: {', '.join(f'{r.id} ({r.status}: {r.detail})' for r in report.failed) or 'nothing'}",
         f"- saves about ${report.monthly_savings_usd}/month",
@@ -516,5 +614,6 @@ def _finish(report: TeardownReport, run_id: str) -> TeardownReport:
         "|---|---|---|",
         *[f"| {k.id} | {k.action.value} | {'; '.join(k.reasons)} |" for k in report.kept],
     ]
-    create_markdown_artifact("\n".join(lines), key=artifact_key("teardown-report", run_id), description="teardown")
+    key = artifact_key("teardown-report", scope_key)
+    create_markdown_artifact("\n".join(lines), key=key, description="teardown")
     return report

@@ -19,13 +19,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from blocks.templates import load_template
@@ -295,11 +293,17 @@ def _save(spec: JobSpec, record: JobRecord, etag: str | None) -> str:
 
 @flow(name="train-launch", flow_run_name="train-{spec.name}", log_prints=True)
 def train_launch(spec: JobSpec, options: LaunchOptions | None = None) -> LaunchReport:
-    """Launch `spec` as the job's next attempt; with `options.wait`, follow it to its end."""
+    """Launch a training job on a spot (or on-demand) instance as the job's next attempt: its data volume attached,
+    its code shipped, its agent started (checkpoints to S3; spot-watch resumes it after an interruption).
+
+    Args:
+        spec: The job: its name, bucket, instance template, command, data volume, checkpoints and resume policy.
+        options: Whether to follow the job to its end (streaming its log) and end its instance then.
+    """
     log = get_run_logger()
     options = options or LaunchOptions()
     started = time.monotonic()
-    progress = StepProgress(artifact_key("train-launch", spec.name, str(flow_run.id or uuid.uuid4())), STEPS)
+    progress = StepProgress(artifact_key("train-launch-progress", spec.name), STEPS)
 
     progress.step("validate")
     workdir = Path(tempfile.mkdtemp(prefix="trainctl-launch-"))

@@ -754,8 +754,12 @@ def raise_on_mismatch(report: TransferReport) -> TransferReport:
 
 @flow(name="transfer", flow_run_name="transfer-{request.transfer_id}", log_prints=True)
 def transfer(request: TransferRequest) -> TransferReport:
-    """Move SRC's tree to DST (see the module docstring); publishes a progress artifact and a report."""
-    key = artifact_key("transfer", request.transfer_id)
+    """Move SRC's tree to DST (see the module docstring); publishes a progress artifact and a report.
+
+    Args:
+        request: Source and destination (local, S3, an instance or a job's folder), filters, and how to copy.
+    """
+    key = artifact_key("transfer", request.scope)
     artifact = progress_artifact(key, f"{request.src} → {request.dst}")
     report = run_transfer(request, subscribers=[artifact, *progress.subscribers()])
     get_run_logger().info(
@@ -778,7 +782,7 @@ def transfer(request: TransferRequest) -> TransferReport:
         notes += [f"would copy: {rel}" for rel in report.would_copy[:200]]
         notes += [f"would delete: {rel}" for rel in report.would_delete[:200]]
     markdown_report(
-        artifact_key("transfer-report", request.transfer_id),
+        artifact_key("transfer-report", request.scope),
         f"transfer {request.src} → {request.dst}",
         rows,
         notes=notes,

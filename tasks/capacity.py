@@ -40,13 +40,13 @@ def offered_zones(ec2: Any, instance_type: str, *, availability_zone: str | None
         return sorted({str(o["Location"]) for page in pages for o in page["InstanceTypeOfferings"]})
 
 
-@aws_task(name="zones-offering", tags=["aws-ec2"])
+@aws_task(name="zones-offering", task_run_name="zones-offering {instance_type}", tags=["aws-ec2"])
 def zones_offering(instance_type: str, *, account: str | None = None) -> list[str]:
     """The AZs of the account's region where `instance_type` can be launched (DescribeInstanceTypeOfferings)."""
     return offered_zones(load_account(account).client("ec2"), instance_type)
 
 
-@aws_task(name="placement-scores", tags=["aws-ec2"])
+@aws_task(name="placement-scores", task_run_name="placement-scores {instance_type} in {region}", tags=["aws-ec2"])
 def placement_scores(instance_type: str, *, region: str, account: str | None = None) -> dict[str, int] | None:
     """EC2's spot placement score (1–10, higher: a spot launch more likely to succeed) of each AZ of `region` for
     one `instance_type` instance, keyed by AZ name; None when the API cannot be asked here.

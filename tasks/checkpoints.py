@@ -81,7 +81,7 @@ def read_job_storage(bucket: str, job: str, *, account: str | None = None) -> Jo
     )
 
 
-@aws_task(name="list-job-storage", tags=["aws-s3"])
+@aws_task(name="list-job-storage", task_run_name="list-job-storage s3://{bucket}", tags=["aws-s3"])
 def list_job_storage(
     bucket: str, job_names: list[str] | None = None, *, account: str | None = None
 ) -> list[JobStorage]:
@@ -90,7 +90,7 @@ def list_job_storage(
     return [read_job_storage(bucket, name, account=account) for name in names if jobs.JOB_NAME.match(name)]
 
 
-@aws_task(name="list-bucket-leftovers", tags=["aws-s3"])
+@aws_task(name="list-bucket-leftovers", task_run_name="list-leftovers s3://{bucket}", tags=["aws-s3"])
 def list_bucket_leftovers(bucket: str, *, account: str | None = None) -> BucketLeftovers:
     """What killed copies leave in the bucket: objects under trainctl/staging/ (transfers without a job) and every
     unfinished multipart upload under trainctl/. Two paginated listings, whatever their number."""
@@ -107,7 +107,7 @@ def list_bucket_leftovers(bucket: str, *, account: str | None = None) -> BucketL
     )
 
 
-@aws_task(name="latest-checkpoint", tags=["aws-s3"])
+@aws_task(name="latest-checkpoint", task_run_name="latest-checkpoint {checkpoint_uri}", tags=["aws-s3"])
 def latest_checkpoint(checkpoint_uri: str, *, account: str | None = None) -> CheckpointSet | None:
     """The latest complete checkpoint under `checkpoint_uri` (one listing), or None when there is none."""
     ckpt = parse_s3_uri(checkpoint_uri, field="checkpoint_uri")

@@ -72,7 +72,7 @@ def get_snapshot(ec2: Any, snapshot_id: str) -> Snapshot:
     return Snapshot.from_aws(found[0])
 
 
-@aws_task(name="describe-volume", tags=["aws-ec2"])
+@aws_task(name="describe-volume", task_run_name="describe {volume_id}", tags=["aws-ec2"])
 def describe_volume(volume_id: str, *, account: str | None = None) -> Volume:
     """The volume as EC2 has it now (flows: a task, so a throttled call is retried)."""
     return get_volume(_ec2(account), volume_id)
@@ -162,7 +162,7 @@ def _require_managed(resource: Volume | Instance | Snapshot, *, action: str, ado
 # -- tasks ----------------------------------------------------------------------------------------------------
 
 
-@aws_task(name="adopt-volume", tags=["aws-ec2"])
+@aws_task(name="adopt-volume", task_run_name="adopt {volume_id}", tags=["aws-ec2"])
 def adopt_volume(volume_id: str, *, account: str | None = None) -> Volume:
     """What --adopt does: tag a volume trainctl did not create trainctl:managed=true (a no-op for its own)."""
     ec2 = _ec2(account)
@@ -171,7 +171,7 @@ def adopt_volume(volume_id: str, *, account: str | None = None) -> Volume:
     return volume.model_copy(update={"tags": {**volume.tags, t.MANAGED: "true"}})
 
 
-@aws_task(name="create-volume", tags=["aws-ec2"])
+@aws_task(name="create-volume", task_run_name="create-volume {spec.name}", tags=["aws-ec2"])
 def create_volume(
     spec: VolumeSpec,
     *,
@@ -280,7 +280,7 @@ def free_device(instance: Instance, used: set[str], requested: str | None) -> st
     raise UsageError(f"{instance.id} has no free device name among {DEVICE_CANDIDATES[0]}..{DEVICE_CANDIDATES[-1]}")
 
 
-@aws_task(name="attach-volume", tags=["aws-ec2"])
+@aws_task(name="attach-volume", task_run_name="attach {volume_id} → {instance_id}", tags=["aws-ec2"])
 def attach_volume(
     volume_id: str,
     instance_id: str,
@@ -326,7 +326,7 @@ def attach_volume(
     return _wait_attachment(ec2, volume_id, instance_id)
 
 
-@aws_task(name="detach-volume", tags=["aws-ec2"])
+@aws_task(name="detach-volume", task_run_name="detach {volume_id}", tags=["aws-ec2"])
 def detach_volume(volume_id: str, *, force: bool = False, adopt: bool = False, account: str | None = None) -> Volume:
     """Detach and wait until `available`. Detaching an already detached volume is a no-op (idempotent)."""
     ec2 = _ec2(account)
@@ -396,7 +396,7 @@ def plan_volume_delete(
     return VolumeDeletePlan(volume=volume, snapshots=snapshots, verdict=verdict, now=at)
 
 
-@aws_task(name="delete-volume", tags=["aws-ec2"])
+@aws_task(name="delete-volume", task_run_name="delete {volume_id}", tags=["aws-ec2"])
 def delete_volume(
     volume_id: str,
     *,
@@ -439,7 +439,7 @@ def delete_volume(
     )
 
 
-@aws_task(name="create-snapshot", tags=["aws-ec2"])
+@aws_task(name="create-snapshot", task_run_name="snapshot {volume_id}", tags=["aws-ec2"])
 def create_snapshot(
     volume_id: str,
     *,
@@ -498,7 +498,7 @@ def list_snapshots(volume_id: str | None = None, *, account: str | None = None) 
     return sorted(found.values(), key=lambda s: s.created_at)
 
 
-@aws_task(name="delete-snapshot", tags=["aws-ec2"])
+@aws_task(name="delete-snapshot", task_run_name="delete {snapshot_id}", tags=["aws-ec2"])
 def delete_snapshot(
     snapshot_id: str,
     *,
@@ -526,7 +526,7 @@ def delete_snapshot(
     return True
 
 
-@aws_task(name="restore-snapshot", tags=["aws-ec2"])
+@aws_task(name="restore-snapshot", task_run_name="restore {snapshot_id} → {availability_zone}", tags=["aws-ec2"])
 def restore_snapshot(
     snapshot_id: str,
     availability_zone: str,
@@ -573,7 +573,7 @@ def restore_snapshot(
     )
 
 
-@aws_task(name="move-volume", tags=["aws-ec2"], retries=0)
+@aws_task(name="move-volume", task_run_name="move {volume_id} → {availability_zone}", tags=["aws-ec2"], retries=0)
 def move_volume(
     volume_id: str,
     availability_zone: str,
@@ -655,7 +655,7 @@ def _tolerate_not_found(call: Callable[[], Any], operation: str) -> None:
             raise
 
 
-@aws_task(name="mark-prewarmed", tags=["aws-ec2"])
+@aws_task(name="mark-prewarmed", task_run_name="mark-prewarmed {volume_id}", tags=["aws-ec2"])
 def mark_prewarmed(volume_id: str, *, account: str | None = None) -> None:
     """The prewarm of this managed volume finished (data verified, volume detached): its progress tag says so, and
     the sweep no longer reports it as left by an unfinished prewarm. A volume without the tag is left as it is."""

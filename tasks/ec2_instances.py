@@ -70,7 +70,7 @@ def get_instance(ec2: Any, instance_id: str) -> Instance:
     return Instance.from_aws(reservations[0]["Instances"][0])
 
 
-@aws_task(name="describe-instance", tags=["aws-ec2"])
+@aws_task(name="describe-instance", task_run_name="describe {instance_id}", tags=["aws-ec2"])
 def describe_instance(instance_id: str, *, account: str | None = None) -> Instance:
     """The instance as EC2 has it now (flows: a task, so a throttled call is retried)."""
     return get_instance(_ec2(account), instance_id)
@@ -205,7 +205,7 @@ def find_launched(idempotency_key: str, *, account: str | None = None) -> Instan
     return _existing_launch(_ec2(account), client_token_for(idempotency_key))
 
 
-@aws_task(name="launch-instance", tags=["aws-ec2"])
+@aws_task(name="launch-instance", task_run_name="launch {request.role} {request.name}", tags=["aws-ec2"])
 def launch_instance(request: LaunchRequest, *, account: str | None = None) -> Instance:
     """Launch one instance of the capacity asked for and wait until it is `running`. Validates type and AMI before
     any mutation. Spot refused for capacity or price raises CapacityRefusedError (EC2's code and the AZ): whether
@@ -307,7 +307,9 @@ def wait_running(ec2: Any, instance_id: str) -> Instance:
     return get_instance(ec2, instance_id)
 
 
-@aws_task(name="set-delete-on-termination", tags=["aws-ec2"])
+@aws_task(
+    name="set-delete-on-termination", task_run_name="keep {volume_id} when {instance_id} terminates", tags=["aws-ec2"]
+)
 def keep_on_termination(instance_id: str, volume_id: str, *, account: str | None = None) -> None:
     """Set DeleteOnTermination=false for the volume on the instance, so terminating never deletes it."""
     ec2 = _ec2(account)
@@ -329,7 +331,7 @@ def keep_on_termination(instance_id: str, volume_id: str, *, account: str | None
         )
 
 
-@aws_task(name="terminate-instance", tags=["aws-ec2"])
+@aws_task(name="terminate-instance", task_run_name="terminate {instance_id}", tags=["aws-ec2"])
 def terminate_instance(
     instance_id: str, *, idempotency_key: str | None = None, wait: bool = True, account: str | None = None
 ) -> bool:
@@ -408,7 +410,7 @@ def _keep_volume(ec2: Any, instance_id: str, volume_id: str, *, account: str | N
         ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=WAIT)
 
 
-@aws_task(name="wait-terminated", tags=["aws-ec2"])
+@aws_task(name="wait-terminated", task_run_name="wait-terminated {instance_id}", tags=["aws-ec2"])
 def wait_terminated(instance_id: str, *, account: str | None = None) -> None:
     validate_id("instance", instance_id)
     try:
@@ -478,7 +480,7 @@ def _spot_request_statuses(ec2: Any, request_ids: list[str]) -> dict[str, str]:
     return statuses
 
 
-@aws_task(name="resolve-instance", tags=["aws-ec2"])
+@aws_task(name="resolve-instance", task_run_name="resolve {location}", tags=["aws-ec2"])
 def resolve_instance(location: Location, *, account: str | None = None) -> Instance:
     """The running, trainctl-managed instance behind `i-…:/path` or `job:NAME:/path` (clear error otherwise)."""
     ec2 = load_account(account).client("ec2")

@@ -45,7 +45,7 @@ def _location(bucket: str, job: str) -> tuple[str, str]:
     return parsed.bucket, parsed.key
 
 
-@aws_task(name="read-job-record", tags=["aws-s3"])
+@aws_task(name="read-job-record", task_run_name="read-job-record {job}", tags=["aws-s3"])
 def read_record(bucket: str, job: str, *, account: str | None = None) -> tuple[JobRecord | None, str | None]:
     """The record and its ETag; (None, None) when there is none. A record this version cannot parse (another
     tool's) reads as no record but keeps its ETag, so replacing it is still a conditional write."""
@@ -76,7 +76,7 @@ def _read_checked(bucket: str, job: str, account: str | None) -> tuple[JobRecord
         return None, etag, f"not JSON ({exc})"
 
 
-@aws_task(name="write-job-record", tags=["aws-s3"])
+@aws_task(name="write-job-record", task_run_name="write-job-record {record.name}", tags=["aws-s3"])
 def write_record(record: JobRecord, *, expected_etag: str | None, account: str | None = None) -> str:
     """Write the record if it is still as read (`expected_etag`; None: only if there is no record yet). Returns
     the new ETag, the one the next write of this writer expects. Raises JobChangedError when another won."""
@@ -109,13 +109,13 @@ def _already_written(s3: Any, bucket: str, key: str, body: bytes) -> str | None:
     return str(got["ETag"]) if got["Body"].read() == body else None
 
 
-@aws_task(name="read-agent-status", tags=["aws-s3"])
+@aws_task(name="read-agent-status", task_run_name="read-agent-status {job} attempt {attempt}", tags=["aws-s3"])
 def read_agent_status(bucket: str, job: str, attempt: int, *, account: str | None = None) -> dict[str, Any] | None:
     """The agent's status document of one attempt (core/jobs.py status_uri), or None before it wrote one."""
     return _read_document(jobs.status_uri(bucket, job, attempt), account)
 
 
-@aws_task(name="read-interruption", tags=["aws-s3"])
+@aws_task(name="read-interruption", task_run_name="read-interruption {job} {instance_id}", tags=["aws-s3"])
 def read_interruption(
     bucket: str, job: str, instance_id: str, *, account: str | None = None
 ) -> jobs.InterruptionRecord | None:
@@ -183,7 +183,7 @@ def update_attempt(
     return updated
 
 
-@aws_task(name="read-job-record-checked", tags=["aws-s3"])
+@aws_task(name="read-job-record-checked", task_run_name="read-job-record {job}", tags=["aws-s3"])
 def read_record_checked(
     bucket: str, job: str, *, account: str | None = None
 ) -> tuple[JobRecord | None, str | None, str | None]:
@@ -192,7 +192,7 @@ def read_record_checked(
     return _read_checked(bucket, job, account)
 
 
-@aws_task(name="list-jobs", tags=["aws-s3"])
+@aws_task(name="list-jobs", task_run_name="list-jobs s3://{bucket}", tags=["aws-s3"])
 def list_jobs(bucket: str, *, account: str | None = None) -> list[str]:
     """Job names with anything under s3://<bucket>/trainctl/jobs/ (one delimited listing, paginated)."""
     folders = list_common_prefixes(client(account), bucket, jobs.JOBS_ROOT + "/")
@@ -235,7 +235,7 @@ def _agent_answer(result: CommandResult, what: str) -> AgentPoll:
     raise CommandFailedError(result, what)
 
 
-@aws_task(name="poll-agent", tags=["aws-ssm"])
+@aws_task(name="poll-agent", task_run_name="poll-agent {job} on {instance_id}", tags=["aws-ssm"])
 def poll_agent(
     instance_id: str,
     job: str,
@@ -280,7 +280,7 @@ class JobStopReport(BaseModel):
     detail: str = ""
 
 
-@aws_task(name="stop-job", tags=["aws-ssm"], retries=0)
+@aws_task(name="stop-job", task_run_name="stop-job {job}", tags=["aws-ssm"], retries=0)
 def stop_job(
     bucket: str, job: str, *, grace_s: float = 30.0, keep_instance: bool = False, account: str | None = None
 ) -> JobStopReport:
@@ -398,7 +398,7 @@ def record_stopped(
     return updated is not None
 
 
-@aws_task(name="stop-instance-jobs", tags=["aws-ssm"], retries=0)
+@aws_task(name="stop-instance-jobs", task_run_name="stop-jobs on {instance_id}", tags=["aws-ssm"], retries=0)
 def stop_instance_jobs(
     instance_id: str,
     job_names: list[str],
@@ -491,13 +491,13 @@ def check_training(instance_id: str, *, timeout_s: int = 60, account: str | None
     return parse_check(instance_id, result.stdout)
 
 
-@aws_task(name="detect-training", tags=["aws-ssm"], retries=0)
+@aws_task(name="detect-training", task_run_name="detect-training {instance_id}", tags=["aws-ssm"], retries=0)
 def detect_training(instance_id: str, *, timeout_s: int = 60, account: str | None = None) -> TrainingState:
     """Training state of one instance (one SSM command): jobs their agents report alive, training-like processes."""
     return check_training(instance_id, timeout_s=timeout_s, account=account)
 
 
-@aws_task(name="wait-training-done", tags=["aws-ssm"], retries=0)
+@aws_task(name="wait-training-done", task_run_name="wait-training-done {instance_id}", tags=["aws-ssm"], retries=0)
 def wait_training_done(
     instance_id: str, *, timeout_s: float, poll_s: float = 5.0, account: str | None = None
 ) -> TrainingState:
@@ -534,7 +534,7 @@ class CheckpointStopReport(BaseModel):
     detail: str = ""
 
 
-@aws_task(name="checkpoint-then-stop", tags=["aws-ssm"], retries=0)
+@aws_task(name="checkpoint-then-stop", task_run_name="checkpoint-then-stop {job}", tags=["aws-ssm"], retries=0)
 def checkpoint_then_stop(
     bucket: str,
     job: str,

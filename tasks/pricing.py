@@ -312,7 +312,7 @@ def _with_fallback(book: PriceBook, exc: Exception, region: str) -> PriceBook:
     return fallback.merged(book).model_copy(update={"problems": {**book.problems, "pricing-api": reason}})
 
 
-@aws_task(name="pricing:price-book", tags=["aws-pricing"])
+@aws_task(name="pricing:price-book", task_run_name="price-book {region}", tags=["aws-pricing"])
 def price_book(
     region: str,
     instance_types: Iterable[str] = (),
@@ -381,7 +381,7 @@ def current_spot_price(
     return latest[zone][1], zone
 
 
-@aws_task(name="pricing:launch-price", tags=["aws-pricing"])
+@aws_task(name="pricing:launch-price", task_run_name="launch-price {instance_type}", tags=["aws-pricing"])
 def launch_price(
     instance_type: str,
     *,

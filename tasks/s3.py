@@ -87,7 +87,7 @@ def existing_bucket(field: str, uri: str, bucket: str) -> Iterator[None]:
         raise
 
 
-@aws_task(name="list-s3-prefix", tags=["aws-s3"])
+@aws_task(name="list-s3-prefix", task_run_name="list {uri}", tags=["aws-s3"])
 def list_prefix(uri: str, *, require_objects: bool = True, account: str | None = None) -> PrefixListing:
     """Every object under `uri` (paginated). A missing bucket or, with require_objects, an empty prefix is an
     input error naming the URI."""
@@ -111,7 +111,7 @@ def list_prefix(uri: str, *, require_objects: bool = True, account: str | None =
 # -- buckets and single objects -------------------------------------------------------------------------------
 
 
-@aws_task(name="check-bucket", tags=["aws-s3"])
+@aws_task(name="check-bucket", task_run_name="check-bucket {bucket}", tags=["aws-s3"])
 def check_bucket(bucket: str, *, account: str | None = None) -> None:
     """The job's bucket exists and is reachable (checked before anything is launched)."""
     try:
@@ -125,7 +125,7 @@ def check_bucket(bucket: str, *, account: str | None = None) -> None:
         raise
 
 
-@aws_task(name="upload-file", tags=["aws-s3"])
+@aws_task(name="upload-file", task_run_name="put {uri}", tags=["aws-s3"])
 def upload_file(path: str, uri: str, *, account: str | None = None) -> str:
     parsed = parse_s3_uri(uri)
     with translate("s3:PutObject"):
@@ -133,7 +133,7 @@ def upload_file(path: str, uri: str, *, account: str | None = None) -> str:
     return str(parsed)
 
 
-@aws_task(name="copy-staged", tags=["aws-s3"])
+@aws_task(name="copy-staged", task_run_name="copy {source_prefix} → {dest_prefix}", tags=["aws-s3"])
 def copy_staged(source_prefix: str, dest_prefix: str, names: list[str], *, account: str | None = None) -> None:
     """Copy the named objects from one staging prefix to another inside S3 (no download): a resume ships an
     earlier attempt's code without the user's code folder."""
@@ -156,7 +156,7 @@ def put_conditional(s3: Any, bucket: str, key: str, body: bytes, *, expected_eta
 # -- JSON documents -------------------------------------------------------------------------------------------
 
 
-@aws_task(name="put-json", tags=["aws-s3"])
+@aws_task(name="put-json", task_run_name="put {uri}", tags=["aws-s3"])
 def put_json(uri: str, payload: Any, *, account: str | None = None) -> str:
     """Write a small JSON document (job records, manifests, a transfer's lists) at `uri`; returns the URI."""
     parsed = parse_s3_uri(uri)
@@ -172,7 +172,7 @@ def put_json(uri: str, payload: Any, *, account: str | None = None) -> str:
     return str(parsed)
 
 
-@aws_task(name="get-json", tags=["aws-s3"])
+@aws_task(name="get-json", task_run_name="get {uri}", tags=["aws-s3"])
 def get_json(uri: str, *, missing_ok: bool = False, account: str | None = None) -> Any:
     """The JSON document at `uri`. A missing object raises, or with `missing_ok` reads as None. A body that is not
     JSON raises ValueError (a half-written or foreign document: the caller decides)."""
@@ -216,7 +216,7 @@ def put_json_if(uri: str, payload: Any, *, expected_etag: str | None, account: s
 # -- deletions and unfinished uploads -----------------------------------------------------------------------------
 
 
-@aws_task(name="delete-prefix", tags=["aws-s3"])
+@aws_task(name="delete-prefix", task_run_name="delete {uri}", tags=["aws-s3"])
 def delete_prefix(uri: str, *, account: str | None = None) -> int:
     """Delete every object under a staging prefix (idempotent: an empty prefix deletes nothing)."""
     parsed = parse_s3_uri(uri)
@@ -290,7 +290,7 @@ def delete_keys(s3: Any, bucket: str, keys: list[str]) -> None:
             )
 
 
-@aws_task(name="delete-objects", tags=["aws-s3"])
+@aws_task(name="delete-objects", task_run_name="delete-objects s3://{bucket}", tags=["aws-s3"])
 def delete_objects(
     bucket: str, keys: list[str], *, not_after: datetime, account: str | None = None
 ) -> dict[str, list[str]]:
@@ -310,7 +310,7 @@ def delete_objects(
     return {"deleted": sorted(wanted - set(skipped)), "skipped": skipped}
 
 
-@aws_task(name="abort-upload", tags=["aws-s3"])
+@aws_task(name="abort-upload", task_run_name="abort-upload s3://{bucket}/{key}", tags=["aws-s3"])
 def abort_upload(bucket: str, key: str, upload_id: str, *, account: str | None = None) -> bool:
     """Abort one unfinished multipart upload (its stored parts go). False when it was completed or aborted since."""
     s3 = client(account)

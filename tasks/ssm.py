@@ -113,7 +113,7 @@ def _sent_with(ssm: Any, instance_id: str, token: str, since: datetime) -> str |
     return None
 
 
-@aws_task(name="wait-ssm-online", tags=["aws-ssm"])
+@aws_task(name="wait-ssm-online", task_run_name="wait-ssm-online {instance_id}", tags=["aws-ssm"])
 def wait_online(instance_id: str, *, timeout_s: float = 600, account: str | None = None) -> None:
     """Wait until the instance's SSM agent reports PingStatus Online (its readiness for commands)."""
     validate_id("instance", instance_id)
@@ -229,7 +229,7 @@ def _wait_invocation(ssm: Any, command_id: str, instance_id: str, *, deadline: f
             return inv
 
 
-@aws_task(name="run-command", tags=["aws-ssm"], retries=0)
+@aws_task(name="run-command", task_run_name="run-{what} {instance_id}", tags=["aws-ssm"], retries=0)
 def run_command(
     instance_id: str,
     script: list[str],

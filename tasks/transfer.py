@@ -37,7 +37,7 @@ class S3Object:
 # -- listings ---------------------------------------------------------------------------------------------------
 
 
-@aws_task(name="list-s3-tree", tags=["aws-s3"])
+@aws_task(name="list-s3-tree", task_run_name="list {uri}", tags=["aws-s3"])
 def list_s3_tree(uri: S3Uri, *, account: str | None = None, field: str = "source") -> dict[str, S3Object]:
     """Every object under the prefix (relative key → size, ETag): one ListObjectsV2 call per 1,000 objects.
 
@@ -122,7 +122,7 @@ def head_checksum(prefix: S3Uri, rel: str, *, account: str | None, etag: str | N
     return None if head is None else _checksum_of(head)
 
 
-@aws_task(name="changed-since-listing", tags=["aws-s3"])
+@aws_task(name="changed-since-listing", task_run_name="changed-since-listing {prefix}", tags=["aws-s3"])
 def changed_since_listing(prefix: S3Uri, etags: Mapping[str, str], *, account: str | None = None) -> list[str]:
     """Which of these objects (relative key → the ETag the plan listed) no longer have that ETag, or are gone: one
     HeadObject with IfMatch each, 16 at a time. Used to say why files failed verification."""
@@ -136,7 +136,7 @@ def changed_since_listing(prefix: S3Uri, etags: Mapping[str, str], *, account: s
 _KMS = ("aws:kms", "aws:kms:dsse")
 
 
-@aws_task(name="kms-checksums", tags=["aws-s3"])
+@aws_task(name="kms-checksums", task_run_name="kms-checksums {prefix}", tags=["aws-s3"])
 def kms_checksums(
     prefix: S3Uri, rels: list[str], *, etags: Mapping[str, str], account: str | None = None
 ) -> dict[str, Checksum]:
@@ -230,20 +230,20 @@ def same_as_s3(
     )
 
 
-@aws_task(name="delete-s3-objects", tags=["aws-s3"])
+@aws_task(name="delete-s3-objects", task_run_name="delete-objects {prefix}", tags=["aws-s3"])
 def delete_s3_objects(prefix: S3Uri, rels: list[str], *, account: str | None = None) -> int:
     delete_keys(client(account), prefix.bucket, [prefix.prefix + rel for rel in rels])
     return len(rels)
 
 
-@aws_task(name="abort-unfinished-uploads", tags=["aws-s3"])
+@aws_task(name="abort-unfinished-uploads", task_run_name="abort-uploads {prefix}", tags=["aws-s3"])
 def abort_unfinished_uploads(prefix: S3Uri, rels: list[str], *, account: str | None = None) -> int:
     """Abort unfinished multipart uploads of these files' keys: a killed run's (its parts are billed until
     aborted), or this run's after it failed. The keys are about to be (re)written by the transfer."""
     return abort_uploads(client(account), prefix.bucket, prefix.prefix, {prefix.prefix + rel for rel in rels})
 
 
-@aws_task(name="verify-s3-upload", tags=["aws-s3"])
+@aws_task(name="verify-s3-upload", task_run_name="verify-upload {dest}", tags=["aws-s3"])
 def verify_upload(
     root: Path,
     dest: S3Uri,

@@ -23,6 +23,7 @@ from core.teardown import (
     Scope,
     Step,
     TeardownPolicy,
+    plan_markdown,
     plan_teardown,
 )
 
@@ -286,23 +287,36 @@ def test_sweep_finds_old_prewarm_instances_orphan_volumes_and_snapshots_beyond_r
     assert plan.monthly_savings > 8
 
 
-def test_the_graph_names_every_step_and_kept_reason() -> None:
+def test_the_markdown_plan_nests_each_resource_under_its_owner_and_names_every_step_and_kept_reason() -> None:
     # A plan with operations in all eight steps and resources kept for several reasons.
     i = instance(1)
     data = volume(1, on=i, persistent=True)
     vols = [data, volume(2, protected=True), volume(3), volume(4, age=timedelta(minutes=1))]
     snaps = [snapshot(n, data, age=timedelta(days=n)) for n in range(1, 6)]
     store = storage("running", _ckpt(1, timedelta(hours=5)), _ckpt(2, timedelta(hours=4)))
+    inventory = inv([i], vols, snaps)
     plan = plan_teardown(
-        inv([i], vols, snaps), scope=ALL, now=NOW, training=running(i), force_training=True, storage=[store], sweep=True
+        inventory, scope=ALL, now=NOW, training=running(i), force_training=True, storage=[store], sweep=True
     )
     assert {o.step for o in plan.operations} == set(STEPS)
-    lines = plan.mermaid().splitlines()
-    assert lines[0] == "graph TD"
-    titles = [line.strip() for line in lines if line.strip().startswith("subgraph")]
-    assert titles == [f'subgraph s{n}["{n + 1}. {step.value}"]' for n, step in enumerate(STEPS)]
+    text = plan_markdown(plan, inventory)
+    assert "```" not in text and "mermaid" not in text  # the open-source UI shows fenced mermaid as raw text
+    lines = text.splitlines()
+
+    def line_of(rid: str) -> str:
+        return next(line for line in lines if f"`{rid}` (" in line)
+
+    # instance → its volume → that volume's snapshots: each one list level deeper than its owner
+    depth = {rid: len(line_of(rid)) - len(line_of(rid).lstrip()) for rid in [i.id, data.id, snaps[0].id]}
+    assert depth == {i.id: 0, data.id: 2, snaps[0].id: 4}
+    assert line_of(i.id).lstrip().startswith("- **terminate**")
+    assert line_of(data.id).lstrip().startswith("- **detach-and-keep**")
+    # every step numbered in order, each operation under its step with what it waits for
+    titles = [line for line in lines if line[:1].isdigit()]
+    assert titles == [f"{n + 1}. **{step.value}**" for n, step in enumerate(STEPS)]
     for op in plan.operations:
-        assert any(line.endswith(f'["{op.kind.value} {op.target}"]') for line in lines), op.id
+        after = f" — after {', '.join(f'`{d}`' for d in op.depends_on)}" if op.depends_on else ""
+        assert f"    - {op.kind.value} `{op.target}`{after}" in lines, op.id
     kept = {e.id: next(r.reason for r in e.reasons if r.blocking) for e in plan.entries if e.action is Action.KEEP}
     assert set(kept.values()) == {
         "protected",
@@ -312,7 +326,8 @@ def test_the_graph_names_every_step_and_kept_reason() -> None:
         "job unfinished",
     }
     for rid, why in kept.items():
-        assert any(line.endswith(f'(["keep {rid}: {why}"])') for line in lines), rid
+        assert line_of(rid).lstrip().startswith(f"- **keep** `{rid}`") and why in line_of(rid), rid
+    assert f"saves about ${plan.monthly_savings:.2f}/month" in text
 
 
 # -- the sweep's orphan rules ---------------------------------------------------------------------------------
@@ -732,7 +747,7 @@ def test_plans_are_deterministic(
         **opts,  # type: ignore[arg-type]
     )
     assert first.model_dump() == again.model_dump()
-    assert first.mermaid() == again.mermaid()
+    assert plan_markdown(first, inventory) == plan_markdown(again, shuffled)
 
 
 def test_a_thousand_resources_are_all_planned() -> None:

@@ -5,7 +5,7 @@ Time: EC2 create times and S3 LastModified cannot be set back in the sandbox (mo
 SafetyPolicy with short windows (min age and checkpoint recency of POLICY_S seconds, set through the request's
 overrides): "old" things are made first, then the test waits until they are older than the window, then makes
 the young volume and the recent checkpoint. The kill-at-every-step test needs no young things and moves the
-clock forward instead (`TeardownRequest.now`).
+clock forward instead (through `flows.teardown.planning_time`; `as_of`, the rehearsal, is for dry runs only).
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def _kill_scenario(cloud: Sandbox) -> dict[str, str]:
     return {"instance": instance, "data": data, "scratch": scratch, "snapshot": snapshot, "staging": staging}
 
 
-def test_killed_after_each_step_in_turn_the_reruns_converge(cloud: Sandbox) -> None:
+def test_killed_after_each_step_in_turn_the_reruns_converge(cloud: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run 1 dies after step 1, run 2 (starting from what run 1 left) dies after step 2, ... the last run
     completes. Every run re-plans from AWS as it is; the end state is the one an uninterrupted run reaches.
     (One chain rather than one fresh scenario per step: the latter costs ~18 s a step in the sandbox.)"""
@@ -254,8 +254,9 @@ def test_killed_after_each_step_in_turn_the_reruns_converge(cloud: Sandbox) -> N
         bucket=BUCKET,
         dry_run=False,
         force_training=True,
-        now=datetime.now(UTC) + timedelta(hours=2),  # everything is old; nothing here is meant to be young
     )
+    # Everything is old: nothing here is meant to be young (the clock moves through the flow's own seam).
+    monkeypatch.setattr(flows.teardown, "planning_time", lambda _r, inv: inv.taken_at + timedelta(hours=2))
     done_steps: list[str] = []
     # Every step but the last (a run killed after the last step has completed).
     kill_points = list(Step)[:-1]

@@ -237,10 +237,6 @@ def test_the_paused_teardown_offers_the_approval_form(tour: Tour) -> None:
     tour.page.screenshot(path=str(SHOTS / "teardown-approval.png"), full_page=True)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the plan in the approval form lands with issue 17's approval-form part (another engineer)"
-)
 def test_the_approval_form_shows_the_plan_being_approved(tour: Tour) -> None:
-    """The plan the approver approves: the scratch volume it deletes is named in the form. Strict: once the plan
-    is in the form this passes, and the marker must go."""
+    """The plan the approver approves: the scratch volume it deletes is named in the form."""
     assert tour.scratch_volume in _approval_form(tour)
