@@ -45,7 +45,7 @@ BUCKET = "trainctl-ui-tour"
 JOB = "ui-tour"
 TEARDOWN = "safe-teardown/safe-teardown"
 # The served deployments, as the product serves them (deployments/: one definition for serve and prefect.yaml).
-SERVE = "from prefect import serve; from deployments.serve import deployments; serve(*deployments())"
+SERVE = "from deployments.serve import main; raise SystemExit(main())"
 
 
 @dataclass
