@@ -11,6 +11,8 @@ Verbs (paths are the instance's; JSON in and out):
     unpack ARCHIVE DEST              extract, refusing escaping names, links and devices
     cmds TOOL SRC DST SELECT OUT MIB one copy command per selected file (s5cmd run file, or aws CLI lines)
     apply PARTIAL ROOT MANIFEST      check each fetched file, move it under its final name, delete, print result
+    changed MANIFEST ROOT LISTING    narrow MANIFEST to what differs from the LISTING ROOT holds (incremental sync)
+    remember FULL APPLIED LISTING    after a receive without mismatch, LISTING := FULL; print APPLIED
     check ROOT EXPECT                print the files that do not match EXPECT
     sweep ROOT MINE                  remove partial folders of killed receives
     problems NAMES                   print core/paths.py's verdict on each name
@@ -317,6 +319,53 @@ def apply(partial: str, root: str, manifest_path: str) -> None:
     print(json.dumps({"placed": placed, "mismatches": bad, "deleted": deleted}))
 
 
+def _listed(entry: Any) -> tuple[int, str]:
+    return int(entry.get("size", -1)), str(entry.get("etag", ""))
+
+
+def changed(manifest_path: str, root: str, listing_path: str) -> None:
+    """Narrow a receive's manifest to what ROOT does not hold yet, by the listing its last complete receive left
+    (`remember`; key → size and ETag): new keys, keys whose size or ETag changed, files missing or of another size
+    on disk; the listing's keys no longer in the manifest are deleted. The full manifest is kept as
+    `<manifest>.full`. The listing is removed now: a receive that does not finish leaves none, and the next one
+    compares nothing and copies everything again."""
+    manifest = load(manifest_path)
+    try:
+        previous = load(listing_path)
+    except (OSError, ValueError):
+        previous = {}
+    with open(manifest_path + ".full", "w") as f:
+        json.dump(manifest, f)
+    files = manifest["files"]
+
+    def held(rel: str) -> bool:
+        path = inside(root, rel)
+        same_entry = rel in previous and _listed(previous[rel]) == _listed(files[rel])
+        return same_entry and os.path.isfile(path) and os.path.getsize(path) == files[rel]["size"]
+
+    manifest["files"] = {rel: want for rel, want in files.items() if not held(rel)}
+    manifest["delete"] = sorted({*manifest.get("delete", []), *(rel for rel in previous if rel not in files)})
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    if os.path.exists(listing_path):
+        os.remove(listing_path)
+
+
+def remember(full_path: str, applied_path: str, listing_path: str) -> None:
+    """After `apply`: when nothing mismatched, record what the folder now holds (the full manifest's keys, sizes,
+    ETags) for the next `changed`; print apply's result either way (the last line the controller reads)."""
+    applied = load(applied_path)
+    if not applied["mismatches"]:
+        listing = {
+            rel: {"size": want["size"], "etag": want.get("etag", "")} for rel, want in load(full_path)["files"].items()
+        }
+        os.makedirs(os.path.dirname(listing_path), exist_ok=True)
+        with open(listing_path + ".tmp", "w") as f:
+            json.dump(listing, f)
+        os.replace(listing_path + ".tmp", listing_path)
+    print(json.dumps(applied))
+
+
 def sweep(root: str, mine: str) -> None:
     """Remove the partial folders killed receives left under `root`: their lock is free (a live receive holds its
     own, flock, for as long as its script runs), or they have no lock and are a minute old. Not `mine`."""
@@ -352,6 +401,8 @@ VERBS: dict[str, Callable[..., None]] = {
     "unpack": unpack,
     "cmds": cmds,
     "apply": apply,
+    "changed": changed,
+    "remember": remember,
     "check": check,
     "sweep": sweep,
     "problems": problems,

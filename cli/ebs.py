@@ -594,6 +594,13 @@ def prewarm(
     target_dir: Annotated[str, typer.Option("--target-dir", help="Folder inside the volume.")] = "",
     filesystem: Annotated[Filesystem, typer.Option("--filesystem", help="Filesystem if blank.")] = Filesystem.xfs,
     take_snapshot: Annotated[bool, typer.Option("--snapshot", help="Snapshot the volume afterwards.")] = False,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse/--no-reuse",
+            help="With --new: reuse a volume already holding this dataset (in the AZ, or copied from its snapshot).",
+        ),
+    ] = True,
     job: Annotated[str | None, typer.Option("--job", help="The training job it belongs to.")] = None,
     adopt: AdoptOption = False,
     json_output: JsonOption = False,
@@ -615,6 +622,7 @@ def prewarm(
         target_dir=target_dir,
         filesystem=filesystem.value,
         snapshot=take_snapshot,
+        reuse=reuse,
         job=job,
         adopt=adopt,
         account=state.account,
@@ -637,6 +645,7 @@ def prewarm(
         f"prewarmed {report.volume_id} in {report.availability_zone}: {report.files} files, {report.bytes} bytes "
         f"from {report.source} in {report.seconds:.0f} s (verified)"
     )
+    _print(f"{report.path}: {report.why}")
     if report.temporary_instance_terminated:
         _print(f"temporary instance {report.instance_id} terminated")
     if report.snapshot_id:

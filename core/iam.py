@@ -302,9 +302,12 @@ def _ec2_statements() -> list[Statement]:
             "RetagManagedVolumes",
             ("ec2:CreateTags",),
             _ec2("volume"),
-            "ebs move renames the original volume, a prewarm marks its volume done: those two tags of trainctl "
-            "volumes only",
-            {**_MANAGED_RESOURCE, "ForAllValues:StringEquals": {"aws:TagKeys": [t.NAME, t.PREWARM]}},
+            "ebs move renames the original volume, a prewarm marks its volume done (or pending again while it "
+            "re-syncs) with its dataset's digest: those tags of trainctl volumes only",
+            {
+                **_MANAGED_RESOURCE,
+                "ForAllValues:StringEquals": {"aws:TagKeys": [t.NAME, t.PREWARM, t.DATASET_DIGEST]},
+            },
         ),
         Statement(
             "ChangeManagedInstances",

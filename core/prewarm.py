@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from core import tags as t
 from core.ebs import VolumeSpec, device_by_id_path, mount_point
 from core.errors import InvalidInputError, NotManagedError, UsageError
 from core.ids import validate_availability_zone, validate_id, validate_instance_type
@@ -27,6 +29,7 @@ from core.transfer import PARTIAL_PREFIX, check_all_safe, receive_script
 
 MANIFEST_DIR = ".trainctl"
 MANIFEST_NAME = "prewarm-manifest.json"
+LISTING_NAME = "prewarm-listing.json"
 # Names at the volume root that are not data (the manifest folder, ext4's lost+found).
 NOT_DATA = (MANIFEST_DIR, "lost+found")
 SYNC_PART_MIB = 50  # s5cmd's default part size
@@ -55,6 +58,12 @@ class PrewarmSpec(BaseModel):
     target_dir: str = Field(default="", description="folder inside the volume; empty = the volume root")
     filesystem: Literal["xfs", "ext4"] = Field(default="xfs", description="filesystem made on a blank volume")
     snapshot: bool = Field(default=False, description="snapshot the volume once it is filled")
+    reuse: bool = Field(
+        default=True,
+        description="a new volume (`volume`) of a dataset already prewarmed at a volume's root reuses that volume: "
+        "in the AZ (re-synced incrementally if the dataset changed), or a copy restored from its snapshot in another "
+        "AZ; False: always a new prewarm",
+    )
     job: str | None = Field(default=None, description="the training job the volume and instance belong to (tagged)")
     adopt: bool = Field(default=False, description="tag an existing volume trainctl did not create as managed")
     sync_timeout_minutes: int = Field(default=240, ge=1, le=24 * 60, description="longest the copy may take")
@@ -128,6 +137,90 @@ def check_given_instance(instance: Instance, volume_zone: str | None) -> None:
         )
 
 
+def dataset_digest(objects: Mapping[str, int], etags: Mapping[str, str]) -> str:
+    """The digest of a dataset's manifest (`trainctl:dataset-digest`): sha256 of the sorted `key<TAB>size<TAB>etag`
+    lines of its listing. Equal digests: the same objects, so a volume holding one holds the other."""
+    h = hashlib.sha256()
+    for path in sorted(objects):
+        h.update(f"{path}\t{objects[path]}\t{etags.get(path, '')}\n".encode())
+    return h.hexdigest()
+
+
+def listing_path(volume_id: str, target_dir: str) -> str:
+    """Where the volume records what its folder holds (key → size, ETag) after a complete sync: the next sync of
+    that folder copies only what changed (one file per folder, so two target folders never mix)."""
+    name = (
+        LISTING_NAME
+        if not target_dir
+        else f"prewarm-listing-{hashlib.sha256(target_dir.encode()).hexdigest()[:16]}.json"
+    )
+    return f"{mount_point(volume_id)}/{MANIFEST_DIR}/{name}"
+
+
+ReusePath = Literal["new", "reuse", "restore"]
+
+
+@dataclass(frozen=True)
+class ReuseChoice:
+    """What a prewarm of a new volume does with the prewarmed volumes of its dataset: `new` (a new volume),
+    `reuse` (`volume`, in the AZ asked for), `restore` (a copy of `volume`'s snapshot in `zone`); and why."""
+
+    path: ReusePath
+    why: str
+    volume: Volume | None = None
+    zone: str | None = None
+
+
+def choose_reuse(candidates: Sequence[Volume], zone: str | None, digest: str) -> ReuseChoice:
+    """Among the managed, prewarm-done volumes tagged with the dataset: a free one in `zone` (any zone when None) is
+    reused, else a free one elsewhere is copied into `zone` from its snapshot; one attached to an instance is not
+    touched (its trainer may be writing). Volumes holding the current digest go first."""
+    live = [v for v in candidates if v.state in {"available", "in-use"}]
+    free = sorted(
+        (v for v in live if v.state == "available" and not v.attached_instance_id),
+        key=lambda v: (v.tags.get(t.DATASET_DIGEST) != digest, v.id),
+    )
+    busy = ", ".join(f"{v.id} (attached to {v.attached_instance_id})" for v in live if v not in free)
+    here = [v for v in free if zone is None or v.availability_zone == zone]
+    if here:
+        volume = here[0]
+        same = volume.tags.get(t.DATASET_DIGEST) == digest
+        state = "unchanged" if same else "changed since: re-synced incrementally"
+        return ReuseChoice("reuse", f"{volume.id} in {volume.availability_zone} holds this dataset ({state})", volume)
+    if free:
+        volume = free[0]
+        return ReuseChoice(
+            "restore",
+            f"{volume.id} holds this dataset in {volume.availability_zone}, not in {zone}: a copy restored from its "
+            "snapshot",
+            volume,
+            zone,
+        )
+    if busy:
+        return ReuseChoice("new", f"the volumes holding this dataset are in use, so not reused: {busy}")
+    return ReuseChoice("new", "no prewarmed volume holds this dataset")
+
+
+def reusable(spec: PrewarmSpec) -> str | None:
+    """Why a prewarm does not look for a volume to reuse, or None when it does."""
+    if not spec.reuse:
+        return "reuse is off (reuse=False)"
+    if spec.volume_id is not None:
+        return f"the volume to fill was given ({spec.volume_id})"
+    if spec.target_dir:
+        return "only datasets prewarmed at a volume's root are reused (target_dir is set)"
+    return None
+
+
+def initialise_script(volume_id: str, device: str) -> list[str]:
+    """Read every block of a volume restored from a snapshot, so no read by the trainer waits for EBS to fetch a
+    block from S3 (lazy loading: the first read of each block is slow); prints dd's summary."""
+    return [
+        *_device_lines(volume_id, device),
+        'dd if="$dev" of=/dev/null bs=1M 2>&1 | tail -n 1',
+    ]
+
+
 def listing_digest(objects: Mapping[str, int]) -> str:
     """sha256 of the sorted `path<TAB>size` lines: the same function runs on the instance (VERIFY_PY)."""
     h = hashlib.sha256()
@@ -136,11 +229,8 @@ def listing_digest(objects: Mapping[str, int]) -> str:
     return h.hexdigest()
 
 
-def mount_script(volume_id: str, device: str, filesystem: str) -> list[str]:
-    """Find the device by the volume's ID, make a filesystem only if it has none, mount (all idempotent)."""
-    mkfs = {"xfs": 'mkfs.xfs -q "$dev"', "ext4": 'mkfs.ext4 -q -F "$dev"'}.get(filesystem)
-    if mkfs is None:  # the value also lands in the script: only the known names may
-        raise InvalidInputError("filesystem", filesystem, "xfs or ext4")
+def _device_lines(volume_id: str, device: str) -> list[str]:
+    """Set `$dev` to the attached volume's device (waiting for it to appear)."""
     return [
         "set -eu",
         f"dev={on_instance(device_by_id_path(volume_id))}",
@@ -151,6 +241,16 @@ def mount_script(volume_id: str, device: str, filesystem: str) -> list[str]:
         'while [ ! -e "$dev" ] && [ ! -e "$alt" ] && [ ! -e "$alt2" ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done',
         'if [ ! -e "$dev" ]; then if [ -e "$alt" ]; then dev="$alt"; elif [ -e "$alt2" ]; then dev="$alt2"; fi; fi',
         '[ -e "$dev" ] || { echo "the volume\'s device did not appear on the instance" >&2; exit 20; }',
+    ]
+
+
+def mount_script(volume_id: str, device: str, filesystem: str) -> list[str]:
+    """Find the device by the volume's ID, make a filesystem only if it has none, mount (all idempotent)."""
+    mkfs = {"xfs": 'mkfs.xfs -q "$dev"', "ext4": 'mkfs.ext4 -q -F "$dev"'}.get(filesystem)
+    if mkfs is None:  # the value also lands in the script: only the known names may
+        raise InvalidInputError("filesystem", filesystem, "xfs or ext4")
+    return [
+        *_device_lines(volume_id, device),
         f'if ! blkid "$dev" >/dev/null 2>&1; then echo "no filesystem: creating {filesystem}"; {mkfs}; fi',
         f"mnt={on_instance(mount_point(volume_id))}",
         'mkdir -p "$mnt"',
@@ -174,14 +274,17 @@ def check_keys(source: str, objects: Mapping[str, int], target_dir: str) -> None
                 )
 
 
-def sync_manifest(objects: Mapping[str, int]) -> dict[str, object]:
+def sync_manifest(objects: Mapping[str, int], etags: Mapping[str, str] | None = None) -> dict[str, object]:
     """What the instance copies: exactly these keys (relative to the source prefix), each placed once its size is
-    the listed one (the count, bytes and names are verified afterwards, `verify_script`)."""
-    return {"files": {rel: {"size": size} for rel, size in objects.items()}, "delete": [], "verify": False}
+    the listed one (the count, bytes and names are verified afterwards, `verify_script`); the ETags let the next
+    sync of the volume copy only what changed (`listing_path`)."""
+    files = {rel: {"size": size, "etag": (etags or {}).get(rel, "")} for rel, size in objects.items()}
+    return {"files": files, "delete": [], "verify": False}
 
 
 def sync_script(source: str, volume_id: str, target_dir: str, manifest_uri: str, run_id: str) -> list[str]:
-    """Copy exactly the keys in the manifest (`sync_manifest`, put at `manifest_uri`): the transfer's receive on
+    """Copy the keys in the manifest (`sync_manifest`, put at `manifest_uri`) that the volume does not hold yet
+    (by its listing, `listing_path`; deleting the listed keys no longer in the source): the transfer's receive on
     the instance — one `cp --raw` per key in an s5cmd run file (the aws CLI file by file without s5cmd), every
     name checked again there before the first copy, files landing in a partial folder on the volume and moved
     into place. Never a wildcard: s5cmd would list the prefix again and copy keys nobody checked."""
@@ -194,6 +297,7 @@ def sync_script(source: str, volume_id: str, target_dir: str, manifest_uri: str,
         files_prefix=f"s3://{uri.bucket}/{uri.prefix}",
         archive_uri=None,
         part_mib=SYNC_PART_MIB,
+        listing=listing_path(volume_id, target_dir),
     )
 
 

@@ -6,6 +6,7 @@ half-owned. Protection keys of both the trainctl and the legacy runctl prefix ar
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
@@ -31,6 +32,14 @@ CLIENT_TOKEN = "trainctl:client-token"  # noqa: S105 (a tag key, not a secret)
 PREWARM = "trainctl:prewarm"
 PREWARM_PENDING = "pending"
 PREWARM_DONE = "done"
+
+# A prewarmed volume's dataset (set at creation when it is filled at its root): the source's S3 URI, and the digest
+# of the listing it holds (keys, sizes, ETags; core.prewarm.dataset_digest). A later prewarm of that URI finds and
+# reuses the volume instead of copying again. Tag values hold at most 256 characters: a longer URI is stored as
+# "sha256:<hex of the URI>" (dataset_tag_value).
+DATASET = "trainctl:dataset"
+DATASET_DIGEST = "trainctl:dataset-digest"
+TAG_VALUE_MAX = 256
 
 # runctl (the Rust predecessor, once itself called trainctl) marked ownership with CreatedBy.
 LEGACY_CREATED_BY = "CreatedBy"
@@ -77,6 +86,13 @@ def is_persistent(tags: Mapping[str, str]) -> bool:
 def is_protected(tags: Mapping[str, str]) -> bool:
     """Never deleted by cleanup; an explicit delete needs force. `important` is the older spelling."""
     return _flag(tags, *_both_prefixes("protected"), *_both_prefixes("important"))
+
+
+def dataset_tag_value(uri: str) -> str:
+    """The `trainctl:dataset` value of a dataset URI: the URI itself, or its sha256 when too long for a tag."""
+    if len(uri) <= TAG_VALUE_MAX:
+        return uri
+    return "sha256:" + hashlib.sha256(uri.encode()).hexdigest()
 
 
 def managed_tags(

@@ -465,10 +465,21 @@ def scan_script(path: str, out_uri: str, *, mode: Literal["src", "dst"], expect_
 
 
 def receive_script(
-    path: str, partial: str, manifest_uri: str, *, files_prefix: str | None, archive_uri: str | None, part_mib: int
+    path: str,
+    partial: str,
+    manifest_uri: str,
+    *,
+    files_prefix: str | None,
+    archive_uri: str | None,
+    part_mib: int,
+    listing: str | None = None,
 ) -> list[str]:
     """Fetch into a partial folder (files from `files_prefix`, or one archive), verify against the manifest, move
     each good file under its final name, delete what the manifest says, drop the partial folder.
+
+    With `listing` (an instance path: what the folder holds, as its last complete receive recorded it), only new and
+    changed files are fetched and the listed ones no longer in the manifest deleted (the helper's `changed` and
+    `remember`): an incremental sync.
 
     The partial folder goes when the script ends, failed or not; the script holds a lock on it (flock, fd 9) while
     it runs, so the next receive into the same folder removes what a killed one (SIGKILL, reboot) left."""
@@ -483,6 +494,8 @@ def receive_script(
         'h sweep "$root" "$partial"',
         f'get {quote(manifest_uri)} "$work/manifest.json"',
     ]
+    if listing:
+        lines += [f'h changed "$work/manifest.json" "$root" {on_instance(listing)}']
     if archive_uri:
         lines += [f'get {quote(archive_uri)} "$work/bundle.tar"', 'h unpack "$work/bundle.tar" "$partial"']
     elif files_prefix:
@@ -497,7 +510,13 @@ def receive_script(
             '  sh -e "$work/run.sh"',
             "fi",
         ]
-    lines += ['h apply "$partial" "$root" "$work/manifest.json"']
+    if listing:
+        lines += [
+            'h apply "$partial" "$root" "$work/manifest.json" > "$work/applied.json"',
+            f'h remember "$work/manifest.json.full" "$work/applied.json" {on_instance(listing)}',
+        ]
+    else:
+        lines += ['h apply "$partial" "$root" "$work/manifest.json"']
     return instance_script(*lines)
 
 

@@ -1,11 +1,19 @@
 """prewarm: put a dataset from S3 onto a persistent EBS volume, verified, and never leak the helper instance.
 
-Runbook: check the source (list it; every key must be able to become a path on the volume) → get the volume
-(new or existing) → get an instance in the volume's AZ (temporary unless one is given) → wait until SSM is
-Online → attach → mount (mkfs only if blank) → sync exactly the listed keys (s5cmd, else the aws CLI, one copy
-per key; the list goes through a staging object) → verify against the S3 listing → write the manifest →
-unmount → detach → optional snapshot. The temporary instance is terminated in every case, and a failure names
-what was cleaned up.
+Runbook: check the source (list it; every key must be able to become a path on the volume) → look for a volume
+that already holds the dataset (`trainctl:dataset`, "Reuse" below) → get the volume (new, existing, reused or
+restored) → get an instance in the volume's AZ (temporary unless one is given) → wait until SSM is Online →
+attach → initialise (a restored copy) → mount (mkfs only if blank) → sync the listed keys (s5cmd, else the aws
+CLI, one copy per key; the list goes through a staging object) → verify against the S3 listing → write the
+manifest → unmount → detach → optional snapshot. The temporary instance is terminated in every case, and a failure names
+what was cleaned up. The copy is incremental: the volume records what it holds after each complete sync, and the
+next sync copies only new and changed objects and deletes the removed ones.
+
+Reuse (a new volume asked for, `reuse` on, no target_dir): a managed, prewarm-done volume tagged with the dataset
+is reused when it is free in the AZ asked for — untouched when its digest is the listing's, else re-synced —; a
+free one in another AZ gives a copy restored from its snapshot (made if missing) in the AZ asked for, whose every
+block is read once (a restored volume fetches each block from S3 on its first read); a volume attached to an
+instance is never reused. The report says which path ran and why.
 
 IAM: `trainctl iam policy --for prewarm --data s3://SOURCE/` (the temporary instance's profile) and `--for caller`
 print what is needed (core/iam.py); tests/flows/test_iam_enforced.py runs this flow with only that.
@@ -18,24 +26,30 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core import tags as t
 from core.errors import TerminatedError, TrainctlError, UsageError
 from core.models import Instance, Volume
 from core.prewarm import (
     PrewarmSpec,
+    ReuseChoice,
     VerifyResult,
     check_existing_volume,
     check_given_instance,
     check_keys,
+    choose_reuse,
     compare,
+    dataset_digest,
     finish_script,
+    initialise_script,
     listing_digest,
     mount_script,
+    reusable,
     sync_manifest,
     sync_script,
     unmount_script,
@@ -51,13 +65,28 @@ from tasks.ebs import (
     create_volume,
     describe_volume,
     detach_volume,
+    find_dataset_volumes,
+    list_snapshots,
     mark_prewarmed,
+    reopen_prewarm,
 )
 from tasks.ec2_instances import LaunchRequest, describe_instance, launch_instance, terminate_instance
 from tasks.s3 import PrefixListing, delete_prefix, list_prefix, put_json, staging_uri
 from tasks.ssm import run_command, wait_online
 
-STEPS = ["check source", "volume", "instance", "ssm online", "attach", "mount", "sync", "verify", "finish", "detach"]
+STEPS = [
+    "check source",
+    "volume",
+    "instance",
+    "ssm online",
+    "attach",
+    "initialise",
+    "mount",
+    "sync",
+    "verify",
+    "finish",
+    "detach",
+]
 
 
 class PrewarmReport(BaseModel):
@@ -67,10 +96,17 @@ class PrewarmReport(BaseModel):
     files: int
     bytes: int
     digest: str
-    instance_id: str
+    instance_id: str | None = Field(description="the instance that copied (None: no copy was needed)")
     temporary_instance_terminated: bool
     snapshot_id: str | None = None
     seconds: float
+    path: Literal["new", "reused", "re-synced", "restored"] = "new"
+    why: str = ""
+    copied: int | None = Field(default=None, description="objects copied from S3 (None: no copy ran)")
+    deleted: int | None = Field(default=None, description="files deleted from the volume (gone from the source)")
+    reused_volume_id: str | None = Field(default=None, description="the volume the data came from, when reused")
+    restored_from: str | None = Field(default=None, description="the snapshot the restored copy was made from")
+    initialised: str | None = Field(default=None, description="how a restored copy was made fast to read")
 
 
 class PrewarmFailedError(TrainctlError):
@@ -101,6 +137,9 @@ class _Held:
 
     volume: Volume
     instance: Instance | None
+    restored: bool = False  # a copy restored from a snapshot, to initialise before use
+    initialised: str | None = None
+    synced: dict[str, int] | None = None
 
 
 @flow(name="prewarm", flow_run_name="prewarm-{spec.source}", log_prints=True)
@@ -115,8 +154,13 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     progress = StepProgress(artifact_key("prewarm-progress", spec.scope), STEPS)
     progress.step("check source")
     listing, existing_volume, given_instance, zone = _checked(spec)
+    digest = dataset_digest(listing.objects, listing.etags)
+    choice = _reuse_choice(spec, listing.uri, zone, digest)
+    if choice.path == "reuse" and choice.volume and choice.volume.tags.get(t.DATASET_DIGEST) == digest:
+        return _unchanged(spec, listing, choice, digest, started, progress)
     progress.step("volume")
-    held = _Held(_volume(spec, existing_volume, zone), given_instance)
+    volume, restored = _volume(spec, existing_volume, zone, choice, listing.uri)
+    held = _Held(volume, given_instance, restored=restored)
     launch_key = f"prewarm:{flow_run.id or uuid.uuid4()}:{held.volume.id}"
     temporary = given_instance is None
     with cleanup_on_failure(
@@ -136,21 +180,75 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     snapshot_id = None
     if spec.snapshot:
         snapshot_id = create_snapshot(volume.id, description=f"prewarm of {spec.source}", account=spec.account).id
+    synced = held.synced or {}
     report = PrewarmReport(
         source=spec.source,
         volume_id=volume.id,
         availability_zone=volume.availability_zone or "",
         files=listing.count,
         bytes=listing.total_bytes,
-        digest=listing_digest(listing.objects),
+        digest=digest,
         instance_id=instance.id,
         temporary_instance_terminated=terminated,
         snapshot_id=snapshot_id,
         seconds=round(time.monotonic() - started, 1),
+        path={"new": "new", "reuse": "re-synced", "restore": "restored"}[choice.path],
+        why=choice.why,
+        copied=synced.get("placed"),
+        deleted=synced.get("deleted"),
+        reused_volume_id=choice.volume.id if choice.volume else None,
+        restored_from=held.volume.source_snapshot_id if held.restored else None,
+        initialised=held.initialised,
     )
-    progress.finish(f"{listing.count} files on {volume.id}")
-    markdown_report(artifact_key("prewarm", spec.scope), f"prewarm of {spec.source}", report.model_dump())
+    return _published(report, progress, spec.scope)
+
+
+def _published(report: PrewarmReport, progress: StepProgress, scope: str) -> PrewarmReport:
+    """The report as an artifact (which path ran and why first), the progress finished."""
+    progress.finish(f"{report.files} files on {report.volume_id} ({report.path})")
+    rows = {"path": report.path, "why": report.why, **report.model_dump(exclude={"path", "why"})}
+    markdown_report(artifact_key("prewarm", scope), f"prewarm of {report.source}", rows)
     return report
+
+
+def _reuse_choice(spec: PrewarmSpec, uri: str, zone: str | None, digest: str) -> ReuseChoice:
+    """Whether a volume already holding the dataset serves this prewarm (core.prewarm.choose_reuse), and why."""
+    off = reusable(spec)
+    if off is not None:
+        return ReuseChoice("new", off)
+    choice = choose_reuse(find_dataset_volumes(uri, account=spec.account), zone, digest)
+    get_run_logger().info("reuse: %s (%s)", choice.path, choice.why)
+    return choice
+
+
+def _unchanged(
+    spec: PrewarmSpec,
+    listing: PrefixListing,
+    choice: ReuseChoice,
+    digest: str,
+    started: float,
+    progress: StepProgress,
+) -> PrewarmReport:
+    """The dataset is on a free volume in the AZ and has not changed: nothing to launch or copy."""
+    assert choice.volume is not None
+    report = PrewarmReport(
+        source=spec.source,
+        volume_id=choice.volume.id,
+        availability_zone=choice.volume.availability_zone or "",
+        files=listing.count,
+        bytes=listing.total_bytes,
+        digest=digest,
+        instance_id=None,
+        temporary_instance_terminated=False,
+        seconds=round(time.monotonic() - started, 1),
+        path="reused",
+        why=choice.why,
+        reused_volume_id=choice.volume.id,
+    )
+    if spec.snapshot:
+        description = f"prewarm of {spec.source}"
+        report.snapshot_id = create_snapshot(choice.volume.id, description=description, account=spec.account).id
+    return _published(report, progress, spec.scope)
 
 
 def _checked(spec: PrewarmSpec) -> tuple[PrefixListing, Volume | None, Instance | None, str | None]:
@@ -167,12 +265,21 @@ def _checked(spec: PrewarmSpec) -> tuple[PrefixListing, Volume | None, Instance 
     return listing, existing_volume, given_instance, zone
 
 
-def _volume(spec: PrewarmSpec, existing_volume: Volume | None, zone: str | None) -> Volume:
-    """The volume to fill: the existing one (adopted now, after every check passed), or a new one."""
+def _volume(
+    spec: PrewarmSpec, existing_volume: Volume | None, zone: str | None, choice: ReuseChoice, uri: str
+) -> tuple[Volume, bool]:
+    """The volume to fill, and whether it was restored from a snapshot: the existing one (adopted now, after every
+    check passed), the reused one (pending again until re-synced), a copy of it restored here, or a new one."""
+    restored = False
     if existing_volume is not None:
         volume = existing_volume
         if not volume.managed:  # spec.adopt (checked above)
             volume = adopt_volume(volume.id, account=spec.account)
+    elif choice.path == "reuse" and choice.volume is not None:
+        reopen_prewarm(choice.volume.id, account=spec.account)
+        volume = choice.volume
+    elif choice.path == "restore" and choice.volume is not None:
+        volume, restored = _restored_copy(spec, choice.volume, choice.zone), True
     else:
         assert spec.volume is not None
         volume = create_volume(
@@ -180,12 +287,55 @@ def _volume(spec: PrewarmSpec, existing_volume: Volume | None, zone: str | None)
             availability_zone=zone,
             instance_type=None if zone else spec.instance_type,
             job=spec.job,
-            extra_tags={t.PREWARM: t.PREWARM_PENDING},  # until verified and detached (the sweep reports it)
+            extra_tags=_new_volume_tags(spec, uri),
             adopt=spec.adopt,
             account=spec.account,
         )
     get_run_logger().info("volume %s in %s", volume.id, volume.availability_zone)
-    return volume
+    return volume, restored
+
+
+def _new_volume_tags(spec: PrewarmSpec, uri: str) -> dict[str, str]:
+    """Pending until verified and detached (the sweep reports it); the dataset when it fills the volume's root (a
+    later prewarm of the same URI reuses the volume; its digest is tagged once the data is verified)."""
+    tags = {t.PREWARM: t.PREWARM_PENDING}
+    if not spec.target_dir:
+        tags[t.DATASET] = t.dataset_tag_value(uri)
+    return tags
+
+
+def _restored_copy(spec: PrewarmSpec, source: Volume, zone: str | None) -> Volume:
+    """A copy of `source` in `zone`, from its snapshot of the data it holds (taken now if it has none), tagged as
+    the same dataset and pending until verified."""
+    assert spec.volume is not None and zone is not None
+    digest = source.tags.get(t.DATASET_DIGEST, "")
+    dataset_tags = {t.DATASET: source.tags[t.DATASET], t.DATASET_DIGEST: digest}
+    taken = [
+        s
+        for s in list_snapshots(source.id, account=spec.account)
+        if s.state == "completed" and s.tags.get(t.DATASET_DIGEST) == digest
+    ]
+    snapshot = taken[-1] if taken else None
+    if snapshot is None:
+        snapshot = create_snapshot(
+            source.id,
+            description=f"trainctl dataset {source.tags[t.DATASET]}",
+            idempotency_key=f"dataset:{source.id}:{digest}",
+            extra_tags=dataset_tags,
+            account=spec.account,
+        )
+    name = spec.volume.name if spec.volume.name != source.name else f"{spec.volume.name}-{zone}"
+    copy = spec.volume.model_copy(
+        update={"name": name, "snapshot_id": snapshot.id, "size_gib": max(spec.volume.size_gib, snapshot.size_gib)}
+    )
+    return create_volume(
+        copy,
+        availability_zone=zone,
+        job=spec.job,
+        extra_tags={t.PREWARM: t.PREWARM_PENDING, t.DATASET: source.tags[t.DATASET]},
+        idempotency_key=f"dataset-copy:{snapshot.id}:{zone}",
+        account=spec.account,
+    )
 
 
 def _fill(spec: PrewarmSpec, held: _Held, listing: PrefixListing, launch_key: str, progress: StepProgress) -> None:
@@ -204,12 +354,16 @@ def _fill(spec: PrewarmSpec, held: _Held, listing: PrefixListing, launch_key: st
     volume = held.volume = attach_volume(held.volume.id, instance.id, account=account)
     device = next(a.device for a in volume.attachments if a.instance_id == instance.id)
 
+    if held.restored:
+        progress.step("initialise")
+        held.initialised = _initialise(spec, instance.id, volume, device)
+
     progress.step("mount")
     out = run_command(instance.id, mount_script(volume.id, device, spec.filesystem), what="mount", account=account)
     log.info(out.stdout.strip())
 
     progress.step("sync")
-    _sync(spec, instance.id, volume.id, listing)
+    held.synced = _sync(spec, instance.id, volume.id, listing)
 
     progress.step("verify")
     _verify(spec, instance.id, volume.id, listing)
@@ -220,7 +374,17 @@ def _fill(spec: PrewarmSpec, held: _Held, listing: PrefixListing, launch_key: st
 
     progress.step("detach")
     held.volume = detach_volume(volume.id, account=account)
-    mark_prewarmed(volume.id, account=account)
+    mark_prewarmed(volume.id, digest=dataset_digest(listing.objects, listing.etags), account=account)
+
+
+def _initialise(spec: PrewarmSpec, instance_id: str, volume: Volume, device: str) -> str:
+    """A restored copy reads each block from S3 on its first read (EBS lazy loading): read them all once now."""
+    script = initialise_script(volume.id, device)
+    timeout_s = spec.sync_timeout_minutes * 60
+    out = run_command(instance_id, script, timeout_s=timeout_s, what="initialise", account=spec.account)
+    summary = (out.stdout.strip().splitlines() or [""])[-1]
+    get_run_logger().info("initialised %s: %s", volume.id, summary)
+    return f"every block read once (dd): {summary}"
 
 
 def _verify(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixListing) -> None:
@@ -233,14 +397,15 @@ def _verify(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: Prefix
     get_run_logger().info("verified: %d files, %d bytes match S3", found.files, found.bytes)
 
 
-def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixListing) -> None:
-    """Copy exactly the listed (and checked) keys onto the mounted volume; the list travels as a staging object,
-    removed afterwards whatever happened. An object whose size changed since the listing is not placed."""
+def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixListing) -> dict[str, int]:
+    """Copy the listed (and checked) keys the volume does not hold yet onto it, deleting the ones gone from S3; the
+    list travels as a staging object, removed afterwards whatever happened. An object whose size changed since
+    the listing is not placed. Returns how many files were placed and deleted."""
     run_id = uuid.uuid4().hex[:12]
     staging = staging_uri(parse_s3_uri(spec.source).bucket, f"prewarm-{run_id}")
     manifest_uri = f"{staging}/manifest.json"
     try:
-        put_json(manifest_uri, sync_manifest(listing.objects), account=spec.account)
+        put_json(manifest_uri, sync_manifest(listing.objects, listing.etags), account=spec.account)
         script = sync_script(spec.source, volume_id, spec.target_dir, manifest_uri, run_id)
         timeout_s = spec.sync_timeout_minutes * 60
         out = run_command(instance_id, script, timeout_s=timeout_s, what="sync", account=spec.account)
@@ -258,7 +423,8 @@ def _sync(spec: PrewarmSpec, instance_id: str, volume_id: str, listing: PrefixLi
             f"listing?): {shown}",
             fix="Run the prewarm again once the source is stable",
         )
-    get_run_logger().info("synced %d files onto %s", result["placed"], volume_id)
+    get_run_logger().info("synced %d files onto %s, %d deleted", result["placed"], volume_id, result["deleted"])
+    return {"placed": int(result["placed"]), "deleted": int(result["deleted"])}
 
 
 def _report_failure(spec: PrewarmSpec, volume_id: str, failure: Failure) -> None:
@@ -292,6 +458,7 @@ def _manifest(spec: PrewarmSpec, volume: Volume, listing: PrefixListing) -> dict
         "objects": listing.count,
         "bytes": listing.total_bytes,
         "digest": listing_digest(listing.objects),
+        "dataset_digest": dataset_digest(listing.objects, listing.etags),
         "written_at": datetime.now(UTC).isoformat(),
         "volume_id": volume.id,
     }

@@ -447,10 +447,12 @@ def create_snapshot(
     wait: bool = True,
     adopt: bool = False,
     idempotency_key: str | None = None,
+    extra_tags: dict[str, str] | None = None,
     account: str | None = None,
 ) -> Snapshot:
-    """Snapshot a volume (tags follow the volume's job and name) and, by default, wait until `completed`. A
-    retried call, or any call with the same `idempotency_key`, volume and description, returns the first one's."""
+    """Snapshot a volume (tags follow the volume's job and name, plus `extra_tags`) and, by default, wait until
+    `completed`. A retried call, or any call with the same `idempotency_key`, volume and description, returns the
+    first one's."""
     ec2 = _ec2(account)
     volume = get_volume(ec2, volume_id)
     _require_managed(volume, action="snapshot", adopt=adopt, ec2=ec2)
@@ -468,6 +470,7 @@ def create_snapshot(
             role=t.Role(volume.role) if volume.role in set(t.Role) else t.Role.DATA,
             name=f"{volume.name or volume_id}@{datetime.now(UTC):%Y%m%dT%H%M%SZ}",
             client_token=token,
+            extra=extra_tags,
         )
         with translate("CreateSnapshot"):
             created = ec2.create_snapshot(
@@ -656,12 +659,41 @@ def _tolerate_not_found(call: Callable[[], Any], operation: str) -> None:
 
 
 @aws_task(name="mark-prewarmed", task_run_name="mark-prewarmed {volume_id}", tags=["aws-ec2"])
-def mark_prewarmed(volume_id: str, *, account: str | None = None) -> None:
+def mark_prewarmed(volume_id: str, *, digest: str | None = None, account: str | None = None) -> None:
     """The prewarm of this managed volume finished (data verified, volume detached): its progress tag says so, and
-    the sweep no longer reports it as left by an unfinished prewarm. A volume without the tag is left as it is."""
+    the sweep no longer reports it as left by an unfinished prewarm; a volume of a dataset (`trainctl:dataset`)
+    gets the `digest` of what it now holds. A volume without the progress tag is left as it is."""
     ec2 = _ec2(account)
     volume = get_volume(ec2, volume_id)
     if not volume.managed or volume.tags.get(t.PREWARM) != t.PREWARM_PENDING:
         return
+    tags = {t.PREWARM: t.PREWARM_DONE}
+    if digest is not None and t.DATASET in volume.tags:
+        tags[t.DATASET_DIGEST] = digest
     with translate("CreateTags"):
-        ec2.create_tags(Resources=[volume_id], Tags=t.to_aws({t.PREWARM: t.PREWARM_DONE}))
+        ec2.create_tags(Resources=[volume_id], Tags=t.to_aws(tags))
+
+
+@aws_task(name="reopen-prewarm", tags=["aws-ec2"])
+def reopen_prewarm(volume_id: str, *, account: str | None = None) -> None:
+    """A prewarmed volume is being synced again: `pending` until `mark_prewarmed`, so a sync that does not finish
+    leaves a volume nobody reuses (and the sweep reports)."""
+    ec2 = _ec2(account)
+    volume = get_volume(ec2, volume_id)
+    refuse_unmanaged(volume, action="prewarm", adopt=False)
+    with translate("CreateTags"):
+        ec2.create_tags(Resources=[volume_id], Tags=t.to_aws({t.PREWARM: t.PREWARM_PENDING}))
+
+
+@aws_task(name="find-dataset-volumes", tags=["aws-ec2"])
+def find_dataset_volumes(source: str, *, account: str | None = None) -> list[Volume]:
+    """The managed volumes whose finished prewarm holds the dataset `source` (by `trainctl:dataset`; filtered
+    server-side, paginated), attached or not."""
+    filters = [
+        {"Name": f"tag:{t.MANAGED}", "Values": list(t.MANAGED_VALUES)},
+        {"Name": f"tag:{t.DATASET}", "Values": [t.dataset_tag_value(source)]},
+        {"Name": f"tag:{t.PREWARM}", "Values": [t.PREWARM_DONE]},
+    ]
+    with translate("DescribeVolumes"):
+        pages = _ec2(account).get_paginator("describe_volumes").paginate(Filters=filters)
+        return [Volume.from_aws(data) for page in pages for data in page["Volumes"]]

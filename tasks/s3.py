@@ -31,6 +31,7 @@ class PrefixListing(BaseModel):
 
     uri: str
     objects: dict[str, int] = Field(default_factory=dict)
+    etags: dict[str, str] = Field(default_factory=dict, description="key → ETag (without quotes)")
     last_modified: datetime | None = None
 
     @property
@@ -100,6 +101,7 @@ def list_prefix(uri: str, *, require_objects: bool = True, account: str | None =
         if not relative or relative.endswith("/"):
             continue  # folder markers made by consoles carry no data
         listing.objects[relative] = int(obj["Size"])
+        listing.etags[relative] = str(obj.get("ETag", "")).strip('"')
         modified = obj["LastModified"]
         if listing.last_modified is None or modified > listing.last_modified:
             listing.last_modified = modified

@@ -138,6 +138,45 @@ def test_apply_places_good_files_keeps_bad_ones_out_and_deletes(
     }
 
 
+def test_changed_narrows_a_receive_to_new_and_changed_files_and_remember_records_a_complete_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, listing = tmp_path / "root", tmp_path / "root" / ".trainctl" / "listing.json"
+    write(root, {"same.txt": b"same", "etag.txt": b"abcd", "gone.txt": b"x", "lost.txt": b"lost", "short.txt": b"s"})
+    held = {"size": 4, "etag": "e"}
+    previous = {"same.txt": held, "etag.txt": held, "gone.txt": {"size": 1, "etag": "e"}, "lost.txt": held}
+    previous["short.txt"] = {"size": 5, "etag": "e"}  # on disk with 1 byte: a receive that was cut short
+    listing.parent.mkdir()
+    listing.write_text(json.dumps(previous))
+    (root / "lost.txt").unlink()  # listed, but not on disk any more
+    files = {rel: {"size": 4, "etag": "e"} for rel in ("same.txt", "lost.txt", "new.txt")}
+    files |= {"etag.txt": {"size": 4, "etag": "other"}, "short.txt": {"size": 5, "etag": "e"}}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"files": files, "delete": [], "verify": False}))
+
+    helper.changed(str(manifest), str(root), str(listing))
+
+    narrowed = json.loads(manifest.read_text())
+    assert sorted(narrowed["files"]) == ["etag.txt", "lost.txt", "new.txt", "short.txt"]
+    assert narrowed["delete"] == ["gone.txt"]
+    assert not listing.exists()  # until this receive completes, the folder's content is not known
+    assert json.loads((tmp_path / "manifest.json.full").read_text())["files"] == files
+
+    applied = tmp_path / "applied.json"
+    applied.write_text(json.dumps({"placed": 3, "mismatches": ["new.txt"], "deleted": 1}))
+    helper.remember(str(tmp_path / "manifest.json.full"), str(applied), str(listing))
+    assert json.loads(capsys.readouterr().out)["mismatches"] == ["new.txt"] and not listing.exists()
+    applied.write_text(json.dumps({"placed": 4, "mismatches": [], "deleted": 1}))
+    helper.remember(str(tmp_path / "manifest.json.full"), str(applied), str(listing))
+    assert json.loads(capsys.readouterr().out)["placed"] == 4
+    assert json.loads(listing.read_text()) == files
+    # No listing (a volume filled before, or a receive that did not finish): every file is copied again.
+    listing.unlink()
+    manifest.write_text(json.dumps({"files": files, "delete": [], "verify": False}))
+    helper.changed(str(manifest), str(root), str(listing))
+    assert json.loads(manifest.read_text())["files"] == files
+
+
 def test_sweep_removes_killed_receives_only_and_check_names_mismatches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

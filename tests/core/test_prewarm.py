@@ -1,12 +1,25 @@
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from core import tags as t
 from core.ebs import VolumeSpec
 from core.errors import InvalidInputError
+from core.models import Volume, VolumeAttachment
 from core.paths import PathEscapeError
-from core.prewarm import PrewarmSpec, VerifyResult, check_keys, compare, listing_digest, verify_script
+from core.prewarm import (
+    PrewarmSpec,
+    VerifyResult,
+    check_keys,
+    choose_reuse,
+    compare,
+    dataset_digest,
+    listing_digest,
+    reusable,
+    verify_script,
+)
 from core.transfer import PARTIAL_PREFIX
 
 
@@ -95,3 +108,55 @@ def test_keys_that_cannot_be_paths_on_the_volume_are_refused_naming_the_key() ->
             check_keys("s3://bucket/data", {**good, key: 1}, target_dir)
         assert repr("s3://bucket/data/" + key) in str(err.value)
     check_keys("s3://bucket/data", {**good, ".trainctl/x": 1}, "sub")  # inside a folder of the volume: data
+
+
+def _volume(volume_id: str, zone: str, digest: str, attached_to: str | None = None) -> Volume:
+    attachments = (
+        [VolumeAttachment(instance_id=attached_to, device="/dev/sdf", state="attached")] if attached_to else []
+    )
+    return Volume(
+        id=volume_id,
+        tags={t.MANAGED: "true", t.DATASET: "s3://b/d/", t.DATASET_DIGEST: digest, t.PREWARM: t.PREWARM_DONE},
+        state="in-use" if attached_to else "available",
+        availability_zone=zone,
+        size_gib=10,
+        volume_type="gp3",
+        attachments=attachments,
+        created_at=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_reuse_prefers_a_free_volume_in_the_zone_then_one_elsewhere_never_an_attached_one() -> None:
+    here_old, here_new = _volume("vol-1", "us-east-1a", "old"), _volume("vol-2", "us-east-1a", "now")
+    away, busy = _volume("vol-3", "us-east-1b", "now"), _volume("vol-4", "us-east-1a", "now", attached_to="i-9")
+    choice = choose_reuse([here_old, busy, away, here_new], "us-east-1a", "now")
+    assert (choice.path, choice.volume) == ("reuse", here_new) and "unchanged" in choice.why
+    choice = choose_reuse([here_old, busy, away], "us-east-1a", "now")
+    assert (choice.path, choice.volume) == ("reuse", here_old) and "re-synced" in choice.why
+    choice = choose_reuse([busy, away], "us-east-1a", "now")
+    assert (choice.path, choice.volume, choice.zone) == ("restore", away, "us-east-1a")
+    choice = choose_reuse([busy], "us-east-1a", "now")
+    assert (choice.path, choice.volume) == ("new", None) and "vol-4 (attached to i-9)" in choice.why
+    assert choose_reuse([], "us-east-1a", "now").path == "new"
+    assert choose_reuse([away], None, "now").path == "reuse"  # no AZ asked for: any free volume serves
+
+
+def test_reuse_is_looked_for_only_for_a_new_volume_filled_at_its_root() -> None:
+    new = PrewarmSpec(source="s3://bucket/data/", volume=VolumeSpec(name="v", size_gib=10))
+    assert reusable(new) is None
+    assert "reuse=False" in (reusable(new.model_copy(update={"reuse": False})) or "")
+    assert "target_dir" in (reusable(new.model_copy(update={"target_dir": "x"})) or "")
+    given = PrewarmSpec(source="s3://bucket/data/", volume_id="vol-0123456789abcdef0")
+    assert "vol-0123456789abcdef0" in (reusable(given) or "")
+
+
+def test_dataset_digest_covers_keys_sizes_and_etags_and_long_uris_become_digests() -> None:
+    base = dataset_digest({"a": 1, "b": 2}, {"a": "e1", "b": "e2"})
+    assert base == dataset_digest({"b": 2, "a": 1}, {"b": "e2", "a": "e1"})  # order does not matter
+    assert base != dataset_digest({"a": 1, "b": 2}, {"a": "e1", "b": "changed"})
+    assert base != dataset_digest({"a": 1, "b": 3}, {"a": "e1", "b": "e2"})
+    assert base != dataset_digest({"a": 1}, {"a": "e1"})
+    uri = "s3://bucket/" + "p/" * 200
+    assert t.dataset_tag_value("s3://bucket/d/") == "s3://bucket/d/"
+    value = t.dataset_tag_value(uri)
+    assert value.startswith("sha256:") and len(value) <= t.TAG_VALUE_MAX and value == t.dataset_tag_value(uri)

@@ -92,14 +92,14 @@ def _aws_tasks() -> list[Any]:
     import importlib
     import pkgutil
 
-    from prefect import Task
-
     import tasks
+    from tasks.aws import AwsTask
 
     found = []
     for info in pkgutil.iter_modules(tasks.__path__):
         module = importlib.import_module(f"tasks.{info.name}")
-        found += [v for v in vars(module).values() if isinstance(v, Task) and v.__module__ == module.__name__]
+        made_here = [v for v in vars(module).values() if isinstance(v, AwsTask) and v.fn.__module__ == module.__name__]
+        found += [v.task for v in made_here]  # the prefect.Task each builds on first use, as a flow run sees it
     return found
 
 
