@@ -2,7 +2,8 @@
 
 Instance figures are DescribeInstanceTypes' (moto's data, as AWS publishes them): g5.xlarge 250 GB NVMe, 2.5 Gb/s
 baseline network (312.5 MB/s), EBS 87.5 MB/s and 3,000 IOPS baseline; m5.large no store, 0.75 Gb/s (93.75 MB/s),
-EBS 81.25 MB/s, 3,600 IOPS; p3.2xlarge no store, 10 Gb/s (1,250 MB/s), EBS 218.75 MB/s, 10,000 IOPS.
+EBS 81.25 MB/s, 3,600 IOPS; p3.2xlarge no store, EBS 218.75 MB/s and 10,000 IOPS (its published EBS
+figures), its network taken as 10 Gb/s (1,250 MB/s).
 Constants used by hand below: S3 85 MB/s and 0.1 s first byte per request, 32 loader / 256 copy connections;
 NVMe 1,000 MB/s and 40,000 IOPS; EBS one I/O per file plus one per 256 KiB; attach 15 s; prewarm 300 s + copy.
 """
