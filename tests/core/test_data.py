@@ -148,11 +148,13 @@ def test_data_that_fits_the_instance_store_is_cached_when_several_epochs_read_it
 
 
 def test_an_existing_prewarmed_volume_in_the_az_is_reused() -> None:
-    plan = {"runs": 1, "epochs": 1, "availability_zone": "us-east-1a"}
-    without = advise(inputs(P3, 20 * GB, 100_000, **plan), fallback_book())
+    without = advise(inputs(P3, 20 * GB, 100_000, 1, 1, availability_zone="us-east-1a"), fallback_book())
     assert without.chosen == Strategy.DIRECT_S3  # a new prewarm costs 9 min first: not worth one epoch
     assert without.estimate(Strategy.PREWARMED_EBS).total_s > without.estimate(Strategy.DIRECT_S3).total_s
-    advice = advise(inputs(P3, 20 * GB, 100_000, prewarmed=[volume("us-east-1a")], **plan), fallback_book())
+    prewarmed = [volume("us-east-1a")]
+    advice = advise(
+        inputs(P3, 20 * GB, 100_000, 1, 1, availability_zone="us-east-1a", prewarmed=prewarmed), fallback_book()
+    )
     assert advice.chosen == Strategy.PREWARMED_EBS
     reuse = advice.estimate(Strategy.PREWARMED_EBS)
     assert "reuse vol-0123456789abcdef0 (us-east-1a)" in reuse.plan
