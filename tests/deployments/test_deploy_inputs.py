@@ -12,8 +12,12 @@ from deployments.setup import parse_block
 
 
 def test_deploy_without_a_prefect_api_refuses_saying_what_to_set() -> None:
-    # The test session clears PREFECT_API_URL: deploying to Prefect's temporary server would be lost at exit.
-    result = CliRunner().invoke(app, ["deploy"])
+    # No Prefect API (deploying to Prefect's temporary server would be lost at exit), even when this worker's earlier
+    # tests set the shared test server's URL: else the deploy would land there, under another test's feet.
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = CliRunner().invoke(app, ["deploy"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: no Prefect server to deploy to: PREFECT_API_URL is not set.")
     assert "trainctl server up" in result.stderr and result.stdout == ""
