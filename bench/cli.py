@@ -7,7 +7,8 @@ Against a sandbox this process starts (with a managed instance, a managed data v
 times `trainctl --help`, `resources list`, `ebs attach` then `ebs detach` of the volume (a real attach and detach
 cycle: each run attaches and detaches again), `train status` and a `teardown --job` dry run, in two settings:
 
-- no server: PREFECT_API_URL unset, so a flow command starts Prefect's temporary server in its own process;
+- no server: PREFECT_API_URL unset and TRAINCTL_PREFECT_SERVER=temporary, so a flow command starts Prefect's
+  temporary server in its own process (without the opt-out it would start the local server, `trainctl server up`);
 - server up: a `prefect server start` this bench starts on a free port (its own temporary PREFECT_HOME), with
   PREFECT_API_URL pointing at it.
 
@@ -319,7 +320,9 @@ def measure(runs: int, flow_runs: int, modes: Sequence[str] = MODES) -> list[Tim
             timings: list[Timing] = []
             if "no server" in modes:
                 (home / "temporary").mkdir()
-                env = {**os.environ, "PREFECT_HOME": str(home / "temporary")}
+                # Prefect's temporary server per command (the CLI's opt-out), never the user's local server.
+                env = {**os.environ, "PREFECT_HOME": str(home / "temporary"), "TRAINCTL_PREFECT_SERVER": "temporary"}
+                env["TRAINCTL_DATA_HOME"] = str(home / "data")
                 timings += measure_mode("no server", cmds, env, runs, flow_runs)
             if "server up" in modes:
                 (home / "server").mkdir()
