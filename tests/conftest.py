@@ -5,14 +5,8 @@ Set at import time (before any test module imports prefect or boto3, which read 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,87 +59,12 @@ os.environ.update(_ENV)
 Path(_ENV["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
-# Under xdist, the controller starts one Prefect test server for every worker (each worker starting its own cost
-# ~18 CPU-s of 2 cores, six times over); its address reaches the workers through their inherited environment.
-_SHARED_SERVER_URL = "TRAINCTL_TEST_PREFECT_API_URL"
-_shared_server: subprocess.Popen[bytes] | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start_shared_server() -> str:
-    """Prefect's own test server command (SubprocessASGIServer's: uvicorn on create_app, no UI, no services), started
-    without importing Prefect here and without waiting: workers wait for it when their first flow test needs it."""
-    global _shared_server
-    spec = importlib.util.find_spec("prefect")
-    assert spec is not None and spec.origin is not None
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{_ROOT / 'prefect-server.db'}",
-    }
-    app_dir = str(Path(spec.origin).parent.parent)
-    command = [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory"]
-    command += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--log-level", "error", "--lifespan", "on"]
-    _shared_server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    return f"http://127.0.0.1:{port}/api"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    runs_workers = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
-    if runs_workers and not config.option.collectonly:
-        os.environ[_SHARED_SERVER_URL] = _start_shared_server()
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _shared_server is not None:
-        _shared_server.terminate()
-        try:
-            _shared_server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            _shared_server.kill()
-
-
-def _wait_for(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5):  # noqa: S310 (our own http URL)
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """One Prefect test server for the whole session (starting one costs ~20 s): flows and deployments share it,
-    and under xdist every worker shares the controller's."""
-    shared = os.environ.get(_SHARED_SERVER_URL)
-    if shared is None:
-        from prefect.testing.utilities import prefect_test_harness
+    """One Prefect test server for the whole session (starting one costs ~20 s): flows and deployments share it."""
+    from prefect.testing.utilities import prefect_test_harness
 
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
-        return
-    import prefect.context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    _wait_for(shared)
-    # As prefect_test_harness does: the settings also for contexts copied before this (entered in this order).
-    with (
-        temporary_settings(updates={PREFECT_API_URL: shared}),
-        prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()),
-    ):
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
