@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from cli import cost, deploy, ebs, iam, resources, sandbox, server, spot_watch, teardown, train, transfer
+from cli import cost, data, deploy, ebs, iam, resources, sandbox, server, spot_watch, teardown, train, transfer
 from cli.output import CliState, ErrorHandlingGroup, emit_json, state_of, stdout_console
 from cli.prefect_server import tie_temporary_server
 
@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(resources.app, name="resources")
 app.add_typer(ebs.app, name="ebs")
+app.add_typer(data.app, name="data")
 app.add_typer(iam.app, name="iam")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(server.app, name="server")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from blocks.aws import load_account
 from core import tags as t
+from core.data import dataset_filters
 from core.ebs import VolumeSpec
 from core.errors import InvalidInputError, NotManagedError, SafetyRefusalError, UsageError
 from core.ids import validate_availability_zone, validate_id
@@ -88,12 +89,20 @@ def snapshots_of(ec2: Any, volume_id: str) -> list[Snapshot]:
 
 
 def managed_volumes_named(ec2: Any, name: str) -> list[Volume]:
+    return managed_volumes_matching(ec2, [{"Name": f"tag:{t.NAME}", "Values": [name]}])
+
+
+def dataset_volumes(ec2: Any, dataset_uri: str) -> list[Volume]:
+    """The finished prewarms of this dataset (tagged `trainctl:dataset`), wherever they are."""
+    return managed_volumes_matching(ec2, dataset_filters(dataset_uri))
+
+
+def managed_volumes_matching(ec2: Any, filters: list[dict[str, Any]]) -> list[Volume]:
+    """Managed volumes (not being deleted) that match `filters`, filtered server-side, every page read."""
     found: dict[str, Volume] = {}
-    for filters in t.managed_filter_sets():
+    for managed in t.managed_filter_sets():
         with translate("DescribeVolumes"):
-            pages = ec2.get_paginator("describe_volumes").paginate(
-                Filters=[*filters, {"Name": f"tag:{t.NAME}", "Values": [name]}]
-            )
+            pages = ec2.get_paginator("describe_volumes").paginate(Filters=[*managed, *filters])
             for page in pages:
                 for data in page["Volumes"]:
                     if data.get("State") not in {"deleting", "deleted"}:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from blocks.aws import load_account
 from core import tags as t
+from core.data import InstanceTypeIO
 from core.errors import AwsError, CapacityRefusedError, InvalidInputError, SafetyRefusalError, UsageError
 from core.ids import validate_id
 from core.models import Instance, Volume
@@ -115,22 +116,39 @@ def resolve_image(request: LaunchRequest, *, account: str | None = None) -> Imag
     return ImageInfo(image_id=str(image_id), root_device=root_device, root_size_gib=int(size) if size else None)
 
 
+def describe_instance_types(ec2: Any, instance_types: list[str]) -> dict[str, dict[str, Any]]:
+    """DescribeInstanceTypes of these types in one call, by type. A type the region does not have is an input error
+    naming it (AWS, and moto, refuse the whole call with InvalidInstanceType)."""
+    wanted = list(dict.fromkeys(instance_types))
+    try:
+        with translate("DescribeInstanceTypes"):
+            found = ec2.describe_instance_types(InstanceTypes=wanted)["InstanceTypes"]
+    except Exception as exc:
+        if getattr(exc, "code", "") in {"InvalidInstanceType", "InvalidParameterValue"}:
+            found = []
+        else:
+            raise
+    by_type = {str(data["InstanceType"]): data for data in found}
+    missing = [name for name in wanted if name not in by_type]
+    if missing:
+        raise InvalidInputError("instance_type", missing[0], "an EC2 instance type offered in this region")
+    return by_type
+
+
+@aws_task(name="describe-instance-type-io", tags=["aws-ec2"])
+def instance_type_io(instance_types: list[str], *, account: str | None = None) -> dict[str, InstanceTypeIO]:
+    """Instance store, network and EBS bandwidth of these types (one DescribeInstanceTypes call)."""
+    found = describe_instance_types(_ec2(account), instance_types)
+    return {name: InstanceTypeIO.from_aws(data) for name, data in found.items()}
+
+
 def check_instance_type(
     instance_type: str, *, availability_zone: str | None = None, account: str | None = None
 ) -> None:
     """The type exists in the region (DescribeInstanceTypes answers InvalidInstanceType otherwise, moto too) and,
     when the AZ is known, is offered there (RunInstances itself accepts any type in moto, so this is the check)."""
     ec2 = _ec2(account)
-    try:
-        with translate("DescribeInstanceTypes"):
-            found = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
-    except Exception as exc:
-        if getattr(exc, "code", "") in {"InvalidInstanceType", "InvalidParameterValue"}:
-            found = []
-        else:
-            raise
-    if not found:
-        raise InvalidInputError("instance_type", instance_type, "an EC2 instance type offered in this region")
+    describe_instance_types(ec2, [instance_type])
     if availability_zone and not offered_zones(ec2, instance_type, availability_zone=availability_zone):
         raise InvalidInputError(
             "instance_type",
