@@ -11,7 +11,6 @@ promises: a trainer's own compute usually hides part of the I/O time.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -103,17 +102,10 @@ class Strategy(StrEnum):
 STRATEGIES = (Strategy.DIRECT_S3, Strategy.LOCAL_CACHE, Strategy.PREWARMED_EBS, Strategy.EXISTING_EBS)
 
 
-def dataset_tag_value(uri: str) -> str:
-    """The `trainctl:dataset` tag value of a volume holding `uri`: the URI, or `sha256:<hex>` when it is too long."""
-    if len(uri) <= TAG_VALUE_MAX:
-        return uri
-    return "sha256:" + hashlib.sha256(uri.encode()).hexdigest()
-
-
 def dataset_filters(uri: str) -> list[dict[str, Any]]:
     """DescribeVolumes filters for the finished prewarms of this dataset (managed filter sets are added by tasks)."""
     return [
-        {"Name": f"tag:{t.DATASET}", "Values": [dataset_tag_value(uri)]},
+        {"Name": f"tag:{t.DATASET}", "Values": [t.dataset_tag_value(uri)]},
         {"Name": f"tag:{t.PREWARM}", "Values": [t.PREWARM_DONE]},
     ]
 

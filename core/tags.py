@@ -32,10 +32,6 @@ CLIENT_TOKEN = "trainctl:client-token"  # noqa: S105 (a tag key, not a secret)
 PREWARM = "trainctl:prewarm"
 PREWARM_PENDING = "pending"
 PREWARM_DONE = "done"
-# The dataset a prewarmed volume holds: its S3 URI, or `sha256:<hex>` of it when longer than a tag value may be
-# (core/data.dataset_tag_value). A job asking for that dataset reuses the volume instead of prewarming again.
-DATASET = "trainctl:dataset"
-
 # A prewarmed volume's dataset (set at creation when it is filled at its root): the source's S3 URI, and the digest
 # of the listing it holds (keys, sizes, ETags; core.prewarm.dataset_digest). A later prewarm of that URI finds and
 # reuses the volume instead of copying again. Tag values hold at most 256 characters: a longer URI is stored as

@@ -698,11 +698,4 @@ def reopen_prewarm(volume_id: str, *, account: str | None = None) -> None:
 def find_dataset_volumes(source: str, *, account: str | None = None) -> list[Volume]:
     """The managed volumes whose finished prewarm holds the dataset `source` (by `trainctl:dataset`; filtered
     server-side, paginated), attached or not."""
-    filters = [
-        {"Name": f"tag:{t.MANAGED}", "Values": list(t.MANAGED_VALUES)},
-        {"Name": f"tag:{t.DATASET}", "Values": [t.dataset_tag_value(source)]},
-        {"Name": f"tag:{t.PREWARM}", "Values": [t.PREWARM_DONE]},
-    ]
-    with translate("DescribeVolumes"):
-        pages = _ec2(account).get_paginator("describe_volumes").paginate(Filters=filters)
-        return [Volume.from_aws(data) for page in pages for data in page["Volumes"]]
+    return dataset_volumes(_ec2(account), source)

@@ -25,11 +25,11 @@ from core.data import (
     advise,
     block_read_s,
     dataset_filters,
-    dataset_tag_value,
     s3_read_s,
 )
 from core.errors import InvalidInputError
 from core.models import Volume, VolumeAttachment
+from core.tags import dataset_tag_value
 
 G5 = InstanceTypeIO(
     instance_type="g5.xlarge",
