@@ -17,8 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from core import jobs
+from core.data import DIRECT_S3_CONNECTIONS
 from core.ebs import mount_point as volume_mount_point
-from core.jobs import JobRecord, JobSpec
+from core.jobs import DataStrategy, JobRecord, JobSpec
 from core.prewarm import mount_script
 from core.shell import argv, on_instance, quote
 from core.transfer import instance_script
@@ -56,6 +57,10 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
     env = dict(spec.env)
     if spec.resolved_mount_point:
         env.setdefault("TRAINCTL_DATA_DIR", spec.resolved_mount_point)
+    if spec.data and spec.data_strategy == DataStrategy.DIRECT_S3:
+        # The trainer reads S3 itself, with the parallelism the advice's estimate assumes.
+        env.setdefault("TRAINCTL_DATA_URI", spec.data)
+        env.setdefault("TRAINCTL_DATA_PARALLELISM", str(DIRECT_S3_CONNECTIONS))
     return {
         "job": spec.name,
         "attempt": attempt,
