@@ -313,6 +313,8 @@ class Agent:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.spec.env)
+        if env.get("TRAINCTL_DATA_DIR"):  # an instance path, like the checkpoint dir (the sandbox's root prefix)
+            env["TRAINCTL_DATA_DIR"] = str(on_instance(env["TRAINCTL_DATA_DIR"]))
         env.update(secrets)
         env.update(
             {
