@@ -28,6 +28,8 @@ AGENT_SCRIPT = "agent/trainctl_agent.py"
 CODE_TARBALL = "code.tar.gz"
 AGENT_TARBALL = "agent.tar.gz"
 AGENT_SPEC = "agent-spec.json"
+# local-cache: where the agent mounts the instance store holding the dataset (JobSpec.mount_point overrides it).
+LOCAL_CACHE_MOUNT = "/mnt/trainctl/instance-store"
 
 
 class LaunchOptions(BaseModel):
@@ -61,7 +63,7 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
         # The trainer reads S3 itself, with the parallelism the advice's estimate assumes.
         env.setdefault("TRAINCTL_DATA_URI", spec.data)
         env.setdefault("TRAINCTL_DATA_PARALLELISM", str(DIRECT_S3_CONNECTIONS))
-    return {
+    doc: dict[str, Any] = {
         "job": spec.name,
         "attempt": attempt,
         "instance_id": instance_id,
@@ -78,6 +80,15 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
         "max_runtime_s": spec.max_runtime_minutes * 60 if spec.max_runtime_minutes else None,
         "keep_instance": spec.keep_instance,
     }
+    if spec.data and spec.data_strategy == DataStrategy.LOCAL_CACHE:
+        # The agent copies the dataset onto the instance store before the trainer starts (agent/data_cache.py).
+        doc["data_cache"] = {
+            "uri": spec.data,
+            "mount": spec.mount_point or LOCAL_CACHE_MOUNT,
+            "filesystem": spec.filesystem,
+            "workers": DIRECT_S3_CONNECTIONS,
+        }
+    return doc
 
 
 # -- scripts sent over SSM --------------------------------------------------------------------------------------

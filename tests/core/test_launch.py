@@ -117,6 +117,12 @@ def test_data_strategies_that_fit_together_are_accepted_and_reach_the_trainers_e
     env = agent_spec(spec(data=data, data_strategy="direct-s3"), attempt=1, instance_id="i-0123456789abcdef0")["env"]
     assert env["TRAINCTL_DATA_URI"] == data and int(env["TRAINCTL_DATA_PARALLELISM"]) >= 1
     assert "TRAINCTL_DATA_DIR" not in env
+    from agent.spec import AgentSpec
+
+    doc = agent_spec(spec(data=data, data_strategy="local-cache"), attempt=1, instance_id="i-0123456789abcdef0")
+    cache = AgentSpec.from_dict(json.loads(json.dumps(doc))).data_cache
+    assert cache is not None and (cache.uri, cache.mount) == (data, "/mnt/trainctl/instance-store")
+    assert not {"TRAINCTL_DATA_DIR", "TRAINCTL_DATA_URI"} & set(doc["env"])  # the agent sets the dir once copied
     resolved = spec(data=data, data_strategy="prewarmed-ebs", data_volume_id=VOL, mount_point="/data")
     env = agent_spec(resolved, attempt=1, instance_id="i-0123456789abcdef0")["env"]
     assert env["TRAINCTL_DATA_DIR"] == "/data" and "TRAINCTL_DATA_URI" not in env

@@ -133,3 +133,23 @@ def test_auto_reads_s3_directly_here_and_impossible_choices_are_refused_before_a
     assert err.value.field == "dataset"
     assert _instances_by_role(cloud) == launched
     assert cloud.client("ec2").describe_volumes()["Volumes"] == []  # no data volume was made
+
+
+def test_local_cache_copies_the_dataset_onto_the_instance_store_before_the_trainer_reads_it(
+    cloud: Sandbox, tmp_path: Path
+) -> None:
+    in_s3 = _dataset(cloud)
+    template = TemplateSpec(instance_type="g4dn.xlarge")  # 125 GB of NVMe instance store
+    spec = _spec(tmp_path, "cached", data_strategy="local-cache", template=template)
+
+    report = train_launch(spec, LaunchOptions(wait=True))
+    assert report.status == "succeeded" and report.data is not None and report.volume_id is None
+    assert report.data.strategy == DataStrategy.LOCAL_CACHE and "as asked" in report.data.why
+    log = _get_text(cloud, report.log_uri)
+    assert "local-cache: 12 files" in log and "nvme-Amazon_EC2_NVMe_Instance_Storage_" in log and "verified" in log
+    read = _trainer_read(cloud, report)
+    assert read["sha256"] == in_s3 and read["source"].endswith("/mnt/trainctl/instance-store")
+    assert _instances_by_role(cloud) == {"train": 1}
+    assert cloud.client("ec2").describe_volumes()["Volumes"] == []  # no EBS volume for the data
+    # The instance store went with the instance.
+    assert list((cloud.runtime.state_dir / "volumes").glob("store-*")) == []
