@@ -1,8 +1,9 @@
 """train-launch: start a training job on a spot (or on-demand) instance and, optionally, see it through.
 
-Runbook: validate everything (template, bucket, code dir and size, data volume and its AZ, instance type and AMI)
-→ record the job in S3 (a re-launch of the same name is the next attempt) → launch in the volume's AZ (spot,
-falling back to on-demand only if allowed) → wait SSM Online → attach + mount the volume → ship code and agent via
+Runbook: validate everything (template, bucket, code dir and size, data volume and its AZ, instance type and AMI,
+the data strategy: flows/launch_data.py) → get the data ready (a prewarm for prewarmed-ebs) → record the job in
+S3 (a re-launch of the same name is the next attempt) → launch in the volume's AZ (spot, falling back to on-demand
+only if allowed) → wait SSM Online → attach + mount the volume → ship code and agent via
 the job's staging prefix → start the agent (it detaches) → optionally wait: stream the job log into the flow's
 logs and finish with the job's exit code (non-zero = failed flow run).
 

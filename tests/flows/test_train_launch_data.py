@@ -89,7 +89,8 @@ def test_prewarmed_ebs_is_prewarmed_once_and_reused_by_the_next_job_and_both_tra
     assert read["sha256"] == in_s3 and read["source"].endswith(f"/mnt/trainctl/{volume_id}")
     # The record holds the strategy that ran and its volume: spot-watch resumes with the same data.
     record = _job_record(cloud, "reader-a")
-    assert record.spec.data_strategy == DataStrategy.PREWARMED_EBS and record.spec.data_volume_id == volume_id
+    assert record.spec is not None and record.spec.data_strategy == DataStrategy.PREWARMED_EBS
+    assert record.spec.data_volume_id == volume_id
     assert record.volume_id == volume_id
 
     # A second job on the same dataset, one after the other: the volume is reused, no prewarm instance launched.
@@ -120,7 +121,8 @@ def test_auto_reads_s3_directly_here_and_impossible_choices_are_refused_before_a
     log = _get_text(cloud, report.log_uri)
     assert f"dataset {SOURCE}: 12 files, {DIRECT_S3_CONNECTIONS} workers" in log
     assert _trainer_read(cloud, report)["sha256"] == in_s3
-    assert _job_record(cloud, "s3-reader").spec.data_strategy == DataStrategy.DIRECT_S3
+    recorded = _job_record(cloud, "s3-reader").spec
+    assert recorded is not None and recorded.data_strategy == DataStrategy.DIRECT_S3
     launched = _instances_by_role(cloud)
 
     # t3.micro has no instance store: local-cache is refused with the numbers and what fits, nothing launched.
