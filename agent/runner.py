@@ -37,7 +37,8 @@ from typing import Any
 
 from .checkpoints import Checkpoints
 from .credentials import CredentialProvider
-from .errors import S3Error, SecretError
+from .data_cache import DataCache, DataCacheError, prepare
+from .errors import IntegrityError, S3Error, SecretError
 from .host import exit_status, killpg, log, now_iso, parse_time, write_atomic
 from .imds import Imds
 from .layout import (
@@ -279,6 +280,8 @@ class Agent:
             self.ended_at = now_iso()
             self.finish("failed")
             return 1
+        if self.spec.data_cache is not None and not self._cache_data(self.spec.data_cache):
+            return 1
         if not self._start(resume_from, secrets):
             return 1
         self.publish("running")
@@ -288,6 +291,21 @@ class Agent:
         self.finished.set()
         watcher.join(timeout=self.spec.imds_poll_s + 5)
         return code
+
+    def _cache_data(self, cache: DataCache) -> bool:
+        """local-cache: the dataset onto the instance store, verified, before the trainer starts (which then reads
+        it at TRAINCTL_DATA_DIR); a failure fails the attempt before the trainer runs."""
+        try:
+            done = prepare(cache, self.s3)
+        except (DataCacheError, IntegrityError, S3Error, OSError, subprocess.TimeoutExpired) as exc:
+            self._fail_to_start(f"local-cache: {exc}", 1)
+            return False
+        self.spec.env["TRAINCTL_DATA_DIR"] = cache.mount
+        self.note(
+            f"local-cache: {done.files} files ({done.bytes} bytes) of {cache.uri} copied onto the instance store "
+            f"{done.device} at {cache.mount} with {done.tool} and verified in {done.seconds} s"
+        )
+        return True
 
     def _resolve_secrets(self) -> dict[str, str] | None:
         """The secret_env values, for the trainer's environment only; None (the attempt failed) when one cannot be
@@ -313,6 +331,8 @@ class Agent:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.spec.env)
+        if env.get("TRAINCTL_DATA_DIR"):  # an instance path, like the checkpoint dir (the sandbox's root prefix)
+            env["TRAINCTL_DATA_DIR"] = str(on_instance(env["TRAINCTL_DATA_DIR"]))
         env.update(secrets)
         env.update(
             {

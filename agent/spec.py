@@ -21,6 +21,8 @@
     margin_s         number on a notice, SIGKILL the trainer at notice time - margin              default 20
     max_runtime_s    number SIGTERM (then SIGKILL after 30 s) the command after this long   default none
     keep_instance    bool   leave the instance running when the job ends (agent/runner.py)     default false
+    data_cache       object {uri, mount, filesystem, workers}: copy the dataset onto the instance store before
+                            the command starts; it gets TRAINCTL_DATA_DIR=mount (agent/data_cache.py) default none
 
 Instance paths (workdir, checkpoint_dir, the job dir) are AWS paths: the agent puts them under $TRAINCTL_ROOT
 (empty on AWS, the instance's folder in the sandbox), unless a path already starts with that root. The --spec
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data_cache import DataCache
 from .errors import SpecError
 from .layout import CHECKPOINT_DIR, CODE_DIR, default_checkpoint_uri, instance_job_dir, split_s3_uri, validate_job_name
 
@@ -86,6 +89,7 @@ class AgentSpec:
     margin_s: float = 20.0
     max_runtime_s: float | None = None
     keep_instance: bool = False  # True: the instance keeps running after the job ends
+    data_cache: DataCache | None = None  # local-cache: the dataset copied onto the instance store first
 
     @classmethod
     def from_dict(cls, data: Any) -> AgentSpec:
@@ -122,6 +126,8 @@ class AgentSpec:
         if not isinstance(keep_instance, bool):
             raise SpecError(f"keep_instance: {keep_instance!r} is not true or false")
         spec.keep_instance = keep_instance
+        if data.get("data_cache") is not None:
+            spec.data_cache = DataCache.from_dict(data["data_cache"])
         _set_periods(spec, data)
         return spec
 

@@ -90,6 +90,17 @@ def launch(
     ] = False,
     volume: Annotated[str | None, typer.Option("--volume", help="Data volume (vol-…) to attach.")] = None,
     mount_point: Annotated[str | None, typer.Option("--mount-point", help="Where the volume appears.")] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="The dataset's s3://bucket/prefix, delivered as --data-strategy says.")
+    ] = None,
+    data_strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--data-strategy",
+            help="auto (default: the advice's choice, see trainctl data advise), direct-s3, local-cache, "
+            "prewarmed-ebs (reuses a prewarmed volume of the dataset, else prewarms one) or existing-ebs (--volume).",
+        ),
+    ] = None,
     move_volume: Annotated[
         bool, typer.Option("--move-volume", help="Move the volume into the template's AZ if needed.")
     ] = False,
@@ -150,6 +161,8 @@ def launch(
         "max_price": max_price,
         "data_volume_id": volume,
         "mount_point": mount_point,
+        "data": data,
+        "data_strategy": data_strategy,
         "checkpoint_uri": checkpoint_uri,
         "max_runtime_minutes": max_runtime,
         "sync_interval_s": sync_interval,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
@@ -24,6 +23,7 @@ from core.cost import FALLBACK_DATE, GP3_FREE_IOPS, GP3_FREE_THROUGHPUT_MIBPS, H
 from core.ebs import GP3_MIBPS_PER_IOPS, LIMITS
 from core.errors import InvalidInputError
 from core.ids import validate_availability_zone, validate_id, validate_instance_type
+from core.jobs import DataStrategy as Strategy  # a JobSpec field: core.cost imports core.jobs, which can't import us
 from core.models import Volume
 from core.s3uri import parse_s3_uri
 
@@ -87,16 +87,6 @@ DEFAULT_HOURS_PER_RUN = 4.0  # how long one run keeps its volume, when the user 
 TIE_FRACTION = 0.10  # data times within 10% count as equal: the cheaper strategy wins
 # A tag value is at most 256 characters: a longer dataset URI is tagged as its digest.
 TAG_VALUE_MAX = 256
-
-
-class Strategy(StrEnum):
-    """How a job gets its data. `auto` is a request only: `advise` replaces it with the chosen one."""
-
-    AUTO = "auto"
-    DIRECT_S3 = "direct-s3"
-    LOCAL_CACHE = "local-cache"
-    PREWARMED_EBS = "prewarmed-ebs"
-    EXISTING_EBS = "existing-ebs"
 
 
 STRATEGIES = (Strategy.DIRECT_S3, Strategy.LOCAL_CACHE, Strategy.PREWARMED_EBS, Strategy.EXISTING_EBS)

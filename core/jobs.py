@@ -209,6 +209,21 @@ class ResumePolicy(BaseModel):
     )
 
 
+class DataStrategy(StrEnum):
+    """How a job gets its data (core/data.py advises; train-launch applies). `auto` is a request only: train-launch
+    replaces it with the advice's choice, and the job record holds the strategy that ran."""
+
+    AUTO = "auto"
+    DIRECT_S3 = "direct-s3"  # the trainer reads S3 itself (TRAINCTL_DATA_URI)
+    LOCAL_CACHE = "local-cache"  # copied onto the instance store before the trainer starts (TRAINCTL_DATA_DIR)
+    PREWARMED_EBS = "prewarmed-ebs"  # a volume prewarmed with the dataset (reused if one exists), attached
+    EXISTING_EBS = "existing-ebs"  # the user's data_volume_id, attached as it is
+
+
+# Strategies that read the dataset from somewhere other than a volume the user names: data_volume_id conflicts.
+_NO_USER_VOLUME = frozenset({DataStrategy.DIRECT_S3, DataStrategy.LOCAL_CACHE})
+
+
 DEFAULT_CODE_LIMIT_MB = 200
 MAX_LAUNCH_HOURLY_USD = 1000.0  # above any single instance's list price: a larger max_hourly_cost is a typo
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -282,6 +297,17 @@ class JobSpec(BaseModel):
     max_price: str | None = Field(default=None, description="spot max price in USD/hour; default: on-demand price")
     data_volume_id: str | None = Field(
         default=None, description="a trainctl EBS volume (vol-…) attached and mounted for the job"
+    )
+    data: str | None = Field(
+        default=None,
+        description="the dataset's s3://bucket/prefix: delivered to the trainer as data_strategy says "
+        "(TRAINCTL_DATA_DIR or TRAINCTL_DATA_URI)",
+    )
+    data_strategy: DataStrategy = Field(
+        default=DataStrategy.AUTO,
+        description="auto | direct-s3 | local-cache | prewarmed-ebs | existing-ebs: how the trainer gets `data`; "
+        "auto takes the advice's choice (trainctl data advise) for the job's instance type and AZ; existing-ebs "
+        "is data_volume_id as it is; a launch records the strategy that ran",
     )
     mount_point: str | None = Field(default=None, description="where the volume appears; default /mnt/trainctl/<vol>")
     filesystem: Literal["xfs", "ext4"] = Field(
@@ -406,12 +432,43 @@ class JobSpec(BaseModel):
             raise InvalidInputError("max_price", value, "a positive price in USD per hour, e.g. '0.50'")
         return value
 
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not parse_s3_uri(value, field="data").key:
+            raise InvalidInputError("data", value, "a dataset prefix inside the bucket, e.g. s3://b/datasets/imagenet/")
+        return value
+
+    @model_validator(mode="after")
+    def _data_strategy(self) -> JobSpec:
+        strategy = self.data_strategy
+        if strategy == DataStrategy.EXISTING_EBS and not self.data_volume_id:
+            raise InvalidInputError(
+                "data_volume_id", None, "the volume holding the data with data_strategy=existing-ebs (--volume vol-…)"
+            )
+        if self.data is None and strategy not in {DataStrategy.AUTO, DataStrategy.EXISTING_EBS}:
+            raise InvalidInputError(
+                "data", None, f"the dataset's s3:// URI with data_strategy={strategy.value} (--data s3://…)"
+            )
+        if self.data_volume_id and strategy in _NO_USER_VOLUME:
+            raise InvalidInputError(
+                "data_volume_id",
+                self.data_volume_id,
+                f"no data volume with data_strategy={strategy.value} (the data comes from {self.data})",
+                fix="Drop --volume, or use --data-strategy existing-ebs (or auto) to train from the volume",
+            )
+        return self
+
     @model_validator(mode="after")
     def _volume(self) -> JobSpec:
         if self.data_volume_id:
             validate_id("volume", self.data_volume_id, field="data_volume_id")
-        elif self.mount_point:
-            raise InvalidInputError("mount_point", self.mount_point, "a mount point only together with data_volume_id")
+        elif self.mount_point and not (self.data and self.data_strategy != DataStrategy.DIRECT_S3):
+            raise InvalidInputError(
+                "mount_point", self.mount_point, "a mount point only together with data_volume_id or a data volume"
+            )
         if not self.spot and self.max_price:
             raise InvalidInputError("spot", False, "spot=True when max_price is given")
         if not self.spot and self.resume.on_demand_fallback:

@@ -17,8 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from core import jobs
+from core.data import DIRECT_S3_CONNECTIONS
 from core.ebs import mount_point as volume_mount_point
-from core.jobs import JobRecord, JobSpec
+from core.jobs import DataStrategy, JobRecord, JobSpec
 from core.prewarm import mount_script
 from core.shell import argv, on_instance, quote
 from core.transfer import instance_script
@@ -27,6 +28,8 @@ AGENT_SCRIPT = "agent/trainctl_agent.py"
 CODE_TARBALL = "code.tar.gz"
 AGENT_TARBALL = "agent.tar.gz"
 AGENT_SPEC = "agent-spec.json"
+# local-cache: where the agent mounts the instance store holding the dataset (JobSpec.mount_point overrides it).
+LOCAL_CACHE_MOUNT = "/mnt/trainctl/instance-store"
 
 
 class LaunchOptions(BaseModel):
@@ -56,7 +59,11 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
     env = dict(spec.env)
     if spec.resolved_mount_point:
         env.setdefault("TRAINCTL_DATA_DIR", spec.resolved_mount_point)
-    return {
+    if spec.data and spec.data_strategy == DataStrategy.DIRECT_S3:
+        # The trainer reads S3 itself, with the parallelism the advice's estimate assumes.
+        env.setdefault("TRAINCTL_DATA_URI", spec.data)
+        env.setdefault("TRAINCTL_DATA_PARALLELISM", str(DIRECT_S3_CONNECTIONS))
+    doc: dict[str, Any] = {
         "job": spec.name,
         "attempt": attempt,
         "instance_id": instance_id,
@@ -73,6 +80,15 @@ def agent_spec(spec: JobSpec, *, attempt: int, instance_id: str) -> dict[str, An
         "max_runtime_s": spec.max_runtime_minutes * 60 if spec.max_runtime_minutes else None,
         "keep_instance": spec.keep_instance,
     }
+    if spec.data and spec.data_strategy == DataStrategy.LOCAL_CACHE:
+        # The agent copies the dataset onto the instance store before the trainer starts (agent/data_cache.py).
+        doc["data_cache"] = {
+            "uri": spec.data,
+            "mount": spec.mount_point or LOCAL_CACHE_MOUNT,
+            "filesystem": spec.filesystem,
+            "workers": DIRECT_S3_CONNECTIONS,
+        }
+    return doc
 
 
 # -- scripts sent over SSM --------------------------------------------------------------------------------------

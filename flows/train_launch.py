@@ -1,8 +1,9 @@
 """train-launch: start a training job on a spot (or on-demand) instance and, optionally, see it through.
 
-Runbook: validate everything (template, bucket, code dir and size, data volume and its AZ, instance type and AMI)
-→ record the job in S3 (a re-launch of the same name is the next attempt) → launch in the volume's AZ (spot,
-falling back to on-demand only if allowed) → wait SSM Online → attach + mount the volume → ship code and agent via
+Runbook: validate everything (template, bucket, code dir and size, data volume and its AZ, instance type and AMI,
+the data strategy: flows/launch_data.py) → get the data ready (a prewarm for prewarmed-ebs) → record the job in
+S3 (a re-launch of the same name is the next attempt) → launch in the volume's AZ (spot, falling back to on-demand
+only if allowed) → wait SSM Online → attach + mount the volume → ship code and agent via
 the job's staging prefix → start the agent (it detaches) → optionally wait: stream the job log into the flow's
 logs and finish with the job's exit code (non-zero = failed flow run).
 
@@ -52,6 +53,7 @@ from flows.launch_attempt import (
     launch_request,
     release_volume,
 )
+from flows.launch_data import DataPlan, DataReport, apply_data, plan_data
 from flows.reporting import StepProgress, artifact_key, markdown_report
 from tasks.code import CodePackage, package_agent, package_code
 from tasks.ebs import describe_volume
@@ -73,7 +75,7 @@ from tasks.ssm import CommandFailedError
 __all__ = ["JobFailedError", "LaunchFailedError", "LaunchReport", "train_launch"]
 
 # "launch" is the launch-attempt subflow (its own steps: flows/launch_attempt.py).
-STEPS = ["validate", "record", "launch", "start", "wait", "finish"]
+STEPS = ["validate", "data", "record", "launch", "start", "wait", "finish"]
 # After the trainer's exit code appears, how long the agent may take for its final checkpoint upload.
 FINAL_SYNC_GRACE_S = 120
 
@@ -98,6 +100,7 @@ class LaunchReport(BaseModel):
     seconds: float
     hourly_usd: float | None = None  # the price checked at launch (spot's then, else on-demand)
     price_source: str | None = None  # api | fallback <date>
+    data: DataReport | None = None  # the data strategy that ran, why, how long its step took (None: no data)
 
 
 class JobFailedError(TrainctlError):
@@ -121,6 +124,7 @@ class _Plan(BaseModel):
     # The previous attempt's instance, up, on which no trainer ever started (its launch was killed): ended first.
     unfinished: Instance | None = None
     price: LaunchPrice | None = None  # the hourly price this launch will pay (checked against max_hourly_cost)
+    data: DataPlan | None = None  # how the job gets its dataset (flows/launch_data.py)
 
 
 def _now() -> datetime:
@@ -188,6 +192,8 @@ def _plan(spec: JobSpec) -> _Plan:
     template_zone = subnet_zone(template.subnet_id, account=spec.account) if template.subnet_id else None
     template_zone = template_zone or template.availability_zone
     volume, move_to, zone = _data_volume(spec, template_zone, unfinished)
+    data = plan_data(spec, template, move_to or zone, volume)
+    zone = data.zone if data and data.zone and volume is None else zone
     capacity = launch_capacity(spec.spot, spec.resume, spot_refused=False) or "spot"
     request = launch_request(spec, template, zone=zone, capacity=capacity)
     validate_request(request, account=spec.account)
@@ -209,6 +215,7 @@ def _plan(spec: JobSpec) -> _Plan:
         request=request,
         unfinished=unfinished,
         price=price,
+        data=data,
     )
 
 
@@ -313,9 +320,23 @@ def train_launch(spec: JobSpec, options: LaunchOptions | None = None) -> LaunchR
         agent = package_agent(str(workdir / AGENT_TARBALL))
         log.info("code: %d files, %d bytes (%d compressed)", code.files, code.bytes, code.compressed_bytes)
         plan = _plan(spec)
-        return _launch(spec, options, plan, code, agent, started, progress)
+        progress.step("data")
+        spec, plan, data = _data_step(spec, plan)
+        return _launch(spec, options, plan, code, agent, started, progress, data)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _data_step(spec: JobSpec, plan: _Plan) -> tuple[JobSpec, _Plan, DataReport | None]:
+    """Get the job's data ready (flows/launch_data.py): the spec comes back resolved to the strategy that runs (and
+    its volume), so that the record, the agent and spot-watch's resumes see the same data."""
+    if plan.data is None:
+        return spec, plan, None
+    resolved, volume, report = apply_data(spec, plan.data, plan.template)
+    get_run_logger().info("data: %s (%s), ready in %.1f s", report.strategy.value, report.why, report.seconds)
+    if volume is not None:
+        plan = plan.model_copy(update={"volume": volume, "zone": volume.availability_zone})
+    return resolved, plan, report
 
 
 def _launch(
@@ -326,6 +347,7 @@ def _launch(
     agent: CodePackage,
     started: float,
     progress: StepProgress,
+    data: DataReport | None = None,
 ) -> LaunchReport:
     """The runbook after validation: claim the attempt, launch it, announce it, optionally wait, report."""
     progress.step("record")
@@ -348,6 +370,7 @@ def _launch(
     progress.step("start")
     _announce(spec, attempt, launched)
     report = _running_report(spec, plan, code, launched, staging)
+    report.data = data
     if options.wait:
         progress.step("wait")
         report = _wait_for_end(spec, options, report)
@@ -356,9 +379,17 @@ def _launch(
             report.instance_terminated = _finish(spec, launched.volume_id, launched.instance_id, attempt)
     report.seconds = round(time.monotonic() - started, 1)
     progress.finish(f"{spec.name} attempt {attempt}: {report.status}")
-    markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", report.model_dump())
+    markdown_report(artifact_key("train-launch", spec.name), f"train-launch of {spec.name}", _report_rows(report))
     _raise_for_end(spec, report)
     return report
+
+
+def _report_rows(report: LaunchReport) -> dict[str, object]:
+    """The artifact's rows: the data step's own rows (strategy, why, seconds, estimates) flattened after the rest."""
+    rows: dict[str, object] = report.model_dump(exclude={"data"})
+    if report.data is not None:
+        rows.update({f"data {k}": v for k, v in report.data.model_dump().items()})
+    return rows
 
 
 def _claim(spec: JobSpec, plan: _Plan) -> int:

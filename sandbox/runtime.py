@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 SHIMS_SOURCE = Path(__file__).parent / "shims"
 BY_ID_PREFIX = "nvme-Amazon_Elastic_Block_Store_"
+# Instance store NVMe devices, as Nitro names them (/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_AWS<serial>).
+INSTANCE_STORE_BY_ID_PREFIX = "nvme-Amazon_EC2_NVMe_Instance_Storage_"
 # Folders every instance root starts with (a small Linux tree; on AWS these are the real ones).
 ROOT_LAYOUT = (
     "dev/disk/by-id",
@@ -352,6 +354,7 @@ class InstanceRuntime:
             "root_size": int(getattr(root_device, "size", None) or 8),
         }
         (root / ".sandbox" / "instance.json").write_text(json.dumps(info))
+        self._add_instance_store(rec)
         for device_name, device in mapping.items():
             # Extra EBS volumes from BlockDeviceMappings appear like attached ones (the root disk is nvme0n1).
             if device_name != getattr(instance, "root_device_name", None) and getattr(device, "volume_id", None):
@@ -405,6 +408,7 @@ class InstanceRuntime:
         self._notify_down(instance_id)  # first: SSM must see why its processes die
         self._end_processes(rec, wait=False)
         self._unmount_all(rec)  # mounts do not survive a reboot (fstab is not replayed: not implemented)
+        self._add_instance_store(rec)  # a stopped instance's store is erased: blank again when it starts
 
     def terminate(self, instance_id: str) -> None:
         """End the instance's processes, detach its devices; idempotent."""
@@ -419,6 +423,37 @@ class InstanceRuntime:
         self._unmount_all(rec)
         for attachment in [a for a in list(self.attachments.values()) if a.instance_id == instance_id]:
             self.detach(attachment.volume_id)
+        for store in self._instance_stores(rec):
+            shutil.rmtree(store, ignore_errors=True)  # the instance store ends with the instance
+
+    # -- instance store (NVMe disks of the instance type; erased when the instance stops or ends) -------------
+    def _instance_stores(self, rec: InstanceRecord) -> list[Path]:
+        return sorted((self.state_dir / "volumes").glob(f"store-{rec.id}-*"))
+
+    def _add_instance_store(self, rec: InstanceRecord) -> None:
+        """Blank instance-store devices for the type's disks (DescribeInstanceTypes' InstanceStorageInfo), each a
+        volume-like folder the shims format and mount, linked as the next nvmeNn1 with its Nitro by-id name."""
+        from moto.ec2.models.instance_types import INSTANCE_TYPES  # moto is pinned exactly (DESIGN.md section 6)
+
+        storage = INSTANCE_TYPES.get(rec.instance_type, {}).get("InstanceStorageInfo") or {}
+        disks = [d for d in storage.get("Disks", []) for _ in range(int(d.get("Count", 1)))]
+        dev = rec.root / "dev"
+        for n, disk in enumerate(disks):
+            folder = self.state_dir / "volumes" / f"store-{rec.id}-{n}"
+            shutil.rmtree(folder, ignore_errors=True)
+            (folder / "fs").mkdir(parents=True)
+            serial = f"AWS{uuid.uuid5(uuid.NAMESPACE_OID, folder.name).hex[:17].upper()}"
+            meta = {"VolumeId": serial, "Size": int(disk.get("SizeInGB", 1)), "InstanceStore": True}
+            (folder / "volume.json").write_text(json.dumps(meta))
+            with self._lock:
+                by_id = dev / "disk" / "by-id" / f"{INSTANCE_STORE_BY_ID_PREFIX}{serial}"
+                if by_id.is_symlink():
+                    continue  # a restart: the device is there, its folder is blank again
+                k = 1
+                while (dev / f"nvme{k}n1").is_symlink() or (dev / f"nvme{k}n1").exists():
+                    k += 1
+                (dev / f"nvme{k}n1").symlink_to(folder)
+                _replace_symlink(by_id, Path("../..") / f"nvme{k}n1")
 
     def initiated_shutdown(self, instance_id: str) -> dict[str, Any]:
         """`shutdown -h now` / `poweroff` run on the instance (the shims call this through the control surface):

@@ -242,6 +242,14 @@ PATHS_AND_URIS = {
         *launch_job("--volume", "{our_volume}", "--mount-point", "/mnt/../etc"), says="mount_point"
     ),
     "launch mount point without a volume": case(*launch_job("--mount-point", "/mnt/data"), says="mount_point"),
+    "launch data not s3": case(*launch_job("--data", "/datasets/x"), says="data"),
+    "launch data strategy unknown": case(*launch_job("--data", f"s3://{BUCKET}/d/", "--data-strategy", "fast")),
+    "launch data strategy without data": case(*launch_job("--data-strategy", "direct-s3"), says="--data s3://"),
+    "launch existing-ebs without a volume": case(*launch_job("--data-strategy", "existing-ebs"), says="--volume"),
+    "launch direct-s3 with a volume": case(
+        *launch_job("--data", f"s3://{BUCKET}/d/", "--data-strategy", "direct-s3", "--volume", "{our_volume}"),
+        says="data_volume_id",
+    ),
     "launch code dir missing": case(*launch_job("--code-dir", "/nonexistent/code"), says="code_dir"),
     "launch spec file missing": case(*launch_job("--spec", "/nonexistent/spec.json"), says="--spec"),
     "status bucket s3://s3://": case("train", "status", "job", "--bucket", "s3://s3://jobs", says="'s3://s3://jobs'"),

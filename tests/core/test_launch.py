@@ -32,6 +32,7 @@ from tasks.code import package_code, scan_code_dir
 from tests.conftest import ship_agent
 
 TEMPLATE = TemplateSpec(instance_type="t3.micro")
+VOL = "vol-0123456789abcdef0"
 
 
 def spec(**fields: Any) -> JobSpec:
@@ -41,7 +42,8 @@ def spec(**fields: Any) -> JobSpec:
 
 def test_an_unknown_or_moved_field_is_refused_not_ignored() -> None:
     # on_demand_fallback moved into `resume`; wait into LaunchOptions: an old spec file must not silently lose them.
-    for fields in ({"on_demand_fallback": True}, {"wait": True}, {"resume": {"strategy": "sometimes"}}):
+    moved = ({"on_demand_fallback": True}, {"wait": True})
+    for fields in (*moved, {"resume": {"strategy": "sometimes"}}, {"data_strategy": "fast"}):
         with pytest.raises(ValidationError):
             spec(**fields)
 
@@ -63,6 +65,16 @@ def test_an_unknown_or_moved_field_is_refused_not_ignored() -> None:
         ({"env": {"TRAINCTL_RESUME_FROM": "x"}}, "env"),
         ({"data_volume_id": "vol-nope"}, "data_volume_id"),
         ({"mount_point": "/data"}, "mount_point"),
+        ({"data": "/local/data"}, "data"),
+        ({"data": "s3://bucket"}, "data"),
+        ({"data_strategy": "direct-s3"}, "data"),
+        ({"data_strategy": "local-cache"}, "data"),
+        ({"data_strategy": "prewarmed-ebs"}, "data"),
+        ({"data_strategy": "existing-ebs"}, "data_volume_id"),
+        ({"data_strategy": "existing-ebs", "data": "s3://ml-data/d/"}, "data_volume_id"),
+        ({"data_strategy": "direct-s3", "data": "s3://ml-data/d/", "data_volume_id": VOL}, "data_volume_id"),
+        ({"data_strategy": "local-cache", "data": "s3://ml-data/d/", "data_volume_id": VOL}, "data_volume_id"),
+        ({"data_strategy": "direct-s3", "data": "s3://ml-data/d/", "mount_point": "/data"}, "mount_point"),
         ({"max_price": "cheap"}, "max_price"),
         ({"spot": False, "max_price": "0.5"}, "spot"),
         ({"spot": False, "resume": {"on_demand_fallback": True}}, "resume.on_demand_fallback"),
@@ -87,6 +99,33 @@ def test_defaults_follow_the_job_layout() -> None:
     assert s.template == TEMPLATE and spec(template="gpu-block").template == "gpu-block"
     # Round trip as a Prefect flow parameter would do it.
     assert JobSpec.model_validate_json(s.model_dump_json()) == s
+
+
+def test_data_strategies_that_fit_together_are_accepted_and_reach_the_trainers_env() -> None:
+    data = "s3://ml-data/datasets/d/"
+    for fields in (
+        {},  # no data at all: today's job
+        {"data_volume_id": VOL},  # the user's volume (auto means existing-ebs)
+        {"data_strategy": "existing-ebs", "data_volume_id": VOL},
+        {"data": data},
+        {"data": data, "data_volume_id": VOL},
+        {"data": data, "data_strategy": "prewarmed-ebs", "mount_point": "/data"},
+        {"data": data, "data_strategy": "prewarmed-ebs", "data_volume_id": VOL},  # resolved: the prewarmed volume
+    ):
+        s = spec(**fields)
+        assert JobSpec.model_validate_json(s.model_dump_json()) == s
+    env = agent_spec(spec(data=data, data_strategy="direct-s3"), attempt=1, instance_id="i-0123456789abcdef0")["env"]
+    assert env["TRAINCTL_DATA_URI"] == data and int(env["TRAINCTL_DATA_PARALLELISM"]) >= 1
+    assert "TRAINCTL_DATA_DIR" not in env
+    from agent.spec import AgentSpec
+
+    doc = agent_spec(spec(data=data, data_strategy="local-cache"), attempt=1, instance_id="i-0123456789abcdef0")
+    cache = AgentSpec.from_dict(json.loads(json.dumps(doc))).data_cache
+    assert cache is not None and (cache.uri, cache.mount) == (data, "/mnt/trainctl/instance-store")
+    assert not {"TRAINCTL_DATA_DIR", "TRAINCTL_DATA_URI"} & set(doc["env"])  # the agent sets the dir once copied
+    resolved = spec(data=data, data_strategy="prewarmed-ebs", data_volume_id=VOL, mount_point="/data")
+    env = agent_spec(resolved, attempt=1, instance_id="i-0123456789abcdef0")["env"]
+    assert env["TRAINCTL_DATA_DIR"] == "/data" and "TRAINCTL_DATA_URI" not in env
 
 
 def test_keep_instance_reaches_the_agent_spec_the_agent_accepts() -> None:
