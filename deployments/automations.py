@@ -17,9 +17,18 @@ from uuid import UUID
 from prefect.events.actions import RunDeployment, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
+from core import events as ev
+
 THRESHOLD_TEARDOWN = "trainctl: cost threshold → teardown plan (dry run)"
 GAVE_UP_NOTIFICATION = "trainctl: job gave up → notification"
 JOB_RESOURCES = "trainctl.job.*"
+
+
+def on_each_job_event(event: str) -> EventTrigger:
+    """Fires once per event of that name whose resource is a job (core/events.py names them)."""
+    return EventTrigger(
+        expect={event}, match={"prefect.resource.id": JOB_RESOURCES}, posture=Posture.Reactive, threshold=1
+    )
 
 
 def threshold_teardown(teardown_deployment_id: UUID) -> AutomationCore:
@@ -27,12 +36,7 @@ def threshold_teardown(teardown_deployment_id: UUID) -> AutomationCore:
     return AutomationCore(
         name=THRESHOLD_TEARDOWN,
         description="A job crossed a cost threshold: publish the plan of tearing it down (dry run; nothing removed).",
-        trigger=EventTrigger(
-            expect={"trainctl.cost.threshold"},
-            match={"prefect.resource.id": JOB_RESOURCES},
-            posture=Posture.Reactive,
-            threshold=1,
-        ),
+        trigger=on_each_job_event(ev.COST_THRESHOLD),
         actions=[
             RunDeployment(
                 source="selected",
@@ -55,12 +59,7 @@ def gave_up_notification(block_document_id: UUID) -> AutomationCore:
     return AutomationCore(
         name=GAVE_UP_NOTIFICATION,
         description="spot-watch gave a job up: it will not be resumed without a human.",
-        trigger=EventTrigger(
-            expect={"trainctl.job.gave-up"},
-            match={"prefect.resource.id": JOB_RESOURCES},
-            posture=Posture.Reactive,
-            threshold=1,
-        ),
+        trigger=on_each_job_event(ev.JOB_GAVE_UP),
         actions=[
             SendNotification(
                 block_document_id=block_document_id,
