@@ -62,7 +62,7 @@ def trainctl(*args: str, capture: bool = True) -> str:
         # The output is captured (to check it) and then shown: keep the colours and width of this terminal.
         env.update(FORCE_COLOR="1", COLUMNS=str(shutil.get_terminal_size().columns))
     console.print(f"[bold cyan]$ trainctl {' '.join(args)}[/]")
-    # Flows start Prefect's temporary API server (10-20 s on 2 cores) before they run.
+    # The first flow command starts the local Prefect server (10-20 s on 2 cores); later ones reuse it.
     done = subprocess.run([*command, *args], env=env, capture_output=capture, text=True, timeout=300, check=False)
     if done.returncode != 0:
         raise DemoFailed(f"trainctl {' '.join(args)} exited {done.returncode}: {(done.stderr or '').strip()}")
@@ -288,7 +288,22 @@ def main() -> int:
         "protected runctl volume and the decoys.",
         soft_wrap=True,
     )
+    _where_the_runs_are()
     return 0
+
+
+def _where_the_runs_are() -> None:
+    """The flow commands ran on the local Prefect server (started by the first one unless PREFECT_API_URL is set),
+    which keeps running: say where the runs can be seen and how to stop it."""
+    from cli.local_server import running
+
+    server = running()
+    if server is not None and not os.environ.get("PREFECT_API_URL"):
+        console.print(
+            f"The flow runs, their artifacts and events are in the Prefect UI at {server.ui_url} "
+            "(`trainctl server down` stops that server).",
+            soft_wrap=True,
+        )
 
 
 if __name__ == "__main__":
