@@ -60,11 +60,12 @@ def free_port_pairs(count: int) -> list[int]:
 
 
 def weed_command(weed: str, folder: Path, ports: dict[str, int]) -> list[str]:
-    """`weed mini` on 127.0.0.1 only, telemetry off, the given HTTP ports, only what an S3 endpoint needs."""
+    """`weed mini` on 127.0.0.1 only, telemetry off, the given HTTP ports, only what an S3 endpoint needs; its data
+    in `folder`/data."""
     return [
         weed,
         "mini",
-        f"-dir={folder}",
+        f"-dir={folder / 'data'}",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         "-master.telemetry=false",
@@ -74,7 +75,8 @@ def weed_command(weed: str, folder: Path, ports: dict[str, int]) -> list[str]:
         "-webdav=false",
         "-admin.ui=false",
         "-volume.preStopSeconds=0",
-        # Its local sockets default to /tmp/seaweedfs-*.sock and one outlives the process: keep them in the folder.
+        # Its local sockets default to /tmp/seaweedfs-*.sock and one outlives the process: keep them in the folder
+        # (at its top: a socket's path has at most 107 bytes).
         f"-filer.localSocket={folder / 'filer.sock'}",
         f"-s3.localSocket={folder / 's3.sock'}",
     ]
@@ -126,7 +128,7 @@ def seaweedfs(key: str = KEY, secret: str = SECRET, region: str = "us-east-1") -
         env |= {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
         with (folder / "weed.log").open("wb") as log:
             proc = subprocess.Popen(
-                weed_command(weed, folder / "data", ports),
+                weed_command(weed, folder, ports),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
