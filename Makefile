@@ -55,7 +55,10 @@ test-ui: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,ui]'
 	$(BIN)/pytest -q -p no:xdist -m ui tests/ui
 
-# Transfer throughput vs aws-cli (needs `aws` on PATH) and s5cmd at the issue's sizes; minutes, prints ratios.
+# Transfer throughput vs aws-cli (needs `aws` on PATH) and s5cmd at the issue's sizes, on SeaweedFS (the bench
+# extra's `weed`: an S3 that keeps checksums; --endpoint rclone|sandbox otherwise), downloads of objects with each
+# checksum kind (--checksums); minutes, prints a table of MB/s and ratios per case, e.g.
+# make bench-transfer BENCH_ARGS="--big-mib 128 --small-count 1000 --checksums crc64nvme"
 bench-transfer: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench.transfer $(BENCH_ARGS)

@@ -14,6 +14,12 @@
   writers could both pass the check; writes to one object (PUT, POST, DELETE) run one at a time here, so of N
   concurrent IfNoneMatch="*" puts exactly one succeeds, as on S3. CompleteMultipartUpload honours IfMatch (412 when
   the object's ETag differs, 404 NoSuchKey when there is none); moto checks only its IfNoneMatch.
+- A PUT's checksum is checked: one that does not match the bytes is refused (400 BadDigest) and nothing is
+  stored; moto stored the object with the wrong checksum. A checksum sent as its header alone (boto3's
+  `ChecksumCRC32=...`, with no ChecksumAlgorithm) is the object's checksum, as on S3 (moto kept only one named by
+  x-amz-sdk-checksum-algorithm). PutObject answers the type of a checksum it was sent (always FULL_OBJECT), and
+  GetObject with ChecksumMode says the type too.
+- CompleteMultipartUpload answers the object's checksum and its type (FULL_OBJECT, or COMPOSITE as `value-N`).
 
 moto's classes are patched once per process (the backends are process-global anyway); private moto API is
 allowed only inside sandbox/.
@@ -23,14 +29,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
+from moto.core.responses import ActionResult
 from moto.s3 import exceptions, models, responses
 
 from sandbox.protocol import AwsRequest
 
 _KMS = frozenset({"aws:kms", "aws:kms:dsse"})
+ALGORITHMS = ("CRC64NVME", "CRC32", "CRC32C", "SHA1", "SHA256")
 _installed = False
 
 
@@ -46,6 +56,8 @@ def install(sandbox: Any = None) -> None:
     _bucket_encryption_for_multipart()
     _head_checksum_type()
     _complete_if_match()
+    _put_checksum_checked()
+    _complete_answers_checksum()
 
 
 def object_written(req: AwsRequest, endpoint_host: str) -> str | None:
@@ -171,3 +183,85 @@ def _head_checksum_type() -> None:
         return status, response_headers, body
 
     responses.S3Response.head_object = head_with_checksum_type  # type: ignore[method-assign]
+
+
+class BadDigest(exceptions.S3ClientError):
+    code = "BadDigest"
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(f"The {algorithm} you specified did not match the calculated checksum.")
+
+
+def checksum_of(data: bytes, algorithm: str) -> str:
+    """`data`'s checksum in S3's form (base64 of the big-endian digest); moto's own falls back to CRC32 for CRC32C."""
+    from awscrt import checksums
+
+    if algorithm in ("SHA1", "SHA256"):
+        digest = hashlib.new(algorithm.lower(), data, usedforsecurity=False).digest()
+    elif algorithm == "CRC64NVME":
+        digest = checksums.crc64nvme(data).to_bytes(8, "big")
+    else:
+        digest = (checksums.crc32c if algorithm == "CRC32C" else checksums.crc32)(data).to_bytes(4, "big")
+    return base64.b64encode(digest).decode()
+
+
+def sent_checksum(headers: Mapping[str, str], raw_body: bytes) -> tuple[str, str] | None:
+    """(algorithm, value) of the checksum a request sent: its x-amz-checksum-* header, or the trailer of an
+    aws-chunked body (announced by x-amz-trailer); None when it sent none."""
+    for algorithm in ALGORITHMS:
+        if value := headers.get(f"x-amz-checksum-{algorithm.lower()}"):
+            return algorithm, value
+    trailer = headers.get("x-amz-trailer", "").lower()
+    algorithm = trailer.removeprefix("x-amz-checksum-").upper()
+    if algorithm in ALGORITHMS and isinstance(raw_body, bytes):
+        found = re.search(rb"x-amz-checksum-" + algorithm.lower().encode() + rb":\s*([A-Za-z0-9+/=]+)", raw_body)
+        if found:
+            return algorithm, found.group(1).decode()
+    return None
+
+
+def _put_checksum_checked() -> None:
+    put = responses.S3Response.put_object
+
+    def put_checked(self: Any) -> Any:
+        sent = sent_checksum(self.headers, self.raw_body)
+        if sent is not None and checksum_of(self.body or b"", sent[0]) != sent[1]:
+            raise BadDigest(sent[0])
+        status, headers, body = put(self)
+        key = self.backend.get_object(self.bucket_name, self.parse_key_name())
+        if key is not None and key.checksum_algorithm:
+            key.checksum_type = "FULL_OBJECT"  # a single PUT's checksum is of the whole object; GET says so then
+        if key is not None and sent is not None:
+            key.checksum_algorithm, key.checksum_value = sent
+            headers[f"x-amz-checksum-{sent[0].lower()}"] = sent[1]
+            headers["x-amz-checksum-type"] = "FULL_OBJECT"
+        return status, headers, body
+
+    responses.S3Response.put_object = put_checked  # type: ignore[method-assign]
+
+
+def _complete_answers_checksum() -> None:
+    post = responses.S3Response._key_response_post
+
+    def post_with_checksum(
+        self: Any, request: Any, body: bytes, bucket_name: str, query: dict[str, Any], key_name: str
+    ) -> Any:
+        status, headers, answer = post(self, request, body, bucket_name, query, key_name)
+        key = self.backend.get_object(bucket_name, key_name) if query.get("uploadId") and status == 200 else None
+        if key is None or not key.checksum_algorithm or not key.checksum_type:
+            return status, headers, answer
+        value = key.checksum_value
+        if key.checksum_type == "COMPOSITE":
+            value = f"{value}-{key.checksum_parts}"
+        result = {
+            "Location": f"http://{bucket_name}.s3.amazonaws.com/{key.name}",
+            "Bucket": bucket_name,
+            "Key": key.name,
+            "ETag": key.etag,
+            f"Checksum{key.checksum_algorithm}": value,
+            "ChecksumType": key.checksum_type,
+        }
+        _, _, answer = self.serialized(ActionResult(result))
+        return status, headers, answer
+
+    responses.S3Response._key_response_post = post_with_checksum  # type: ignore[method-assign]
