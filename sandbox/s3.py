@@ -14,6 +14,10 @@
   writers could both pass the check; writes to one object (PUT, POST, DELETE) run one at a time here, so of N
   concurrent IfNoneMatch="*" puts exactly one succeeds, as on S3. CompleteMultipartUpload honours IfMatch (412 when
   the object's ETag differs, 404 NoSuchKey when there is none); moto checks only its IfNoneMatch.
+- A checksum sent with the bytes is checked: UploadPart refuses a part whose x-amz-checksum-* differs from its
+  bytes, and CompleteMultipartUpload of a FULL_OBJECT upload one whose full-object checksum differs from the
+  parts' (400 BadDigest, nothing stored), and answers with the object's checksum and its type, as S3 does; moto
+  checks neither and leaves both out of its answer.
 
 moto's classes are patched once per process (the backends are process-global anyway); private moto API is
 allowed only inside sandbox/.
@@ -26,7 +30,7 @@ import hashlib
 from typing import Any
 from urllib.parse import unquote
 
-from moto.s3 import exceptions, models, responses
+from moto.s3 import exceptions, models, responses, utils
 
 from sandbox.protocol import AwsRequest
 
@@ -46,6 +50,8 @@ def install(sandbox: Any = None) -> None:
     _bucket_encryption_for_multipart()
     _head_checksum_type()
     _complete_if_match()
+    _checked_parts()
+    _checked_full_object()
 
 
 def object_written(req: AwsRequest, endpoint_host: str) -> str | None:
@@ -77,6 +83,63 @@ def _complete_if_match() -> None:
         return post(self, request, body, bucket_name, query, key_name)
 
     responses.S3Response._key_response_post = post_if_match  # type: ignore[method-assign]
+
+
+class BadDigest(exceptions.S3ClientError):
+    code = "BadDigest"
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(f"The {algorithm} you specified did not match the calculated checksum.")
+
+
+_ALGORITHMS = ("CRC64NVME", "CRC32", "CRC32C", "SHA1", "SHA256")
+
+
+def _sent_checksum(headers: Any) -> tuple[str, str] | None:
+    """(algorithm, value) of the x-amz-checksum-* header a request carries, if any."""
+    for algorithm in _ALGORITHMS:
+        value = headers.get(f"x-amz-checksum-{algorithm.lower()}")
+        if value:
+            return algorithm, value
+    return None
+
+
+def _checked_parts() -> None:
+    upload_part = responses.S3Response.upload_part
+
+    def check_then_upload(self: Any) -> Any:
+        sent = _sent_checksum(self.headers)
+        if sent and utils.compute_checksum(self.body, sent[0]).decode() != sent[1]:
+            raise BadDigest(sent[0])
+        return upload_part(self)
+
+    responses.S3Response.upload_part = check_then_upload  # type: ignore[method-assign]
+
+
+def _checked_full_object() -> None:
+    post = responses.S3Response._key_response_post
+
+    def complete_checked(
+        self: Any, request: Any, body: bytes, bucket_name: str, query: dict[str, Any], key_name: str
+    ) -> Any:
+        upload_id = (query.get("uploadId") or [None])[0]
+        upload = self.backend.get_bucket(bucket_name).multiparts.get(upload_id) if upload_id else None
+        sent = _sent_checksum(request.headers) if upload is not None else None
+        if upload is not None and sent and upload.metadata.get("x-amz-checksum-type") == "FULL_OBJECT":
+            parts = b"".join(upload.parts[n].value for n, _ in self._complete_multipart_body(body) if n in upload.parts)
+            if utils.compute_checksum(parts, sent[0]).decode() != sent[1]:
+                raise BadDigest(sent[0])
+        status, headers, answer = post(self, request, body, bucket_name, query, key_name)
+        key = self.backend.get_object(bucket_name, key_name) if upload_id and status == 200 else None
+        if key is not None and key.checksum_algorithm and key.checksum_type:
+            value = key.checksum_value + (f"-{key.checksum_parts}" if key.checksum_type == "COMPOSITE" else "")
+            fields = f"<Checksum{key.checksum_algorithm}>{value}</Checksum{key.checksum_algorithm}>"
+            fields += f"<ChecksumType>{key.checksum_type}</ChecksumType>"
+            end = "</CompleteMultipartUploadResult>"
+            answer = answer.replace(end, fields + end) if isinstance(answer, str) else answer
+        return status, headers, answer
+
+    responses.S3Response._key_response_post = complete_checked  # type: ignore[method-assign]
 
 
 def kms_etag(content_etag: str) -> str:
