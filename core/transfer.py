@@ -295,7 +295,9 @@ class TransferRequest(BaseModel):
         "s3://bucket uses the job's layout, s3://bucket/trainctl/jobs/NAME/staging/.",
     )
     engine: Literal["auto", "s5cmd", "python"] = Field(
-        default="auto", description="s5cmd when installed (auto), or in Python (s3fs; boto3 for big files)."
+        default="auto",
+        description="s5cmd when installed (auto), or in Python (s3fs; boto3 for big files). Between local disk "
+        "and S3, files of a part or more go through trainctl's own engine, checked while copied.",
     )
     concurrency: int = Field(  # s5cmd workers (its own default); boto3 uses 10
         default=256, ge=1, le=1024, description="Files in flight at once (s5cmd workers)."

@@ -519,8 +519,9 @@ class LocalEndpoint(Endpoint):
 
 
 # Threads of the big-file engine (ranged GETs, parts): bounded, so s5cmd copying the small files at the same time
-# keeps its share of the machine. See _with_big_downloads for the measurements behind the choice of engine.
-_BIG_WORKERS = 8
+# keeps its share of the machine; s5cmd's own per-file concurrency. 5 did better than 8 in every case measured
+# (below, in _with_big_downloads).
+_BIG_WORKERS = 5
 
 
 def _count_checks(run: TransferRun, rels: list[str], names: dict[str, str]) -> None:
@@ -541,8 +542,17 @@ def _with_big_downloads(
     """`fetch` with the files of a part or more taken by our own engine (tasks/verified_copy.py: parallel ranged
     GETs, the object's checksum computed as the bytes arrive), side by side with `fetch` copying the rest.
 
-    Chosen by measurement (SeaweedFS, 1 GiB, 2 loaded cores, best of 3): see the numbers below the choice in
-    DESIGN.md section 6.1 and bench notes; the in-flight check replaces the second read of every big file."""
+    Measured (issue 18: SeaweedFS `weed mini`, one 1 GiB object, MB/s, best of 3 interleaved rounds, on 2 cores
+    shared by five engineers at load 15-30, so the figures moved 2-5x from run to run):
+    - full-object CRC64NVME: ours 335-625 (50 MiB ranges, 5-8 threads), s5cmd (unverified) 293-541; another run
+      at load 25-30: ours 74, s5cmd then a CRC pass 283, s5cmd 412;
+    - the AWS CRT S3 client (awscrt.s3.S3Client, ranged GETs into a file, validate_response) 83-206: below ours
+      in every run, and it cannot check a full-object checksum from ranges; not used;
+    - no checksum, MD5 ETag (one part / 21 parts): ours 50-92 / 38-90, s5cmd then an MD5 pass 127-149 / 106-113:
+      MD5 runs at ~300 MB/s on one of these loaded cores and Python threads wait for the GIL far longer than Go's.
+    Kept: ours, the only one that checks as it copies (no second read of a big file in the common cases, a
+    replaced object caught by IfMatch); the figures above, taken on an overloaded machine, do not settle the
+    speed question either way and are to be taken again on a quiet one (bench/transfer.py)."""
 
     def fetch_both(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
         big = [rel for rel in rels if src.files[rel] >= run.part]
