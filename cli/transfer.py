@@ -17,6 +17,7 @@ import typer
 from cli.output import aws_scope, emit_json, flow_console, info, state_of, stderr_console, stdout_console
 from core.errors import InvalidInputError
 from core.transfer import TransferReport, TransferRequest, human_bytes
+from core.transfer_checks import summary as checks_summary
 
 if TYPE_CHECKING:
     from core.progress import ProgressEvent
@@ -152,6 +153,8 @@ def _print_report(report: TransferReport) -> None:
         )
         return
     checked = "verified" if report.verified else "not verified (--no-verify)"
+    if report.verified and report.checks:
+        checked += f" ({checks_summary(report.checks)})"
     console.print(
         f"{report.direction}: copied {report.files_copied} files ({human_bytes(report.bytes_copied)}) in "
         f"{report.seconds:.1f} s ({report.mb_per_s:.1f} MB/s), skipped {report.files_skipped} unchanged, "

@@ -295,7 +295,9 @@ class TransferRequest(BaseModel):
         "s3://bucket uses the job's layout, s3://bucket/trainctl/jobs/NAME/staging/.",
     )
     engine: Literal["auto", "s5cmd", "python"] = Field(
-        default="auto", description="s5cmd when installed (auto), or in Python (s3fs; boto3 for big files)."
+        default="auto",
+        description="s5cmd when installed (auto), or in Python (s3fs; boto3 for big files). Between local disk "
+        "and S3, files of a part or more go through trainctl's own engine, checked while copied.",
     )
     concurrency: int = Field(  # s5cmd workers (its own default); boto3 uses 10
         default=256, ge=1, le=1024, description="Files in flight at once (s5cmd workers)."
@@ -381,6 +383,14 @@ class TransferReport(BaseModel):
     # Of the mismatches, the objects that changed in S3 (other ETag, or gone) after the listing the plan was made
     # from: the copy may have taken their new bytes, which are not placed under the final name.
     changed: list[str] = Field(default_factory=list)
+    # Which check each copied file got (check name → files; core/transfer_checks.py names them), on local ↔ S3
+    # legs: e.g. {"crc64nvme-in-flight": 1, "md5-etag-after": 9999} for a download, {"crc64nvme-by-s3": 1,
+    # "md5-etag": 9999} for an upload.
+    checks: dict[str, int] = Field(
+        default_factory=dict,
+        description="Files per check: -in-flight (computed as the bytes arrived), -by-s3 (S3 checked the checksum "
+        "sent with the bytes), -after (the landed file read again), md5-etag (computed while uploading).",
+    )
     compressed: bool = False
     instance_id: str | None = None
     staging: str | None = None

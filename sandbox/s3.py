@@ -20,6 +20,9 @@
   x-amz-sdk-checksum-algorithm). PutObject answers the type of a checksum it was sent (always FULL_OBJECT), and
   GetObject with ChecksumMode says the type too.
 - CompleteMultipartUpload answers the object's checksum and its type (FULL_OBJECT, or COMPOSITE as `value-N`).
+- UploadPart refuses a part whose sent checksum differs from its bytes, and CompleteMultipartUpload of a
+  FULL_OBJECT upload one whose full-object checksum differs from the parts' (400 BadDigest, nothing stored);
+  moto checks neither.
 
 moto's classes are patched once per process (the backends are process-global anyway); private moto API is
 allowed only inside sandbox/.
@@ -57,6 +60,8 @@ def install(sandbox: Any = None) -> None:
     _head_checksum_type()
     _complete_if_match()
     _put_checksum_checked()
+    _checked_parts()
+    _checked_full_object()  # before the answer's checksum is added, so it wraps this check
     _complete_answers_checksum()
 
 
@@ -89,6 +94,36 @@ def _complete_if_match() -> None:
         return post(self, request, body, bucket_name, query, key_name)
 
     responses.S3Response._key_response_post = post_if_match  # type: ignore[method-assign]
+
+
+def _checked_parts() -> None:
+    upload_part = responses.S3Response.upload_part
+
+    def check_then_upload(self: Any) -> Any:
+        sent = sent_checksum(self.headers, self.raw_body)
+        if sent and checksum_of(self.body or b"", sent[0]) != sent[1]:
+            raise BadDigest(sent[0])
+        return upload_part(self)
+
+    responses.S3Response.upload_part = check_then_upload  # type: ignore[method-assign]
+
+
+def _checked_full_object() -> None:
+    post = responses.S3Response._key_response_post
+
+    def complete_checked(
+        self: Any, request: Any, body: bytes, bucket_name: str, query: dict[str, Any], key_name: str
+    ) -> Any:
+        upload_id = (query.get("uploadId") or [None])[0]
+        upload = self.backend.get_bucket(bucket_name).multiparts.get(upload_id) if upload_id else None
+        sent = sent_checksum(request.headers, b"") if upload is not None else None
+        if upload is not None and sent and upload.metadata.get("x-amz-checksum-type") == "FULL_OBJECT":
+            parts = b"".join(upload.parts[n].value for n, _ in self._complete_multipart_body(body) if n in upload.parts)
+            if checksum_of(parts, sent[0]) != sent[1]:
+                raise BadDigest(sent[0])
+        return post(self, request, body, bucket_name, query, key_name)
+
+    responses.S3Response._key_response_post = complete_checked  # type: ignore[method-assign]
 
 
 def kms_etag(content_etag: str) -> str:

@@ -23,6 +23,7 @@ from core.transfer import (
     normalize_etag,
     part_sizes,
 )
+from core.transfer_checks import AFTER, UPLOAD_ETAG, checksum_name, etag_name
 from tasks.aws import aws_task, translate
 from tasks.local_files import composite_checksum, file_checksum, md5_file, parallel_filter, part_digests
 from tasks.s3 import abort_uploads, client, delete_keys, existing_bucket, list_objects
@@ -115,6 +116,15 @@ def _checksum_of(head: Mapping[str, Any]) -> Checksum | None:
     return None
 
 
+def head_as_listed(prefix: S3Uri, rel: str, *, account: str | None, etag: str) -> tuple[bool, Checksum | None]:
+    """(whether the object still has the listed `etag`, its checksum): one HeadObject with IfMatch. An identity
+    that may not read metadata gets (True, None): the ETag is all there is to check by then."""
+    head = _head(prefix, rel, account, etag or None)
+    if head is None:
+        return True, None
+    return (False, None) if head == {} else (True, _checksum_of(head))
+
+
 def head_checksum(prefix: S3Uri, rel: str, *, account: str | None, etag: str | None = None) -> Checksum | None:
     """The object's checksum (HeadObject with ChecksumMode): the full-object one, else a COMPOSITE one; None when
     it has none or may not be read, or (with `etag`, the listed ETag) when the object changed since the listing."""
@@ -171,25 +181,40 @@ def matches_object(
     rel: str = "",
     account: str | None = None,
     checksum: Checksum | None = None,
+    checked: dict[str, str] | None = None,
 ) -> bool:
     """Does the file hold the bytes of the object as listed (`obj`: its size and ETag)? Size first; then by
     `checksum` when the caller has the object's checksum (`kms_checksums`). Otherwise, with `prefix` (where the
     object is) given: a file of a part or more by the object's checksum when it has one (one HEAD instead of an
     MD5 pass), else by its ETag; a smaller one by its ETag, and by its checksum when the ETag does not match
     (SSE-KMS ETags are no MD5s; one HEAD per such file). A HEAD counts only while the object still has the listed
-    ETag (IfMatch): the checksum of an object overwritten since never vouches for a file."""
+    ETag (IfMatch): the checksum of an object overwritten since never vouches for a file. `checked` gets
+    rel → the name of the check that passed (core/transfer_checks.py)."""
+    name = _object_check(path, obj, part_size, prefix, rel, account, checksum)
+    if name is not None and checked is not None:
+        checked[rel] = name
+    return name is not None
+
+
+def _object_check(
+    path: Path, obj: S3Object, part_size: int, prefix: S3Uri | None, rel: str, account: str | None,
+    checksum: Checksum | None,
+) -> str | None:  # fmt: skip
+    """`matches_object`'s answer as the name of the check that passed, None when none did."""
     if path.stat().st_size != obj.size:
-        return False
+        return None
     if checksum is not None:
-        return matches_checksum(path, checksum, part_size)
+        return checksum_name(checksum) + AFTER if matches_checksum(path, checksum, part_size) else None
     big = obj.size >= part_size
     if prefix is not None and big:
         by_checksum = _matches_checksum(path, prefix, rel, account, part_size, obj.etag)
         if by_checksum is not None:
-            return by_checksum
+            return by_checksum or None
     if matches_etag(path, obj.etag, part_size):
-        return True
-    return prefix is not None and not big and bool(_matches_checksum(path, prefix, rel, account, part_size, obj.etag))
+        return etag_name(obj.etag) + AFTER
+    if prefix is None or big:
+        return None
+    return _matches_checksum(path, prefix, rel, account, part_size, obj.etag) or None
 
 
 def matches_checksum(path: Path, checksum: Checksum, part_size: int) -> bool:
@@ -202,11 +227,13 @@ def matches_checksum(path: Path, checksum: Checksum, part_size: int) -> bool:
 
 def _matches_checksum(
     path: Path, prefix: S3Uri, rel: str, account: str | None, part_size: int, etag: str
-) -> bool | None:
-    """The file against the checksum of the object as listed with `etag` (`head_checksum`); None when it has none,
-    may not be read, or changed since the listing."""
+) -> str | None:
+    """The file against the checksum of the object as listed with `etag` (`head_checksum`): the check's name when
+    it matches, "" when not; None when the object has none, may not be read, or changed since the listing."""
     checksum = head_checksum(prefix, rel, account=account, etag=etag or None)
-    return None if checksum is None else matches_checksum(path, checksum, part_size)
+    if checksum is None:
+        return None
+    return checksum_name(checksum) + AFTER if matches_checksum(path, checksum, part_size) else ""
 
 
 def same_as_s3(
@@ -218,16 +245,18 @@ def same_as_s3(
     prefix: S3Uri | None = None,
     account: str | None = None,
     checksums: Mapping[str, Checksum] | None = None,
+    checked: dict[str, str] | None = None,
 ) -> list[str]:
     """The rels whose local file holds the object's bytes (`matches_object`, with the object's checksum from
     `checksums` when there)."""
     known = checksums or {}
     return parallel_filter(
         lambda rel: matches_object(
-            root / rel, objects[rel], part_size, prefix=prefix, rel=rel, account=account, checksum=known.get(rel)
+            root / rel, objects[rel], part_size, prefix=prefix, rel=rel, account=account, checksum=known.get(rel),
+            checked=checked,
         ),
         rels,
-    )
+    )  # fmt: skip
 
 
 @aws_task(name="delete-s3-objects", task_run_name="delete-objects {prefix}", tags=["aws-s3"])
@@ -243,6 +272,12 @@ def abort_unfinished_uploads(prefix: S3Uri, rels: list[str], *, account: str | N
     return abort_uploads(client(account), prefix.bucket, prefix.prefix, {prefix.prefix + rel for rel in rels})
 
 
+@dataclass(frozen=True)
+class UploadChecks:
+    mismatches: list[str]
+    checks: dict[str, str]  # rel → the check it passed (core/transfer_checks.py)
+
+
 @aws_task(name="verify-s3-upload", task_run_name="verify-upload {dest}", tags=["aws-s3"])
 def verify_upload(
     root: Path,
@@ -252,12 +287,12 @@ def verify_upload(
     part_size: int,
     expected: Mapping[str, str] | None = None,
     account: str | None = None,
-) -> list[str]:
+) -> UploadChecks:
     """After an upload of these files (relative path → size): list the destination once and check each one's
     ETag against `expected` (ETags computed while uploading, `local_etag`). A file without an expected ETag, or
     whose ETag differs from it, is checked by `matches_object` (its checksum, else its ETag with every plausible
     part size). Under SSE-KMS no ETag matches: the small files' checksums are then fetched all at once
-    (`kms_checksums`)."""
+    (`kms_checksums`). Returns the files that failed, and the check each good one passed."""
     found = list_s3_tree.fn(dest, account=account, field="destination")
     expected = expected or {}
     present = [rel for rel, size in sizes.items() if rel in found and found[rel].size == size]
@@ -266,8 +301,13 @@ def verify_upload(
     # Files of a part or more get one HEAD each in matches_object anyway (their checksum comes first there).
     small = [rel for rel in unsettled if sizes[rel] < part_size]
     checksums = kms_checksums.fn(dest, small, etags={rel: found[rel].etag for rel in small}, account=account)
-    good |= set(same_as_s3(root, unsettled, found, part_size, prefix=dest, account=account, checksums=checksums))
-    return sorted(rel for rel in sizes if rel not in good)
+    checked = dict.fromkeys(good, UPLOAD_ETAG)
+    good |= set(
+        same_as_s3(
+            root, unsettled, found, part_size, prefix=dest, account=account, checksums=checksums, checked=checked
+        )
+    )
+    return UploadChecks(sorted(rel for rel in sizes if rel not in good), checked)
 
 
 # -- instances --------------------------------------------------------------------------------------------------

@@ -325,8 +325,9 @@ def test_a_corrupted_object_is_caught_by_verify(
 def test_full_object_checksums_check_big_files_and_what_etags_cannot(
     cloud: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file of a part or more is checked by the object's CRC64NVME (one HEAD, no MD5 pass); a small one whose
-    ETag is no MD5 of its bytes (as under SSE-KMS) by its checksum; a wrong checksum is a mismatch."""
+    """A file of a part or more is checked by the object's CRC64NVME as its bytes arrive (one HEAD, no MD5 pass, no
+    second read: tests/tasks/test_transfer_inflight.py); a small one whose ETag is no MD5 of its bytes (as under
+    SSE-KMS) by its checksum; a wrong checksum is a mismatch."""
     s3 = cloud.client("s3")
     s3.put_object(Bucket=BUCKET, Key="ck/big.bin", Body=os.urandom(6 * 1024 * 1024), ChecksumAlgorithm="CRC64NVME")
     s3.put_object(Bucket=BUCKET, Key="ck/small.bin", Body=b"small file", ChecksumAlgorithm="CRC32C")
@@ -344,9 +345,10 @@ def test_full_object_checksums_check_big_files_and_what_etags_cannot(
     monkeypatch.setattr(tx, "matches_etag", spy)
     down = fetch("d1")
     assert (down.files_copied, down.verified) == (2, True) and hashed == ["small.bin"]
+    assert down.checks == {"crc64nvme-in-flight": 1, "md5-etag-after": 1}
 
-    # Uploading: the small file's ETag is computed while the copy runs; the big one is never MD5-hashed (S3 gave
-    # it a CRC64NVME, which checks it).
+    # Uploading: the small file's ETag is computed while the copy runs; the big one is never MD5-hashed (S3 checks
+    # the CRC64NVME it is uploaded with).
     md5_read: list[str] = []
     real_md5_range = local_files._md5_range
 
@@ -358,19 +360,24 @@ def test_full_object_checksums_check_big_files_and_what_etags_cannot(
         patch.setattr(local_files, "_md5_range", md5_spy)
         up = run_transfer(TransferRequest(src=str(tmp_path / "d1"), dst=f"s3://{BUCKET}/up/", part_size_mib=5))
     assert (up.files_copied, up.verified) == (2, True) and md5_read == ["small.bin"]
+    assert up.checks == {"crc64nvme-by-s3": 1, "md5-etag": 1}
 
-    # An identity that may not read object metadata: the ETags decide, as before checksums were used.
+    # An identity that may not read object metadata: the ETags decide, as before checksums were used (the big
+    # file's MD5 computed as it arrives).
     def forbidden(**request: object) -> None:
         raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
 
     with monkeypatch.context() as patch:
         patch.setattr(load_account(None).client("s3"), "head_object", forbidden)
-        assert fetch("d0").verified and sorted(hashed) == ["big.bin", "small.bin", "small.bin"]
+        blind = fetch("d0")
+        assert blind.verified and sorted(hashed) == ["small.bin", "small.bin"]
+        assert blind.checks == {"md5-etag-in-flight": 1, "md5-etag-after": 1}
     monkeypatch.setattr(tx, "matches_etag", lambda *a: False)  # ETags that are no MD5s: the checksums decide
     assert fetch("d2").verified and digest(tmp_path / "d2") == digest(tmp_path / "d1")
     monkeypatch.setattr(tx, "file_checksum", lambda path, algorithm: "AAAAAAAAAAA=")
-    bad = fetch("d3")
-    assert sorted(bad.mismatches) == ["big.bin", "small.bin"] and not (tmp_path / "d3" / "big.bin").exists()
+    bad = fetch("d3")  # the big file's CRC, computed in flight, is not the one patched here
+    assert bad.mismatches == ["small.bin"] and not (tmp_path / "d3" / "small.bin").exists()
+    assert bad.checks == {"crc64nvme-in-flight": 1}
 
 
 def test_kms_objects_uploaded_in_parts_by_boto3_are_checked_by_their_composite_checksum(
