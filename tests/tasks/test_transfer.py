@@ -602,6 +602,58 @@ def test_killed_half_way_and_rerun_moves_only_the_rest(cloud: Sandbox, tmp_path:
     )
 
 
+def test_s5cmd_uploads_walk_a_folder_of_links_to_exactly_the_planned_files(tmp_path: Path) -> None:
+    """The folder s5cmd's one `cp` walks on an upload: a link per planned file under its key's relative name
+    (glob characters kept), nothing else of the source folder; destinations outside one S3 prefix get none."""
+    src = tmp_path / "src"
+    for rel in ("a/x*?[1].bin", "a/b/y.bin", "z.bin", "unplanned.bin"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(rel.encode())
+    planned = ["a/x*?[1].bin", "a/b/y.bin", "z.bin"]
+    pairs = [(f"{src}/{rel}", f"s3://b/up/{rel}", 1) for rel in planned]
+    prefix = copy_engines._common_prefix(pairs)
+    assert prefix == "s3://b/up/"
+    assert copy_engines._common_prefix(pairs[:2]) == "s3://b/up/a/"
+    assert copy_engines._common_prefix([(f"{src}/z.bin", str(tmp_path / "z.bin"), 1)]) is None
+    links = copy_engines._upload_links(tmp_path / "links", pairs, prefix)
+    found = {p.relative_to(links).as_posix(): p.read_bytes() for p in links.rglob("*") if not p.is_dir()}
+    assert found == {rel: rel.encode() for rel in planned}
+    assert all((links / rel).is_symlink() for rel in planned)
+
+
+def test_landed_files_are_checked_once_each_in_batches_and_a_big_one_at_once() -> None:
+    """A download checks and places what lands in batches (64 files or 4 MiB): a file reported twice is checked
+    once, a big file goes as soon as it lands, and what is left goes when the engine is done."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from flows.transfer import _LandedBatches
+
+    class Inline(ThreadPoolExecutor):  # runs each batch at once, so the test sees when it was handed out
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            done: Future[Any] = Future()
+            done.set_result(fn(*args, **kwargs))
+            return done
+
+    sizes = {f"s{i:03d}": 10 * 1024 for i in range(130)} | {"big": 8 * MIB}
+    checked: list[list[str]] = []
+
+    def check(batch: list[str]) -> list[str]:
+        checked.append(list(batch))
+        return [rel for rel in batch if rel != "s000"]  # s000 fails its check: not placed
+
+    with Inline(max_workers=1) as pool:
+        batches = _LandedBatches(pool, check, sizes)
+        for i in range(129):
+            batches.landed(f"s{i:03d}")
+        batches.landed("s005")  # reported again: not checked again
+        batches.landed("big")
+        assert [len(b) for b in checked] == [64, 64, 2] and checked[-1] == ["s128", "big"]
+        batches.landed("s129")
+        placed = batches.placed()
+    assert checked[-1] == ["s129"] and sorted(r for b in checked for r in b) == sorted(sizes)
+    assert placed == set(sizes) - {"s000"} and batches.seen == set(sizes)
+
+
 def test_partial_folders_of_live_runs_are_left_alone(tmp_path: Path) -> None:
     with local_files.partial_folder(tmp_path, "live") as live:
         (tmp_path / f"{PARTIAL_PREFIX}dead").mkdir()
