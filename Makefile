@@ -43,7 +43,8 @@ test-slow: $(STAMP)
 
 test: lint typecheck pytest
 
-# Every kill -9 point of the launch and spot-watch walks (make test runs one or two of each): ~2.5 minutes.
+# Every kill -9 point of the launch, spot-watch, teardown and sweep walks (make test runs one or two of each, the
+# sweep one of each kind) and the rest of a few long walks: ~3 minutes.
 test-exhaustive: $(STAMP)
 	$(BIN)/pytest -q -n 4 --dist load -m exhaustive
 

@@ -55,6 +55,14 @@ class CommandFailedError(TrainctlError):
 
 
 def _poll_delay(attempt: int) -> float:
+    """The pause before poll `attempt` of a command's result: 0.1 s growing by 1.4x to 5 s. Most commands end
+    within a few seconds; doubling from 0.25 s found a 1 s command done at 1.75 s and a 2 s one at 3.75 s, where
+    this finds them at 1.1 s and 2.4 s (at most 40 % late) for a few more cheap GetCommandInvocation calls."""
+    return min(0.1 * 1.4 ** min(attempt, 12), 5.0)
+
+
+def _retry_delay(attempt: int) -> float:
+    """The pause before retrying a throttled or failed call: doubling from 0.25 s, at most 5 s."""
     return min(0.25 * (2**attempt), 5.0)
 
 
@@ -67,7 +75,7 @@ def _call_tolerating_transient(call: Any, operation: str, **kwargs: Any) -> Any:
         except Exception as exc:
             if not is_transient(exc) or attempt == 7:
                 raise
-            time.sleep(_poll_delay(attempt))
+            time.sleep(_retry_delay(attempt))
     raise AssertionError("unreachable")
 
 
@@ -94,7 +102,7 @@ def _send_once(account: str | None, instance_id: str, request: dict[str, Any]) -
             if not is_transient(exc) or attempt == _SEND_ATTEMPTS - 1:
                 raise
             refused = getattr(exc, "code", None) in _REFUSED
-            time.sleep(_poll_delay(attempt + 1))
+            time.sleep(_retry_delay(attempt + 1))
             if not refused:
                 found = _sent_with(aws.client("ssm"), instance_id, token, since)
                 if found is not None:
@@ -212,7 +220,7 @@ def _wait_invocation(ssm: Any, command_id: str, instance_id: str, *, deadline: f
     attempt = 0
     while True:
         time.sleep(_poll_delay(attempt))
-        attempt = min(attempt + 1, 5)
+        attempt = min(attempt + 1, 12)
         try:
             inv: dict[str, Any] = _call_tolerating_transient(
                 ssm.get_command_invocation,
@@ -330,7 +338,7 @@ def _collect_invocations(ssm: Any, command_id: str, deadline: float) -> dict[str
     attempt = 0
     while True:
         time.sleep(_poll_delay(attempt))
-        attempt = min(attempt + 1, 4)
+        attempt = min(attempt + 1, 12)
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:

@@ -242,10 +242,26 @@ def _kill_scenario(cloud: Sandbox) -> dict[str, str]:
     return {"instance": instance, "data": data, "scratch": scratch, "snapshot": snapshot, "staging": staging}
 
 
-def test_killed_after_each_step_in_turn_the_reruns_converge(cloud: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run 1 dies after step 1, run 2 (starting from what run 1 left) dies after step 2, ... the last run
-    completes. Every run re-plans from AWS as it is; the end state is the one an uninterrupted run reaches.
-    (One chain rather than one fresh scenario per step: the latter costs ~18 s a step in the sandbox.)"""
+# make test kills a run after the persistent volume's detach (the instance still runs) and one after the terminate
+# (the instance going, its volumes left); make test-exhaustive chains kills after every other step.
+EVERY_RUN_KILLS = [Step.DETACH_PERSISTENT, Step.TERMINATE]
+
+
+@pytest.mark.parametrize(
+    "kill_points",
+    [
+        pytest.param(EVERY_RUN_KILLS, id="detach-terminate"),
+        pytest.param(
+            [s for s in list(Step)[:-1] if s not in EVERY_RUN_KILLS], id="the-rest", marks=pytest.mark.exhaustive
+        ),
+    ],
+)
+def test_killed_after_steps_in_turn_the_reruns_converge(
+    cloud: Sandbox, monkeypatch: pytest.MonkeyPatch, kill_points: list[Step]
+) -> None:
+    """Run 1 dies after the first kill point's step, run 2 (starting from what run 1 left) after the second's, ...
+    the last run completes. Every run re-plans from AWS as it is; the end state is the one an uninterrupted run
+    reaches. (One chain rather than one fresh scenario per step: the latter costs ~18 s a step in the sandbox.)"""
     ids = _kill_scenario(cloud)
     request = TeardownRequest(
         job="kill-c",
@@ -257,15 +273,13 @@ def test_killed_after_each_step_in_turn_the_reruns_converge(cloud: Sandbox, monk
     )
     # Everything is old: nothing here is meant to be young (the clock moves through the flow's own seam).
     monkeypatch.setattr(flows.teardown, "planning_time", lambda _r, inv: inv.taken_at + timedelta(hours=2))
-    done_steps: list[str] = []
-    # Every step but the last (a run killed after the last step has completed).
-    kill_points = list(Step)[:-1]
-    for n, step in enumerate(kill_points):
+    for step in kill_points:  # never the last step (a run killed after it has completed)
         # Killed right after `step`: this run acts through that step only (each run re-plans from AWS as it is).
+        steps = list(Step)[: list(Step).index(step) + 1]
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(flows.teardown, "STEPS", list(Step)[: n + 1])
+            patch.setattr(flows.teardown, "STEPS", steps)
             safe_teardown(request)
-        done_steps.append(step.value)
+        done_steps = [s.value for s in steps]
         state = world(cloud)
         # Whatever the kill point: the persistent volume exists, and is never gone while its instance lives.
         assert ids["data"] in state["volumes"], done_steps

@@ -3,7 +3,8 @@ point runs, no cleanup) after each of their steps, then one `teardown --sweep --
 loses nothing persistent.
 
 Each kill point runs the flow's own tasks (`.fn()`, in the flow's order) up to its step and abandons the rest.
-All kill points share one sandbox and one sweep (a flow run costs ~1 s; an instance a few). "The clock past the
+The kill points share one sandbox and one sweep (a flow run costs ~1 s; an instance a few): in make test one of
+each kind (EVERY_RUN), in make test-exhaustive the rest. "The clock past the
 age rules" is a policy with every age at zero (configuration, set through the request's overrides): EC2 create
 times and S3 LastModified cannot be set back in the sandbox.
 """
@@ -49,6 +50,11 @@ DATA = "sweep-data"
 ZONE = "us-east-1a"
 LAUNCH_KILLS = ["run-instances", "record", "ssm-online", "attach", "code-upload", "agent-start"]
 PREWARM_KILLS = ["create-volume", "run-instance", "attach", "sync"]
+# make test sweeps after one kill of each rule and state: an instance its record does not name, one whose agent
+# never started with the data volume attached, one whose agent ran its job; a pending persistent volume alone,
+# a non-persistent one with its prewarm instance, one mid-sync with its staging. make test-exhaustive sweeps
+# after the rest (the same rules from the steps between).
+EVERY_RUN = ({"run-instances", "attach", "agent-start"}, {"create-volume", "run-instance", "sync"})
 # The rule each killed launch's instance is found by.
 LAUNCH_RULE = {
     "run-instances": "attempt not in the job record",
@@ -239,18 +245,33 @@ def _rules(report: TeardownReport, resource_id: str) -> set[str]:
     return {r.reason for r in entry.reasons}
 
 
-def test_one_sweep_after_launches_and_prewarms_killed_at_every_step(cloud: Sandbox, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("launch_kills", "prewarm_kills"),
+    [
+        pytest.param(*EVERY_RUN, id="one-of-each"),
+        pytest.param(
+            set(LAUNCH_KILLS) - EVERY_RUN[0],
+            set(PREWARM_KILLS) - EVERY_RUN[1],
+            id="the-rest",
+            marks=pytest.mark.exhaustive,
+        ),
+    ],
+)
+def test_one_sweep_after_launches_and_prewarms_killed_after_a_step(
+    cloud: Sandbox, tmp_path: Path, launch_kills: set[str], prewarm_kills: set[str]
+) -> None:
+    cloud.reset()
     s3 = cloud.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     s3.create_bucket(Bucket=DATA)
     for n in range(20):
         s3.put_object(Bucket=DATA, Key=f"set/f{n:03d}.bin", Body=bytes([n]) * 4096)
-    launches = {kill: _launch_until(kill, tmp_path) for kill in LAUNCH_KILLS}
-    prewarms = {kill: _prewarm_until(kill, cloud) for kill in PREWARM_KILLS}
+    launches = {kill: _launch_until(kill, tmp_path) for kill in LAUNCH_KILLS if kill in launch_kills}
+    prewarms = {kill: _prewarm_until(kill, cloud) for kill in PREWARM_KILLS if kill in prewarm_kills}
     copies = _killed_copies(cloud)
-    # The agent started after the last step runs its (short) job to the end: its heartbeat then stops.
-    status_key = jobs.status_uri(BUCKET, "k-agent-start", 1).removeprefix(f"s3://{BUCKET}/")
-    assert cloud.wait_for(lambda: status_key in _world(cloud)["keys"] and _final(s3, status_key), timeout=30)
+    if "agent-start" in launches:  # that agent runs its (short) job to the end: its heartbeat then stops
+        status_key = jobs.status_uri(BUCKET, "k-agent-start", 1).removeprefix(f"s3://{BUCKET}/")
+        assert cloud.wait_for(lambda: status_key in _world(cloud)["keys"] and _final(s3, status_key), timeout=30)
 
     before = _world(cloud)
     live = {s for s in before["instances"].values() if s in {"pending", "running"}}
@@ -283,7 +304,8 @@ def test_one_sweep_after_launches_and_prewarms_killed_at_every_step(cloud: Sandb
         assert jobs.job_record_uri(BUCKET, left["job"]).removeprefix(f"s3://{BUCKET}/") in after["keys"]  # kept
     assert "staging no instance uses" in _rules(plan, copies["staging"])
     assert _prefix_keys(after, copies["staging"]) == set() and _prefix_keys(after, copies["transfer"]) == set()
-    assert _prefix_keys(after, prewarms["sync"]["staging"]) == set()  # the killed prewarm's list of keys
+    if "sync" in prewarms:
+        assert _prefix_keys(after, prewarms["sync"]["staging"]) == set()  # the killed prewarm's list of keys
     # Nothing persistent is lost: every data volume, and every persistent volume of a killed prewarm, is there.
     for kill, left in launches.items():
         assert after["volumes"].get(left["data"]) == ("available", True), kill
