@@ -24,6 +24,7 @@ from core.ebs import GP3_MIBPS_PER_IOPS, LIMITS
 from core.errors import InvalidInputError
 from core.ids import validate_availability_zone, validate_id, validate_instance_type
 from core.jobs import DataStrategy as Strategy  # a JobSpec field: core.cost imports core.jobs, which can't import us
+from core.jobs import JobSpec
 from core.models import Volume
 from core.s3uri import parse_s3_uri
 
@@ -155,6 +156,30 @@ class AdviceRequest(BaseModel):
     volume_id: str | None = Field(default=None, description="an existing volume holding the dataset")
     strategy: Strategy = Strategy.AUTO
     account: str | None = Field(default=None, description="AwsAccount block name; default: the AWS environment")
+
+    @classmethod
+    def for_job(
+        cls,
+        spec: JobSpec,
+        instance_type: str,
+        *,
+        zone: str | None,
+        strategy: Strategy,
+        volume_id: str | None,
+    ) -> AdviceRequest:
+        """The advice a launch asks for its job: its dataset, type and AZ, and the runs and epochs it plans."""
+        if spec.data is None:
+            raise InvalidInputError("data", None, "the dataset's s3:// URI to advise on (--data s3://…)")
+        return cls(
+            dataset_uri=spec.data,
+            instance_type=instance_type,
+            runs=spec.data_runs,
+            epochs=spec.data_epochs,
+            availability_zone=zone,
+            volume_id=volume_id,
+            strategy=strategy,
+            account=spec.account,
+        )
 
     @field_validator("dataset_uri")
     @classmethod

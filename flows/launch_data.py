@@ -74,15 +74,7 @@ def plan_data(spec: JobSpec, template: TemplateSpec, zone: str | None, volume: V
 def _advice(
     spec: JobSpec, template: TemplateSpec, zone: str | None, strategy: DataStrategy, volume_id: str | None
 ) -> Advice:
-    assert spec.data is not None
-    request = AdviceRequest(
-        dataset_uri=spec.data,
-        instance_type=template.instance_type,
-        availability_zone=zone,
-        volume_id=volume_id,
-        strategy=strategy,
-        account=spec.account,
-    )
+    request = AdviceRequest.for_job(spec, template.instance_type, zone=zone, strategy=strategy, volume_id=volume_id)
     return advise_data(request)
 
 
