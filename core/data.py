@@ -81,7 +81,7 @@ FSR_USD_PER_AZ_HOUR = 0.75
 # -- prewarm: the temporary instance (core/prewarm.py's default type) launches, comes online over SSM, formats the
 # volume, copies, verifies and detaches. The fixed part is an estimate (a few minutes in the sandbox and on AWS).
 PREWARM_OVERHEAD_S = 300.0
-# A new prewarmed volume is the dataset plus headroom for the filesystem.
+# A prewarmed volume is the dataset plus headroom for the filesystem (and a re-sync's changed files).
 PREWARM_HEADROOM = 1.15
 
 DEFAULT_HOURS_PER_RUN = 4.0  # how long one run keeps its volume, when the user does not say
@@ -297,11 +297,17 @@ def block_read_s(size: int, files: int, mbps: float, iops: float) -> float:
     return max(size / (mbps * MB), ios / iops)
 
 
+def needed_gib(dataset_bytes: int) -> int:
+    """The size a volume needs to take a dataset: its bytes plus PREWARM_HEADROOM (the filesystem, and a re-sync's
+    changed files, which land in a partial folder before the old ones go), in whole GiB."""
+    return max(1, math.ceil(dataset_bytes * PREWARM_HEADROOM / GIB))
+
+
 def _gp3_for(size: int, files: int, instance: InstanceTypeIO) -> Volume:
     """The gp3 volume a new prewarm makes: the dataset plus headroom; throughput up to what the instance's EBS link
     carries; IOPS enough that the files' count binds no sooner than the throughput does (at least the baseline
     and throughput/0.25, at most 16,000, 500 per GiB and the instance's own)."""
-    size_gib = max(1, math.ceil(size * PREWARM_HEADROOM / GIB))
+    size_gib = needed_gib(size)
     throughput = max(GP3_BASELINE_MIBPS, int(min(GP3_MAX_MIBPS, instance.ebs_mbps * MB / MIB)))
     read_s = size / (min(throughput * MIB / MB, instance.ebs_mbps) * MB)
     needed = max(math.ceil((files + size / EBS_IO_BYTES) / read_s), math.ceil(throughput / GP3_MIBPS_PER_IOPS))
@@ -410,6 +416,14 @@ def _prewarmed_ebs(inputs: DataInputs, book: PriceBook) -> Estimate:
         (v for v in inputs.prewarmed if not v.attached and (zone is None or v.availability_zone == zone)),
         key=lambda v: v.id,
     )
+    if ready and ready[0].size_gib < needed_gib(inputs.dataset_bytes):
+        # The prewarm would re-sync this volume (the dataset grew since) and refuses: it no longer fits.
+        volume, need = ready[0], needed_gib(inputs.dataset_bytes)
+        return _impossible(
+            Strategy.PREWARMED_EBS,
+            f"{volume.id} ({volume.size_gib} GiB) holds an older version of the dataset, which is now "
+            f"{size_text(inputs.dataset_bytes)} and needs {need} GiB (trainctl ebs prewarm --no-reuse --size {need})",
+        )
     if ready:
         return _reuse(inputs, ready[0], book)
     if inputs.prewarmed:  # in another AZ, or in use by another job: a copy from a snapshot

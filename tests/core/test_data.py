@@ -183,6 +183,30 @@ def test_an_existing_prewarmed_volume_in_the_az_is_reused() -> None:
     assert reuse.cost.ebs_usd == pytest.approx((30 * 0.08 + 125 * 0.04) * 4 / 730, abs=1e-4)
 
 
+def test_a_prewarmed_volume_the_grown_dataset_no_longer_fits_is_not_reused() -> None:
+    # 30 GB + 15% = 34.5e9 bytes = 32.1 GiB: 33 GiB needed, the volume in the AZ has 30.
+    data = inputs(
+        P3, 30 * GB, 1000, runs=10, epochs=3, availability_zone="us-east-1a", prewarmed=[volume("us-east-1a")]
+    )
+    advice = advise(data, fallback_book())
+    ebs = advice.estimate(Strategy.PREWARMED_EBS)
+    assert not ebs.possible and advice.chosen != Strategy.PREWARMED_EBS
+    assert ebs.why_not == (
+        "vol-0123456789abcdef0 (30 GiB) holds an older version of the dataset, which is now 30.0 GB and needs 33 GiB "
+        "(trainctl ebs prewarm --no-reuse --size 33)"
+    )
+    with pytest.raises(InvalidInputError, match="needs 33 GiB") as refused:
+        advise(data.model_copy(update={"requested": Strategy.PREWARMED_EBS}), fallback_book())
+    assert refused.value.field == "data_strategy"
+    # 25 GB fits its 30 GiB (28.75e9 bytes = 26.8 GiB): reused.
+    assert (
+        "reuse vol-"
+        in advise(data.model_copy(update={"dataset_bytes": 25 * GB}), fallback_book())
+        .estimate(Strategy.PREWARMED_EBS)
+        .plan
+    )
+
+
 @pytest.mark.parametrize(
     ("prewarmed", "shown"),
     [
