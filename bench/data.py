@@ -168,7 +168,7 @@ def launch(cloud: Sandbox, run: Run, code_dir: str, label: str, strategy: str, v
     row.launched_at = time.time()
     report = train_launch(spec, LaunchOptions(wait=True))
     if report.status != "succeeded" or report.data is None:
-        raise SystemExit(f"{label}: the job ended {report.status}: {report.message}")
+        raise SystemExit(f"{label}: the job ended {report.status} (exit {report.exit_code}); its log: {report.log_uri}")
     summary = _trainer_summary(cloud, report.log_uri)
     row.ran, row.why, row.volume_id = report.data.strategy.value, report.data.why, report.volume_id
     row.data_step_s = report.data.seconds
