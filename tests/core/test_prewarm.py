@@ -150,9 +150,8 @@ def test_a_dataset_that_no_longer_fits_its_volume_is_refused_naming_the_numbers(
     with pytest.raises(UsageError) as refused:  # a re-sync of a dataset that grew past its volume
         check_fits(spec, grown, None, ReuseChoice("reuse", "changed", volume))
     message = str(refused.value)
-    assert (
-        "vol-1 (10 GiB, us-east-1a) holds an older version of s3://bucket/d/ (10.0 GB; with 15% headroom 11 GiB)" in message
-    )
+    held = "vol-1 (10 GiB, us-east-1a) holds an older version of s3://bucket/d/"
+    assert f"{held} (10.0 GB; with 15% headroom 11 GiB)" in message
     assert "--no-reuse --size 11" in message and "modify-volume" in message
     check_fits(spec, int(10 * 2**30 / 1.15), None, ReuseChoice("reuse", "changed", volume))  # fits just
     with pytest.raises(InvalidInputError) as refused:  # the volume asked for
@@ -163,14 +162,13 @@ def test_a_dataset_that_no_longer_fits_its_volume_is_refused_naming_the_numbers(
     check_fits(spec, grown, None, ReuseChoice("new", ""))
     # A restored copy is at least its snapshot's size: the source volume's 10 GiB do not save a 5 GiB ask.
     small = spec.model_copy(update={"volume": VolumeSpec(name="v", size_gib=5)})
-    with pytest.raises(InvalidInputError, match="volume.size_gib"):
+    with pytest.raises(InvalidInputError, match=r"volume\.size_gib"):
         check_fits(small, grown, None, ReuseChoice("restore", "", volume, "us-east-1b"))
     big_source = volume.model_copy(update={"size_gib": 20})
     check_fits(small, grown, None, ReuseChoice("restore", "", big_source, "us-east-1b"))
     with pytest.raises(InvalidInputError) as refused:  # the volume given
-        check_fits(
-            PrewarmSpec(source="s3://bucket/d/", volume_id="vol-0123456789abcdef0"), grown, volume, ReuseChoice("new", "")
-        )
+        given = PrewarmSpec(source="s3://bucket/d/", volume_id="vol-0123456789abcdef0")
+        check_fits(given, grown, volume, ReuseChoice("new", ""))
     assert refused.value.field == "volume_id" and "vol-1 has 10 GiB" in str(refused.value)
 
 
