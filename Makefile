@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up down demo test test-exhaustive test-slow test-ui bench-transfer bench-recovery bench-inventory bench-cli lint typecheck pytest install clean
+.PHONY: up down demo test test-exhaustive test-slow test-ui bench-transfer bench-recovery bench-inventory bench-cli bench-data lint typecheck pytest install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-inventory: $(STAMP)
 # run), without a Prefect server and with one it starts on a free port: medians against issue 17's targets (~4 min).
 bench-cli: $(STAMP)
 	$(BIN)/python -m bench.cli $(BENCH_ARGS)
+
+# Each data strategy's time to the first batch (200 files, 300 MB) in the sandbox, next to the advice's estimate
+# (AWS figures; the sandbox's throughputs are not AWS's): five launches and a prewarm, ~2-3 minutes.
+bench-data: $(STAMP)
+	$(BIN)/python -m bench.data $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,7 @@
 """`trainctl iam policy`: the least-privilege IAM policies trainctl needs (core/iam.py), printed, never applied.
 
-    trainctl iam policy --for caller|instance|prewarm [--bucket B ...] [--data s3://B/P ...] [--secret REF ...]
-                        [--instance-role R] [--prewarm-role R] [--json]
+    trainctl iam policy --for caller|instance|prewarm [--bucket B ...] [--data s3://B/P ...] [--write s3://B/P ...]
+                        [--secret REF ...] [--instance-role R] [--prewarm-role R] [--json]
 
 Text: each statement's purpose as a comment line, then the policy JSON, and for the instance roles the trust
 policy and the aws-cli commands that make the role and its instance profile. --json: one document with all of it.
@@ -93,7 +93,16 @@ def policy(
     ] = None,
     data: Annotated[
         list[str] | None,
-        typer.Option("--data", help="Another S3 prefix jobs read or write (datasets, prewarm source); repeatable."),
+        typer.Option(
+            "--data",
+            help="An S3 prefix jobs read (datasets, prewarm source; instances get read-only on it); repeatable.",
+        ),
+    ] = None,
+    write: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--write", help="An S3 prefix jobs write outside trainctl/ (e.g. a --checkpoint-uri); repeatable."
+        ),
     ] = None,
     secret: Annotated[
         list[str] | None,
@@ -110,7 +119,12 @@ def policy(
     """Print the IAM policy a role needs, scoped to trainctl's tags and the buckets' trainctl/ prefixes."""
     state_of(ctx, json_output=json_output)
     scope = Scope.of(
-        bucket or [], data=data or [], secrets=secret or [], instance_role=instance_role, prewarm_role=prewarm_role
+        bucket or [],
+        data=data or [],
+        writes=write or [],
+        secrets=secret or [],
+        instance_role=instance_role,
+        prewarm_role=prewarm_role,
     )
     built = build_policy(role.value, scope)
     if json_output:

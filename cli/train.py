@@ -101,6 +101,13 @@ def launch(
             "prewarmed-ebs (reuses a prewarmed volume of the dataset, else prewarms one) or existing-ebs (--volume).",
         ),
     ] = None,
+    data_runs: Annotated[
+        int | None,
+        typer.Option("--data-runs", help="Runs you plan on this dataset (auto weighs a prewarm against them)."),
+    ] = None,
+    data_epochs: Annotated[
+        int | None, typer.Option("--data-epochs", help="Passes over the dataset per run (used by auto).")
+    ] = None,
     move_volume: Annotated[
         bool, typer.Option("--move-volume", help="Move the volume into the template's AZ if needed.")
     ] = False,
@@ -163,6 +170,8 @@ def launch(
         "mount_point": mount_point,
         "data": data,
         "data_strategy": data_strategy,
+        "data_runs": data_runs,
+        "data_epochs": data_epochs,
         "checkpoint_uri": checkpoint_uri,
         "max_runtime_minutes": max_runtime,
         "sync_interval_s": sync_interval,

@@ -24,6 +24,7 @@ from core.ebs import GP3_MIBPS_PER_IOPS, LIMITS
 from core.errors import InvalidInputError
 from core.ids import validate_availability_zone, validate_id, validate_instance_type
 from core.jobs import DataStrategy as Strategy  # a JobSpec field: core.cost imports core.jobs, which can't import us
+from core.jobs import JobSpec
 from core.models import Volume
 from core.s3uri import parse_s3_uri
 
@@ -80,7 +81,7 @@ FSR_USD_PER_AZ_HOUR = 0.75
 # -- prewarm: the temporary instance (core/prewarm.py's default type) launches, comes online over SSM, formats the
 # volume, copies, verifies and detaches. The fixed part is an estimate (a few minutes in the sandbox and on AWS).
 PREWARM_OVERHEAD_S = 300.0
-# A new prewarmed volume is the dataset plus headroom for the filesystem.
+# A prewarmed volume is the dataset plus headroom for the filesystem (and a re-sync's changed files).
 PREWARM_HEADROOM = 1.15
 
 DEFAULT_HOURS_PER_RUN = 4.0  # how long one run keeps its volume, when the user does not say
@@ -155,6 +156,30 @@ class AdviceRequest(BaseModel):
     volume_id: str | None = Field(default=None, description="an existing volume holding the dataset")
     strategy: Strategy = Strategy.AUTO
     account: str | None = Field(default=None, description="AwsAccount block name; default: the AWS environment")
+
+    @classmethod
+    def for_job(
+        cls,
+        spec: JobSpec,
+        instance_type: str,
+        *,
+        zone: str | None,
+        strategy: Strategy,
+        volume_id: str | None,
+    ) -> AdviceRequest:
+        """The advice a launch asks for its job: its dataset, type and AZ, and the runs and epochs it plans."""
+        if spec.data is None:
+            raise InvalidInputError("data", None, "the dataset's s3:// URI to advise on (--data s3://…)")
+        return cls(
+            dataset_uri=spec.data,
+            instance_type=instance_type,
+            runs=spec.data_runs,
+            epochs=spec.data_epochs,
+            availability_zone=zone,
+            volume_id=volume_id,
+            strategy=strategy,
+            account=spec.account,
+        )
 
     @field_validator("dataset_uri")
     @classmethod
@@ -272,11 +297,17 @@ def block_read_s(size: int, files: int, mbps: float, iops: float) -> float:
     return max(size / (mbps * MB), ios / iops)
 
 
+def needed_gib(dataset_bytes: int) -> int:
+    """The size a volume needs to take a dataset: its bytes plus PREWARM_HEADROOM (the filesystem, and a re-sync's
+    changed files, which land in a partial folder before the old ones go), in whole GiB."""
+    return max(1, math.ceil(dataset_bytes * PREWARM_HEADROOM / GIB))
+
+
 def _gp3_for(size: int, files: int, instance: InstanceTypeIO) -> Volume:
     """The gp3 volume a new prewarm makes: the dataset plus headroom; throughput up to what the instance's EBS link
     carries; IOPS enough that the files' count binds no sooner than the throughput does (at least the baseline
     and throughput/0.25, at most 16,000, 500 per GiB and the instance's own)."""
-    size_gib = max(1, math.ceil(size * PREWARM_HEADROOM / GIB))
+    size_gib = needed_gib(size)
     throughput = max(GP3_BASELINE_MIBPS, int(min(GP3_MAX_MIBPS, instance.ebs_mbps * MB / MIB)))
     read_s = size / (min(throughput * MIB / MB, instance.ebs_mbps) * MB)
     needed = max(math.ceil((files + size / EBS_IO_BYTES) / read_s), math.ceil(throughput / GP3_MIBPS_PER_IOPS))
@@ -385,6 +416,14 @@ def _prewarmed_ebs(inputs: DataInputs, book: PriceBook) -> Estimate:
         (v for v in inputs.prewarmed if not v.attached and (zone is None or v.availability_zone == zone)),
         key=lambda v: v.id,
     )
+    if ready and ready[0].size_gib < needed_gib(inputs.dataset_bytes):
+        # The prewarm would re-sync this volume (the dataset grew since) and refuses: it no longer fits.
+        volume, need = ready[0], needed_gib(inputs.dataset_bytes)
+        return _impossible(
+            Strategy.PREWARMED_EBS,
+            f"{volume.id} ({volume.size_gib} GiB) holds an older version of the dataset, which is now "
+            f"{size_text(inputs.dataset_bytes)} and needs {need} GiB (trainctl ebs prewarm --no-reuse --size {need})",
+        )
     if ready:
         return _reuse(inputs, ready[0], book)
     if inputs.prewarmed:  # in another AZ, or in use by another job: a copy from a snapshot

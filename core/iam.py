@@ -4,8 +4,8 @@ Three roles (README "IAM: least privilege"):
 
 - caller: the identity that runs the CLI and the flows (EC2, SSM run-command, iam:PassRole, S3 on trainctl's
   prefixes of the job buckets);
-- instance: the training instance's profile (the SSM agent's run-command actions, S3 on the job's prefixes, the
-  secrets a job's --secret-env names);
+- instance: the training instance's profile (the SSM agent's run-command actions, S3 read/write on the job's
+  prefixes, read-only on the datasets, the secrets a job's --secret-env names);
 - prewarm: the prewarm flow's temporary instance (the SSM agent, S3 read on the source prefixes).
 
 Mutations of existing EC2 resources are scoped by `aws:ResourceTag/trainctl:managed`, creations by
@@ -117,11 +117,13 @@ def parse_secret(value: str) -> Secret:
 
 @dataclass(frozen=True)
 class Scope:
-    """What the policies are scoped to: the job buckets (their trainctl/ prefix), extra data prefixes (datasets,
-    checkpoint URIs outside trainctl/, transfer sources and destinations), secrets, and the instance roles."""
+    """What the policies are scoped to: the job buckets (their trainctl/ prefix), data prefixes (datasets, prewarm
+    sources, transfer sources and destinations: instances only read them), prefixes jobs write outside trainctl/
+    (a checkpoint_uri elsewhere), secrets, and the instance roles."""
 
     buckets: tuple[str, ...]
     data: tuple[S3Uri, ...] = ()
+    writes: tuple[S3Uri, ...] = ()
     secrets: tuple[Secret, ...] = ()
     instance_role: str = DEFAULT_INSTANCE_ROLE
     prewarm_role: str = DEFAULT_PREWARM_ROLE
@@ -132,20 +134,23 @@ class Scope:
         buckets: Sequence[str] = (),
         *,
         data: Sequence[str] = (),
+        writes: Sequence[str] = (),
         secrets: Sequence[str] = (),
         instance_role: str = DEFAULT_INSTANCE_ROLE,
         prewarm_role: str = DEFAULT_PREWARM_ROLE,
     ) -> Scope:
-        """Validated from user input: each bucket a bucket name, each data prefix an s3:// URI, each secret a
-        reference, each role an IAM role name."""
+        """Validated from user input: each bucket a bucket name, each data or write prefix an s3:// URI, each
+        secret a reference, each role an IAM role name."""
         names = tuple(dict.fromkeys(_bucket_name(b) for b in buckets))
         prefixes = tuple(dict.fromkeys(parse_s3_uri(d, field="data") for d in data))
+        written = tuple(dict.fromkeys(parse_s3_uri(w, field="write") for w in writes))
         for field_name, role in (("instance_role", instance_role), ("prewarm_role", prewarm_role)):
             if not _ROLE_NAME.match(role):
                 raise InvalidInputError(field_name, role, "an IAM role name (1–64 of letters, digits, +=,.@_-)")
         return cls(
             buckets=names,
             data=prefixes,
+            writes=written,
             secrets=tuple(dict.fromkeys(parse_secret(s) for s in secrets)),
             instance_role=instance_role,
             prewarm_role=prewarm_role,
@@ -167,14 +172,20 @@ def _bucket_name(value: str) -> str:
 # -- S3 -----------------------------------------------------------------------------------------------------------
 
 
-def _prefixes(scope: Scope, trainctl_parts: tuple[str, ...]) -> dict[str, list[str]]:
-    """bucket → key prefixes (no trailing slash): trainctl's own under each job bucket, then the data prefixes."""
+def _prefixes(
+    scope: Scope, trainctl_parts: tuple[str, ...], *, data: bool = True, writes: bool = True
+) -> dict[str, list[str]]:
+    """bucket → key prefixes (no trailing slash): trainctl's own under each job bucket, then the data prefixes
+    and the written ones (each when asked)."""
     found: dict[str, list[str]] = {}
     for bucket in scope.buckets:
         for part in trainctl_parts:
             found.setdefault(bucket, []).append(f"{TRAINCTL_PREFIX}/{part}".rstrip("/"))
-    for uri in scope.data:
-        found.setdefault(uri.bucket, []).append(uri.key.rstrip("/"))
+    extra = (*(scope.data if data else ()), *(scope.writes if writes else ()))
+    for uri in extra:
+        keys = found.setdefault(uri.bucket, [])
+        if uri.key.rstrip("/") not in keys:
+            keys.append(uri.key.rstrip("/"))
     return found
 
 
@@ -467,26 +478,42 @@ def _secret_statements(scope: Scope) -> list[Statement]:
 
 def instance_policy(scope: Scope) -> Policy:
     """The training instance's profile: the agent reads its code and checkpoints and writes logs, status,
-    checkpoints and interruption records; transfers to and from instances stage through trainctl/staging."""
+    checkpoints and interruption records; transfers to and from instances stage through trainctl/staging. The
+    datasets (`data`) are read-only: a trainer's bug or a compromised job cannot change or delete the data every
+    other job reads (only `writes` prefixes, e.g. a checkpoint_uri outside trainctl/, are written)."""
     _require_buckets(scope)
-    prefixes = _prefixes(scope, ("jobs", "staging"))
+    job_prefixes = _prefixes(scope, ("jobs", "staging"), data=False)
     statements = [
         _ssm_agent(),
-        *_list_statement("ListJobPrefixes", prefixes, "restore the latest checkpoint, transfer listings"),
+        *_list_statement(
+            "ListJobPrefixes",
+            _prefixes(scope, ("jobs", "staging")),
+            "restore the latest checkpoint, transfer listings, list the datasets",
+        ),
         Statement(
             "ReadWriteJobObjects",
             ("s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"),
-            _object_arns(prefixes),
+            _object_arns(job_prefixes),
             "code and agent download, checkpoints, logs, status and interruption records, transfer staging",
         ),
-        *_secret_statements(scope),
     ]
+    data = _prefixes(replace(scope, buckets=(), writes=()), ())
+    if data:
+        statements.append(
+            Statement(
+                "ReadDatasets",
+                ("s3:GetObject",),
+                _object_arns(data),
+                "read the datasets (direct-s3, the local-cache copy); never write or delete them",
+            )
+        )
+    statements.extend(_secret_statements(scope))
     return Policy(role="instance", name="trainctl-instance", statements=tuple(statements))
 
 
 def prewarm_policy(scope: Scope) -> Policy:
     """The prewarm flow's temporary instance: it only reads the source prefixes onto the volume."""
-    prefixes = _prefixes(scope, ())
+    prefixes = _prefixes(scope, (), writes=False)
     if not prefixes:
         raise InvalidInputError(
             "data", "", "the S3 prefix(es) to prewarm from", fix="Pass --data s3://BUCKET/PREFIX/ (the prewarm source)"

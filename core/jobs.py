@@ -309,6 +309,18 @@ class JobSpec(BaseModel):
         "auto takes the advice's choice (trainctl data advise) for the job's instance type and AZ; existing-ebs "
         "is data_volume_id as it is; a launch records the strategy that ran",
     )
+    data_runs: int = Field(
+        default=1,
+        ge=1,
+        description="how many runs will read `data` (this one and the ones you plan after it): data_strategy=auto "
+        "weighs a one-time prewarm against reading S3 again in every run",
+    )
+    data_epochs: int = Field(
+        default=1,
+        ge=1,
+        description="passes over `data` per run: with several, a copy that is faster to read (instance store, "
+        "prewarmed EBS) pays back sooner; used by data_strategy=auto",
+    )
     mount_point: str | None = Field(default=None, description="where the volume appears; default /mnt/trainctl/<vol>")
     filesystem: Literal["xfs", "ext4"] = Field(
         default="xfs", description="filesystem made on a blank data volume (one with data is never formatted)"

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from core import tags as t
+from core.data import PREWARM_HEADROOM, needed_gib, size_text
 from core.ebs import VolumeSpec, device_by_id_path, mount_point
 from core.errors import InvalidInputError, NotManagedError, UsageError
 from core.ids import validate_availability_zone, validate_id, validate_instance_type
@@ -199,6 +200,47 @@ def choose_reuse(candidates: Sequence[Volume], zone: str | None, digest: str) ->
     if busy:
         return ReuseChoice("new", f"the volumes holding this dataset are in use, so not reused: {busy}")
     return ReuseChoice("new", "no prewarmed volume holds this dataset")
+
+
+def check_fits(spec: PrewarmSpec, dataset_bytes: int, existing: Volume | None, choice: ReuseChoice) -> None:
+    """Refuse, before any mutation, a prewarm whose volume cannot take the dataset: the volume given, the one asked
+    for, a copy restored here (the larger of the two), or a reused one whose dataset grew since.
+
+    A reused volume that is too small is not grown (ModifyVolume): a volume can be modified once in six hours and
+    never shrunk back, and its filesystem must be grown on an instance afterwards; a bigger bill for good is the
+    user's call, so the refusal names the numbers and both ways out."""
+    need = needed_gib(dataset_bytes)
+    data = f"{spec.source} ({size_text(dataset_bytes)}; with {PREWARM_HEADROOM - 1:.0%} headroom {need} GiB)"
+    if existing is not None:
+        if existing.size_gib < need:
+            raise InvalidInputError(
+                "volume_id",
+                existing.id,
+                f"a volume that holds {data}; {existing.id} has {existing.size_gib} GiB",
+                fix=f"Prewarm into a new volume of at least {need} GiB (--new NAME --size {need})",
+            )
+        return
+    if choice.path == "reuse" and choice.volume is not None:
+        volume = choice.volume
+        if volume.size_gib < need:
+            raise UsageError(
+                f"{volume.id} ({volume.size_gib} GiB, {volume.availability_zone}) holds an older version of {data}, "
+                "which no longer fits it",
+                fix=f"Prewarm it anew into a volume of at least {need} GiB (reuse off: --no-reuse --size {need}), or "
+                f"grow {volume.id} to {need} GiB (aws ec2 modify-volume, then grow its filesystem) and prewarm again",
+            )
+        return
+    assert spec.volume is not None
+    size = spec.volume.size_gib
+    if choice.path == "restore" and choice.volume is not None:
+        size = max(size, choice.volume.size_gib)  # the copy is at least its snapshot's size
+    if size < need:
+        raise InvalidInputError(
+            "volume.size_gib",
+            spec.volume.size_gib,
+            f"a volume that holds {data}",
+            fix=f"Ask for --size {need} or more",
+        )
 
 
 def reusable(spec: PrewarmSpec) -> str | None:

@@ -15,7 +15,8 @@ Where the data is (DESIGN.md section 5, the trainer's contract):
 The loader: a list of items (files or keys), read by `--workers` threads with a bounded read-ahead, handed out in
 order in batches — the pattern of a framework's multi-worker data loader, without the framework. Each epoch
 checksums what it read; the last line of the output is `data {...}` (JSON: files, bytes, sha256 per file, time
-to the first batch), so a run can be compared with the source.
+to the first batch from the trainer's start and as a wall-clock time), so a run can be compared with the source
+(and bench/data.py measures a launch's time to the first batch).
 """
 
 from __future__ import annotations
@@ -108,16 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     where, items, read = source()
     print(f"dataset {where}: {len(items)} files, {args.workers} workers", flush=True)
     first_batch_s: float | None = None
+    first_batch_at: float | None = None  # epoch seconds: comparable with the launch request's time
     sums: dict[str, str] = {}
     size = 0
     for epoch in range(1, args.epochs + 1):
         for chunk in batches(items, read, workers=args.workers, batch=args.batch):
-            first_batch_s = first_batch_s if first_batch_s is not None else time.monotonic() - started
+            if first_batch_s is None:
+                first_batch_s, first_batch_at = time.monotonic() - started, time.time()
             for item, data in chunk:
                 sums[item] = hashlib.sha256(data).hexdigest()
                 size += len(data) if epoch == 1 else 0
         print(f"epoch {epoch}/{args.epochs}: {len(sums)} files", flush=True)
-    summary = {"source": where, "files": len(sums), "bytes": size, "first_batch_s": first_batch_s, "sha256": sums}
+    summary = {
+        "source": where,
+        "files": len(sums),
+        "bytes": size,
+        "first_batch_s": first_batch_s,
+        "first_batch_at": first_batch_at,
+        "sha256": sums,
+    }
     print("data " + json.dumps(summary, sort_keys=True), flush=True)
     return 0
 

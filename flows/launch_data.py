@@ -11,13 +11,12 @@ strategy that runs, and its volume — so that the record, spot-watch's resumes 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 
 from pydantic import BaseModel, Field
 
 from blocks.aws import load_account
-from core.data import GIB, PREWARM_HEADROOM, Advice, AdviceRequest, Estimate
+from core.data import Advice, AdviceRequest, Estimate, needed_gib
 from core.ebs import VolumeSpec
 from core.jobs import DataStrategy, JobSpec, TemplateSpec
 from core.models import Volume
@@ -74,15 +73,7 @@ def plan_data(spec: JobSpec, template: TemplateSpec, zone: str | None, volume: V
 def _advice(
     spec: JobSpec, template: TemplateSpec, zone: str | None, strategy: DataStrategy, volume_id: str | None
 ) -> Advice:
-    assert spec.data is not None
-    request = AdviceRequest(
-        dataset_uri=spec.data,
-        instance_type=template.instance_type,
-        availability_zone=zone,
-        volume_id=volume_id,
-        strategy=strategy,
-        account=spec.account,
-    )
+    request = AdviceRequest.for_job(spec, template.instance_type, zone=zone, strategy=strategy, volume_id=volume_id)
     return advise_data(request)
 
 
@@ -131,7 +122,7 @@ def _prewarm_spec(spec: JobSpec, template: TemplateSpec, plan: DataPlan) -> Prew
     """The prewarm of the job's dataset: a gp3 volume of the dataset plus headroom, named after the dataset (it is
     the dataset's, not the job's: later jobs reuse it), filled by a temporary instance in the job's AZ."""
     assert spec.data is not None
-    size_gib = max(1, math.ceil(plan.dataset_bytes * PREWARM_HEADROOM / GIB))
+    size_gib = needed_gib(plan.dataset_bytes)
     digest = hashlib.sha256(spec.data.encode()).hexdigest()[:12]
     return PrewarmSpec(
         source=spec.data,

@@ -1,13 +1,14 @@
 """prewarm: put a dataset from S3 onto a persistent EBS volume, verified, and never leak the helper instance.
 
 Runbook: check the source (list it; every key must be able to become a path on the volume) → look for a volume
-that already holds the dataset (`trainctl:dataset`, "Reuse" below) → get the volume (new, existing, reused or
-restored) → get an instance in the volume's AZ (temporary unless one is given) → wait until SSM is Online →
-attach → initialise (a restored copy) → mount (mkfs only if blank) → sync the listed keys (s5cmd, else the aws
-CLI, one copy per key; the list goes through a staging object) → verify against the S3 listing → write the
-manifest → unmount → detach → optional snapshot. The temporary instance is terminated in every case, and a failure names
-what was cleaned up. The copy is incremental: the volume records what it holds after each complete sync, and the
-next sync copies only new and changed objects and deletes the removed ones.
+that already holds the dataset (`trainctl:dataset`, "Reuse" below) → check the dataset fits the volume (given,
+asked for, restored or reused: its bytes + 15%; refused before any mutation, core.prewarm.check_fits) → get the
+volume (new, existing, reused or restored) → get an instance in the volume's AZ (temporary unless one is given)
+→ wait until SSM is Online → attach → initialise (a restored copy) → mount (mkfs only if blank) → sync the listed
+keys (s5cmd, else the aws CLI, one copy per key; the list goes through a staging object) → verify against the S3
+listing → write the manifest → unmount → detach → optional snapshot. The temporary instance is terminated in every
+case, and a failure names what was cleaned up. The copy is incremental: the volume records what it holds after
+each complete sync, and the next sync copies only new and changed objects and deletes the removed ones.
 
 Reuse (a new volume asked for, `reuse` on, no target_dir): a managed, prewarm-done volume tagged with the dataset
 is reused when it is free in the AZ asked for — untouched when its digest is the listing's, else re-synced —; a
@@ -40,6 +41,7 @@ from core.prewarm import (
     ReuseChoice,
     VerifyResult,
     check_existing_volume,
+    check_fits,
     check_given_instance,
     check_keys,
     choose_reuse,
@@ -158,6 +160,7 @@ def prewarm(spec: PrewarmSpec) -> PrewarmReport:
     choice = _reuse_choice(spec, listing.uri, zone, digest)
     if choice.path == "reuse" and choice.volume and choice.volume.tags.get(t.DATASET_DIGEST) == digest:
         return _unchanged(spec, listing, choice, digest, started, progress)
+    check_fits(spec, listing.total_bytes, existing_volume, choice)
     progress.step("volume")
     volume, restored = _volume(spec, existing_volume, zone, choice, listing.uri)
     held = _Held(volume, given_instance, restored=restored)

@@ -250,6 +250,7 @@ PATHS_AND_URIS = {
         *launch_job("--data", f"s3://{BUCKET}/d/", "--data-strategy", "direct-s3", "--volume", "{our_volume}"),
         says="data_volume_id",
     ),
+    "launch data runs zero": case(*launch_job("--data", f"s3://{BUCKET}/d/", "--data-runs", "0"), says="data_runs"),
     "launch code dir missing": case(*launch_job("--code-dir", "/nonexistent/code"), says="code_dir"),
     "launch spec file missing": case(*launch_job("--spec", "/nonexistent/spec.json"), says="--spec"),
     "status bucket s3://s3://": case("train", "status", "job", "--bucket", "s3://s3://jobs", says="'s3://s3://jobs'"),

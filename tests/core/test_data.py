@@ -28,6 +28,7 @@ from core.data import (
     s3_read_s,
 )
 from core.errors import InvalidInputError
+from core.jobs import JobSpec
 from core.models import Volume, VolumeAttachment
 from core.tags import dataset_tag_value
 
@@ -147,6 +148,24 @@ def test_data_that_fits_the_instance_store_is_cached_when_several_epochs_read_it
     assert advice.chosen == chosen
 
 
+@pytest.mark.parametrize(("runs", "chosen"), [(1, Strategy.DIRECT_S3), (10, Strategy.PREWARMED_EBS)])
+def test_auto_weighs_the_runs_and_epochs_the_job_plans(runs: int, chosen: Strategy) -> None:
+    # The first table's dataset (20 GB in 200k files) on p3.2xlarge, one epoch per run. Direct S3: 0.1 + 632.4 s
+    # per run. A new prewarm: 300 + 20e9 / 81.25e6 = 546.2 s once, then 15 + 91.7 s per run. One run: 632.5 s
+    # against 652.9 s, within 10%: the cheaper, direct S3 (its 200k GETs; the prewarm pays them too, and EBS).
+    # Ten runs: 6,325 s against 1,613 s: the prewarm.
+    spec = JobSpec(name="j", bucket="ml-jobs", template="t", command=["x"], data=URI, data_runs=runs, data_epochs=1)
+    request = AdviceRequest.for_job(spec, "p3.2xlarge", zone=None, strategy=spec.data_strategy, volume_id=None)
+    assert (request.runs, request.epochs, request.dataset_uri) == (runs, 1, URI)
+    advice = advise(inputs(P3, 20 * GB, 200_000, runs=request.runs, epochs=request.epochs), fallback_book())
+    assert advice.chosen == chosen
+    direct, ebs = advice.estimate(Strategy.DIRECT_S3), advice.estimate(Strategy.PREWARMED_EBS)
+    read = 20e9 / (208 * 1.048576e6)
+    assert direct.total_s == pytest.approx(runs * (0.1 + (20_000 + 20e9 / 85e6) / 32), abs=0.5)
+    assert ebs.total_s == pytest.approx(300 + 20e9 / 81.25e6 + runs * (15 + read), abs=0.5)
+    assert f"{runs} run(s) × 1 epoch(s)" in advice.reason
+
+
 def test_an_existing_prewarmed_volume_in_the_az_is_reused() -> None:
     without = advise(inputs(P3, 20 * GB, 100_000, 1, 1, availability_zone="us-east-1a"), fallback_book())
     assert without.chosen == Strategy.DIRECT_S3  # a new prewarm costs 9 min first: not worth one epoch
@@ -162,6 +181,30 @@ def test_an_existing_prewarmed_volume_in_the_az_is_reused() -> None:
     assert reuse.total_s == pytest.approx(15 + 20e9 / 218.75e6, abs=0.1)  # attach, then the instance's EBS link
     # 30 GiB × $0.08 + 125 MiB/s above the baseline × $0.04, per month, for one 4-hour run.
     assert reuse.cost.ebs_usd == pytest.approx((30 * 0.08 + 125 * 0.04) * 4 / 730, abs=1e-4)
+
+
+def test_a_prewarmed_volume_the_grown_dataset_no_longer_fits_is_not_reused() -> None:
+    # 30 GB + 15% = 34.5e9 bytes = 32.1 GiB: 33 GiB needed, the volume in the AZ has 30.
+    data = inputs(
+        P3, 30 * GB, 1000, runs=10, epochs=3, availability_zone="us-east-1a", prewarmed=[volume("us-east-1a")]
+    )
+    advice = advise(data, fallback_book())
+    ebs = advice.estimate(Strategy.PREWARMED_EBS)
+    assert not ebs.possible and advice.chosen != Strategy.PREWARMED_EBS
+    assert ebs.why_not == (
+        "vol-0123456789abcdef0 (30 GiB) holds an older version of the dataset, which is now 30.0 GB and needs 33 GiB "
+        "(trainctl ebs prewarm --no-reuse --size 33)"
+    )
+    with pytest.raises(InvalidInputError, match="needs 33 GiB") as refused:
+        advise(data.model_copy(update={"requested": Strategy.PREWARMED_EBS}), fallback_book())
+    assert refused.value.field == "data_strategy"
+    # 25 GB fits its 30 GiB (28.75e9 bytes = 26.8 GiB): reused.
+    assert (
+        "reuse vol-"
+        in advise(data.model_copy(update={"dataset_bytes": 25 * GB}), fallback_book())
+        .estimate(Strategy.PREWARMED_EBS)
+        .plan
+    )
 
 
 @pytest.mark.parametrize(

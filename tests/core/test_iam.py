@@ -124,11 +124,7 @@ def test_s3_is_scoped_to_trainctl_and_the_data_prefixes() -> None:
     instance = iam.instance_policy(SCOPE)
     objects = next(s for s in instance.statements if s.sid == "ReadWriteJobObjects")
     assert "s3:DeleteObject" not in objects.actions  # the instance never deletes
-    assert set(objects.resources) == {
-        "arn:aws:s3:::ml-jobs/trainctl/jobs/*",
-        "arn:aws:s3:::ml-jobs/trainctl/staging/*",
-        "arn:aws:s3:::datasets/imagenet/*",
-    }
+    assert set(objects.resources) == {"arn:aws:s3:::ml-jobs/trainctl/jobs/*", "arn:aws:s3:::ml-jobs/trainctl/staging/*"}
     prewarm = iam.prewarm_policy(SCOPE)
     s3_actions = {a for s in prewarm.statements for a in s.actions if a.startswith("s3:")}
     assert s3_actions == {"s3:ListBucket", "s3:GetObject"}
@@ -137,6 +133,35 @@ def test_s3_is_scoped_to_trainctl_and_the_data_prefixes() -> None:
         "arn:aws:s3:::datasets/imagenet/*",
         "arn:aws:s3:::datasets/trainctl/staging/*",  # the prewarm's list of keys to copy
     }
+
+
+def test_the_instance_reads_the_datasets_and_writes_only_the_jobs_prefixes() -> None:
+    instance = iam.instance_policy(
+        iam.Scope.of(["ml-jobs"], data=["s3://datasets/imagenet/"], writes=["s3://ckpts/x/"])
+    )
+    on_data = [s for s in instance.statements if "arn:aws:s3:::datasets/imagenet/*" in s.resources]
+    assert [(s.sid, s.actions) for s in on_data] == [("ReadDatasets", ("s3:GetObject",))]
+    listings = {
+        s.resources[0]: s.condition["StringLikeIfExists"]["s3:prefix"]
+        for s in instance.statements
+        if s.actions == ("s3:ListBucket",)
+    }
+    assert listings["arn:aws:s3:::datasets"] == ["imagenet", "imagenet/*"]
+    # Writing: the job's own prefixes and the ones named with --write (a checkpoint_uri elsewhere), nothing else.
+    writing = {r for s in instance.statements if "s3:PutObject" in s.actions for r in s.resources}
+    assert writing == {
+        "arn:aws:s3:::ml-jobs/trainctl/jobs/*",
+        "arn:aws:s3:::ml-jobs/trainctl/staging/*",
+        "arn:aws:s3:::ckpts/x/*",
+    }
+    mutating = {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
+    assert not any(mutating & set(s.actions) for s in on_data)
+    # No dataset, no dataset statement; the caller may still write a --write prefix (teardown of checkpoints).
+    assert "ReadDatasets" not in iam.instance_policy(iam.Scope.of(["ml-jobs"])).sids()
+    caller = iam.caller_policy(iam.Scope.of(["ml-jobs"], writes=["s3://ckpts/x/"]))
+    assert (
+        "arn:aws:s3:::ckpts/x/*" in next(s for s in caller.statements if s.sid == "ReadWriteTrainctlObjects").resources
+    )
 
 
 def test_secrets_and_roles_are_named_exactly() -> None:
@@ -165,6 +190,7 @@ def test_without_removes_one_statement_and_refuses_unknown_sids() -> None:
         (lambda: iam.Scope.of(["s3://ml-jobs/prefix"]), "bucket"),
         (lambda: iam.Scope.of(["ml-jobs/prefix"]), "bucket"),
         (lambda: iam.Scope.of(["ml-jobs"], data=["ml-jobs/x"]), "data"),
+        (lambda: iam.Scope.of(["ml-jobs"], writes=["/ckpt"]), "write"),
         (lambda: iam.Scope.of(["ml-jobs"], secrets=["vault:x"]), "secret"),
         (lambda: iam.Scope.of(["ml-jobs"], secrets=["ssm:/team/*"]), "secret"),
         (lambda: iam.Scope.of(["ml-jobs"], instance_role="bad role"), "instance_role"),

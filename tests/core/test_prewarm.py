@@ -6,12 +6,14 @@ import pytest
 
 from core import tags as t
 from core.ebs import VolumeSpec
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, UsageError
 from core.models import Volume, VolumeAttachment
 from core.paths import PathEscapeError
 from core.prewarm import (
     PrewarmSpec,
+    ReuseChoice,
     VerifyResult,
+    check_fits,
     check_keys,
     choose_reuse,
     compare,
@@ -139,6 +141,35 @@ def test_reuse_prefers_a_free_volume_in_the_zone_then_one_elsewhere_never_an_att
     assert (choice.path, choice.volume) == ("new", None) and "vol-4 (attached to i-9)" in choice.why
     assert choose_reuse([], "us-east-1a", "now").path == "new"
     assert choose_reuse([away], None, "now").path == "reuse"  # no AZ asked for: any free volume serves
+
+
+def test_a_dataset_that_no_longer_fits_its_volume_is_refused_naming_the_numbers() -> None:
+    # 10 GB + 15% = 11.5e9 bytes = 10.7 GiB: 11 GiB needed; the volumes below hold 10 GiB.
+    spec = PrewarmSpec(source="s3://bucket/d/", volume=VolumeSpec(name="v", size_gib=11))
+    grown, volume = 10 * 10**9, _volume("vol-1", "us-east-1a", "old")
+    with pytest.raises(UsageError) as refused:  # a re-sync of a dataset that grew past its volume
+        check_fits(spec, grown, None, ReuseChoice("reuse", "changed", volume))
+    message = str(refused.value)
+    held = "vol-1 (10 GiB, us-east-1a) holds an older version of s3://bucket/d/"
+    assert f"{held} (10.0 GB; with 15% headroom 11 GiB)" in message
+    assert "--no-reuse --size 11" in message and "modify-volume" in message
+    check_fits(spec, int(10 * 2**30 / 1.15), None, ReuseChoice("reuse", "changed", volume))  # fits just
+    with pytest.raises(InvalidInputError) as refused:  # the volume asked for
+        check_fits(
+            spec.model_copy(update={"volume": VolumeSpec(name="v", size_gib=10)}), grown, None, ReuseChoice("new", "")
+        )
+    assert refused.value.field == "volume.size_gib" and "--size 11" in str(refused.value)
+    check_fits(spec, grown, None, ReuseChoice("new", ""))
+    # A restored copy is at least its snapshot's size: the source volume's 10 GiB do not save a 5 GiB ask.
+    small = spec.model_copy(update={"volume": VolumeSpec(name="v", size_gib=5)})
+    with pytest.raises(InvalidInputError, match=r"volume\.size_gib"):
+        check_fits(small, grown, None, ReuseChoice("restore", "", volume, "us-east-1b"))
+    big_source = volume.model_copy(update={"size_gib": 20})
+    check_fits(small, grown, None, ReuseChoice("restore", "", big_source, "us-east-1b"))
+    with pytest.raises(InvalidInputError) as refused:  # the volume given
+        given = PrewarmSpec(source="s3://bucket/d/", volume_id="vol-0123456789abcdef0")
+        check_fits(given, grown, volume, ReuseChoice("new", ""))
+    assert refused.value.field == "volume_id" and "vol-1 has 10 GiB" in str(refused.value)
 
 
 def test_reuse_is_looked_for_only_for_a_new_volume_filled_at_its_root() -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TRAINER = Path(__file__).resolve().parents[2] / "examples" / "train_data.py"
@@ -31,10 +32,13 @@ def test_every_data_file_is_read_once_per_epoch_in_batches_by_several_workers(tm
     (data / ".trainctl").mkdir()
     (data / ".trainctl" / "prewarm-listing.json").write_text("{}")  # trainctl's, not data
 
+    before = time.time()
     summary = _read({"TRAINCTL_DATA_DIR": str(data)}, "--epochs", "2", "--batch", "5", "--workers", "4")
     assert summary["sha256"] == {rel: hashlib.sha256(body).hexdigest() for rel, body in files.items()}
     assert summary["files"] == 24 and summary["bytes"] == sum(len(b) for b in files.values())
     assert isinstance(summary["first_batch_s"], float)
+    first_batch_at = summary["first_batch_at"]  # wall clock: a launch's time to the first batch (bench/data.py)
+    assert isinstance(first_batch_at, float) and before < first_batch_at < time.time()
 
 
 def test_without_data_it_says_so(tmp_path: Path) -> None:

@@ -361,6 +361,12 @@ INSTANCE_CASES: list[Case] = [
         _on("instance", f"echo x > /tmp/x && s5 cp /tmp/x s3://{BUCKET}/trainctl/jobs/probe/x"),
         INSTANCE,
     ),
+    Case(
+        ("ReadDatasets",),
+        "s3:GetObject",
+        _on("instance", "aws s3api get-object --bucket datasets --key imagenet/probe.bin /tmp/probe.bin"),
+        INSTANCE,
+    ),
     Case(("SsmAgent",), "did not come Online", _comes_online("prewarmer"), PREWARM),
     Case(("ListSource",), "s3:ListBucket", _on("prewarmer", f"s5 ls {DATA}"), PREWARM),
     # s5cmd reads with a HEAD first, whose 403 has no body to name the action: the aws CLI's GetObject has one.
@@ -424,6 +430,16 @@ def test_each_statement_is_needed(cloud: Sandbox, world: dict[str, Any], case: C
     finally:
         _put_policy(cloud, case.policy)
     case.probe(world)  # the same call, with the statement back: the refusal was the statement's
+
+
+def test_the_instance_reads_the_dataset_but_cannot_write_or_delete_it(cloud: Sandbox, world: dict[str, Any]) -> None:
+    before = _keys(cloud, "datasets")
+    read = run_command.fn(world["instance"], [S5 + f"s5 cat {DATA}probe.bin"])
+    assert read.stdout.strip() == "probe"
+    for script in (f"echo x > /tmp/x && s5 cp /tmp/x {DATA}written.txt", f"s5 rm {DATA}probe.bin"):
+        refused = run_command.fn(world["instance"], [S5 + script], check=False)
+        assert not refused.ok and "AccessDenied" in (refused.stdout + refused.stderr).replace(" ", ""), script
+    assert _keys(cloud, "datasets") == before and "imagenet/probe.bin" in before
 
 
 def test_statements_the_sandbox_cannot_tell_apart() -> None:

@@ -4,11 +4,13 @@ incrementally when the dataset changed, copied from its snapshot into another AZ
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
 from core import tags as t
 from core.ebs import VolumeSpec
+from core.errors import UsageError
 from core.prewarm import PrewarmSpec
 from flows.prewarm import prewarm
 from sandbox import Sandbox
@@ -142,6 +144,49 @@ def test_a_prewarmed_dataset_is_reused_resynced_incrementally_and_copied_into_an
     assert fifth.path == "new" and fifth.volume_id not in {first.volume_id, fourth.volume_id}
     assert first.volume_id in fifth.why and fourth.volume_id in fifth.why and "in use" in fifth.why
     assert _files_on(cloud, fifth.volume_id) == _in_s3(cloud) and fifth.copied == 12
+
+
+# Moving ~1 GB through moto takes most of a minute on a loaded 2-core machine: with the issues' full sizes
+# (`pytest -m slow`). tests/core/test_prewarm.py checks every path of check_fits without data.
+@pytest.mark.slow
+def test_a_reused_volume_too_small_for_its_grown_dataset_is_refused_before_anything_changes(
+    cloud: Sandbox, tmp_path: Path
+) -> None:
+    s3, ec2 = cloud.client("s3"), cloud.client("ec2")
+    s3.create_bucket(Bucket=BUCKET)
+    # A 1 GiB volume a prewarm filled with an earlier, smaller version of the dataset (the tags it left).
+    earlier = {
+        t.MANAGED: "true",
+        t.PERSISTENT: "true",
+        t.NAME: "ds-small",
+        t.DATASET: SOURCE,
+        t.DATASET_DIGEST: "0" * 64,
+        t.PREWARM: t.PREWARM_DONE,
+    }
+    small = ec2.create_volume(
+        AvailabilityZone="us-east-1a",
+        Size=1,
+        VolumeType="gp3",
+        TagSpecifications=t.tag_specifications("volume", earlier),
+    )["VolumeId"]
+    # The dataset grew to 950 MB (a sparse file of zeros: the smallest that outgrows 1 GiB with the headroom).
+    big = tmp_path / "big.bin"
+    with big.open("wb") as out:
+        out.truncate(950_000_000)
+    s3.upload_file(str(big), BUCKET, "set/big.bin")
+    before = _volumes(cloud)
+
+    with pytest.raises(UsageError) as refused:
+        prewarm(_spec("ds-grown", "us-east-1a"))
+    message = str(refused.value)
+    # 950e6 bytes + 15% = 1.09e9 bytes = 1.02 GiB: 2 GiB needed.
+    assert f"{small} (1 GiB, us-east-1a) holds an older version of {SOURCE} (950.0 MB; with 15% headroom 2 GiB)" in (
+        message
+    )
+    assert "--no-reuse --size 2" in message and "modify-volume" in message
+    # Refused before any mutation: no instance, no new volume, the old one still done with its old digest.
+    assert _all_instances(cloud) == [] and _volumes(cloud) == before
+    assert before[small][t.PREWARM] == t.PREWARM_DONE and before[small][t.DATASET_DIGEST] == "0" * 64
 
 
 # make test walks every reuse path above (five prewarms); this opt-out's two more prewarms run in make test-exhaustive.

@@ -111,12 +111,14 @@ def test_auto_reads_s3_directly_here_and_impossible_choices_are_refused_before_a
     cloud: Sandbox, tmp_path: Path
 ) -> None:
     in_s3 = _dataset(cloud)
-    advice = advise_data(AdviceRequest(dataset_uri=SOURCE, instance_type="t3.micro"))
-    assert advice.chosen == DataStrategy.DIRECT_S3  # one run of a small dataset: nothing beats reading it
+    advice = advise_data(AdviceRequest(dataset_uri=SOURCE, instance_type="t3.micro", runs=3, epochs=2))
+    assert advice.chosen == DataStrategy.DIRECT_S3  # a few runs of a small dataset: nothing beats reading it
 
-    report = train_launch(_spec(tmp_path, "s3-reader"), LaunchOptions(wait=True))
+    report = train_launch(_spec(tmp_path, "s3-reader", data_runs=3, data_epochs=2), LaunchOptions(wait=True))
     assert report.status == "succeeded" and report.data is not None and report.volume_id is None
+    # The advice the launch followed weighed the job's planned runs and epochs.
     assert report.data.strategy == DataStrategy.DIRECT_S3 and report.data.why == advice.reason
+    assert "3 run(s) × 2 epoch(s)" in report.data.why
     assert report.data.estimate_first_batch_s == advice.estimate(DataStrategy.DIRECT_S3).first_batch_s
     log = _get_text(cloud, report.log_uri)
     assert f"dataset {SOURCE}: 12 files, {DIRECT_S3_CONNECTIONS} workers" in log
