@@ -89,7 +89,9 @@ def _run_s5cmd(
     flags, env = _s5cmd_env(account)
     tuning = ["--part-size", str(part_mib), "--concurrency", "5"]
     index = {dst: i for i, (_, dst, _) in enumerate(pairs)}
-    with tempfile.TemporaryDirectory(prefix="trainctl-s5cmd-", dir=_scratch_dir()) as tmp:
+    scratch = _scratch_dir()
+    _remove_orphaned_scratch(scratch)
+    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-", dir=scratch) as tmp:
         prefix = _common_prefix(pairs) if upload else None
         if prefix is not None:
             links = _upload_links(Path(tmp, "links"), pairs, prefix)
@@ -110,6 +112,28 @@ def _run_s5cmd(
 # Creating 10,000 links costs 0.05 s on tmpfs and took 1-27 s (a kernel inode per link) in this machine's loaded
 # /tmp on ext4, where they delayed s5cmd's start by as much: the links go to memory when there is a tmpfs for it.
 _SHM = "/dev/shm"  # noqa: S108 (a private folder made by mkdtemp, mode 0700)
+
+
+_SCRATCH = "trainctl-s5cmd-"  # then the pid of the process that made it
+
+
+def _remove_orphaned_scratch(scratch: str | None) -> None:
+    """Remove the scratch folders of trainctl processes that are gone: a kill -9 skips TemporaryDirectory's
+    cleanup, and on /dev/shm a folder of 10,000 links would hold memory until the next reboot."""
+    for folder in Path(scratch or tempfile.gettempdir()).glob(f"{_SCRATCH}*-*"):
+        pid = folder.name.removeprefix(_SCRATCH).split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _scratch_dir() -> str | None:

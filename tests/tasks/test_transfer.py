@@ -621,6 +621,25 @@ def test_s5cmd_uploads_walk_a_folder_of_links_to_exactly_the_planned_files(tmp_p
     assert all((links / rel).is_symlink() for rel in planned)
 
 
+def test_scratch_folders_of_killed_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A kill -9 leaves an upload's folder of links behind (on /dev/shm it holds memory until reboot): the next
+    copy removes every scratch folder whose process is gone, and keeps those of live processes and others' files."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f"trainctl-s5cmd-{dead_pid}-abc"
+    live = tmp_path / f"trainctl-s5cmd-{os.getppid()}-def"
+    other = tmp_path / "trainctl-s5cmd-notes"
+    for folder in (dead / "links", live / "links", other):
+        folder.mkdir(parents=True)
+    (dead / "links" / "a.bin").symlink_to(tmp_path / "nowhere")
+    copy_engines._remove_orphaned_scratch(str(tmp_path))
+    assert not dead.exists()
+    assert live.is_dir() and other.is_dir()
+
+
 def test_landed_files_are_checked_once_each_in_batches_and_a_big_one_at_once() -> None:
     """A download checks and places what lands in batches (64 files or 4 MiB): a file reported twice is checked
     once, a big file goes as soon as it lands, and what is left goes when the engine is done."""
