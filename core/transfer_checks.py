@@ -9,8 +9,9 @@ A download of a big object is split into ranges. Its check is chosen from what S
   every part size that gives N parts (`part_sizes`: every size uploaders use is a whole number of MiB);
 - an MD5 ETag of one part: MD5 over the ranges in order (MD5 is sequential: ranges that arrive early wait in a
   small reorder buffer);
-- a multipart MD5 ETag (`md5(concat(part md5s))-N`): one MD5 per part, the ranges being the parts of the likeliest
-  part size; if that size was not the uploader's, the file is checked after it lands with every candidate.
+- a multipart MD5 ETag (`md5(concat(part md5s))-N`): one MD5 per part of the likeliest part size, each range a
+  whole number of those parts; if that size was not the uploader's, the file is checked after it lands with every
+  candidate.
 
 Anything else (SHA checksums, a KMS ETag without checksum) is checked after the file lands, as small files are.
 """
@@ -68,8 +69,11 @@ class InflightCheck:
         return etag_name(self.expected) + IN_FLIGHT
 
     def range_size(self, default: int) -> int:
-        """The size of each ranged GET: a part for a multipart MD5 ETag (one MD5 each), else `default`."""
-        return self.parts[0] if self.kind == "multipart-md5" else default
+        """The size of each ranged GET: `default`, or for a multipart MD5 ETag a whole number of parts near it (one
+        MD5 per part)."""
+        if self.kind != "multipart-md5":
+            return default
+        return self.parts[0] * max(1, default // self.parts[0])
 
 
 def inflight_check(size: int, etag: str, checksum: Checksum | None, part_size: int) -> InflightCheck | None:

@@ -130,7 +130,7 @@ class _Download:
     fd: int = -1
     left: int = 0
     crcs: list[int] = field(default_factory=list)  # per BLOCK (crc, composite)
-    md5s: list[bytes] = field(default_factory=list)  # per part (multipart-md5)
+    md5s: list[list[bytes]] = field(default_factory=list)  # per range, its parts' MD5s (multipart-md5)
     ordered: _Ordered | None = None
     changed: bool = False
     error: BaseException | None = None
@@ -149,7 +149,7 @@ class _Download:
             assert self.ordered is not None
             return self.ordered.md5.hexdigest() == check.expected
         if check.kind == "multipart-md5":  # another part size may be the uploader's: then checked after landing
-            return True if multipart_etag(self.md5s) == check.expected else None
+            return True if multipart_etag([d for digests in self.md5s for d in digests]) == check.expected else None
         _, combine, width = _CRC[check.algorithm]
         if check.kind == "crc":
             return _b64(_combined(self.crcs, self.size, combine), width) == check.expected
@@ -185,10 +185,12 @@ def _get_range(s3: Any, bucket: str, job: _Download, index: int, offset: int, le
         with translate("s3:GetObject"):
             body = s3.get_object(Bucket=bucket, Key=job.key, IfMatch=f'"{job.etag}"', **extra)["Body"]
         md5 = hashlib.md5(usedforsecurity=False) if check is not None and check.kind == "multipart-md5" else None
+        part = check.parts[0] if md5 is not None and check is not None else 0  # a range is whole parts then
         crc = _CRC[check.algorithm][0] if check is not None and check.kind in ("crc", "composite") else None
-        done = 0
+        done, digests = 0, []
         while done < length:
-            chunk = _read_exact(body, min(_READ, length - done))
+            want = min(_READ, length - done)
+            chunk = _read_exact(body, min(want, part - (offset + done) % part) if part else want)
             if not chunk:
                 raise TransferError(f"s3://{bucket}/{job.key}: the range at {offset} ended after {done} bytes")
             os.pwrite(job.fd, chunk, offset + done)
@@ -196,13 +198,16 @@ def _get_range(s3: Any, bucket: str, job: _Download, index: int, offset: int, le
                 view = memoryview(chunk)
                 for at in range(0, len(chunk), BLOCK):
                     job.crcs[(offset + done + at) // BLOCK] = crc(view[at : at + BLOCK], 0)
-            elif md5 is not None:
+            elif md5 is not None:  # one MD5 per part: a chunk never crosses a part's end
                 md5.update(chunk)
+                if (offset + done + len(chunk)) % part == 0 or done + len(chunk) == length:
+                    digests.append(md5.digest())
+                    md5 = hashlib.md5(usedforsecurity=False)
             elif ordered is not None:
                 kept.append(chunk)
             done += len(chunk)
         if md5 is not None:
-            job.md5s[index] = md5.digest()
+            job.md5s[index] = digests
         return done
     finally:
         if ordered is not None:
@@ -281,7 +286,7 @@ def download(
             return
         step = range_size_for(job.size, workers, largest_range)
         ranges = split(job.size, job.check.range_size(step) if job.check else step)
-        job.left, job.crcs, job.md5s = len(ranges), [0] * -(-job.size // BLOCK), [b""] * len(ranges)
+        job.left, job.crcs, job.md5s = len(ranges), [0] * -(-job.size // BLOCK), [[] for _ in ranges]
         if job.check is not None and job.check.kind == "md5":
             job.ordered = _Ordered(window=workers)  # at most `workers` ranges held, in flight or waiting
         for index, (offset, length) in enumerate(ranges):

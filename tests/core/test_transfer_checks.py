@@ -15,11 +15,13 @@ def test_a_combinable_crc_comes_first_then_the_md5_etag_else_nothing() -> None:
     composite = inflight_check(size, f"{MD5}-3", Checksum("CRC32", "AAAAAA==-3"), 5 * MIB)
     assert composite is not None and (composite.name, composite.parts[0]) == ("composite-crc32-in-flight", 5 * MIB)
     assert all(p % BLOCK == 0 and -(-size // p) == 3 for p in composite.parts)
-    # A SHA checksum does not combine from ranges: the MD5 ETag serves; a multipart one per part of 5 MiB.
+    # A SHA checksum does not combine from ranges: the MD5 ETag serves; a multipart one per part of 5 MiB, each
+    # range a whole number of parts (three in 16 MiB; one when the ranges are smaller than a part).
     sha = inflight_check(size, f"{MD5}-3", Checksum("SHA256", "x"), 5 * MIB)
-    assert sha is not None and (sha.name, sha.parts, sha.range_size(16 * MIB)) == (
+    assert sha is not None and (sha.name, sha.parts, sha.range_size(16 * MIB), sha.range_size(BLOCK)) == (
         "multipart-etag-in-flight",
         (5 * MIB,),
+        15 * MIB,
         5 * MIB,
     )
     single = inflight_check(size, MD5, None, 5 * MIB)
