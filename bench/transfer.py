@@ -261,8 +261,7 @@ def checks_text(checks: object) -> str:
 def measure_shape(bench: Bench, s3: Any, plain: Any, work: Path, shape: str, sizes: argparse.Namespace) -> None:
     """One shape's cases: its tree made, a source per checksum kind uploaded by boto3, then the rounds, each
     running every case's clients in turn (drift on a shared machine then falls on every client alike), starting
-    with the next client each round (a client's place in the turn costs or gains it: the first to read an object
-    after the previous case's 1 GiB was written and deleted measured ~2x slower on SeaweedFS)."""
+    with the next client each round, so a client's place in the turn neither costs nor gains it anything."""
     src = work / f"src-{shape}"
     nbytes = _tree(src, shape, sizes.big_mib, sizes.small_count, sizes.small_kib)
     data = f"1 x {sizes.big_mib} MiB" if shape == "big" else f"{sizes.small_count} x {sizes.small_kib} KiB"

@@ -562,8 +562,10 @@ def _with_big_downloads(
     - no checksum, MD5 ETag (one part / 21 parts): ours 50-92 / 38-90, s5cmd then an MD5 pass 127-149 / 106-113:
       MD5 runs at ~300 MB/s on one of these loaded cores and Python threads wait for the GIL far longer than Go's.
     Kept: ours, the only one that checks as it copies (no second read of a big file in the common cases, a
-    replaced object caught by IfMatch); the figures above, taken on an overloaded machine, do not settle the
-    speed question either way and are to be taken again on a quiet one (bench/transfer.py)."""
+    replaced object caught by IfMatch). On a quiet machine (32 MiB ranges): into tmpfs it went at 970-1,250 MB/s
+    run after run, at s5cmd's speed; into ext4 it alternates between that and 200-460 MB/s from one run to the
+    next (preallocating the file, a sync before, or glibc's mmap threshold made no difference), a cause not yet
+    found that s5cmd writing to the same disk does not show."""
 
     def fetch_both(rels: list[str], partial: Path, landed: Callable[[str], None]) -> None:
         big = [rel for rel in rels if src.files[rel] >= run.part]
