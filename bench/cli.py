@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bench.processes import stop_group
 
 if TYPE_CHECKING:
     from sandbox import Sandbox
@@ -176,21 +177,6 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """End the process and everything it started (its own session), politely first."""
-    for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @contextmanager
 def prefect_server(home: Path) -> Iterator[str]:
     """`prefect server start` on a free port of 127.0.0.1 with `home` as PREFECT_HOME; yields its API URL."""
@@ -215,7 +201,7 @@ def prefect_server(home: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield api_url
     finally:
-        _stop(proc)
+        stop_group(proc, term_wait_s=20.0, kill_wait_s=10.0)
         log.close()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from bench.processes import stop_group
 
 GRPC_OFFSET = 10_000  # SeaweedFS's gRPC port of a server is its HTTP port + this
 START_TIMEOUT_S = 30.0
@@ -93,21 +94,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """End the process group politely (it flushes its volumes), then by force."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _remove_grpc_sockets(ports: dict[str, int]) -> None:
     """Its gRPC sockets are always made in /tmp, named by port, and some outlive the process: ours go with it."""
     for server, port in ports.items():
@@ -150,7 +136,7 @@ def seaweedfs(key: str = KEY, secret: str = SECRET, region: str = "us-east-1") -
                 "AWS_DEFAULT_REGION": region,
             }
         finally:
-            _stop(proc)
+            stop_group(proc, term_wait_s=STOP_TIMEOUT_S, kill_wait_s=STOP_TIMEOUT_S)
             _remove_grpc_sockets(ports)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
