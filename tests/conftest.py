@@ -61,10 +61,12 @@ Path(_ENV["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """One Prefect test server for the whole session (starting one costs ~20 s): flows and deployments share it."""
+    """One Prefect test server per worker for the whole session (starting one costs ~20 s on an idle machine):
+    flows and deployments share it. Up to 300 s to start: on a loaded 2-core machine (load 20+) it took 55-154 s,
+    and past 120 s every test of the worker's flow files errored instead of running."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 
